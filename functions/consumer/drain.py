@@ -1,0 +1,201 @@
+"""The consumer's drain loop: recover, read, stage, flush, acknowledge, until the budget ends.
+
+One call of `Drainer.drain` is one invocation of the consumer function. It reads top to bottom:
+
+1. recover: re-read this consumer's own pending entries, then claim entries that consumers
+   which went away left pending for longer than CLAIM_IDLE_MS; flush them on their own;
+2. loop: read new entries, stage them, flush when a buffering hint is reached, claim again
+   from time to time;
+3. finish: when the remaining time reaches the margin, stop reading, flush, return.
+
+An entry is acknowledged only after every object holding its events is stored. A crash at
+any point leaves unacknowledged entries pending, and step 1 (here or in another consumer)
+stages them again in the same order, so the retried flush produces the same object keys.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from shared import codec, stream
+from shared.archive import Buffer, ObjectStore, UnarchivableEvent, flush_due
+from shared.settings import Settings
+
+log = logging.getLogger(__name__)
+
+RemainingMs = Callable[[], int]
+
+# Entries per XREADGROUP; one entry is one HTTP request's events.
+READ_COUNT = 200
+# Longest single blocking read, so the loop notices its deadline and flush age in time.
+MAX_BLOCK_MS = 1000
+# Stop reading this long before the budget ends, to leave time to flush and acknowledge.
+STOP_MARGIN_MS = 10_000
+# Backoff between attempts to store a flush while object storage fails.
+RETRY_FIRST_S, RETRY_MAX_S = 0.2, 20.0
+
+
+@dataclass
+class Summary:
+    consumer: str
+    entries_read: int = 0
+    events_archived: int = 0
+    objects_written: int = 0
+    entries_claimed: int = 0
+    entries_dead_lettered: int = 0
+    store_failures: int = 0
+    unflushed_entries: int = 0
+
+    def as_dict(self) -> dict[str, int | str]:
+        return asdict(self)
+
+
+class Drainer:
+    """Moves entries from the consumer group into the archive. Reused across invocations."""
+
+    def __init__(self, settings: Settings, reader: stream.GroupReader, store: ObjectStore) -> None:
+        self.settings = settings
+        self.reader = reader
+        self.store = store
+        self.sleep = time.sleep
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Drainer:
+        reader = stream.GroupReader(
+            client=stream.connect(settings),
+            key=settings.stream_key,
+            group=settings.consumer_group,
+            consumer=settings.consumer_name or stream.unique_consumer_name(),
+        )
+        return cls(settings, reader, ObjectStore.from_settings(settings))
+
+    def drain(self, remaining_ms: RemainingMs) -> Summary:
+        run = _Run(self, remaining_ms)
+        self.reader.ensure_group()
+        run.recover()
+        while run.may_read():
+            run.claim_if_due()
+            entries = self.reader.read_new(READ_COUNT, block_ms=run.block_ms())
+            run.stage(entries)
+            if flush_due(run.buffer, self.settings, time.monotonic()):
+                run.flush()
+        run.flush()
+        return run.summary
+
+
+class _Run:
+    """The state of one `drain` call: its buffer, its clock and its tallies."""
+
+    def __init__(self, drainer: Drainer, remaining_ms: RemainingMs) -> None:
+        self.settings = drainer.settings
+        self.reader = drainer.reader
+        self.store = drainer.store
+        self.sleep = drainer.sleep
+        self.remaining_ms = remaining_ms
+        self.margin_ms = min(STOP_MARGIN_MS, remaining_ms() // 4)
+        self.summary = Summary(consumer=self.reader.consumer)
+        self.buffer = Buffer()
+        self.storage_down = False
+        self.next_claim_at = 0.0
+
+    # --- recovery ---------------------------------------------------------------------------
+
+    def recover(self) -> None:
+        """Own pending entries first (this process failed to finish them before), then others'."""
+        after = b"0"
+        while not self.storage_down and (entries := self.reader.read_pending(after, READ_COUNT)):
+            self.stage(entries)
+            after = entries[-1][0]
+        self.flush()
+        self.claim_if_due()
+
+    def claim_if_due(self) -> None:
+        now = time.monotonic()
+        if now < self.next_claim_at or self.storage_down:
+            return
+        self.next_claim_at = now + self.settings.claim_idle_ms / 2000
+        claimed = self.reader.claim_idle(self.settings.claim_idle_ms, READ_COUNT)
+        if not claimed:
+            return
+        log.info("claimed %d entries left idle by other consumers", len(claimed))
+        self.summary.entries_claimed += len(claimed)
+        # Claimed entries go into objects of their own, in the order their first owner read them.
+        self.flush()
+        self.stage(claimed)
+        self.flush()
+
+    # --- reading and staging ----------------------------------------------------------------
+
+    def may_read(self) -> bool:
+        return not self.storage_down and self.remaining_ms() > self.margin_ms
+
+    def block_ms(self) -> int:
+        wait_ms = self.remaining_ms() - self.margin_ms
+        if self.buffer.started_at is not None:
+            age_s = time.monotonic() - self.buffer.started_at
+            wait_ms = min(wait_ms, int((self.settings.flush_interval_s - age_s) * 1000))
+        return max(1, min(wait_ms, MAX_BLOCK_MS))
+
+    def stage(self, entries: list[stream.Entry]) -> None:
+        """Add entries to the buffer, cutting a flush as soon as a size hint is reached, so the
+        cuts depend only on the entries and a re-read after a crash cuts at the same places."""
+        for entry_id, fields in entries:
+            if self.storage_down:
+                return  # what is left stays pending and is re-read once storage is back
+            self.summary.entries_read += 1
+            try:
+                if fields is None:
+                    raise codec.UndecodableEntry("entry data is gone from the stream")
+                self.buffer.add(entry_id, codec.decode_entry(fields))
+            except (codec.UndecodableEntry, UnarchivableEvent) as exc:
+                log.error("dead-lettering entry %s: %s", entry_id.decode(), exc)
+                self.reader.dead_letter(entry_id, fields, str(exc))
+                self.summary.entries_dead_lettered += 1
+                continue
+            if (
+                self.buffer.events >= self.settings.flush_max_events
+                or self.buffer.bytes >= self.settings.flush_max_bytes
+            ):
+                self.flush()
+
+    # --- flushing -----------------------------------------------------------------------------
+
+    def flush(self) -> None:
+        """Store every object of the buffer, then acknowledge its entries. While storage fails,
+        retry with capped, jittered backoff; when time runs out, leave the entries pending."""
+        buffer, self.buffer = self.buffer, Buffer()
+        if not buffer.entry_ids:
+            return
+        if not self._store_all(buffer):
+            self.storage_down = True
+            self.summary.unflushed_entries += len(buffer.entry_ids)
+            log.error("storage unavailable; %d entries stay pending", len(buffer.entry_ids))
+            return
+        self.reader.ack(buffer.entry_ids)
+        self.summary.events_archived += buffer.events
+        self.reader.trim_acknowledged()
+
+    def _store_all(self, buffer: Buffer) -> bool:
+        objects = list(buffer.objects(self.settings.s3_prefix))
+        delay = RETRY_FIRST_S
+        while objects:
+            key, body, _ = objects[0]
+            try:
+                self.store.put(key, body)
+            except (BotoCoreError, ClientError) as exc:
+                self.summary.store_failures += 1
+                log.warning("storing %s failed (%s); retrying in %.1fs", key, exc, delay)
+                if self.remaining_ms() - self.margin_ms / 2 < delay * 1000:
+                    return False
+                self.sleep(delay * random.uniform(0.5, 1.0))
+                delay = min(delay * 2, RETRY_MAX_S)
+                continue
+            objects.pop(0)
+            self.summary.objects_written += 1
+        return True

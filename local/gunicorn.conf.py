@@ -1,0 +1,19 @@
+"""gunicorn settings for the ingest function: `gunicorn -c local/gunicorn.conf.py
+functions.ingest.app:app`. BIND and WEB_CONCURRENCY override the defaults."""
+
+import multiprocessing
+import os
+
+bind = os.environ.get("BIND", "127.0.0.1:8000")
+# Request handling is CPU-bound Python with one short Redis round trip: a process per core,
+# a few threads each to overlap that round trip and keep client connections alive.
+workers = int(os.environ.get("WEB_CONCURRENCY", multiprocessing.cpu_count()))
+worker_class = "gthread"
+threads = int(os.environ.get("GUNICORN_THREADS", "4"))
+keepalive = 30
+# On SIGTERM, finish in-flight requests (each is at most one XADD) before exiting.
+graceful_timeout = 10
+timeout = 30
+accesslog = None
+errorlog = "-"
+loglevel = os.environ.get("LOG_LEVEL", "info").lower()

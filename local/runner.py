@@ -1,0 +1,86 @@
+"""The loop runner: `python -m local.runner` emulates the scheduler of the consumer function.
+
+It calls the same `handler` Lambda calls, again and again, each time with a context whose
+time budget it controls. SIGINT or SIGTERM ends the budget at once: the handler stops
+reading, flushes, acknowledges and returns, and the runner exits. A second signal exits
+immediately; nothing is lost either way, since unacknowledged entries stay pending.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+import time
+
+from functions.consumer.app import handler
+from shared.settings import ConfigError
+
+log = logging.getLogger("local.runner")
+
+
+class LoopContext:
+    """The part of Lambda's context the consumer reads, with a budget that a stop can cut."""
+
+    def __init__(self, budget_s: float, stop: threading.Event) -> None:
+        self.deadline = time.monotonic() + budget_s
+        self.stop = stop
+
+    def get_remaining_time_in_millis(self) -> int:
+        if self.stop.is_set():
+            return 0
+        return max(0, int((self.deadline - time.monotonic()) * 1000))
+
+
+def install_signal_handlers(stop: threading.Event) -> None:
+    def on_signal(signum: int, _frame: object) -> None:
+        if stop.is_set():
+            log.warning("second signal: exiting now; unacknowledged entries stay pending")
+            sys.exit(1)
+        log.info("signal %d: finishing the current invocation, then exiting", signum)
+        stop.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+
+
+def run(budget_s: float, once: bool, stop: threading.Event) -> None:
+    failures = 0
+    while not stop.is_set():
+        try:
+            summary = handler({}, LoopContext(budget_s, stop))
+            failures = 0
+            log.info("invocation done %s", json.dumps(summary))
+        except ConfigError:
+            raise
+        except Exception:
+            failures += 1
+            log.exception("invocation failed; entries stay pending and are retried")
+            stop.wait(min(30.0, 0.5 * 2**failures))
+        if once:
+            return
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--budget-s", type=float, default=300.0, help="time budget of each invocation"
+    )
+    parser.add_argument("--once", action="store_true", help="run one invocation, then exit")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    stop = threading.Event()
+    install_signal_handlers(stop)
+    try:
+        run(args.budget_s, args.once, stop)
+    except ConfigError as exc:
+        log.error("bad configuration: %s", exc)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

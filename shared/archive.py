@@ -1,0 +1,154 @@
+"""The archive writer: where an event goes, how it is encoded, and where it is stored.
+
+Split the way Kafka Connect's S3 sink splits it:
+- partitioner: `partition_path` puts an event under `dt=YYYY-MM-DD/hour=HH/` of its `receivedAt`;
+- format: gzip-compressed NDJSON, one line per event (`encode_line`, `compress`);
+- naming: `object_key` derives the name from the stream entry IDs an object holds, so a retried
+  flush of the same entries overwrites the same object instead of adding a duplicate;
+- storage: `ObjectStore` puts bytes into an S3-compatible bucket.
+`Buffer` stages events between reads and a flush; `flush_due` is the pure rule for when.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import boto3
+import msgspec
+from botocore.config import Config
+
+from shared.settings import Settings
+
+OBJECT_SUFFIX = ".ndjson.gz"
+COMPRESS_LEVEL = 6
+
+_json_encoder = msgspec.json.Encoder()
+
+
+class UnarchivableEvent(ValueError):
+    """An event the archive cannot place (no usable `receivedAt`)."""
+
+
+# --- partitioner --------------------------------------------------------------------------
+
+
+def partition_path(event: dict[str, Any]) -> str:
+    """Hive-style partition of an event by the server's `receivedAt` (ISO-8601 UTC)."""
+    received_at = event.get("receivedAt")
+    # Shape check, not a full parse: the server wrote this string as YYYY-MM-DDTHH:MM:SS.mmmZ.
+    if not (
+        isinstance(received_at, str)
+        and len(received_at) >= 13
+        and received_at[4] == "-"
+        and received_at[10] == "T"
+    ):
+        raise UnarchivableEvent(f"event has no usable receivedAt: {received_at!r}")
+    return f"dt={received_at[:10]}/hour={received_at[11:13]}/"
+
+
+# --- format -------------------------------------------------------------------------------
+
+
+def encode_line(event: dict[str, Any]) -> bytes:
+    return _json_encoder.encode(event) + b"\n"
+
+
+def compress(lines: list[bytes]) -> bytes:
+    # mtime=0: the same lines always give the same bytes, so a retried object is identical.
+    return gzip.compress(b"".join(lines), compresslevel=COMPRESS_LEVEL, mtime=0)
+
+
+# --- naming -------------------------------------------------------------------------------
+
+
+def object_key(prefix: str, partition: str, entry_ids: list[bytes]) -> str:
+    """`<prefix><partition><first>_<last>_<digest>.ndjson.gz`.
+
+    First and last ID sort objects in stream order; the digest of every ID keeps two
+    different sets of entries with the same ends from overwriting each other.
+    """
+    digest = hashlib.blake2b(b",".join(entry_ids), digest_size=8).hexdigest()
+    first, last = entry_ids[0].decode(), entry_ids[-1].decode()
+    return f"{prefix}{partition}{first}_{last}_{digest}{OBJECT_SUFFIX}"
+
+
+# --- storage ------------------------------------------------------------------------------
+
+
+@dataclass
+class ObjectStore:
+    client: Any
+    bucket: str
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ObjectStore:
+        client = boto3.client(
+            "s3",
+            endpoint_url=settings.s3_endpoint_url,
+            config=Config(retries={"max_attempts": 3, "mode": "standard"}),
+        )
+        return cls(client, settings.s3_bucket)
+
+    def put(self, key: str, body: bytes) -> None:
+        self.client.put_object(
+            Bucket=self.bucket, Key=key, Body=body, ContentType="application/x-ndjson"
+        )
+
+
+# --- staging ------------------------------------------------------------------------------
+
+
+@dataclass
+class _Partition:
+    entry_ids: list[bytes] = field(default_factory=list)
+    lines: list[bytes] = field(default_factory=list)
+
+
+@dataclass
+class Buffer:
+    """Events read but not yet stored, grouped by partition, with the entry IDs they came from."""
+
+    entry_ids: list[bytes] = field(default_factory=list)
+    events: int = 0
+    bytes: int = 0
+    started_at: float | None = None
+    _partitions: dict[str, _Partition] = field(default_factory=dict)
+
+    def add(self, entry_id: bytes, events: list[dict[str, Any]]) -> None:
+        """Stage one entry's events; all or nothing if one of them cannot be placed."""
+        staged = [(partition_path(event), encode_line(event)) for event in events]
+        for path, line in staged:
+            partition = self._partitions.setdefault(path, _Partition())
+            if not partition.entry_ids or partition.entry_ids[-1] != entry_id:
+                partition.entry_ids.append(entry_id)
+            partition.lines.append(line)
+            self.bytes += len(line)
+        self.entry_ids.append(entry_id)
+        self.events += len(events)
+        if self.started_at is None:
+            self.started_at = time.monotonic()
+
+    def objects(self, prefix: str) -> Iterator[tuple[str, bytes, int]]:
+        """(key, compressed body, event count) for each object this buffer becomes."""
+        for path, partition in self._partitions.items():
+            key = object_key(prefix, path, partition.entry_ids)
+            yield key, compress(partition.lines), len(partition.lines)
+
+    def __len__(self) -> int:
+        return len(self.entry_ids)
+
+
+def flush_due(buffer: Buffer, settings: Settings, now: float) -> bool:
+    """Firehose-style buffering hints: whichever of size, count or age is reached first."""
+    if not buffer.entry_ids:
+        return False
+    return (
+        buffer.events >= settings.flush_max_events
+        or buffer.bytes >= settings.flush_max_bytes
+        or now - buffer.started_at >= settings.flush_interval_s
+    )

@@ -1,0 +1,42 @@
+"""The stream entry format: one entry per HTTP request, its events packed together as MsgPack.
+
+An entry is a Redis Stream field map:
+
+    v  format version (b"1")
+    n  number of events, as decimal text (lets tools count without unpacking)
+    d  the events, a MsgPack array of maps
+
+The version lets the format evolve: a reader refuses versions it does not know instead of
+misreading them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+FORMAT_VERSION = b"1"
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(list[dict[str, Any]])
+
+
+class UndecodableEntry(ValueError):
+    """A stream entry that this version cannot turn back into events."""
+
+
+def encode_entry(events: list[dict[str, Any]]) -> dict[bytes, bytes]:
+    return {b"v": FORMAT_VERSION, b"n": b"%d" % len(events), b"d": _encoder.encode(events)}
+
+
+def decode_entry(fields: dict[bytes, bytes]) -> list[dict[str, Any]]:
+    version = fields.get(b"v")
+    if version != FORMAT_VERSION:
+        raise UndecodableEntry(f"unknown entry format version {version!r}")
+    try:
+        return _decoder.decode(fields[b"d"])
+    except KeyError:
+        raise UndecodableEntry("entry has no 'd' field") from None
+    except msgspec.DecodeError as exc:
+        raise UndecodableEntry(f"events are not a MsgPack list of maps: {exc}") from None

@@ -1,0 +1,113 @@
+"""Configuration from environment variables: the same names in Lambda, containers and locally.
+
+Every value is parsed and checked once, at start; a bad value raises `ConfigError` naming the
+variable, so a misconfigured deployment fails before it accepts or reads anything.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A configuration variable is missing or malformed; the message names it."""
+
+
+def _text(name: str, raw: str) -> str:
+    if not raw.strip():
+        raise ConfigError(f"{name} must not be empty")
+    return raw.strip()
+
+
+def _optional_text(name: str, raw: str) -> str | None:
+    return raw.strip() or None
+
+
+def _redis_url(name: str, raw: str) -> str:
+    url = _text(name, raw)
+    if not url.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigError(f"{name} must start with redis://, rediss:// or unix://")
+    return url
+
+
+def _endpoint_url(name: str, raw: str) -> str | None:
+    url = _optional_text(name, raw)
+    if url is not None and not url.startswith(("http://", "https://")):
+        raise ConfigError(f"{name} must be an http:// or https:// URL (or unset for AWS)")
+    return url
+
+
+def _prefix(name: str, raw: str) -> str:
+    prefix = raw.strip().lstrip("/")
+    if prefix and not prefix.endswith("/"):
+        prefix += "/"
+    return prefix
+
+
+def _positive_int(name: str, raw: str) -> int:
+    try:
+        value = int(raw.strip().replace("_", ""))
+    except ValueError:
+        raise ConfigError(f"{name} must be a whole number, got {raw!r}") from None
+    if value <= 0:
+        raise ConfigError(f"{name} must be greater than 0, got {value}")
+    return value
+
+
+def _positive_float(name: str, raw: str) -> float:
+    try:
+        value = float(raw.strip())
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise ConfigError(f"{name} must be a finite number greater than 0, got {raw!r}")
+    return value
+
+
+def _var(env: str, default: Any, parse: Callable[[str, str], Any]) -> Any:
+    """A settings field read from the environment variable `env`, checked by `parse`."""
+    return field(default=default, metadata={"env": env, "parse": parse})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything both functions read from the environment. Field metadata names the variable."""
+
+    redis_url: str = _var("REDIS_URL", "redis://127.0.0.1:6379/0", _redis_url)
+    stream_key: str = _var("STREAM_KEY", "events", _text)
+    consumer_group: str = _var("CONSUMER_GROUP", "archiver", _text)
+    # Unset: a name unique to this process. Set it only if each process gets its own value.
+    consumer_name: str | None = _var("CONSUMER_NAME", None, _optional_text)
+    s3_bucket: str = _var("S3_BUCKET", "events-archive", _text)
+    s3_prefix: str = _var("S3_PREFIX", "events/", _prefix)
+    s3_endpoint_url: str | None = _var("S3_ENDPOINT_URL", None, _endpoint_url)
+    flush_max_events: int = _var("FLUSH_MAX_EVENTS", 50_000, _positive_int)
+    flush_max_bytes: int = _var("FLUSH_MAX_BYTES", 32 * 1024 * 1024, _positive_int)
+    flush_interval_s: float = _var("FLUSH_INTERVAL_S", 60.0, _positive_float)
+    claim_idle_ms: int = _var("CLAIM_IDLE_MS", 300_000, _positive_int)
+    redis_timeout_s: float = _var("REDIS_TIMEOUT_S", 5.0, _positive_float)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        environ = os.environ if environ is None else environ
+        values = {}
+        for f in fields(cls):
+            env, parse = f.metadata["env"], f.metadata["parse"]
+            default = "" if f.default is None else str(f.default)
+            values[f.name] = parse(env, environ.get(env, default))
+        return cls(**values)
+
+    def __post_init__(self) -> None:
+        # Entries wait in a live consumer's buffer for up to FLUSH_INTERVAL_S; claiming them
+        # sooner would take work away from a healthy consumer and duplicate it.
+        if self.claim_idle_ms <= self.flush_interval_s * 1000:
+            raise ConfigError(
+                f"CLAIM_IDLE_MS ({self.claim_idle_ms}) must be greater than "
+                f"FLUSH_INTERVAL_S in milliseconds ({self.flush_interval_s * 1000:.0f})"
+            )
+
+
+ENV_VARS: tuple[str, ...] = tuple(f.metadata["env"] for f in fields(Settings))

@@ -1,0 +1,144 @@
+"""Redis Streams access: add, read, acknowledge, claim, trim and dead-letter entries.
+
+This module knows Redis commands and nothing about events or objects: entries are opaque
+field maps (see `codec`). Everything here is one round trip per call.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import socket
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import redis
+
+from shared.settings import Settings
+
+log = logging.getLogger(__name__)
+
+EntryId = bytes
+Fields = dict[bytes, bytes]
+# A pending entry whose data was trimmed away comes back with no fields.
+Entry = tuple[EntryId, Fields | None]
+
+
+def connect(settings: Settings) -> redis.Redis:
+    """A client with bounded timeouts; redis-py pools connections and uses hiredis when present."""
+    return redis.Redis.from_url(
+        settings.redis_url,
+        socket_timeout=settings.redis_timeout_s,
+        socket_connect_timeout=settings.redis_timeout_s,
+        health_check_interval=30,
+    )
+
+
+def unique_consumer_name() -> str:
+    """Host and pid say where a consumer ran; the random part keeps reused pids apart."""
+    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+
+
+@dataclass
+class EventStream:
+    """The producer's view: append one entry per request."""
+
+    client: redis.Redis
+    key: str
+
+    def add(self, fields: Fields) -> EntryId:
+        return self.client.xadd(self.key, fields)
+
+
+@dataclass
+class GroupReader:
+    """One consumer's view of the stream through a consumer group."""
+
+    client: redis.Redis
+    key: str
+    group: str
+    consumer: str
+
+    def ensure_group(self) -> None:
+        """Create the group at the start of the stream (not `$`), so entries written before
+        any consumer ever ran are archived too."""
+        try:
+            self.client.xgroup_create(self.key, self.group, id="0", mkstream=True)
+        except redis.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    def read_pending(self, after: EntryId, count: int) -> list[Entry]:
+        """This consumer's own delivered-but-unacknowledged entries with IDs above `after`."""
+        return self._read(after, count, block_ms=None)
+
+    def read_new(self, count: int, block_ms: int) -> list[Entry]:
+        """Entries never delivered to any consumer of the group, waiting up to `block_ms`."""
+        return self._read(b">", count, block_ms=block_ms)
+
+    def _read(self, start: EntryId, count: int, block_ms: int | None) -> list[Entry]:
+        reply = self.client.xreadgroup(
+            self.group, self.consumer, {self.key: start}, count=count, block=block_ms
+        )
+        return reply[0][1] if reply else []
+
+    def claim_idle(self, min_idle_ms: int, count: int) -> list[Entry]:
+        """Take over entries that other consumers received but left unacknowledged for
+        longer than `min_idle_ms` (they crashed or hang). Scans the whole pending list."""
+        claimed: list[Entry] = []
+        cursor: EntryId = b"0-0"
+        while len(claimed) < count:
+            reply = self.client.xautoclaim(
+                self.key, self.group, self.consumer, min_idle_ms, cursor, count=count
+            )
+            cursor, entries = reply[0], reply[1]
+            claimed.extend(entries)
+            if cursor in (b"0-0", "0-0"):
+                break
+        return claimed
+
+    def ack(self, ids: Iterable[EntryId]) -> int:
+        ids = list(ids)
+        return self.client.xack(self.key, self.group, *ids) if ids else 0
+
+    def dead_letter(self, entry_id: EntryId, fields: Fields | None, reason: str) -> None:
+        """Move one entry that can never be archived aside, atomically with its ack, so it
+        stops blocking the rest and stays inspectable."""
+        record: Fields = {b"original_id": entry_id, b"reason": reason.encode()}
+        record.update({b"field:" + name: value for name, value in (fields or {}).items()})
+        with self.client.pipeline(transaction=True) as pipe:
+            pipe.xadd(f"{self.key}:dead", record)
+            pipe.xack(self.key, self.group, entry_id)
+            pipe.execute()
+
+    def trim_acknowledged(self) -> int:
+        """Drop history that every group has acknowledged, and nothing else.
+
+        Everything below the oldest entry still pending, or not yet delivered, in any group
+        is done with. Trimming by length instead (MAXLEN) would delete unread entries.
+        """
+        floor = self._oldest_needed_id()
+        if floor is None:
+            return 0
+        return self.client.xtrim(self.key, minid=floor, approximate=True)
+
+    def _oldest_needed_id(self) -> EntryId | None:
+        floors = []
+        for group in self.client.xinfo_groups(self.key):
+            if group["pending"]:
+                floors.append(self.client.xpending(self.key, group["name"])["min"])
+            else:
+                floors.append(_next_id(group["last-delivered-id"]))
+        return min(floors, key=_id_key) if floors else None
+
+
+def _id_key(entry_id: EntryId | str) -> tuple[int, int]:
+    raw = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+    ms, _, seq = raw.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def _next_id(entry_id: EntryId | str) -> bytes:
+    ms, seq = _id_key(entry_id)
+    return f"{ms}-{seq + 1}".encode()
