@@ -17,3 +17,5 @@ timeout = 30
 accesslog = None
 errorlog = "-"
 loglevel = os.environ.get("LOG_LEVEL", "info").lower()
+# gunicorn's control socket lives in $HOME and would clash between instances; nothing uses it.
+control_socket_disable = True

@@ -1,0 +1,164 @@
+"""Real parts for every test: a redis-server process, moto for S3, gunicorn for HTTP.
+
+Tests share one redis-server per session but each gets its own stream key and bucket, so
+they never see each other's data and never need a FLUSHALL.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+import redis
+from moto import mock_aws
+
+from local import stack
+from local.redis_server import RedisServer
+from local.s3 import FAKE_CREDENTIALS, start_moto_server
+from shared.settings import Settings
+
+os.environ.update(FAKE_CREDENTIALS)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until(predicate, timeout_s: float = 20.0, interval_s: float = 0.05, what: str = ""):
+    """Poll until `predicate()` is truthy and return its value; fail the test on timeout."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval_s)
+    pytest.fail(f"timed out after {timeout_s}s waiting for {what or predicate}")
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = RedisServer(free_port(), tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.kill()
+
+
+@pytest.fixture
+def redis_client(redis_server: RedisServer) -> redis.Redis:
+    return redis.Redis.from_url(redis_server.url)
+
+
+@pytest.fixture
+def settings(redis_server: RedisServer) -> Settings:
+    """Settings of an isolated pipeline: its own stream, group and bucket."""
+    tag = uuid.uuid4().hex[:10]
+    return Settings(
+        redis_url=redis_server.url,
+        stream_key=f"events-{tag}",
+        consumer_group="archiver",
+        s3_bucket=f"archive-{tag}",
+        s3_prefix="events/",
+        flush_max_events=1000,
+        flush_max_bytes=1024 * 1024,
+        flush_interval_s=0.5,
+        claim_idle_ms=1000,
+    )
+
+
+@pytest.fixture
+def s3(settings: Settings) -> Iterator[Any]:
+    """moto's in-process S3 with the settings' bucket created."""
+    with mock_aws():
+        client = boto3.client("s3", region_name="us-east-1")
+        client.create_bucket(Bucket=settings.s3_bucket)
+        yield client
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint() -> Iterator[str]:
+    """moto's real HTTP server, for tests whose processes reach S3 over HTTP."""
+    server, endpoint = start_moto_server(free_port())
+    yield endpoint
+    server.stop()
+
+
+@pytest.fixture
+def http_s3(settings: Settings, moto_endpoint: str) -> Any:
+    client = boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1")
+    client.create_bucket(Bucket=settings.s3_bucket)
+    return client
+
+
+def settings_env(settings: Settings, **overrides: str) -> dict[str, str]:
+    """The environment a process needs to run with `settings`."""
+    env = {
+        **os.environ,
+        "REDIS_URL": settings.redis_url,
+        "STREAM_KEY": settings.stream_key,
+        "CONSUMER_GROUP": settings.consumer_group,
+        "S3_BUCKET": settings.s3_bucket,
+        "S3_PREFIX": settings.s3_prefix,
+        "FLUSH_MAX_EVENTS": str(settings.flush_max_events),
+        "FLUSH_MAX_BYTES": str(settings.flush_max_bytes),
+        "FLUSH_INTERVAL_S": str(settings.flush_interval_s),
+        "CLAIM_IDLE_MS": str(settings.claim_idle_ms),
+    }
+    if settings.s3_endpoint_url:
+        env["S3_ENDPOINT_URL"] = settings.s3_endpoint_url
+    env.update(overrides)
+    return env
+
+
+@pytest.fixture
+def gunicorn_url(settings: Settings, tmp_path: Path) -> Iterator[str]:
+    """The ingest function served by gunicorn with the production config."""
+    port = free_port()
+    env = settings_env(settings, WEB_CONCURRENCY="2")
+    process = stack.start_gunicorn(env, f"127.0.0.1:{port}")
+    url = f"http://127.0.0.1:{port}"
+
+    def healthy() -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return True
+        except OSError:
+            assert process.poll() is None, "gunicorn exited at start"
+            return False
+
+    wait_until(healthy, what="gunicorn to listen")
+    yield url
+    process.terminate()
+    process.wait(timeout=20)
+
+
+def stop_process(process: subprocess.Popen, timeout_s: float = 30) -> int:
+    if process.poll() is None:
+        process.terminate()
+    return process.wait(timeout=timeout_s)
+
+
+def archived_events(client: Any, bucket: str, prefix: str = "") -> list[dict[str, Any]]:
+    """Every event line of every object under `prefix`, parsed."""
+    lines = []
+    for key in archived_keys(client, bucket, prefix):
+        body = client.get_object(Bucket=bucket, Key=key)["Body"].read()
+        lines += [json.loads(line) for line in gzip.decompress(body).splitlines()]
+    return lines
+
+
+def archived_keys(client: Any, bucket: str, prefix: str = "") -> list[str]:
+    keys = []
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        keys += [item["Key"] for item in page.get("Contents", [])]
+    return sorted(keys)
