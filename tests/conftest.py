@@ -162,3 +162,13 @@ def archived_keys(client: Any, bucket: str, prefix: str = "") -> list[str]:
     for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
         keys += [item["Key"] for item in page.get("Contents", [])]
     return sorted(keys)
+
+
+def pending_count(client: redis.Redis, settings: Settings) -> int:
+    """Entries delivered to the archiver group and not yet acknowledged (0 if no group yet)."""
+    try:
+        return client.xpending(settings.stream_key, settings.consumer_group)["pending"]
+    except redis.ResponseError as exc:
+        if "NOGROUP" in str(exc):
+            return 0
+        raise

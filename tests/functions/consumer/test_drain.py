@@ -1,0 +1,200 @@
+"""The drain loop in process, against a real redis-server and moto's in-process S3."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import pytest
+import redis
+from botocore.exceptions import EndpointConnectionError
+
+from functions.consumer.drain import Drainer
+from shared import codec, events, stream
+from shared.archive import ObjectStore
+from shared.settings import Settings
+from tests.conftest import archived_events, archived_keys, pending_count
+
+
+class Budget:
+    """A Lambda-like context: `remaining_ms()` counts down from `seconds`."""
+
+    def __init__(self, seconds: float) -> None:
+        self.deadline = time.monotonic() + seconds
+
+    def __call__(self) -> int:
+        return max(0, int((self.deadline - time.monotonic()) * 1000))
+
+
+def make_drainer(settings: Settings, s3, consumer: str = "c1") -> Drainer:
+    reader = stream.GroupReader(stream.connect(settings), settings.stream_key, "archiver", consumer)
+    drainer = Drainer(settings, reader, ObjectStore(s3, settings.s3_bucket))
+    drainer.sleep = lambda _s: None
+    return drainer
+
+
+def post(settings: Settings, client: redis.Redis, count: int, per_batch: int = 3) -> list[str]:
+    """Write `count` entries the way the ingest function does; return their messageIds."""
+    ids = []
+    producer = stream.EventStream(client, settings.stream_key)
+    for _ in range(count):
+        raw = [{"type": "track", "userId": "u", "event": "E"} for _ in range(per_batch)]
+        batch = events.prepare(raw, events.received_at_now())
+        producer.add(codec.encode_entry(batch))
+        ids += [e["messageId"] for e in batch]
+    return ids
+
+
+def test_drains_everything_acks_and_partitions(settings, s3, redis_client):
+    ids = post(settings, redis_client, 10)
+    summary = make_drainer(settings, s3).drain(Budget(2))
+
+    archived = archived_events(s3, settings.s3_bucket)
+    assert sorted(e["messageId"] for e in archived) == sorted(ids)
+    assert summary.entries_read == 10 and summary.events_archived == 30
+    assert summary.objects_written == len(archived_keys(s3, settings.s3_bucket)) >= 1
+    assert pending_count(redis_client, settings) == 0
+    hour = archived[0]["receivedAt"]
+    for key in archived_keys(s3, settings.s3_bucket):
+        assert key.startswith(f"events/dt={hour[:10]}/hour={hour[11:13]}/")
+        assert key.endswith(".ndjson.gz")
+
+
+def test_entries_written_before_the_group_exists_are_archived(settings, s3, redis_client):
+    ids = post(settings, redis_client, 2)
+    assert not redis_client.xinfo_groups(settings.stream_key)
+    make_drainer(settings, s3).drain(Budget(1.5))
+    assert len(archived_events(s3, settings.s3_bucket)) == len(ids)
+
+
+def test_flush_cuts_on_event_count(settings, s3, redis_client):
+    settings = dataclasses.replace(
+        settings, flush_max_events=6, flush_interval_s=60, claim_idle_ms=120_000
+    )
+    post(settings, redis_client, 7)  # 21 events → cuts after 6, 12, 18, then the rest at the end
+    make_drainer(settings, s3).drain(Budget(1.5))
+    sizes = [
+        len(archived_events(s3, settings.s3_bucket, key))
+        for key in archived_keys(s3, settings.s3_bucket)
+    ]
+    assert sorted(sizes) == [3, 6, 6, 6]
+
+
+def test_flush_cuts_on_bytes(settings, s3, redis_client):
+    settings = dataclasses.replace(
+        settings, flush_max_bytes=1, flush_interval_s=60, claim_idle_ms=120_000
+    )
+    post(settings, redis_client, 4)
+    make_drainer(settings, s3).drain(Budget(1.5))
+    assert len(archived_keys(s3, settings.s3_bucket)) == 4
+
+
+def test_flush_on_age_while_budget_lasts(settings, s3, redis_client):
+    settings = dataclasses.replace(settings, flush_max_events=10_000, flush_interval_s=0.2)
+    post(settings, redis_client, 1)
+    drainer = make_drainer(settings, s3)
+    budget = Budget(5)
+    remaining_at_store = []
+    original_put = drainer.store.put
+
+    def put(key, body):
+        remaining_at_store.append(budget())
+        original_put(key, body)
+
+    drainer.store.put = put
+    drainer.drain(budget)
+    # One object, stored by the age hint while most of the budget was left, not at the end.
+    assert len(remaining_at_store) == 1
+    assert remaining_at_store[0] > 2500
+    assert len(archived_keys(s3, settings.s3_bucket)) == 1
+
+
+def test_returns_before_its_budget_ends(settings, s3, redis_client):
+    post(settings, redis_client, 3)
+    budget = Budget(2)
+    make_drainer(settings, s3).drain(budget)
+    assert budget() > 0
+    assert pending_count(redis_client, settings) == 0
+
+
+def test_storage_outage_acknowledges_nothing_then_recovers(settings, s3, redis_client):
+    ids = post(settings, redis_client, 5)
+    drainer = make_drainer(settings, s3)
+    real_put = drainer.store.put
+
+    def failing_put(key, body):
+        raise EndpointConnectionError(endpoint_url="http://s3.invalid")
+
+    drainer.store.put = failing_put
+    summary = drainer.drain(Budget(1))
+    assert summary.store_failures >= 1 and summary.events_archived == 0
+    assert pending_count(redis_client, settings) == 5
+    assert archived_keys(s3, settings.s3_bucket) == []
+
+    drainer.store.put = real_put
+    summary = drainer.drain(Budget(1.5))  # first re-reads its own pending entries
+    assert summary.entries_read == 5
+    assert sorted(e["messageId"] for e in archived_events(s3, settings.s3_bucket)) == sorted(ids)
+    assert pending_count(redis_client, settings) == 0
+
+
+def test_retried_flush_overwrites_the_same_objects(settings, s3, redis_client):
+    """A crash between storing and acknowledging: the next consumer claims the entries and
+    writes exactly the same keys, so the archive holds each event once."""
+    post(settings, redis_client, 8)
+    first = make_drainer(settings, s3, "first")
+    first.reader.ack = lambda ids: 0  # dies before XACK
+    first.drain(Budget(1))
+    keys_before = archived_keys(s3, settings.s3_bucket)
+    assert keys_before and pending_count(redis_client, settings) == 8
+
+    time.sleep(settings.claim_idle_ms / 1000 + 0.1)
+    summary = make_drainer(settings, s3, "second").drain(Budget(1.5))
+    assert summary.entries_claimed == 8
+    assert archived_keys(s3, settings.s3_bucket) == keys_before
+    assert len(archived_events(s3, settings.s3_bucket)) == 24
+    assert pending_count(redis_client, settings) == 0
+
+
+def test_does_not_claim_entries_of_a_live_consumer(settings, s3, redis_client):
+    post(settings, redis_client, 2)
+    reader = stream.GroupReader(redis_client, settings.stream_key, "archiver", "busy")
+    reader.ensure_group()
+    assert len(reader.read_new(10, block_ms=1)) == 2  # read just now, not idle
+    summary = make_drainer(settings, s3, "other").drain(Budget(1))
+    assert summary.entries_claimed == 0
+    assert pending_count(redis_client, settings) == 2
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {b"v": b"99", b"d": b""},
+        {b"v": codec.FORMAT_VERSION, b"d": b"\xc1garbage"},
+        {b"v": codec.FORMAT_VERSION, b"d": codec.encode_entry([{"type": "track"}])[b"d"]},
+    ],
+    ids=["unknown-version", "not-msgpack", "no-receivedAt"],
+)
+def test_poison_entry_is_dead_lettered_and_the_rest_archived(settings, s3, redis_client, fields):
+    ids = post(settings, redis_client, 1)
+    poison_id = redis_client.xadd(settings.stream_key, fields)
+    ids += post(settings, redis_client, 1)
+
+    summary = make_drainer(settings, s3).drain(Budget(1.5))
+    assert summary.entries_dead_lettered == 1
+    assert sorted(e["messageId"] for e in archived_events(s3, settings.s3_bucket)) == sorted(ids)
+    dead = redis_client.xrange(f"{settings.stream_key}:dead")
+    assert [d[1][b"original_id"] for d in dead] == [poison_id]
+    assert pending_count(redis_client, settings) == 0
+
+
+def test_acknowledged_history_is_trimmed_and_pending_is_kept(settings, s3, redis_client):
+    # Approximate trimming frees whole macro nodes (100 entries by default), so use several.
+    post(settings, redis_client, 450, per_batch=1)
+    make_drainer(settings, s3).drain(Budget(2))
+    assert redis_client.xlen(settings.stream_key) < 450
+    post(settings, redis_client, 1)
+    reader = stream.GroupReader(redis_client, settings.stream_key, "archiver", "holder")
+    held = reader.read_new(10, block_ms=1)
+    reader.trim_acknowledged()
+    assert redis_client.xrange(settings.stream_key, min=held[0][0], max=held[0][0])
