@@ -26,8 +26,30 @@ class UndecodableEntry(ValueError):
     """A stream entry that this version cannot turn back into events."""
 
 
+class UnencodableEvents(ValueError):
+    """Events holding values MsgPack cannot carry: integers outside the 64-bit range."""
+
+    def __init__(self, indexes: list[int]) -> None:
+        super().__init__(f"events {indexes} hold integers outside the 64-bit range")
+        self.indexes = indexes
+
+
 def encode_entry(events: list[dict[str, Any]]) -> dict[bytes, bytes]:
-    return {b"v": FORMAT_VERSION, b"n": b"%d" % len(events), b"d": _encoder.encode(events)}
+    try:
+        packed = _encoder.encode(events)
+    except OverflowError:
+        raise UnencodableEvents(_unencodable_indexes(events)) from None
+    return {b"v": FORMAT_VERSION, b"n": b"%d" % len(events), b"d": packed}
+
+
+def _unencodable_indexes(events: list[dict[str, Any]]) -> list[int]:
+    bad = []
+    for index, event in enumerate(events):
+        try:
+            _encoder.encode(event)
+        except OverflowError:
+            bad.append(index)
+    return bad
 
 
 def decode_entry(fields: dict[bytes, bytes]) -> list[dict[str, Any]]:

@@ -1,15 +1,22 @@
 """The event model: the Segment Spec envelope, its validation, and what the server adds.
 
 Events stay plain dicts from the decoder to the archive: every field the client sent is kept
-verbatim, and the server only adds `messageId` (when absent) and `receivedAt` (always: it is
-the partitioning clock, so it must be the server's). Validation checks only the envelope.
+verbatim, except `writeKey` (a secret, never stored). The server adds:
+- `messageId` (a UUID4) when absent;
+- `receivedAt`, always: it is the partitioning clock, so it must be the server's;
+- `timestamp` corrected for the client's clock skew when the request carries `sentAt`
+  (`receivedAt - (sentAt - originalTimestamp)`, as Segment does, keeping `originalTimestamp`),
+  else the client's `timestamp`, else `receivedAt`;
+- `source`, the name of the write key that authenticated the request, when there was one;
+- the request's batch-level `context` and `integrations`, merged under the event's own keys.
+Validation checks only the envelope, never the payload.
 """
 
 from __future__ import annotations
 
 import uuid
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import msgspec
@@ -27,6 +34,22 @@ _REQUIRED_BY_TYPE: dict[str, tuple[str, ...]] = {
 MAX_PROBLEMS_REPORTED = 100
 
 _json_decoder = msgspec.json.Decoder()
+_json_encoder = msgspec.json.Encoder()
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """What a request says about all of its events: Segment's batch-level fields, the write
+    key's source, and the event type the path implies (`/v1/track`)."""
+
+    source: str | None = None
+    sent_at: Any = None
+    context: Any = None
+    integrations: Any = None
+    default_type: str | None = None
+
+
+NO_ENVELOPE = Envelope()
 
 
 @dataclass(frozen=True)
@@ -65,6 +88,10 @@ def decode_json(body: bytes) -> Any:
         return _json_decoder.decode(body)
     except msgspec.DecodeError as exc:
         raise request_problem("body", f"not valid JSON: {exc}") from None
+    except UnicodeDecodeError:
+        raise request_problem("body", "not valid UTF-8") from None
+    except RecursionError:
+        raise request_problem("body", "JSON is nested too deeply") from None
 
 
 def batch_events(document: Any) -> list[Any]:
@@ -81,32 +108,117 @@ def batch_events(document: Any) -> list[Any]:
 
 def received_at_now() -> str:
     """The server's clock as ISO-8601 UTC with milliseconds and a `Z`, as Segment writes it."""
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return format_timestamp(datetime.now(UTC))
 
 
-def prepare(events: list[Any], received_at: str) -> list[dict[str, Any]]:
+def format_timestamp(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def parse_timestamp(value: Any) -> datetime | None:
+    """An ISO-8601 string as an aware datetime (naive means UTC); None if it is not one."""
+    if not isinstance(value, str):
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def prepare(
+    events: list[Any],
+    received_at: str,
+    envelope: Envelope = NO_ENVELOPE,
+    max_event_bytes: int | None = None,
+) -> list[dict[str, Any]]:
     """Validate every event and stamp it; raise `InvalidRequest` listing every problem found.
 
     Stamping happens only once the whole request is known to be valid, so a rejected request
-    leaves its input untouched.
+    leaves its input untouched. `max_event_bytes`, when given, bounds each event's JSON size.
     """
-    problems: list[Problem] = []
+    problems = _request_problems(envelope)
     for index, event in enumerate(events):
-        problems.extend(_envelope_problems(index, event))
+        problems.extend(_event_problems(index, event, envelope, max_event_bytes))
     if problems:
         raise InvalidRequest(problems)
+    clock = _SkewCorrection.of(envelope, received_at)
     for event in events:
-        if "messageId" not in event:
-            event["messageId"] = str(uuid.uuid4())
-        event["receivedAt"] = received_at
+        _stamp(event, envelope, received_at, clock)
     return events
 
 
-def _envelope_problems(index: int, event: Any) -> list[Problem]:
+def _stamp(event: dict[str, Any], envelope: Envelope, received_at: str, clock: Any) -> None:
+    event.pop("writeKey", None)
+    if "type" not in event:
+        event["type"] = envelope.default_type
+    for name in ("context", "integrations"):
+        shared = getattr(envelope, name)
+        if shared:
+            own = event.get(name)
+            event[name] = {**shared, **own} if isinstance(own, dict) else dict(shared)
+    if "messageId" not in event:
+        event["messageId"] = str(uuid.uuid4())
+    event["receivedAt"] = received_at
+    if envelope.source is not None:
+        event["source"] = envelope.source
+    clock.correct(event, received_at)
+
+
+class _SkewCorrection:
+    """Segment's clock-skew rule. With `sentAt` (the request's, or the event's own):
+    timestamp = receivedAt - (sentAt - originalTimestamp), keeping originalTimestamp.
+    Without: the client's timestamp stays, and a missing one becomes receivedAt."""
+
+    def __init__(self, received: datetime, batch_sent_at: datetime | None) -> None:
+        self.received = received
+        self.batch_sent_at = batch_sent_at
+
+    @classmethod
+    def of(cls, envelope: Envelope, received_at: str) -> _SkewCorrection:
+        return cls(parse_timestamp(received_at), parse_timestamp(envelope.sent_at))
+
+    def correct(self, event: dict[str, Any], received_at: str) -> None:
+        sent_at = parse_timestamp(event.get("sentAt")) or self.batch_sent_at
+        original = event.get("timestamp")
+        if sent_at is None or original is None:
+            event.setdefault("timestamp", received_at)
+            return
+        event["originalTimestamp"] = original
+        skew: timedelta = sent_at - parse_timestamp(original)
+        event["timestamp"] = format_timestamp(self.received - skew)
+
+
+def _request_problems(envelope: Envelope) -> list[Problem]:
+    problems = [
+        Problem(None, name, "must be a JSON object when given")
+        for name in ("context", "integrations")
+        if getattr(envelope, name) is not None and not isinstance(getattr(envelope, name), dict)
+    ]
+    if envelope.sent_at is not None and parse_timestamp(envelope.sent_at) is None:
+        problems.append(Problem(None, "sentAt", "must be an ISO-8601 timestamp when given"))
+    return problems
+
+
+def _event_problems(
+    index: int, event: Any, envelope: Envelope, max_event_bytes: int | None
+) -> list[Problem]:
     if not isinstance(event, dict):
         return [Problem(index, "", "event must be a JSON object")]
-    event_type = event.get("type")
-    if event_type not in EVENT_TYPES:
+    problems = _envelope_problems(index, event, envelope.default_type)
+    for name in ("sentAt", "timestamp"):
+        if name in event and parse_timestamp(event[name]) is None:
+            problems.append(Problem(index, name, "must be an ISO-8601 timestamp when given"))
+    if max_event_bytes is not None and len(_json_encoder.encode(event)) > max_event_bytes:
+        problems.append(Problem(index, "", f"event is larger than {max_event_bytes} bytes"))
+    return problems
+
+
+def _envelope_problems(
+    index: int, event: dict[str, Any], default_type: str | None
+) -> list[Problem]:
+    event_type = event.get("type", default_type)
+    if not isinstance(event_type, str) or event_type not in EVENT_TYPES:
         allowed = ", ".join(sorted(EVENT_TYPES))
         return [Problem(index, "type", f"must be one of {allowed}")]
     problems = [

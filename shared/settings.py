@@ -67,9 +67,23 @@ def _positive_float(name: str, raw: str) -> float:
     return value
 
 
-def _var(env: str, default: Any, parse: Callable[[str, str], Any]) -> Any:
+def _write_keys(name: str, raw: str) -> tuple[tuple[str, str], ...]:
+    """`source:key,source:key` pairs. Errors never quote the value: it holds secrets."""
+    pairs = []
+    for position, item in enumerate(filter(None, (part.strip() for part in raw.split(","))), 1):
+        source, _, key = item.partition(":")
+        if not source.strip() or not key.strip():
+            raise ConfigError(f"{name}: pair {position} is not of the form source:key")
+        pairs.append((source.strip(), key.strip()))
+    keys = [key for _, key in pairs]
+    if len(set(keys)) != len(keys):
+        raise ConfigError(f"{name}: the same key is given to two sources")
+    return tuple(pairs)
+
+
+def _var(env: str, default: Any, parse: Callable[[str, str], Any], **options: Any) -> Any:
     """A settings field read from the environment variable `env`, checked by `parse`."""
-    return field(default=default, metadata={"env": env, "parse": parse})
+    return field(default=default, metadata={"env": env, "parse": parse}, **options)
 
 
 @dataclass(frozen=True)
@@ -89,6 +103,11 @@ class Settings:
     flush_interval_s: float = _var("FLUSH_INTERVAL_S", 60.0, _positive_float)
     claim_idle_ms: int = _var("CLAIM_IDLE_MS", 300_000, _positive_int)
     redis_timeout_s: float = _var("REDIS_TIMEOUT_S", 5.0, _positive_float)
+    # Ingest only. Empty: anonymous requests are accepted (and the service says so loudly).
+    write_keys: tuple[tuple[str, str], ...] = _var("WRITE_KEYS", (), _write_keys, repr=False)
+    max_body_bytes: int = _var("MAX_BODY_BYTES", 500 * 1024, _positive_int)
+    max_event_bytes: int = _var("MAX_EVENT_BYTES", 32 * 1024, _positive_int)
+    cors_allow_origin: str = _var("CORS_ALLOW_ORIGIN", "*", _text)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -96,7 +115,7 @@ class Settings:
         values = {}
         for f in fields(cls):
             env, parse = f.metadata["env"], f.metadata["parse"]
-            default = "" if f.default is None else str(f.default)
+            default = "" if f.default in (None, ()) else str(f.default)
             values[f.name] = parse(env, environ.get(env, default))
         return cls(**values)
 

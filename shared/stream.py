@@ -90,7 +90,7 @@ class GroupReader:
         cursor: EntryId = b"0-0"
         while len(claimed) < count:
             reply = self.client.xautoclaim(
-                self.key, self.group, self.consumer, min_idle_ms, cursor, count=count
+                self.key, self.group, self.consumer, min_idle_ms, cursor, count=count - len(claimed)
             )
             cursor, entries = reply[0], reply[1]
             claimed.extend(entries)
@@ -103,14 +103,13 @@ class GroupReader:
         return self.client.xack(self.key, self.group, *ids) if ids else 0
 
     def dead_letter(self, entry_id: EntryId, fields: Fields | None, reason: str) -> None:
-        """Move one entry that can never be archived aside, atomically with its ack, so it
-        stops blocking the rest and stays inspectable."""
+        """Move one entry that can never be archived aside, so it stops blocking the rest and
+        stays inspectable. Acknowledged only once the dead letter is written: a crash in
+        between leaves it pending, to be dead-lettered again (a duplicate, never a loss)."""
         record: Fields = {b"original_id": entry_id, b"reason": reason.encode()}
         record.update({b"field:" + name: value for name, value in (fields or {}).items()})
-        with self.client.pipeline(transaction=True) as pipe:
-            pipe.xadd(f"{self.key}:dead", record)
-            pipe.xack(self.key, self.group, entry_id)
-            pipe.execute()
+        self.client.xadd(f"{self.key}:dead", record)
+        self.client.xack(self.key, self.group, entry_id)
 
     def trim_acknowledged(self) -> int:
         """Drop history that every group has acknowledged, and nothing else.

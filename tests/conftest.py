@@ -116,6 +116,8 @@ def settings_env(settings: Settings, **overrides: str) -> dict[str, str]:
     }
     if settings.s3_endpoint_url:
         env["S3_ENDPOINT_URL"] = settings.s3_endpoint_url
+    if settings.write_keys:
+        env["WRITE_KEYS"] = ",".join(f"{source}:{key}" for source, key in settings.write_keys)
     env.update(overrides)
     return env
 

@@ -2,9 +2,13 @@
 
 `create_app(settings)` builds the app (tests build their own); the module-level `app` is what
 gunicorn serves (`functions.ingest.app:app`), and `lambda_handler` is the same app behind
-apig-wsgi for API Gateway (REST, HTTP API v1/v2) and ALB events. A request is
-answered `202` only once all its events are in the stream as one entry, and a rejected request
-adds nothing.
+apig-wsgi for API Gateway (REST, HTTP API v1/v2) and ALB events.
+
+Two dialects, one path: the native API (`/batch`, `/events`, answering `202 {"accepted": N}`)
+and Segment's tracking API (`/v1/*`, answering `200 {"success": true}` as its SDKs expect).
+Every request goes through the same steps: authenticate, read the body, decode, validate and
+stamp, encode, one XADD. It is answered only once all its events are in the stream as one
+entry, and a rejected request adds nothing.
 """
 
 from __future__ import annotations
@@ -19,15 +23,24 @@ from apig_wsgi import make_lambda_handler
 from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 
+from functions.ingest.auth import WriteKeys
+from functions.ingest.body import read_body
 from shared import codec, events
 from shared.settings import Settings
 from shared.stream import EventStream, connect
 
 log = logging.getLogger(__name__)
 
-# Segment's limit for a batch request; larger bodies are refused before they are read.
-MAX_BODY_BYTES = 500 * 1024
 RETRY_AFTER_S = "1"
+SEGMENT_PREFIX = "/v1/"
+ERROR_CODES = {
+    400: "invalid_request",
+    401: "unauthorized",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "too_large",
+    415: "unsupported_media_type",
+}
 
 _json = msgspec.json.Encoder()
 
@@ -36,29 +49,108 @@ def json_response(body: dict[str, Any], status: int, **headers: str) -> Response
     return Response(_json.encode(body), status, headers, mimetype="application/json")
 
 
+class Ingest:
+    """The one path every ingest request takes, from HTTP request to stream entry."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.stream = EventStream(connect(settings), settings.stream_key)
+        self.write_keys = WriteKeys(settings.write_keys)
+
+    def __call__(self, segment: bool, single: bool, default_type: str | None = None) -> int:
+        """Accept the current request; return how many events it added."""
+        authorization = request.headers.get("Authorization")
+        if authorization:  # refuse a bad key before spending anything on the body
+            self.write_keys.source_of(authorization, None)
+        body = read_body(request, self.settings.max_body_bytes, allow_text_plain=segment)
+        document = events.decode_json(body)
+        raw_events = [document] if single else events.batch_events(document)
+        fields = document if isinstance(document, dict) else {}
+        envelope = events.Envelope(
+            source=self.write_keys.source_of(authorization, fields.get("writeKey")),
+            sent_at=None if single else fields.get("sentAt"),
+            context=None if single else fields.get("context"),
+            integrations=None if single else fields.get("integrations"),
+            default_type=default_type,
+        )
+        # No event can be larger than the body holding it: skip measuring small bodies.
+        max_event = self.settings.max_event_bytes
+        prepared = events.prepare(
+            raw_events,
+            events.received_at_now(),
+            envelope,
+            max_event_bytes=max_event if len(body) > max_event else None,
+        )
+        self.stream.add(_encode(prepared))
+        return len(prepared)
+
+
+def _encode(prepared: list[dict[str, Any]]) -> dict[bytes, bytes]:
+    try:
+        return codec.encode_entry(prepared)
+    except codec.UnencodableEvents as exc:
+        message = "holds an integer outside the 64-bit range"
+        raise events.InvalidRequest([events.Problem(i, "", message) for i in exc.indexes]) from None
+
+
 def create_app(settings: Settings | None = None) -> Flask:
     settings = settings or Settings.from_env()
     app = Flask(__name__)
-    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
-    event_stream = EventStream(connect(settings), settings.stream_key)
-
-    def accept(raw_events: list[Any]) -> Response:
-        batch = events.prepare(raw_events, events.received_at_now())
-        event_stream.add(codec.encode_entry(batch))
-        return json_response({"accepted": len(batch)}, 202)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    ingest = Ingest(settings)
+    if not ingest.write_keys.required:
+        log.warning(
+            "WRITE_KEYS is unset: ACCEPTING ANONYMOUS REQUESTS from anyone who can reach us"
+        )
 
     @app.post("/batch")
-    def post_batch() -> Response:
-        return accept(events.batch_events(events.decode_json(request.get_data())))
+    def native_batch() -> Response:
+        return json_response({"accepted": ingest(segment=False, single=False)}, 202)
 
     @app.post("/events")
-    def post_event() -> Response:
-        return accept([events.decode_json(request.get_data())])
+    def native_event() -> Response:
+        return json_response({"accepted": ingest(segment=False, single=True)}, 202)
+
+    @app.post("/v1/batch")
+    @app.post("/v1/import")
+    def segment_batch() -> Response:
+        ingest(segment=True, single=False)
+        return json_response({"success": True}, 200)
+
+    @app.post("/v1/<any(track, identify, page, screen, group, alias):event_type>")
+    def segment_event(event_type: str) -> Response:
+        ingest(segment=True, single=True, default_type=event_type)
+        return json_response({"success": True}, 200)
+
+    @app.before_request
+    def segment_preflight() -> Response | None:
+        # Ahead of routing: Flask's automatic OPTIONS answer would omit the CORS headers.
+        if request.method != "OPTIONS" or not request.path.startswith(SEGMENT_PREFIX):
+            return None
+        requested = request.headers.get("Access-Control-Request-Headers")
+        return Response(
+            status=204,
+            headers={
+                "Access-Control-Allow-Methods": "POST, OPTIONS",
+                "Access-Control-Allow-Headers": requested
+                or "Content-Type, Content-Encoding, Authorization",
+                "Access-Control-Max-Age": "86400",
+            },
+        )
+
+    @app.after_request
+    def cors(response: Response) -> Response:
+        if request.path.startswith(SEGMENT_PREFIX):
+            response.headers["Access-Control-Allow-Origin"] = settings.cors_allow_origin
+            if settings.cors_allow_origin != "*":
+                response.headers["Vary"] = "Origin"
+        return response
 
     @app.get("/healthz")
     def healthz() -> Response:
-        event_stream.client.ping()
-        return json_response({"status": "ok"}, 200)
+        ingest.stream.client.ping()
+        auth = "write keys" if ingest.write_keys.required else "anonymous (WRITE_KEYS unset)"
+        return json_response({"status": "ok", "auth": auth}, 200)
 
     _register_error_handlers(app)
     return app
@@ -70,7 +162,7 @@ def _register_error_handlers(app: Flask) -> None:
         return json_response(exc.as_dict(), 400)
 
     @app.errorhandler(redis.RedisError)
-    def storage_unavailable(exc: redis.RedisError) -> Response:
+    def stream_unavailable(exc: redis.RedisError) -> Response:
         # Nothing was accepted; the client keeps the events and retries.
         log.warning("stream unavailable: %s", exc)
         body = {"error": "unavailable", "message": "event buffer unavailable, retry later"}
@@ -78,11 +170,10 @@ def _register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> Response:
-        body = {
-            "error": (exc.name or "error").lower().replace(" ", "_"),
-            "message": exc.description,
-        }
-        return json_response(body, exc.code or 500)
+        status = exc.code or 500
+        body = {"error": ERROR_CODES.get(status, "http_error"), "message": exc.description}
+        headers = {"WWW-Authenticate": 'Basic realm="events"'} if status == 401 else {}
+        return json_response(body, status, **headers)
 
     @app.errorhandler(Exception)
     def unexpected(exc: Exception) -> Response:

@@ -1,0 +1,234 @@
+"""Segment's tracking API (`/v1/*`), write keys and CORS, through Flask's test client against a
+real redis-server."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import json
+from datetime import datetime, timedelta
+
+import pytest
+
+from functions.ingest.app import create_app
+from shared import codec
+from shared.events import parse_timestamp
+
+KEYS = (("web", "wk_web_123"), ("ios", "wk_ios_456"))
+
+
+def basic(key: str) -> dict[str, str]:
+    return {"Authorization": "Basic " + base64.b64encode(f"{key}:".encode()).decode()}
+
+
+@pytest.fixture
+def keyed_settings(settings):
+    return dataclasses.replace(settings, write_keys=KEYS)
+
+
+@pytest.fixture
+def client(keyed_settings):
+    return create_app(keyed_settings).test_client()
+
+
+@pytest.fixture
+def entries(keyed_settings, redis_client):
+    """The events of every entry in the test's stream, entry by entry."""
+    return lambda: [
+        codec.decode_entry(fields) for _, fields in redis_client.xrange(keyed_settings.stream_key)
+    ]
+
+
+def test_batch_answers_like_segment_and_records_the_source(client, entries):
+    batch = [
+        {"type": "track", "userId": "u1", "event": "Clicked", "properties": {"x": 1}},
+        {"type": "identify", "anonymousId": "a1", "traits": {"plan": "pro"}},
+    ]
+    response = client.post("/v1/batch", json={"batch": batch}, headers=basic("wk_ios_456"))
+    assert response.status_code == 200
+    assert response.get_json() == {"success": True}
+    [stored] = entries()
+    assert [e["source"] for e in stored] == ["ios", "ios"]
+    assert stored[0]["properties"] == {"x": 1} and stored[1]["traits"] == {"plan": "pro"}
+
+
+def test_import_is_an_alias_of_batch(client, entries):
+    body = {"batch": [{"type": "page", "userId": "u", "name": "Home"}]}
+    assert client.post("/v1/import", json=body, headers=basic("wk_web_123")).status_code == 200
+    assert entries()[0][0]["name"] == "Home"
+
+
+@pytest.mark.parametrize("event_type", ["track", "identify", "page", "screen", "group", "alias"])
+def test_single_event_endpoints_take_the_type_from_the_path(client, entries, event_type):
+    event = {"userId": "u1", "event": "E", "groupId": "g", "previousId": "p"}
+    response = client.post(f"/v1/{event_type}", json=event, headers=basic("wk_web_123"))
+    assert (response.status_code, response.get_json()) == (200, {"success": True})
+    assert entries()[0][0]["type"] == event_type
+
+
+def test_a_type_in_the_body_wins_over_the_path(client, entries):
+    event = {"type": "identify", "userId": "u1"}
+    assert client.post("/v1/track", json=event, headers=basic("wk_web_123")).status_code == 200
+    assert entries()[0][0]["type"] == "identify"
+
+
+def test_batch_context_and_integrations_merge_under_the_events_own_keys(client, entries):
+    body = {
+        "batch": [
+            {"type": "track", "userId": "u", "event": "A", "context": {"ip": "1.2.3.4"}},
+            {"type": "track", "userId": "u", "event": "B", "integrations": {"All": True}},
+        ],
+        "context": {"ip": "9.9.9.9", "library": {"name": "analytics-x"}},
+        "integrations": {"All": False, "Mixpanel": True},
+    }
+    assert client.post("/v1/batch", json=body, headers=basic("wk_web_123")).status_code == 200
+    first, second = entries()[0]
+    assert first["context"] == {"ip": "1.2.3.4", "library": {"name": "analytics-x"}}
+    assert first["integrations"] == {"All": False, "Mixpanel": True}
+    assert second["context"] == {"ip": "9.9.9.9", "library": {"name": "analytics-x"}}
+    assert second["integrations"] == {"All": True, "Mixpanel": True}
+
+
+def test_clock_skew_is_corrected_from_sent_at(client, entries):
+    # The client's clock runs 1 hour behind: it says it sent at 10:00:05 an event of 10:00:00.
+    body = {
+        "batch": [
+            {"type": "track", "userId": "u", "event": "E", "timestamp": "2020-01-01T10:00:00Z"}
+        ],
+        "sentAt": "2020-01-01T10:00:05.000Z",
+    }
+    assert client.post("/v1/batch", json=body, headers=basic("wk_web_123")).status_code == 200
+    [event] = entries()[0]
+    assert event["originalTimestamp"] == "2020-01-01T10:00:00Z"
+    received = parse_timestamp(event["receivedAt"])
+    assert parse_timestamp(event["timestamp"]) == received - timedelta(seconds=5)
+
+
+def test_without_sent_at_a_client_timestamp_is_kept_and_a_missing_one_is_received_at(
+    client, entries
+):
+    body = {
+        "batch": [
+            {"type": "track", "userId": "u", "event": "E", "timestamp": "2020-01-01T10:00:00Z"},
+            {"type": "track", "userId": "u", "event": "F"},
+        ]
+    }
+    assert client.post("/v1/batch", json=body, headers=basic("wk_web_123")).status_code == 200
+    with_ts, without_ts = entries()[0]
+    assert with_ts["timestamp"] == "2020-01-01T10:00:00Z" and "originalTimestamp" not in with_ts
+    assert without_ts["timestamp"] == without_ts["receivedAt"]
+
+
+def test_write_key_in_the_body_authenticates_and_is_never_stored(client, entries):
+    body = {"batch": [{"type": "track", "userId": "u", "event": "E", "writeKey": "wk_web_123"}]}
+    body["writeKey"] = "wk_web_123"
+    assert client.post("/v1/batch", json=body).status_code == 200
+    single = {"userId": "u", "event": "E", "writeKey": "wk_ios_456"}
+    assert client.post("/v1/track", json=single).status_code == 200
+    stored = [event for entry in entries() for event in entry]
+    assert [e["source"] for e in stored] == ["web", "ios"]
+    assert not any("writeKey" in e or "wk_" in json.dumps(e) for e in stored)
+
+
+@pytest.mark.parametrize(
+    "headers, body_key",
+    [
+        ({}, None),
+        (basic("wrong"), None),
+        (basic(""), None),
+        ({"Authorization": "Bearer wk_web_123"}, None),
+        ({"Authorization": "Basic !!!not-base64"}, None),
+        ({}, "wrong"),
+        ({}, 12345),
+        (basic("wk_web_12"), None),  # a prefix of a real key
+        (basic("wrong"), "wk_web_123"),  # a bad header is not rescued by the body
+    ],
+    ids=[
+        "none",
+        "unknown",
+        "empty",
+        "bearer",
+        "bad-base64",
+        "unknown-in-body",
+        "non-string-in-body",
+        "prefix",
+        "bad-header-good-body",
+    ],
+)
+@pytest.mark.parametrize("path", ["/v1/batch", "/batch"])
+def test_missing_or_unknown_write_key_is_refused(
+    client, redis_client, keyed_settings, headers, body_key, path
+):
+    body = {"batch": [{"type": "track", "userId": "u", "event": "E"}]}
+    if body_key is not None:
+        body["writeKey"] = body_key
+    response = client.post(path, json=body, headers=headers)
+    assert response.status_code == 401
+    assert response.get_json()["error"] == "unauthorized"
+    assert "wk_" not in response.get_data(as_text=True)
+    assert response.headers["WWW-Authenticate"].startswith("Basic")
+    assert redis_client.xlen(keyed_settings.stream_key) == 0
+
+
+def test_without_write_keys_requests_are_anonymous_and_health_says_so(settings, redis_client):
+    client = create_app(settings).test_client()
+    body = {"batch": [{"type": "track", "userId": "u", "event": "E"}]}
+    assert client.post("/v1/batch", json=body).status_code == 200
+    [[event]] = [codec.decode_entry(f) for _, f in redis_client.xrange(settings.stream_key)]
+    assert "source" not in event
+    assert "anonymous" in client.get("/healthz").get_json()["auth"]
+
+
+def test_health_reports_write_keys_without_revealing_them(client):
+    response = client.get("/healthz")
+    assert response.status_code == 200 and response.get_json()["auth"] == "write keys"
+    assert "wk_" not in response.get_data(as_text=True)
+
+
+def test_settings_never_show_keys_in_their_repr(keyed_settings):
+    assert "wk_web_123" not in repr(keyed_settings)
+
+
+def test_browser_sdks_may_send_json_as_text_plain(client, entries):
+    body = json.dumps({"batch": [{"type": "track", "userId": "u", "event": "E"}]})
+    response = client.post(
+        "/v1/batch", data=body, content_type="text/plain;charset=UTF-8", headers=basic("wk_web_123")
+    )
+    assert response.status_code == 200 and len(entries()) == 1
+
+
+def test_cors_preflight_and_headers(keyed_settings):
+    client = create_app(keyed_settings).test_client()
+    preflight = client.options(
+        "/v1/batch",
+        headers={
+            "Origin": "https://app.example.com",
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization, content-type",
+        },
+    )
+    assert preflight.status_code == 204
+    assert preflight.headers["Access-Control-Allow-Origin"] == "*"
+    assert "POST" in preflight.headers["Access-Control-Allow-Methods"]
+    assert preflight.headers["Access-Control-Allow-Headers"] == "authorization, content-type"
+    refused = client.post("/v1/batch", json={"batch": []}, headers={"Origin": "https://x.test"})
+    assert refused.headers["Access-Control-Allow-Origin"] == "*"
+    assert "Access-Control-Allow-Origin" not in client.get("/healthz").headers
+
+
+def test_cors_origin_is_configurable(keyed_settings):
+    settings = dataclasses.replace(keyed_settings, cors_allow_origin="https://app.example.com")
+    client = create_app(settings).test_client()
+    response = client.options("/v1/track")
+    assert response.headers["Access-Control-Allow-Origin"] == "https://app.example.com"
+    assert response.headers["Vary"] == "Origin"
+
+
+def test_received_at_is_the_servers_clock(client, entries):
+    event = {"type": "track", "userId": "u", "event": "E", "receivedAt": "1999-01-01T00:00:00Z"}
+    before = datetime.now().astimezone()
+    assert (
+        client.post("/v1/batch", json={"batch": [event]}, headers=basic("wk_web_123")).status_code
+        == 200
+    )
+    assert parse_timestamp(entries()[0][0]["receivedAt"]) >= before - timedelta(seconds=1)
