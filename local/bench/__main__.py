@@ -1,0 +1,5 @@
+import sys
+
+from local.bench.run import main
+
+sys.exit(main())

@@ -1,0 +1,248 @@
+"""What a run prints and keeps: one line per measurement as it happens, the full table with
+the targets of issue 6 at the end, the figures as JSON (`results-<UTC time>.json`) and a
+small SVG bar chart beside it, so runs can be compared."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+TARGETS = {
+    "batch_eps": 100_000,
+    "segment_eps": 80_000,
+    "p99_ms_at_1000": 10.0,
+    "drain_eps_1": 200_000,
+    "memory_ratio": 1.5,
+}
+
+
+def _n(value: float | None, digits: int = 0) -> str:
+    if value is None:
+        return "-"
+    return f"{value:,.{digits}f}"
+
+
+def _cores(cores: dict[str, float], names: tuple[str, ...]) -> str:
+    return "/".join(f"{cores.get(name, 0.0):.2f}" for name in names)
+
+
+SAT_CORES = ("server", "redis", "loadgen", "s3", "other")
+RATE_CORES = ("server", "redis", "bench", "other")
+DRAIN_CORES = ("consumers", "redis", "s3", "other")
+
+
+def ingest_line(row: dict) -> str:
+    if not row.get("available", True):
+        return f"  {row['scenario']:46} not available: {row['why']}"
+    errors = f"{row['errors']} err" if row["errors"] else ""
+    return (
+        f"  {row['scenario']:46} {_n(row['eps']):>9} ev/s {_n(row['rps']):>7} req/s"
+        f"  p50 {row['p50_ms']:6.2f}  p99 {row['p99_ms']:7.2f}  max {row['max_ms']:7.1f} ms"
+        f"  cores {_cores(row['cores'], SAT_CORES)} {errors}"
+    )
+
+
+def rate_line(row: dict) -> str:
+    errors = f"{row['errors']} err" if row["errors"] else ""
+    return (
+        f"  {row['scenario']:46} {_n(row['eps']):>9} ev/s {_n(row['rps']):>7} req/s"
+        f"  p50 {row['p50_ms']:6.2f}  p99 {row['p99_ms']:7.2f}  max {row['max_ms']:7.1f} ms"
+        f"  cores {_cores(row['cores'], RATE_CORES)} {errors}"
+    )
+
+
+def lag_line(lag: dict) -> str:
+    return (
+        f"  end-to-end lag (202 -> readable), FLUSH_INTERVAL_S={lag['flush_interval_s']:g}:"
+        f" p50 {_n(lag['p50_ms'])} ms, p99 {_n(lag['p99_ms'])} ms, max {_n(lag['max_ms'])} ms"
+        f" ({lag['found']}/{lag['probes']} probes found, polled every"
+        f" {lag['poll_interval_s'] * 1000:.0f} ms)"
+    )
+
+
+def memory_line(row: dict) -> str:
+    return (
+        f"  batch {row['batch_size']:>4}: {row['redis_bytes_per_event']:7.1f} B/event in Redis"
+        f" vs {row['msgpack_bytes_per_event']:6.1f} B MsgPack = {row['ratio']:.2f}x"
+        f"  ({row['events']:,} events in {row['entries']:,} entries,"
+        f" used_memory {row['used_memory_mb']:,.0f} MB)"
+    )
+
+
+def drain_line(row: dict) -> str:
+    return (
+        f"  {row['consumers']} consumer(s): {_n(row['events_per_s']):>9} ev/s"
+        f" (10-90%: {_n(row['events_per_s_10_90'])}, with process start:"
+        f" {_n(row['events_per_s_with_startup'])}), {row['events']:,} events in"
+        f" {row['seconds']:.1f} s, archived per runner logs {row['archived_by_runners']:,}"
+        f"  cores {_cores(row['cores'], DRAIN_CORES)}"
+    )
+
+
+def _find(rows: list[dict], scenario: str) -> dict | None:
+    return next((r for r in rows if r["scenario"] == scenario and r.get("available", True)), None)
+
+
+def targets(results: dict) -> list[tuple[str, str, str]]:
+    """(target, measured, verdict) for each target of issue 6 the run measured."""
+    out = []
+
+    def verdict(ok: bool) -> str:
+        return "met" if ok else "NOT met"
+
+    batch = _find(results["ingest"], "/batch 100 events")
+    if batch:
+        out.append(
+            (
+                "/batch 100: >= 100,000 ev/s",
+                _n(batch["eps"]),
+                verdict(batch["eps"] >= TARGETS["batch_eps"]),
+            )
+        )
+    segment = _find(results["ingest"], "/v1/batch 100 events (Segment)")
+    if segment:
+        out.append(
+            (
+                "/v1/batch: >= 80,000 ev/s",
+                _n(segment["eps"]),
+                verdict(segment["eps"] >= TARGETS["segment_eps"]),
+            )
+        )
+    elif results["ingest"]:
+        out.append(("/v1/batch: >= 80,000 ev/s", "not available", "-"))
+    rate = _find(results["fixed_rate"], "/batch 100 events at 10 req/s")
+    if rate:
+        out.append(
+            (
+                "p99 <= 10 ms at 1,000 ev/s",
+                f"{rate['p99_ms']:.2f} ms",
+                verdict(rate["p99_ms"] <= TARGETS["p99_ms_at_1000"]),
+            )
+        )
+    drains = {row["consumers"]: row["events_per_s"] for row in results["drain"]}
+    if 1 in drains:
+        out.append(
+            (
+                "1 consumer drains >= 200,000 ev/s",
+                _n(drains[1]),
+                verdict(drains[1] >= TARGETS["drain_eps_1"]),
+            )
+        )
+    if 1 in drains and 2 in drains:
+        out.append(
+            (
+                "2 consumers drain faster than 1",
+                f"{drains[2] / drains[1]:.2f}x",
+                verdict(drains[2] > drains[1]),
+            )
+        )
+    memory = next((row for row in results["memory"] if row["batch_size"] == 100), None)
+    if memory:
+        out.append(
+            (
+                "Redis memory <= 1.5x MsgPack",
+                f"{memory['ratio']:.2f}x",
+                verdict(memory["ratio"] <= TARGETS["memory_ratio"]),
+            )
+        )
+    return out
+
+
+def table(results: dict) -> str:
+    machine = results["machine"]
+    lines = [
+        "",
+        "=" * 100,
+        f"benchmark {results['started_at']} ({results['mode']}), {machine['cpus']} cores,"
+        f" load average at start {machine['loadavg_at_start']}, redis {machine.get('redis', '?')}",
+        f"load generator: {results['loadgen']}",
+    ]
+    plan = results["plan"]
+    if results["ingest"]:
+        lines += [
+            "",
+            f"ingest at saturation: {plan['connections']} connections,"
+            f" {plan['duration_s']:g} s each; cores = {'/'.join(SAT_CORES)}",
+        ]
+        noop = _find(results["ingest"], "baseline: do-nothing WSGI, 100-event body")
+        for row in results["ingest"]:
+            line = ingest_line(row)
+            if noop and row.get("available", True) and row is not noop and noop["rps"]:
+                line += f"  [{row['rps'] / noop['rps']:.0%} of do-nothing req/s]"
+            lines.append(line)
+    if results["fixed_rate"]:
+        lines += ["", f"fixed rate, 1 consumer running; cores = {'/'.join(RATE_CORES)}"]
+        lines += [rate_line(row) for row in results["fixed_rate"]]
+    if results.get("lag"):
+        lines.append(lag_line(results["lag"]))
+    if results["memory"]:
+        lines += ["", "Redis memory per buffered event"]
+        lines += [memory_line(row) for row in results["memory"]]
+    if results["drain"]:
+        lines += [
+            "",
+            f"drain (FLUSH_INTERVAL_S=1, default size hints); cores = {'/'.join(DRAIN_CORES)}",
+        ]
+        lines += [drain_line(row) for row in results["drain"]]
+    checks = targets(results)
+    if checks:
+        lines += ["", "targets (issue 6)"]
+        lines += [f"  {name:40} {measured:>14}  {verdict}" for name, measured, verdict in checks]
+    lines.append("=" * 100)
+    return "\n".join(lines)
+
+
+def write(results: dict, out_dir: Path, stamp: str) -> Path:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results["targets"] = [
+        {"target": name, "measured": measured, "verdict": verdict}
+        for name, measured, verdict in targets(results)
+    ]
+    path = out_dir / f"results-{stamp}.json"
+    path.write_text(json.dumps(results, indent=2) + "\n")
+    (out_dir / f"chart-{stamp}.svg").write_text(chart(results))
+    return path
+
+
+def chart(results: dict) -> str:
+    """Horizontal bars: events/s of every saturation and drain measurement."""
+    bars = [
+        (row["scenario"], row["eps"] or row["rps"] * row.get("events_per_request", 1))
+        for row in results["ingest"]
+        if row.get("available", True)
+    ]
+    bars += [
+        (f"drain, {row['consumers']} consumer(s)", row["events_per_s"]) for row in results["drain"]
+    ]
+    top = max([value for _, value in bars] + [TARGETS["batch_eps"]])
+    width, label_w, bar_h = 900, 330, 22
+    height = 40 + bar_h * len(bars)
+    scale = (width - label_w - 90) / top
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        'font-family="sans-serif" font-size="12">',
+        f'<text x="10" y="18" font-weight="bold">events/s ({results["started_at"]}, '
+        f"{results['machine']['cpus']} cores; do-nothing rows: req/s x 100)</text>",
+    ]
+    for index, (name, value) in enumerate(bars):
+        y = 30 + index * bar_h
+        colour = "#999" if name.startswith("baseline") else "#3a7bd5"
+        parts.append(f'<text x="10" y="{y + 15}">{_escape(name)}</text>')
+        parts.append(
+            f'<rect x="{label_w}" y="{y + 3}" width="{value * scale:.1f}" '
+            f'height="{bar_h - 6}" fill="{colour}"/>'
+        )
+        parts.append(
+            f'<text x="{label_w + value * scale + 5:.1f}" y="{y + 15}">{value:,.0f}</text>'
+        )
+    target_x = label_w + TARGETS["batch_eps"] * scale
+    parts.append(
+        f'<line x1="{target_x:.1f}" y1="26" x2="{target_x:.1f}" y2="{height}" '
+        'stroke="red" stroke-dasharray="4"/>'
+    )
+    parts.append("</svg>")
+    return "\n".join(parts) + "\n"
+
+
+def _escape(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")

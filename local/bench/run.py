@@ -1,0 +1,395 @@
+"""`python -m local.bench [--quick]`: the whole benchmark in one run, phases in order.
+
+1. ingest at saturation, no consumer running (what the HTTP side alone accepts): the do-nothing
+   baselines, `/batch` at 1/10/100/500 events, `/v1/batch`, gzip bodies, `/events`, and the
+   direct-write design;
+2. fixed rate (1,000 events/s): `/batch` of 100 and `/events` with one consumer running and
+   probes for end-to-end lag; the direct-write design at the same rate;
+3. Redis memory per buffered event for a backlog of 1M events (several batch sizes);
+4. drain rate from a 1M-event backlog with 1, then 2 consumer processes.
+
+Between phases the stream is deleted, so each starts from the same state.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import platform
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import redis
+
+from local.bench import backlog, cpu, load, payloads, report
+from local.bench.procs import ROOT, Stack, stop
+
+STREAM_KEY = "bench-events"
+GROUP = "archiver"
+BUCKET = "bench-archive"
+FIXED_RATE_EVENTS = 1000
+FLUSH_INTERVAL_S = "1"
+
+
+@dataclass(frozen=True)
+class Plan:
+    duration_s: float
+    warmup_s: float
+    connections: int
+    rate_duration_s: float
+    batch_sizes: tuple[int, ...]
+    memory_events: int
+    memory_batch_sizes: tuple[int, ...]
+    drain_events: int
+
+    @classmethod
+    def full(cls) -> Plan:
+        return cls(10, 2, 16, 20, (1, 10, 100, 500), 1_000_000, (1, 10, 100, 500), 1_000_000)
+
+    @classmethod
+    def quick(cls) -> Plan:
+        return cls(3, 1, 16, 5, (1, 100, 500), 100_000, (100,), 200_000)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m local.bench", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("--quick", action="store_true", help="short smoke run (about a minute)")
+    parser.add_argument(
+        "--loadgen", choices=["wrk", "python"], default="wrk", help="wrk if installed (default)"
+    )
+    parser.add_argument("--connections", type=int, help="connections for saturation runs")
+    parser.add_argument("--duration", type=float, help="seconds per saturation run")
+    parser.add_argument("--out", type=Path, default=ROOT / ".data" / "bench", help="results folder")
+    parser.add_argument(
+        "--skip", action="append", default=[], choices=["ingest", "rate", "memory", "drain"]
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    plan = Plan.quick() if args.quick else Plan.full()
+    if args.connections:
+        plan = Plan(**{**plan.__dict__, "connections": args.connections})
+    if args.duration:
+        plan = Plan(**{**plan.__dict__, "duration_s": args.duration})
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    run_dir = args.out / f"run-{stamp}"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    results = {
+        "started_at": stamp,
+        "mode": "quick" if args.quick else "full",
+        "machine": _machine(),
+        "loadgen": load.describe_loadgen(args.loadgen),
+        "plan": plan.__dict__,
+        "ingest": [],
+        "fixed_rate": [],
+        "lag": None,
+        "memory": [],
+        "drain": [],
+        "notes": [],
+    }
+    env = {
+        "STREAM_KEY": STREAM_KEY,
+        "CONSUMER_GROUP": GROUP,
+        "S3_BUCKET": BUCKET,
+        "WRITE_KEYS": payloads.WRITE_KEYS,
+        "LOG_LEVEL": "warning",
+        "FLUSH_INTERVAL_S": FLUSH_INTERVAL_S,
+        "CLAIM_IDLE_MS": "30000",
+    }
+    print(
+        f"benchmark ({results['mode']}): {results['machine']['cpus']} cores, {results['loadgen']}"
+    )
+    print(f"logs and processes' data in {run_dir}", flush=True)
+    bench = Bench(Stack(run_dir, env), plan, args.loadgen, results)
+    try:
+        bench.stack.start_storage(BUCKET)
+        bench.client = redis.Redis.from_url(bench.stack.env["REDIS_URL"])
+        results["machine"]["redis"] = bench.client.info("server")["redis_version"]
+        if "ingest" not in args.skip:
+            bench.ingest_phase()
+        if "rate" not in args.skip:
+            bench.rate_phase()
+        if "memory" not in args.skip:
+            bench.memory_phase()
+        if "drain" not in args.skip:
+            bench.drain_phase()
+    finally:
+        bench.stack.close()
+        _remove_redis_data(run_dir)
+        results["finished_at"] = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+        path = report.write(results, args.out, stamp)
+        print(report.table(results))
+        print(f"\nresults: {path}")
+    return 0
+
+
+def _machine() -> dict:
+    load1, load5, _ = Path("/proc/loadavg").read_text().split()[:3]
+    return {
+        "cpus": cpu.cores(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "loadavg_at_start": [float(load1), float(load5)],
+        "wrk": bool(load.wrk_path()),
+    }
+
+
+def _remove_redis_data(run_dir: Path) -> None:
+    """The AOF of a 1M-event backlog is hundreds of MB; keep the logs only."""
+    for path in (run_dir / "redis").glob("**/*"):
+        if path.is_file() and path.name != "redis.log":
+            path.unlink()
+
+
+class Bench:
+    def __init__(self, stack: Stack, plan: Plan, loadgen: str, results: dict) -> None:
+        self.stack, self.plan, self.loadgen, self.results = stack, plan, loadgen, results
+        self.client: redis.Redis | None = None
+        self.noop_eps: dict[int, float] = {}
+
+    # --- phase 1: ingest at saturation ------------------------------------------------------
+
+    def ingest_phase(self) -> None:
+        _say("\n== ingest at saturation (no consumer running)")
+        ingest = self.stack.start_ingest()
+        noop = self.stack.start_baseline("noop", "local.bench.baselines:noop")
+        flask_noop = self.stack.start_baseline(
+            "flask-noop", "local.bench.baselines:create_flask_noop()"
+        )
+        direct = self.stack.start_baseline("direct", "local.bench.baselines:create_direct_app()")
+        bodies100 = payloads.batch_bodies(100)
+        self.saturate("baseline: do-nothing WSGI, 100-event body", "noop", noop, bodies100)
+        self.saturate(
+            "baseline: do-nothing Flask, 100-event body", "flask-noop", flask_noop, bodies100
+        )
+        for size in self.plan.batch_sizes:
+            self.saturate(f"/batch {size} events", "ingest", ingest, payloads.batch_bodies(size))
+        self.saturate(
+            "/v1/batch 100 events (Segment)",
+            "ingest",
+            ingest,
+            payloads.batch_bodies(100, segment=True),
+        )
+        self.saturate(
+            "/batch 100 events, gzip", "ingest", ingest, payloads.batch_bodies(100, gzipped=True)
+        )
+        self.saturate("/events (1 event)", "ingest", ingest, payloads.single_bodies())
+        self.saturate("baseline: direct write to S3, /batch 100", "direct", direct, bodies100)
+        for name in ("noop", "flask-noop"):
+            process, _ = self.stack.servers.pop(name)
+            stop(process)
+
+    def saturate(self, label: str, server: str, port: int, bodies: payloads.Bodies) -> None:
+        available = self._probe(port, bodies)
+        if available is not True:
+            self.results["ingest"].append({"scenario": label, "available": False, "why": available})
+            _say(f"  {label:44} not available: {available}")
+            return
+        self.client.delete(STREAM_KEY)
+        duration = self.plan.duration_s
+        with contextlib.suppress(RuntimeError):  # warm-up: workers import lazily, caches fill
+            load.saturate(
+                "127.0.0.1", port, bodies, self.plan.warmup_s, self.plan.connections, self.loadgen
+            )
+        meter = cpu.CpuMeter(
+            {
+                "server": lambda: self.stack.server_pids(server),
+                "redis": self.stack.redis_pids,
+                "s3": self.stack.s3_pids,
+            }
+        ).start()
+        result = load.saturate(
+            "127.0.0.1", port, bodies, duration, self.plan.connections, self.loadgen
+        )
+        meter.add("loadgen", result.loadgen_cpu_s)
+        cores = meter.stop()
+        row = {
+            "scenario": label,
+            "available": True,
+            "server": server,
+            "body_bytes": bodies.mean_bytes,
+            "events_per_request": bodies.events_per_request,
+            **result.as_dict(),
+            "cores": cores,
+        }
+        if server == "ingest":
+            # One entry per accepted request; in-flight requests at the end may add a few.
+            row["stream_entries"] = self.client.xlen(STREAM_KEY)
+        self.results["ingest"].append(row)
+        _say(report.ingest_line(row))
+
+    def _probe(self, port: int, bodies: payloads.Bodies) -> bool | str:
+        """True if one request of these bodies is accepted, else why not."""
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}{bodies.path}", data=bodies.bodies[0], headers=bodies.headers
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=30) as answer:
+                return True if answer.status < 300 else f"HTTP {answer.status}"
+        except urllib.error.HTTPError as exc:
+            detail = exc.read()[:160].decode(errors="replace")
+            return f"HTTP {exc.code} {detail}".strip()
+
+    # --- phase 2: fixed rate, with a consumer and lag probes --------------------------------
+
+    def rate_phase(self) -> None:
+        _say(f"\n== fixed rate: {FIXED_RATE_EVENTS} events/s, one consumer running")
+        ingest = self._port("ingest") or self.stack.start_ingest()
+        direct = self._port("direct") or self.stack.start_baseline(
+            "direct", "local.bench.baselines:create_direct_app()"
+        )
+        self.client.delete(STREAM_KEY)
+        prefix = "bench/lag/"
+        runners = self.stack.start_runners(1, {"S3_PREFIX": prefix}, "runner-lag")
+        time.sleep(2)  # let the runner import and create its group before the clock starts
+        duration = self.plan.rate_duration_s
+        bodies = payloads.batch_bodies(100)
+        rate = FIXED_RATE_EVENTS / 100
+        count = int(rate * duration)
+        probes = payloads.Bodies(
+            bodies.path,
+            [payloads.with_probe(bodies.bodies[i % len(bodies.bodies)], i) for i in range(count)],
+            100,
+            bodies.headers,
+        )
+        acked: dict[int, float] = {}
+        watcher = backlog.ArchiveWatcher(self.stack.env["S3_ENDPOINT_URL"], BUCKET, prefix)
+        watcher.start()
+        self.fixed_rate(
+            "/batch 100 events at 10 req/s",
+            "ingest",
+            ingest,
+            probes,
+            rate,
+            on_done=lambda i, status, t: acked.__setitem__(i, t) if status == 202 else None,
+        )
+        self.fixed_rate(
+            "/events at 1,000 req/s", "ingest", ingest, payloads.single_bodies(), FIXED_RATE_EVENTS
+        )
+        wait_until = time.monotonic() + float(FLUSH_INTERVAL_S) + 15
+        while len(watcher.seen) < len(acked) and time.monotonic() < wait_until:
+            time.sleep(0.1)
+        watcher.stop()
+        for runner in runners:
+            stop(runner, sig=2)
+        lags = sorted(watcher.seen[i] - acked[i] for i in acked if i in watcher.seen)
+        self.results["lag"] = {
+            "probes": len(acked),
+            "found": len(lags),
+            "flush_interval_s": float(FLUSH_INTERVAL_S),
+            "poll_interval_s": watcher.interval_s,
+            "p50_ms": _pct(lags, 0.5),
+            "p99_ms": _pct(lags, 0.99),
+            "max_ms": _pct(lags, 1.0),
+        }
+        _say(report.lag_line(self.results["lag"]))
+        self.fixed_rate(
+            "baseline: direct write, /batch 100 at 10 req/s", "direct", direct, bodies, rate
+        )
+        for name in ("ingest", "direct"):
+            process, _ = self.stack.servers.pop(name)
+            stop(process)
+
+    def fixed_rate(
+        self, label: str, server: str, port: int, bodies: payloads.Bodies, rate: float, on_done=None
+    ) -> None:
+        meter = cpu.CpuMeter(
+            {"server": lambda: self.stack.server_pids(server), "redis": self.stack.redis_pids}
+        ).start()
+        result = load.fixed_rate(
+            "127.0.0.1", port, bodies, rate, self.plan.rate_duration_s, on_done=on_done
+        )
+        row = {"scenario": label, "server": server, "rate_rps": rate, **result.as_dict()}
+        row["cores"] = meter.stop()
+        self.results["fixed_rate"].append(row)
+        _say(report.rate_line(row))
+
+    def _port(self, name: str) -> int | None:
+        entry = self.stack.servers.get(name)
+        return entry[1] if entry else None
+
+    # --- phase 3: memory per buffered event -------------------------------------------------
+
+    def memory_phase(self) -> None:
+        _say(f"\n== Redis memory, backlog of {self.plan.memory_events:,} events")
+        for size in self.plan.memory_batch_sizes:
+            row, _ = backlog.measure_memory(
+                self.client,
+                STREAM_KEY,
+                payloads.stream_entries(size),
+                self.plan.memory_events,
+                size,
+            )
+            self.results["memory"].append(row)
+            _say(report.memory_line(row))
+            self.client.delete(STREAM_KEY)
+
+    # --- phase 4: drain ---------------------------------------------------------------------
+
+    def drain_phase(self) -> None:
+        _say(f"\n== drain from a backlog of {self.plan.drain_events:,} events (100 per entry)")
+        pool = payloads.stream_entries(100)
+        for consumers in (1, 2):
+            self.client.delete(STREAM_KEY)
+            filled = backlog.fill(self.client, STREAM_KEY, pool, self.plan.drain_events, 100)
+            name = f"runner-drain{consumers}"
+            started = time.monotonic()
+            runners = self.stack.start_runners(
+                consumers, {"S3_PREFIX": f"bench/drain{consumers}/"}, name
+            )
+            meter = cpu.CpuMeter(
+                {
+                    "consumers": _trees(runners),
+                    "redis": self.stack.redis_pids,
+                    "s3": self.stack.s3_pids,
+                }
+            )
+            progress = backlog.watch_drain(
+                self.client, STREAM_KEY, GROUP, filled, timeout_s=600, on_first_read=meter.start
+            )
+            cores = meter.stop()
+            for runner in runners:
+                stop(runner, sig=2)
+            first, last = progress.samples[0][0], progress.samples[-1][0]
+            row = {
+                "consumers": consumers,
+                "events": filled.events,
+                "events_per_s": round(filled.events / (last - first)),
+                "events_per_s_10_90": round(progress.rate(filled, 0.1, 0.9)),
+                "events_per_s_with_startup": round(filled.events / (last - started)),
+                "seconds": round(last - first, 2),
+                "archived_by_runners": backlog.archived_by_runners(
+                    self.stack.run_dir / f"{name}.log"
+                ),
+                "cores": cores,
+            }
+            self.results["drain"].append(row)
+            _say(report.drain_line(row))
+        self.client.delete(STREAM_KEY)
+
+
+def _trees(processes: list) -> cpu.PidSource:
+    return lambda: [pid for process in processes for pid in cpu.tree(process.pid)]
+
+
+def _pct(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    return round(values[min(len(values) - 1, int(q * len(values)))] * 1000, 1)
+
+
+def _say(text: str) -> None:
+    print(text, flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
