@@ -29,3 +29,12 @@ format: $(VENV)/.installed
 
 clean:
 	rm -rf $(VENV) .data .pytest_cache .ruff_cache
+
+# The benchmark (issue 6), not part of `make test`. BENCH_ARGS=--quick for a short smoke run.
+# It uses wrk when it is on PATH (Debian: apt-get install wrk), else a Python load generator.
+bench: $(VENV)/.installed $(VENV)/.bench-installed
+	$(BIN)/python -m local.bench $(BENCH_ARGS)
+
+$(VENV)/.bench-installed: $(VENV)/.installed
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	@touch $@
