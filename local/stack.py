@@ -28,8 +28,14 @@ ROOT = Path(__file__).resolve().parent.parent
 DATA_DIR = ROOT / ".data"
 INGEST_BIND = os.environ.get("BIND", "127.0.0.1:8000")
 MOTO_PORT = int(os.environ.get("MOTO_PORT", "5000"))
-# Short enough that a first-time user sees an object a few seconds after posting.
-DEV_DEFAULTS = {"FLUSH_INTERVAL_S": "5", "CLAIM_IDLE_MS": "30000"}
+DEV_WRITE_KEY = "dev-write-key"
+# Short enough that a first-time user sees an object a few seconds after posting; a known
+# write key so that the printed curl works (never use it outside your machine).
+DEV_DEFAULTS = {
+    "FLUSH_INTERVAL_S": "5",
+    "CLAIM_IDLE_MS": "30000",
+    "WRITE_KEYS": f"local:{DEV_WRITE_KEY}",
+}
 
 
 def start_gunicorn(env: dict[str, str], bind: str) -> subprocess.Popen:
@@ -105,16 +111,19 @@ def _stop(process: subprocess.Popen, sig: int = signal.SIGTERM, timeout_s: float
 
 def _print_banner(env: dict[str, str], settings: Settings) -> None:
     endpoint = env.get("S3_ENDPOINT_URL")
+    dev_key = env["WRITE_KEYS"] == DEV_DEFAULTS["WRITE_KEYS"]
+    key = DEV_WRITE_KEY if dev_key else "<one of your WRITE_KEYS>"
     print(
         f"""
-  ingest      http://{INGEST_BIND}   (POST /batch, POST /events, GET /healthz)
+  ingest      http://{INGEST_BIND}   (POST /batch, /events, /v1/* (Segment API); GET /healthz)
+  write key   {key + "   (development key, source 'local')" if dev_key else key}
   redis       {settings.redis_url}   (AOF in {DATA_DIR / "redis"})
   archive     s3://{settings.s3_bucket}/{settings.s3_prefix} at {endpoint or "AWS"}
   flushes     every {settings.flush_interval_s:g}s, {settings.flush_max_events} events or \
 {settings.flush_max_bytes} bytes, whichever comes first
 
   try:
-    curl -i -X POST http://{INGEST_BIND}/batch -H 'Content-Type: application/json' \\
+    curl -i -u {key}: -X POST http://{INGEST_BIND}/batch -H 'Content-Type: application/json' \\
       -d '{{"batch": [{{"type": "track", "userId": "u1", "event": "Signed Up"}}]}}'
   then, after {settings.flush_interval_s:g}s, list the archive:
     curl -s '{endpoint or "https://s3.amazonaws.com"}/{settings.s3_bucket}?list-type=2'
