@@ -38,3 +38,21 @@ bench: $(VENV)/.installed $(VENV)/.bench-installed
 $(VENV)/.bench-installed: $(VENV)/.installed
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	@touch $@
+
+# --- deployment ------------------------------------------------------------------------------
+# `sam build` runs build-<Function> (template.yaml, BuildMethod: makefile) with ARTIFACTS_DIR
+# set: a function gets the two packages it imports, and its dependencies built for its Lambda
+# runtime (python3.11, x86_64) whatever the machine building it.
+.PHONY: build-IngestFunction build-ConsumerFunction lambda-code
+LAMBDA_PLATFORM := --platform manylinux2014_x86_64 --implementation cp --python-version 3.11
+
+build-IngestFunction build-ConsumerFunction: lambda-code
+	$(PYTHON) -m pip install --quiet --disable-pip-version-check --target "$(ARTIFACTS_DIR)" \
+		$(LAMBDA_PLATFORM) --only-binary=:all: -r functions/requirements.txt
+
+lambda-code:
+	@test -n "$(ARTIFACTS_DIR)" || { echo "set ARTIFACTS_DIR" >&2; exit 1; }
+	mkdir -p "$(ARTIFACTS_DIR)"
+	cp -R functions shared "$(ARTIFACTS_DIR)/"
+	find "$(ARTIFACTS_DIR)" -name __pycache__ -prune -exec rm -rf {} +
+

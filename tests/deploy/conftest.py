@@ -1,0 +1,96 @@
+"""The deployment artifacts as the tools that consume them read them: the SAM template through
+cfn-lint's own loader, and each function's package built by the same Makefile recipe that
+`sam build` runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cfnlint.decode import cfn_yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+TEMPLATE = ROOT / "template.yaml"
+INVOKE = Path(__file__).with_name("lambda_invoke.py")
+# Set it to a `sam build` output folder (e.g. .aws-sam/build) to run the handler tests on the
+# real build, dependencies included, instead of on the code packages these tests build.
+SAM_BUILD_DIR = os.environ.get("SAM_BUILD_DIR")
+
+
+def load_template() -> dict[str, Any]:
+    return cfn_yaml.load(str(TEMPLATE))
+
+
+def serverless_functions(template: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {
+        name: resource
+        for name, resource in template["Resources"].items()
+        if resource["Type"] == "AWS::Serverless::Function"
+    }
+
+
+@pytest.fixture(scope="session")
+def template() -> dict[str, Any]:
+    return load_template()
+
+
+@pytest.fixture(scope="session")
+def function_packages(
+    template: dict[str, Any], tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Path]:
+    """Logical ID -> the folder Lambda would run the function from (its /var/task)."""
+    if SAM_BUILD_DIR:
+        return {name: Path(SAM_BUILD_DIR) / name for name in serverless_functions(template)}
+    packages = {}
+    for name, resource in serverless_functions(template).items():
+        assert resource.get("Metadata", {}).get("BuildMethod") == "makefile", name
+        artifacts = tmp_path_factory.mktemp("sam-build") / name
+        code_uri = ROOT / resource["Properties"]["CodeUri"]
+        subprocess.run(
+            ["make", "--no-print-directory", "-C", str(code_uri), "lambda-code"],
+            env={**os.environ, "ARTIFACTS_DIR": str(artifacts)},
+            check=True,
+            capture_output=True,
+        )
+        packages[name] = artifacts
+    return packages
+
+
+def library_dirs() -> list[str]:
+    """Where the dependencies are: in the package itself for a real build, else this venv's
+    site-packages (without its .pth files, so this repo's editable install stays out)."""
+    if SAM_BUILD_DIR:
+        return []
+    paths = sysconfig.get_paths()
+    return sorted({paths["purelib"], paths["platlib"]})
+
+
+def invoke(
+    package: Path,
+    handler: str,
+    invocations: list[dict[str, Any]],
+    env: dict[str, str],
+    timeout_s: float = 60,
+) -> dict[str, Any]:
+    """Run `invocations` against `handler` imported from `package`, as Lambda would."""
+    result = subprocess.run(
+        [sys.executable, "-I", "-S", str(INVOKE), str(package), handler, *library_dirs()],
+        input=json.dumps({"invocations": invocations}),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+    )
+    assert result.returncode == 0, f"handler {handler} failed:\n{result.stdout}\n{result.stderr}"
+    report = json.loads(result.stdout.splitlines()[-1])
+    # Every module of this repo that ran came from the function's package, none from the repo.
+    assert report["modules"], "no module of the package was imported"
+    for name, file in report["modules"].items():
+        assert file is None or Path(file).is_relative_to(package), f"{name} came from {file}"
+    return report

@@ -1,0 +1,240 @@
+"""template.yaml: valid for cfn-lint, and true to the code it deploys (routes, environment
+variables, time budget, dependencies, build recipe) and to the security it promises."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+from packaging.requirements import Requirement
+
+from functions.consumer.drain import STOP_MARGIN_MS
+from functions.ingest.app import create_app
+from shared.settings import ENV_VARS, Settings
+from tests.deploy.conftest import ROOT, TEMPLATE, serverless_functions
+
+HTTP_METHODS = {"GET", "POST", "PUT", "PATCH", "DELETE"}
+
+
+def test_cfn_lint_reports_nothing() -> None:
+    cfn_lint = Path(sys.executable).with_name("cfn-lint")
+    result = subprocess.run([str(cfn_lint), str(TEMPLATE)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def props(template: dict[str, Any], name: str) -> dict[str, Any]:
+    return template["Resources"][name]["Properties"]
+
+
+# --- the ingest API routes exactly what the app serves ---------------------------------------
+
+
+def api_routes(template: dict[str, Any]) -> set[tuple[str, str]]:
+    events = props(template, "IngestFunction")["Events"].values()
+    return {
+        (e["Properties"]["Method"].upper(), e["Properties"]["Path"])
+        for e in events
+        if e["Type"] == "HttpApi"
+    }
+
+
+def app_routes() -> set[tuple[str, str]]:
+    """(method, concrete path) for every route of the ingest app."""
+    routes = set()
+    for rule in create_app(Settings()).url_map.iter_rules():
+        if rule.endpoint == "static":
+            continue
+        paths = [rule.rule]
+        for argument, converter in rule._converters.items():
+            assert hasattr(converter, "items"), f"{rule.rule}: route the values of <{argument}>"
+            paths = [
+                re.sub(rf"<[^>]*:{argument}>", value, path)
+                for path in paths
+                for value in sorted(converter.items)
+            ]
+        routes |= {(method, path) for method in rule.methods & HTTP_METHODS for path in paths}
+    return routes
+
+
+def routed(route: tuple[str, str], api: set[tuple[str, str]]) -> bool:
+    """Whether HTTP API routes `route`, as it matches paths: {name} is one segment, {name+}
+    any number."""
+    method, path = route
+    for api_method, api_path in api:
+        pattern = re.sub(r"\\\{[^}]+\\\+\\\}", ".+", re.escape(api_path))
+        pattern = re.sub(r"\\\{[^}]+\\\}", "[^/]+", pattern)
+        if api_method == method and re.fullmatch(pattern, path):
+            return True
+    return False
+
+
+def test_every_route_of_the_app_is_on_the_api(template: dict[str, Any]) -> None:
+    api = api_routes(template)
+    missing = sorted(route for route in app_routes() if not routed(route, api))
+    assert not missing, f"add these routes to IngestFunction's Events: {missing}"
+
+
+def test_every_route_of_the_api_reaches_the_app(template: dict[str, Any]) -> None:
+    adapter = create_app(Settings()).url_map.bind("api.example.com")
+    for method, path in api_routes(template):
+        concrete = re.sub(r"\{[^}]+\}", "batch", path)
+        adapter.match(concrete, method)  # raises NotFound or MethodNotAllowed
+
+
+def test_browsers_get_their_preflight_answered_by_the_app(template: dict[str, Any]) -> None:
+    # A CorsConfiguration would make API Gateway answer preflights itself, differently.
+    assert "CorsConfiguration" not in props(template, "IngestApi")
+    api = api_routes(template)
+    assert all(routed(("OPTIONS", p), api) for m, p in app_routes() if p.startswith("/v1/"))
+
+
+# --- configuration and secrets ---------------------------------------------------------------
+
+
+def environment(template: dict[str, Any], name: str) -> dict[str, Any]:
+    shared = template["Globals"]["Function"]["Environment"]["Variables"]
+    return {**shared, **props(template, name).get("Environment", {}).get("Variables", {})}
+
+
+@pytest.mark.parametrize("name", ["IngestFunction", "ConsumerFunction"])
+def test_functions_set_only_variables_the_code_reads(template: dict[str, Any], name: str) -> None:
+    assert set(environment(template, name)) <= set(ENV_VARS)
+
+
+def test_write_keys_and_the_redis_url_come_from_secret_parameters(
+    template: dict[str, Any],
+) -> None:
+    assert environment(template, "IngestFunction")["WRITE_KEYS"] == {"Ref": "WriteKeys"}
+    assert environment(template, "ConsumerFunction")["REDIS_URL"] == {"Ref": "RedisUrl"}
+    for parameter in ("WriteKeys", "RedisUrl"):
+        declared = template["Parameters"][parameter]
+        assert declared["NoEcho"] is True and "Default" not in declared, parameter
+
+
+def test_write_keys_parameter_admits_what_the_code_accepts(template: dict[str, Any]) -> None:
+    pattern = template["Parameters"]["WriteKeys"]["AllowedPattern"]
+    for value in ("web:k1", "web:k1,ios:k2", "web:k:with:colons"):
+        assert re.fullmatch(pattern, value), value
+        Settings.from_env({"WRITE_KEYS": value})
+    for value in ("", "k1", "web:", ":k1", "web:k1,", "web:k 1"):
+        assert not re.fullmatch(pattern, value), value
+
+
+# --- least privilege and the archive bucket --------------------------------------------------
+
+
+def test_the_consumer_may_put_archive_objects_and_nothing_else(template: dict[str, Any]) -> None:
+    (policy,) = props(template, "ConsumerFunction")["Policies"]
+    assert policy["Statement"] == [
+        {
+            "Effect": "Allow",
+            "Action": "s3:PutObject",
+            "Resource": {"Fn::Sub": "${ArchiveBucket.Arn}/${ArchivePrefix}*"},
+        }
+    ]
+    assert "Policies" not in props(template, "IngestFunction")
+    for name, resource in template["Resources"].items():
+        assert not resource["Type"].startswith("AWS::IAM::"), name
+        assert "Role" not in resource.get("Properties", {}), name
+
+
+def test_the_archive_bucket_is_private_encrypted_kept_and_cooled(
+    template: dict[str, Any],
+) -> None:
+    bucket = template["Resources"]["ArchiveBucket"]
+    assert bucket["DeletionPolicy"] == bucket["UpdateReplacePolicy"] == "Retain"
+    block = bucket["Properties"]["PublicAccessBlockConfiguration"]
+    assert set(block.values()) == {True} and len(block) == 4
+    (encryption,) = bucket["Properties"]["BucketEncryption"]["ServerSideEncryptionConfiguration"]
+    assert encryption["ServerSideEncryptionByDefault"]["SSEAlgorithm"] in ("AES256", "aws:kms")
+    rules = bucket["Properties"]["LifecycleConfiguration"]["Rules"]
+    cooling = next(rule for rule in rules if "Transitions" in rule)
+    assert cooling["Prefix"] == {"Ref": "ArchivePrefix"}
+    assert cooling["Transitions"] == [
+        {
+            "StorageClass": {"Ref": "ArchiveStorageClass"},
+            "TransitionInDays": {"Ref": "ArchiveTransitionDays"},
+        }
+    ]
+    consumer = environment(template, "ConsumerFunction")
+    assert consumer["S3_BUCKET"] == {"Ref": "ArchiveBucket"}
+    assert consumer["S3_PREFIX"] == {"Ref": "ArchivePrefix"}
+
+
+def test_outputs_give_the_api_url_and_the_bucket(template: dict[str, Any]) -> None:
+    outputs = template["Outputs"]
+    assert "${IngestApi}.execute-api." in outputs["ApiUrl"]["Value"]["Fn::Sub"]
+    assert outputs["ArchiveBucketName"]["Value"] == {"Ref": "ArchiveBucket"}
+
+
+# --- the consumer's schedule and time budget -------------------------------------------------
+
+
+def seconds_of_rate(expression: str) -> int:
+    count, unit = re.fullmatch(r"rate\((\d+) (minutes?|hours?|days?)\)", expression).groups()
+    return int(count) * {"m": 60, "h": 3600, "d": 86400}[unit[0]]
+
+
+def test_the_consumer_runs_on_a_schedule_with_a_timeout_that_fits_its_budget(
+    template: dict[str, Any],
+) -> None:
+    consumer = props(template, "ConsumerFunction")
+    (schedule,) = [e for e in consumer["Events"].values() if e["Type"] == "Schedule"]
+    assert schedule["Properties"]["Schedule"] == {"Ref": "ConsumerSchedule"}
+    assert template["Parameters"]["ConsumerSchedule"]["Default"] == "rate(1 minute)"
+    assert consumer["Timeout"] == {"Ref": "ConsumerTimeout"}
+    timeout = template["Parameters"]["ConsumerTimeout"]
+    # At any allowed timeout the drain keeps its whole stop margin (min(margin, budget/4))...
+    assert timeout["MinValue"] * 1000 >= 4 * STOP_MARGIN_MS
+    assert timeout["MaxValue"] <= 900  # Lambda's limit
+    # ...and by default one invocation reads until the next one starts: no gap in draining.
+    reading_s = timeout["Default"] - STOP_MARGIN_MS / 1000
+    assert reading_s >= seconds_of_rate(template["Parameters"]["ConsumerSchedule"]["Default"])
+
+
+# --- what `sam build` puts in each function --------------------------------------------------
+
+
+def requirement_set(lines: list[str]) -> set[str]:
+    return {str(Requirement(line)) for line in lines}
+
+
+def test_function_requirements_are_the_project_dependencies() -> None:
+    lines = (ROOT / "functions" / "requirements.txt").read_text().splitlines()
+    listed = [line for line in lines if line.strip() and not line.startswith("#")]
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert requirement_set(listed) == requirement_set(pyproject["project"]["dependencies"])
+
+
+@pytest.mark.parametrize("name", ["IngestFunction", "ConsumerFunction"])
+def test_sam_build_recipe_targets_the_runtime_and_architecture(
+    template: dict[str, Any], name: str
+) -> None:
+    function = {**template["Globals"]["Function"], **props(template, name)}
+    assert template["Resources"][name]["Metadata"]["BuildMethod"] == "makefile"
+    recipe = subprocess.run(
+        ["make", "--no-print-directory", "-n", f"build-{name}", "ARTIFACTS_DIR=/artifacts"],
+        cwd=ROOT / function["CodeUri"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.replace("\\\n", " ")
+    version = function["Runtime"].removeprefix("python")
+    (architecture,) = function["Architectures"]
+    assert "cp -R functions shared" in recipe
+    pip = next(line for line in recipe.splitlines() if "pip install" in line)
+    assert '--target "/artifacts"' in pip and "-r functions/requirements.txt" in pip
+    assert f"--python-version {version}" in pip and "--only-binary=:all:" in pip
+    # Lambda's python3.11 runs on Amazon Linux 2 (glibc 2.26): manylinux2014 wheels at most.
+    machine = {"x86_64": "x86_64", "arm64": "aarch64"}[architecture]
+    assert f"--platform manylinux2014_{machine}" in pip
+
+
+def test_every_function_is_built_from_the_repo_root(template: dict[str, Any]) -> None:
+    for name, resource in serverless_functions(template).items():
+        assert (ROOT / resource["Properties"]["CodeUri"]).resolve() == ROOT, name
