@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -20,6 +21,10 @@ from functions.consumer.app import handler
 from shared.settings import ConfigError
 
 log = logging.getLogger("local.runner")
+
+# After a stop signal, the flush in progress gets this long before the process exits anyway
+# (unacknowledged entries stay pending, so this loses nothing).
+SHUTDOWN_DEADLINE_S = 30.0
 
 
 class LoopContext:
@@ -42,9 +47,20 @@ def install_signal_handlers(stop: threading.Event) -> None:
             sys.exit(1)
         log.info("signal %d: finishing the current invocation, then exiting", signum)
         stop.set()
+        deadline = threading.Timer(SHUTDOWN_DEADLINE_S, _exit_now)
+        deadline.daemon = True
+        deadline.start()
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
+
+
+def _exit_now() -> None:
+    log.error(
+        "shutdown took over %ss; exiting, unacknowledged entries stay pending", SHUTDOWN_DEADLINE_S
+    )
+    logging.shutdown()
+    os._exit(1)
 
 
 def run(budget_s: float, once: bool, stop: threading.Event) -> None:

@@ -11,6 +11,7 @@ Split the way Kafka Connect's S3 sink splits it:
 
 from __future__ import annotations
 
+import base64
 import gzip
 import hashlib
 import time
@@ -26,6 +27,8 @@ from shared.settings import Settings
 
 OBJECT_SUFFIX = ".ndjson.gz"
 COMPRESS_LEVEL = 6
+# Dead letters, at the bucket's root so that they never mix with the archive's partitions.
+ERRORS_PREFIX = "errors/"
 
 _json_encoder = msgspec.json.Encoder()
 
@@ -75,6 +78,24 @@ def object_key(prefix: str, partition: str, entry_ids: list[bytes]) -> str:
     digest = hashlib.blake2b(b",".join(entry_ids), digest_size=8).hexdigest()
     first, last = entry_ids[0].decode(), entry_ids[-1].decode()
     return f"{prefix}{partition}{first}_{last}_{digest}{OBJECT_SUFFIX}"
+
+
+def error_object(
+    entry_id: bytes, fields: dict[bytes, bytes] | None, reason: str
+) -> tuple[str, bytes]:
+    """A dead-lettered entry as a JSON document, its raw fields in base64 (they may be any
+    bytes), under `errors/dt=<day the entry was written>/<entry id>.json`."""
+    entry = entry_id.decode()
+    day = time.strftime("%Y-%m-%d", time.gmtime(int(entry.partition("-")[0]) / 1000))
+    document = {
+        "originalId": entry,
+        "reason": reason,
+        "fields": {
+            name.decode("utf-8", "replace"): base64.b64encode(value).decode()
+            for name, value in (fields or {}).items()
+        },
+    }
+    return f"{ERRORS_PREFIX}dt={day}/{entry}.json", _json_encoder.encode(document)
 
 
 # --- storage ------------------------------------------------------------------------------

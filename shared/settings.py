@@ -102,7 +102,11 @@ class Settings:
     flush_max_bytes: int = _var("FLUSH_MAX_BYTES", 32 * 1024 * 1024, _positive_int)
     flush_interval_s: float = _var("FLUSH_INTERVAL_S", 60.0, _positive_float)
     claim_idle_ms: int = _var("CLAIM_IDLE_MS", 300_000, _positive_int)
-    redis_timeout_s: float = _var("REDIS_TIMEOUT_S", 5.0, _positive_float)
+    redis_timeout_s: float = _var("REDIS_TIMEOUT_S", 2.0, _positive_float)
+    # Admission control: ingest answers 503 while the stream holds this many entries.
+    stream_max_len: int = _var("STREAM_MAX_LEN", 100_000, _positive_int)
+    # An entry delivered more often than this without being archived is dead-lettered.
+    max_deliveries: int = _var("MAX_DELIVERIES", 10, _positive_int)
     # Ingest only. Empty: anonymous requests are accepted (and the service says so loudly).
     write_keys: tuple[tuple[str, str], ...] = _var("WRITE_KEYS", (), _write_keys, repr=False)
     max_body_bytes: int = _var("MAX_BODY_BYTES", 500 * 1024, _positive_int)

@@ -14,6 +14,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from shared.settings import Settings
 
@@ -25,12 +27,19 @@ Fields = dict[bytes, bytes]
 Entry = tuple[EntryId, Fields | None]
 
 
+class BacklogFull(Exception):
+    """The stream holds STREAM_MAX_LEN entries: accept nothing until consumers catch up."""
+
+
 def connect(settings: Settings) -> redis.Redis:
-    """A client with bounded timeouts; redis-py pools connections and uses hiredis when present."""
+    """A client that fails fast: bounded timeouts and a single immediate retry, on a broken
+    connection only (a pooled socket may be stale after a Redis restart), never on a timeout,
+    after which the command may have run. redis-py pools connections and uses hiredis."""
     return redis.Redis.from_url(
         settings.redis_url,
         socket_timeout=settings.redis_timeout_s,
         socket_connect_timeout=settings.redis_timeout_s,
+        retry=Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)),
         health_check_interval=30,
     )
 
@@ -40,15 +49,47 @@ def unique_consumer_name() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
 
 
+# Check and append in one atomic step: a length check followed by a separate XADD would let
+# concurrent requests overshoot the bound. Capping by MAXLEN instead would delete unread entries.
+_ADD_IF_ROOM = """
+if redis.call('XLEN', KEYS[1]) >= tonumber(ARGV[1]) then return false end
+return redis.call('XADD', KEYS[1], '*', unpack(ARGV, 2))
+"""
+
+# A consumer may be forgotten only while it holds nothing: deleting one with pending entries
+# would drop them from the group for good. Checked and done atomically, for every consumer
+# idle longer than ARGV[2] except the caller.
+_DELETE_IDLE_EMPTY_CONSUMERS = """
+local deleted = 0
+for _, consumer in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])) do
+  local info = {}
+  for i = 1, #consumer, 2 do info[consumer[i]] = consumer[i + 1] end
+  if info['pending'] == 0 and info['idle'] >= tonumber(ARGV[2]) and info['name'] ~= ARGV[3] then
+    redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], info['name'])
+    deleted = deleted + 1
+  end
+end
+return deleted
+"""
+
+
 @dataclass
 class EventStream:
-    """The producer's view: append one entry per request."""
+    """The producer's view: append one entry per request, while there is room."""
 
     client: redis.Redis
     key: str
+    max_len: int
+
+    def __post_init__(self) -> None:
+        self._add_if_room = self.client.register_script(_ADD_IF_ROOM)
 
     def add(self, fields: Fields) -> EntryId:
-        return self.client.xadd(self.key, fields)
+        flat = [part for pair in fields.items() for part in pair]
+        entry_id = self._add_if_room(keys=[self.key], args=[self.max_len, *flat])
+        if entry_id is None:
+            raise BacklogFull(f"stream {self.key} holds {self.max_len} entries")
+        return entry_id
 
 
 @dataclass
@@ -59,6 +100,9 @@ class GroupReader:
     key: str
     group: str
     consumer: str
+
+    def __post_init__(self) -> None:
+        self._forget_idle = self.client.register_script(_DELETE_IDLE_EMPTY_CONSUMERS)
 
     def ensure_group(self) -> None:
         """Create the group at the start of the stream (not `$`), so entries written before
@@ -98,6 +142,31 @@ class GroupReader:
                 break
         return claimed
 
+    def delivery_counts(self, ids: list[EntryId]) -> dict[EntryId, int]:
+        """How often each of these pending entries of this consumer has been delivered."""
+        if not ids:
+            return {}
+        lowest, highest = min(ids, key=_id_key), max(ids, key=_id_key)
+        rows = self.client.xpending_range(
+            self.key, self.group, lowest, highest, len(ids), consumername=self.consumer
+        )
+        wanted = set(ids)
+        return {
+            row["message_id"]: row["times_delivered"] for row in rows if row["message_id"] in wanted
+        }
+
+    def forgive(self, ids: list[EntryId]) -> None:
+        """Reset the delivery count of entries whose failure was not their own (storage was
+        down), so an outage never makes healthy entries look like poison."""
+        if ids:
+            self.client.xclaim(
+                self.key, self.group, self.consumer, 0, ids, retrycount=0, justid=True
+            )
+
+    def forget_idle_consumers(self, min_idle_ms: int) -> int:
+        """Remove consumers that went away holding nothing; returns how many."""
+        return self._forget_idle(keys=[self.key], args=[self.group, min_idle_ms, self.consumer])
+
     def ack(self, ids: Iterable[EntryId]) -> int:
         ids = list(ids)
         return self.client.xack(self.key, self.group, *ids) if ids else 0
@@ -120,7 +189,8 @@ class GroupReader:
         floor = self._oldest_needed_id()
         if floor is None:
             return 0
-        return self.client.xtrim(self.key, minid=floor, approximate=True)
+        # Exact, not approximate (~): the stream's length is what admission control counts.
+        return self.client.xtrim(self.key, minid=floor, approximate=False)
 
     def _oldest_needed_id(self) -> EntryId | None:
         floors = []

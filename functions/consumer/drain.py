@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass
 from botocore.exceptions import BotoCoreError, ClientError
 
 from shared import codec, stream
-from shared.archive import Buffer, ObjectStore, UnarchivableEvent, flush_due
+from shared.archive import Buffer, ObjectStore, UnarchivableEvent, error_object, flush_due
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -33,7 +33,7 @@ RemainingMs = Callable[[], int]
 
 # Entries per XREADGROUP; one entry is one HTTP request's events.
 READ_COUNT = 200
-# Longest single blocking read, so the loop notices its deadline and flush age in time.
+# Longest single blocking read, so the loop notices its deadline, flush age and stop signals.
 MAX_BLOCK_MS = 1000
 # Stop reading this long before the budget ends, to leave time to flush and acknowledge.
 STOP_MARGIN_MS = 10_000
@@ -49,6 +49,7 @@ class Summary:
     objects_written: int = 0
     entries_claimed: int = 0
     entries_dead_lettered: int = 0
+    consumers_removed: int = 0
     store_failures: int = 0
     unflushed_entries: int = 0
 
@@ -110,7 +111,7 @@ class _Run:
         """Own pending entries first (this process failed to finish them before), then others'."""
         after = b"0"
         while not self.storage_down and (entries := self.reader.read_pending(after, READ_COUNT)):
-            self.stage(entries)
+            self.stage(self._without_poison(entries))
             after = entries[-1][0]
         self.flush()
         self.claim_if_due()
@@ -121,14 +122,30 @@ class _Run:
             return
         self.next_claim_at = now + self.settings.claim_idle_ms / 2000
         claimed = self.reader.claim_idle(self.settings.claim_idle_ms, READ_COUNT)
+        self.summary.consumers_removed += self.reader.forget_idle_consumers(
+            self.settings.claim_idle_ms
+        )
         if not claimed:
             return
         log.info("claimed %d entries left idle by other consumers", len(claimed))
         self.summary.entries_claimed += len(claimed)
         # Claimed entries go into objects of their own, in the order their first owner read them.
         self.flush()
-        self.stage(claimed)
+        self.stage(self._without_poison(claimed))
         self.flush()
+
+    def _without_poison(self, entries: list[stream.Entry]) -> list[stream.Entry]:
+        """Dead-letter re-delivered entries that keep failing (say, they crash the consumer)."""
+        counts = self.reader.delivery_counts([entry_id for entry_id, _ in entries])
+        healthy = []
+        for entry_id, fields in entries:
+            deliveries = counts.get(entry_id, 0)
+            if deliveries > self.settings.max_deliveries:
+                self.summary.entries_read += 1
+                self._dead_letter(entry_id, fields, f"delivered {deliveries} times, never archived")
+            else:
+                healthy.append((entry_id, fields))
+        return healthy
 
     # --- reading and staging ----------------------------------------------------------------
 
@@ -150,19 +167,29 @@ class _Run:
                 return  # what is left stays pending and is re-read once storage is back
             self.summary.entries_read += 1
             try:
-                if fields is None:
+                if not fields:
                     raise codec.UndecodableEntry("entry data is gone from the stream")
                 self.buffer.add(entry_id, codec.decode_entry(fields))
             except (codec.UndecodableEntry, UnarchivableEvent) as exc:
-                log.error("dead-lettering entry %s: %s", entry_id.decode(), exc)
-                self.reader.dead_letter(entry_id, fields, str(exc))
-                self.summary.entries_dead_lettered += 1
+                self._dead_letter(entry_id, fields, str(exc))
                 continue
             if (
                 self.buffer.events >= self.settings.flush_max_events
                 or self.buffer.bytes >= self.settings.flush_max_bytes
             ):
                 self.flush()
+
+    def _dead_letter(
+        self, entry_id: stream.EntryId, fields: stream.Fields | None, reason: str
+    ) -> None:
+        """Set aside an entry that can never be archived, in the bucket's `errors/` and the
+        dead-letter stream, then acknowledge it, so that it stops blocking the rest."""
+        log.error("dead-lettering entry %s: %s", entry_id.decode(), reason)
+        if not self._store_all([error_object(entry_id, fields, reason)]):
+            self.storage_down = True
+            return
+        self.reader.dead_letter(entry_id, fields, reason)
+        self.summary.entries_dead_lettered += 1
 
     # --- flushing -----------------------------------------------------------------------------
 
@@ -172,20 +199,23 @@ class _Run:
         buffer, self.buffer = self.buffer, Buffer()
         if not buffer.entry_ids:
             return
-        if not self._store_all(buffer):
+        objects = [(key, body) for key, body, _ in buffer.objects(self.settings.s3_prefix)]
+        if not self._store_all(objects):
             self.storage_down = True
             self.summary.unflushed_entries += len(buffer.entry_ids)
             log.error("storage unavailable; %d entries stay pending", len(buffer.entry_ids))
+            # Not the entries' fault: keep their delivery counts from marking them as poison.
+            self.reader.forgive(buffer.entry_ids)
             return
         self.reader.ack(buffer.entry_ids)
         self.summary.events_archived += buffer.events
         self.reader.trim_acknowledged()
 
-    def _store_all(self, buffer: Buffer) -> bool:
-        objects = list(buffer.objects(self.settings.s3_prefix))
+    def _store_all(self, objects: list[tuple[str, bytes]]) -> bool:
+        """Put every object, retrying while storage fails; False if time runs out first."""
         delay = RETRY_FIRST_S
         while objects:
-            key, body, _ = objects[0]
+            key, body = objects[0]
             try:
                 self.store.put(key, body)
             except (BotoCoreError, ClientError) as exc:

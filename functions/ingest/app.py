@@ -27,11 +27,13 @@ from functions.ingest.auth import WriteKeys
 from functions.ingest.body import read_body
 from shared import codec, events
 from shared.settings import Settings
-from shared.stream import EventStream, connect
+from shared.stream import BacklogFull, EventStream, connect
 
 log = logging.getLogger(__name__)
 
-RETRY_AFTER_S = "1"
+# Seconds a client should wait: Redis hiccups pass quickly, a full backlog takes consumers longer.
+RETRY_AFTER_UNAVAILABLE_S = "1"
+RETRY_AFTER_BACKLOG_S = "5"
 SEGMENT_PREFIX = "/v1/"
 ERROR_CODES = {
     400: "invalid_request",
@@ -54,7 +56,7 @@ class Ingest:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.stream = EventStream(connect(settings), settings.stream_key)
+        self.stream = EventStream(connect(settings), settings.stream_key, settings.stream_max_len)
         self.write_keys = WriteKeys(settings.write_keys)
 
     def __call__(self, segment: bool, single: bool, default_type: str | None = None) -> int:
@@ -161,12 +163,21 @@ def _register_error_handlers(app: Flask) -> None:
     def invalid(exc: events.InvalidRequest) -> Response:
         return json_response(exc.as_dict(), 400)
 
+    # For both 503s nothing was accepted; the client keeps the events and retries.
+    @app.errorhandler(BacklogFull)
+    def backlog_full(exc: BacklogFull) -> Response:
+        log.warning("refusing events: %s", exc)
+        body = {
+            "error": "backlog_full",
+            "message": "too many events wait to be archived, retry later",
+        }
+        return json_response(body, 503, **{"Retry-After": RETRY_AFTER_BACKLOG_S})
+
     @app.errorhandler(redis.RedisError)
     def stream_unavailable(exc: redis.RedisError) -> Response:
-        # Nothing was accepted; the client keeps the events and retries.
         log.warning("stream unavailable: %s", exc)
         body = {"error": "unavailable", "message": "event buffer unavailable, retry later"}
-        return json_response(body, 503, **{"Retry-After": RETRY_AFTER_S})
+        return json_response(body, 503, **{"Retry-After": RETRY_AFTER_UNAVAILABLE_S})
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> Response:

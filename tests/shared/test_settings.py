@@ -30,7 +30,13 @@ def test_defaults_from_an_empty_environment() -> None:
     assert settings.flush_max_bytes == 32 * 1024 * 1024
     assert settings.flush_interval_s == 60.0
     assert settings.claim_idle_ms == 300_000
-    assert settings.redis_timeout_s == 5.0
+    assert settings.redis_timeout_s == 2.0
+    assert settings.write_keys == ()
+    assert settings.max_body_bytes == 500 * 1024
+    assert settings.max_event_bytes == 32 * 1024
+    assert settings.cors_allow_origin == "*"
+    assert settings.stream_max_len == 100_000
+    assert settings.max_deliveries == 10
 
 
 def test_from_env_reads_os_environ_when_no_mapping_is_given(
@@ -55,6 +61,12 @@ CORE_VARS = {
     "FLUSH_INTERVAL_S",
     "CLAIM_IDLE_MS",
     "REDIS_TIMEOUT_S",
+    "WRITE_KEYS",
+    "MAX_BODY_BYTES",
+    "MAX_EVENT_BYTES",
+    "CORS_ALLOW_ORIGIN",
+    "STREAM_MAX_LEN",
+    "MAX_DELIVERIES",
 }
 
 
@@ -165,7 +177,32 @@ BAD_VALUES = [
     ("REDIS_TIMEOUT_S", "-0.5"),
     ("REDIS_TIMEOUT_S", "NaN"),
     ("REDIS_TIMEOUT_S", "Infinity"),
+    ("WRITE_KEYS", "nocolon"),
+    ("WRITE_KEYS", "web:"),
+    ("WRITE_KEYS", ":key"),
+    ("WRITE_KEYS", "web:k1,ios:k1"),
+    ("MAX_BODY_BYTES", "0"),
+    ("MAX_BODY_BYTES", "500KB"),
+    ("MAX_EVENT_BYTES", "-1"),
+    ("CORS_ALLOW_ORIGIN", " "),
+    ("STREAM_MAX_LEN", "0"),
+    ("STREAM_MAX_LEN", "lots"),
+    ("MAX_DELIVERIES", "0"),
+    ("MAX_DELIVERIES", "1.5"),
 ]
+
+
+@pytest.mark.parametrize("raw", ["web:wk_secret_1,broken", "web:wk_secret_1,ios:wk_secret_1"])
+def test_write_key_errors_never_quote_the_keys(raw: str) -> None:
+    with pytest.raises(ConfigError) as excinfo:
+        from_env(WRITE_KEYS=raw)
+    assert "wk_secret" not in str(excinfo.value)
+
+
+def test_write_keys_parse_into_source_key_pairs() -> None:
+    settings = from_env(WRITE_KEYS=" web:k1 , ios:k2,")
+    assert settings.write_keys == (("web", "k1"), ("ios", "k2"))
+    assert "k1" not in repr(settings)
 
 
 @pytest.mark.parametrize(("env", "raw"), BAD_VALUES)

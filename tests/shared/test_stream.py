@@ -21,7 +21,7 @@ def reader(
 
 
 def add_entries(client: redis.Redis, key: str, count: int) -> list[bytes]:
-    producer = EventStream(client, key)
+    producer = EventStream(client, key, max_len=1_000_000)
     return [producer.add({b"i": str(i).encode(), **FIELDS}) for i in range(count)]
 
 
@@ -64,7 +64,7 @@ def test_unique_consumer_names_differ() -> None:
 def test_add_appends_one_entry_with_the_fields(
     redis_client: redis.Redis, settings: Settings
 ) -> None:
-    producer = EventStream(redis_client, settings.stream_key)
+    producer = EventStream(redis_client, settings.stream_key, max_len=1_000_000)
     first = producer.add(FIELDS)
     second = producer.add({b"other": b"\x00\xff binary"})
     assert isinstance(first, bytes)

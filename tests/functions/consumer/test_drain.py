@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import dataclasses
+import json
 import time
 
 import pytest
@@ -36,7 +38,7 @@ def make_drainer(settings: Settings, s3, consumer: str = "c1") -> Drainer:
 def post(settings: Settings, client: redis.Redis, count: int, per_batch: int = 3) -> list[str]:
     """Write `count` entries the way the ingest function does; return their messageIds."""
     ids = []
-    producer = stream.EventStream(client, settings.stream_key)
+    producer = stream.EventStream(client, settings.stream_key, settings.stream_max_len)
     for _ in range(count):
         raw = [{"type": "track", "userId": "u", "event": "E"} for _ in range(per_batch)]
         batch = events.prepare(raw, events.received_at_now())
@@ -182,10 +184,84 @@ def test_poison_entry_is_dead_lettered_and_the_rest_archived(settings, s3, redis
 
     summary = make_drainer(settings, s3).drain(Budget(1.5))
     assert summary.entries_dead_lettered == 1
-    assert sorted(e["messageId"] for e in archived_events(s3, settings.s3_bucket)) == sorted(ids)
+    archived = archived_events(s3, settings.s3_bucket, settings.s3_prefix)
+    assert sorted(e["messageId"] for e in archived) == sorted(ids)
     dead = redis_client.xrange(f"{settings.stream_key}:dead")
     assert [d[1][b"original_id"] for d in dead] == [poison_id]
+    assert dead[0][1][b"field:d"] == fields[b"d"]
+    [error_key] = archived_keys(s3, settings.s3_bucket, "errors/")
+    assert error_key.endswith(f"/{poison_id.decode()}.json")
+    record = json.loads(s3.get_object(Bucket=settings.s3_bucket, Key=error_key)["Body"].read())
+    assert record["originalId"] == poison_id.decode() and record["reason"]
+    assert base64.b64decode(record["fields"]["d"]) == fields[b"d"]
     assert pending_count(redis_client, settings) == 0
+
+
+def test_poison_waits_while_storage_is_down(settings, s3, redis_client):
+    poison_id = redis_client.xadd(settings.stream_key, {b"v": b"99", b"d": b"x"})
+    drainer = make_drainer(settings, s3)
+    real_put = drainer.store.put
+
+    def failing_put(key, body):
+        raise EndpointConnectionError(endpoint_url="http://s3.invalid")
+
+    drainer.store.put = failing_put
+    drainer.drain(Budget(1))
+    assert not redis_client.exists(f"{settings.stream_key}:dead")
+    assert pending_count(redis_client, settings) == 1
+    drainer.store.put = real_put
+    drainer.drain(Budget(1))
+    assert redis_client.xrange(f"{settings.stream_key}:dead")[0][1][b"original_id"] == poison_id
+    assert pending_count(redis_client, settings) == 0
+
+
+def test_an_entry_delivered_too_often_is_dead_lettered(settings, s3, redis_client):
+    settings = dataclasses.replace(settings, max_deliveries=3)
+    post(settings, redis_client, 1)
+    crashing = make_drainer(settings, s3, "crashing")
+    crashing.reader.ensure_group()
+    crashing.reader.read_new(10, block_ms=1)
+    for _ in range(3):  # three crashed attempts, each re-reading its own pending entry
+        crashing.reader.read_pending(b"0", 10)
+    summary = crashing.drain(Budget(1))
+    assert summary.entries_dead_lettered == 1 and summary.events_archived == 0
+    [dead] = redis_client.xrange(f"{settings.stream_key}:dead")
+    assert b"delivered 5 times" in dead[1][b"reason"]
+    assert archived_events(s3, settings.s3_bucket, settings.s3_prefix) == []
+
+
+def test_a_storage_outage_does_not_make_entries_look_like_poison(settings, s3, redis_client):
+    settings = dataclasses.replace(settings, max_deliveries=2)
+    ids = post(settings, redis_client, 2)
+    drainer = make_drainer(settings, s3)
+    real_put = drainer.store.put
+
+    def failing_put(key, body):
+        raise EndpointConnectionError(endpoint_url="http://s3.invalid")
+
+    drainer.store.put = failing_put
+    for _ in range(4):  # four invocations during the outage, each re-reading the entries
+        drainer.drain(Budget(0.5))
+    drainer.store.put = real_put
+    summary = drainer.drain(Budget(1))
+    assert summary.entries_dead_lettered == 0
+    archived = archived_events(s3, settings.s3_bucket, settings.s3_prefix)
+    assert sorted(e["messageId"] for e in archived) == sorted(ids)
+
+
+def test_consumers_gone_with_nothing_pending_are_removed(settings, s3, redis_client):
+    post(settings, redis_client, 1)
+    gone = stream.GroupReader(redis_client, settings.stream_key, "archiver", "gone")
+    gone.ensure_group()
+    holding = stream.GroupReader(redis_client, settings.stream_key, "archiver", "holding")
+    assert len(holding.read_new(10, block_ms=1)) == 1
+    gone.read_new(10, block_ms=1)  # registers "gone", which then holds nothing
+    time.sleep(settings.claim_idle_ms / 1000 + 0.1)
+    summary = make_drainer(settings, s3, "live").drain(Budget(1))
+    names = {c["name"] for c in redis_client.xinfo_consumers(settings.stream_key, "archiver")}
+    assert b"gone" not in names and summary.consumers_removed >= 1
+    # "holding" went idle too, but only after its entry was claimed can it be forgotten.
+    assert summary.entries_claimed == 1
 
 
 def test_acknowledged_history_is_trimmed_and_pending_is_kept(settings, s3, redis_client):

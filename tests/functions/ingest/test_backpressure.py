@@ -1,0 +1,96 @@
+"""Admission control instead of capping: a full backlog, a full Redis, or no Redis at all means
+503 with Retry-After, and never a 202 for events that were not stored."""
+
+from __future__ import annotations
+
+import dataclasses
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import redis
+
+from functions.ingest.app import create_app
+from local.redis_server import RedisServer
+from shared import stream
+from tests.conftest import free_port
+
+BATCH = {"batch": [{"type": "track", "userId": "u", "event": "E"}]}
+
+
+def test_a_full_backlog_is_refused_until_consumers_catch_up(settings, redis_client):
+    settings = dataclasses.replace(settings, stream_max_len=3)
+    client = create_app(settings).test_client()
+    assert [client.post("/batch", json=BATCH).status_code for _ in range(3)] == [202] * 3
+
+    refused = client.post("/batch", json=BATCH)
+    assert refused.status_code == 503
+    assert refused.headers["Retry-After"] == "5"
+    assert refused.get_json()["error"] == "backlog_full"
+    assert redis_client.xlen(settings.stream_key) == 3
+
+    reader = stream.GroupReader(redis_client, settings.stream_key, "archiver", "c")
+    reader.ensure_group()
+    reader.ack([entry_id for entry_id, _ in reader.read_new(10, block_ms=1)])
+    reader.trim_acknowledged()
+    assert client.post("/batch", json=BATCH).status_code == 202
+
+
+def test_the_bound_holds_under_concurrent_requests(settings, redis_client):
+    settings = dataclasses.replace(settings, stream_max_len=25)
+    app = create_app(settings)
+
+    def post(_):
+        return app.test_client().post("/batch", json=BATCH).status_code
+
+    with ThreadPoolExecutor(8) as pool:
+        statuses = list(pool.map(post, range(80)))
+    assert statuses.count(202) == 25 and statuses.count(503) == 55
+    assert redis_client.xlen(settings.stream_key) == 25
+
+
+def test_unread_entries_are_never_trimmed_to_make_room(settings, redis_client):
+    settings = dataclasses.replace(settings, stream_max_len=2)
+    client = create_app(settings).test_client()
+    for _ in range(4):
+        client.post("/batch", json=BATCH)
+    reader = stream.GroupReader(redis_client, settings.stream_key, "archiver", "c")
+    reader.ensure_group()
+    reader.trim_acknowledged()
+    assert len(reader.read_new(10, block_ms=1)) == 2
+
+
+@pytest.fixture
+def tiny_redis(tmp_path):
+    server = RedisServer(free_port(), tmp_path, "--maxmemory", "3mb").start()
+    yield server
+    server.kill()
+
+
+def test_redis_out_of_memory_is_a_503_never_a_202(settings, tiny_redis):
+    settings = dataclasses.replace(settings, redis_url=tiny_redis.url)
+    client = create_app(settings).test_client()
+    big_batch = {"batch": [{**BATCH["batch"][0], "pad": "x" * 20_000} for _ in range(10)]}
+    statuses = [client.post("/batch", json=big_batch).status_code for _ in range(60)]
+    assert 503 in statuses and set(statuses) <= {202, 503}
+    first_refusal = statuses.index(503)
+    assert statuses[first_refusal:] == [503] * (len(statuses) - first_refusal)
+    refused = client.post("/batch", json=big_batch)
+    assert refused.headers["Retry-After"] == "1"
+    assert refused.get_json()["error"] == "unavailable"
+    stored = redis.Redis.from_url(tiny_redis.url).xlen(settings.stream_key)
+    assert stored == statuses.count(202)
+
+
+def test_a_stopped_redis_is_a_503_and_a_restarted_one_is_used_again(settings, tmp_path):
+    server = RedisServer(free_port(), tmp_path).start()
+    try:
+        client = create_app(dataclasses.replace(settings, redis_url=server.url)).test_client()
+        assert client.post("/batch", json=BATCH).status_code == 202
+        server.kill()
+        down = client.post("/batch", json=BATCH)
+        assert down.status_code == 503 and down.headers["Retry-After"] == "1"
+        assert client.get("/healthz").status_code == 503
+        server.start()
+        assert client.post("/batch", json=BATCH).status_code == 202
+    finally:
+        server.kill()
