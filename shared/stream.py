@@ -177,7 +177,7 @@ class GroupReader:
         between leaves it pending, to be dead-lettered again (a duplicate, never a loss)."""
         record: Fields = {b"original_id": entry_id, b"reason": reason.encode()}
         record.update({b"field:" + name: value for name, value in (fields or {}).items()})
-        self.client.xadd(f"{self.key}:dead", record)
+        self.client.xadd(dead_letter_key(self.key), record)
         self.client.xack(self.key, self.group, entry_id)
 
     def trim_acknowledged(self) -> int:
@@ -200,6 +200,26 @@ class GroupReader:
             else:
                 floors.append(_next_id(group["last-delivered-id"]))
         return min(floors, key=_id_key) if floors else None
+
+
+def dead_letter_key(stream_key: str) -> str:
+    return f"{stream_key}:dead"
+
+
+def redrive(producer: EventStream, dead_id: EntryId) -> EntryId:
+    """Put a dead letter's original entry back on the stream (as a new entry, subject to
+    admission control) and remove the dead letter."""
+    dead_key = dead_letter_key(producer.key)
+    [(_, record)] = producer.client.xrange(dead_key, min=dead_id, max=dead_id) or [(None, None)]
+    if record is None:
+        raise KeyError(f"no dead letter {dead_id!r} in {dead_key}")
+    prefix = b"field:"
+    original = {
+        name[len(prefix) :]: value for name, value in record.items() if name.startswith(prefix)
+    }
+    new_id = producer.add(original)
+    producer.client.xdel(dead_key, dead_id)
+    return new_id
 
 
 def _id_key(entry_id: EntryId | str) -> tuple[int, int]:
