@@ -56,3 +56,13 @@ lambda-code:
 	cp -R functions shared "$(ARTIFACTS_DIR)/"
 	find "$(ARTIFACTS_DIR)" -name __pycache__ -prune -exec rm -rf {} +
 
+
+# The containers (local/compose.yaml): Redis, MinIO, the ingest function and the consumer.
+.PHONY: up down
+COMPOSE ?= docker compose
+up:
+	$(COMPOSE) -f local/compose.yaml up --build --detach
+	@echo "ingest: http://127.0.0.1:8000  MinIO console: http://127.0.0.1:9001  stop: make down"
+
+down:
+	$(COMPOSE) -f local/compose.yaml down

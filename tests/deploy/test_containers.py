@@ -1,0 +1,285 @@
+"""The Dockerfile and local/compose.yaml, which no Docker engine runs here, read by the tools
+made for them (hadolint, BuildKit's own Dockerfile parser, `docker compose config`) and then
+checked against the repo: what the image copies exists and is not ignored, the commands it and
+compose run exist, and every environment variable they set is one that something reads."""
+
+from __future__ import annotations
+
+import ast
+import fnmatch
+import importlib
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import compose
+import dockerfile
+import pytest
+
+from functions.ingest.app import create_app
+from shared.settings import ENV_VARS, Settings
+from tests.deploy.conftest import ROOT
+
+COMPOSE_FILE = ROOT / "local" / "compose.yaml"
+COMPOSE_BIN = Path(compose.__file__).with_name("docker-compose")
+PROJECT_PACKAGES = ("functions", "shared", "local")
+# Read by boto3 (the archive's S3 client), as documented in the README.
+AWS_SDK_VARS = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION", "AWS_REGION"}
+
+
+# --- what the image holds --------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def instructions() -> list[dockerfile.Command]:
+    return list(dockerfile.parse_file(str(ROOT / "Dockerfile")))
+
+
+def last(instructions: list[dockerfile.Command], cmd: str) -> dockerfile.Command:
+    return [i for i in instructions if i.cmd.upper() == cmd][-1]
+
+
+def ignored(path: str, patterns: list[str]) -> bool:
+    """.dockerignore semantics: the last matching pattern wins, `!` re-includes, a pattern
+    matching a folder matches everything in it."""
+    parts = path.split("/")
+    verdict = False
+    for pattern in patterns:
+        negated = pattern.startswith("!")
+        pattern = pattern.lstrip("!").strip("/")
+        regex = fnmatch.translate(pattern).replace(".*", "[^/]*").replace("[^/]*[^/]*", ".*")
+        prefixes = ("/".join(parts[:n]) for n in range(1, len(parts) + 1))
+        if any(re.fullmatch(regex, prefix) for prefix in prefixes):
+            verdict = not negated
+    return verdict
+
+
+@pytest.fixture(scope="module")
+def image_files(instructions: list[dockerfile.Command]) -> set[str]:
+    """Repo-relative paths of the files the COPY instructions put into the image."""
+    lines = (ROOT / ".dockerignore").read_text().splitlines()
+    patterns = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+    files = set()
+    for copy in (i for i in instructions if i.cmd.upper() == "COPY"):
+        for source in copy.value[:-1]:
+            assert (ROOT / source).exists(), f"COPY {source}: not in the repo"
+            found = [ROOT / source] if (ROOT / source).is_file() else (ROOT / source).rglob("*")
+            paths = {p.relative_to(ROOT).as_posix() for p in found if p.is_file()}
+            kept = {p for p in paths if not ignored(p, patterns)}
+            assert kept, f"COPY {source}: everything in it is excluded by .dockerignore"
+            files |= kept
+    return files
+
+
+def test_hadolint_finds_nothing() -> None:
+    hadolint = Path(sys.executable).with_name("hadolint")
+    result = subprocess.run(
+        [str(hadolint), str(ROOT / "Dockerfile")], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_dockerignore_keeps_the_code_and_nothing_local(image_files: set[str]) -> None:
+    for package in ("functions", "shared"):
+        modules = {p.relative_to(ROOT).as_posix() for p in (ROOT / package).rglob("*.py")}
+        assert modules - {m for m in modules if "__pycache__" in m} <= image_files
+    assert not any(f.startswith((".venv/", ".data/", ".git/", "tests/")) for f in image_files)
+    assert not any("__pycache__" in f for f in image_files)
+
+
+def test_image_runs_as_a_user_that_is_not_root(instructions: list[dockerfile.Command]) -> None:
+    user = last(instructions, "USER").value[0].split(":")[0]
+    assert user not in ("root", "0")
+    # Everything after the last USER runs as that user, including both functions.
+    order = [i.cmd.upper() for i in instructions]
+    assert order.index("CMD") > len(order) - 1 - order[::-1].index("USER")
+
+
+def test_the_health_check_asks_the_ingest_app(instructions: list[dockerfile.Command]) -> None:
+    check = last(instructions, "HEALTHCHECK")
+    assert check.json and check.value[:3] == ("CMD", "python", "-c"), check
+    code = check.value[3]
+    env = dict(image_env(instructions))
+    path = re.search(r"'(/[a-z]+)'", code).group(1)
+    assert "os.environ['BIND']" in code and "BIND" in env
+    create_app(Settings()).url_map.bind("localhost").match(path, "GET")
+    compile(code, "HEALTHCHECK", "exec")
+
+
+def image_env(instructions: list[dockerfile.Command]) -> list[tuple[str, str]]:
+    pairs = []
+    for env in (i for i in instructions if i.cmd.upper() == "ENV"):
+        pairs += list(zip(env.value[::2], env.value[1::2], strict=True))
+    return pairs
+
+
+# --- commands and environment variables -------------------------------------------------------
+
+
+def variables_read_by(files: set[str]) -> set[str]:
+    """The settings, plus every variable that a Python file in `files` reads by name."""
+    names = set(ENV_VARS)
+    for file in (f for f in files if f.endswith(".py")):
+        source = (ROOT / file).read_text()
+        names |= set(re.findall(r"environ(?:\.get\(|\[)\s*[\"']([A-Z0-9_]+)[\"']", source))
+    return names
+
+
+def check_command(argv: list[str], image_files: set[str]) -> None:
+    """The command exists in the image: its config file, its module and the object it names."""
+    if argv[0] == "gunicorn":
+        assert "-c" in argv, "gunicorn without the repo's config"
+        assert argv[argv.index("-c") + 1] in image_files
+        module, _, name = argv[-1].partition(":")
+        check_module(module, image_files, name)
+    elif argv[:2] == ["python", "-m"]:
+        check_module(argv[2], image_files, "main")
+    elif argv[:2] == ["python", "-c"]:
+        for node in ast.walk(ast.parse(argv[2])):
+            if isinstance(node, ast.ImportFrom) and node.module.startswith(PROJECT_PACKAGES):
+                for alias in node.names:
+                    check_module(node.module, image_files, alias.name)
+    else:
+        pytest.fail(f"unknown command {argv}")
+
+
+def check_module(module: str, image_files: set[str], name: str) -> None:
+    path = module.replace(".", "/")
+    assert f"{path}.py" in image_files or f"{path}/__init__.py" in image_files, module
+    parent = module.rpartition(".")[0]
+    while parent:
+        assert f"{parent.replace('.', '/')}/__init__.py" in image_files, parent
+        parent = parent.rpartition(".")[0]
+    assert hasattr(importlib.import_module(module), name), f"{module} has no {name}"
+
+
+def test_the_image_command_exists(
+    instructions: list[dockerfile.Command], image_files: set[str]
+) -> None:
+    command = last(instructions, "CMD")
+    assert command.json, "CMD in exec form, so signals reach the server"
+    check_command(list(command.value), image_files)
+    installed = " ".join(i.value[0] for i in instructions if i.cmd.upper() == "RUN")
+    assert "gunicorn" in installed and "-r functions/requirements.txt" in installed
+
+
+def test_the_image_sets_only_variables_that_are_read(
+    instructions: list[dockerfile.Command], image_files: set[str]
+) -> None:
+    assert {name for name, _ in image_env(instructions)} <= variables_read_by(image_files)
+
+
+# --- the compose file --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def config() -> dict[str, Any]:
+    """local/compose.yaml as Docker Compose reads it: validated, merged, interpolated."""
+    if not os.access(COMPOSE_BIN, os.X_OK):
+        pytest.fail(f"docker-compose not installed at {COMPOSE_BIN}")
+    env = {k: v for k, v in os.environ.items() if k != "WRITE_KEYS"}
+    result = subprocess.run(
+        [str(COMPOSE_BIN), "-f", str(COMPOSE_FILE), "config", "--format", "json"],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def built_here(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {name: s for name, s in config["services"].items() if "build" in s}
+
+
+def test_ingest_and_consumer_are_the_image_of_the_repo(config: dict[str, Any]) -> None:
+    services = built_here(config)
+    assert set(services) == {"ingest", "consumer"}
+    for service in services.values():
+        assert Path(service["build"]["context"]) == ROOT
+        assert (ROOT / service["build"]["dockerfile"]).resolve() == ROOT / "Dockerfile"
+
+
+def test_compose_commands_exist_and_replaced_health_checks_fit_them(
+    config: dict[str, Any], instructions: list[dockerfile.Command], image_files: set[str]
+) -> None:
+    default = list(last(instructions, "CMD").value)
+    for name, service in built_here(config).items():
+        command = service.get("command") or default
+        check_command(command, image_files)
+        if command != default:  # the image's health check asks the ingest app
+            test = service["healthcheck"]["test"]
+            assert test[0] == "CMD", name
+            check_command(test[1:], image_files)
+    assert config["services"]["consumer"]["command"] == ["python", "-m", "local.runner"]
+
+
+def test_compose_sets_only_variables_that_are_read(
+    config: dict[str, Any], image_files: set[str]
+) -> None:
+    readable = variables_read_by(image_files) | AWS_SDK_VARS
+    for name, service in built_here(config).items():
+        unknown = set(service["environment"]) - readable
+        assert not unknown, f"{name} sets {unknown}, which nothing reads"
+    init = config["services"]["minio-init"]
+    script = " ".join(init["entrypoint"] + init["command"])
+    for variable in init["environment"]:
+        assert f"${variable}" in script, f"minio-init sets {variable} and never uses it"
+
+
+def test_the_pipeline_settings_are_valid_and_wired_to_the_services(
+    config: dict[str, Any],
+) -> None:
+    services = config["services"]
+    minio_env = services["minio"]["environment"]
+    for name, service in built_here(config).items():
+        env = service["environment"]
+        settings = Settings.from_env(env)  # raises ConfigError, naming the variable
+        redis_url = urlparse(settings.redis_url)
+        assert (redis_url.hostname, redis_url.port) == ("redis", 6379), name
+        endpoint = urlparse(settings.s3_endpoint_url)
+        assert (endpoint.hostname, endpoint.port) == ("minio", 9000), name
+        assert settings.s3_bucket == services["minio-init"]["environment"]["S3_BUCKET"], name
+        assert env["AWS_ACCESS_KEY_ID"] == minio_env["MINIO_ROOT_USER"], name
+        assert env["AWS_SECRET_ACCESS_KEY"] == minio_env["MINIO_ROOT_PASSWORD"], name
+        assert "redis" in service["depends_on"], name
+    consumer = services["consumer"]["depends_on"]
+    assert consumer["minio-init"]["condition"] == "service_completed_successfully"
+    ingest = Settings.from_env(services["ingest"]["environment"])
+    assert ingest.write_keys, "the ingest container must not accept anonymous events"
+
+
+def test_ingest_is_published_where_it_listens(config: dict[str, Any]) -> None:
+    ingest = config["services"]["ingest"]
+    port = ingest["environment"]["BIND"].rpartition(":")[2]
+    assert [(p["target"], p["host_ip"]) for p in ingest["ports"]] == [(int(port), "127.0.0.1")]
+
+
+def test_redis_runs_the_repo_config_with_aof(config: dict[str, Any]) -> None:
+    redis = config["services"]["redis"]
+    (mount,) = [v for v in redis["volumes"] if v["type"] == "bind"]
+    assert Path(mount["source"]) == ROOT / "local" / "redis.conf"
+    assert mount["read_only"] is True
+    assert redis["command"][:2] == ["redis-server", mount["target"]]
+    conf = (ROOT / "local" / "redis.conf").read_text()
+    assert re.search(r"^appendonly yes$", conf, re.M)
+    data = [v for v in redis["volumes"] if v["type"] == "volume"]
+    dir_arg = redis["command"][redis["command"].index("--dir") + 1]
+    assert [v["target"] for v in data] == [dir_arg], "the AOF must live on a volume"
+
+
+def test_make_starts_and_stops_the_compose_file() -> None:
+    for target, verb in (("up", " up "), ("down", " down")):
+        recipe = subprocess.run(
+            ["make", "--no-print-directory", "-n", target],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        assert f"-f local/compose.yaml{verb}" in recipe, recipe
