@@ -63,14 +63,28 @@ def used_memory(client: redis.Redis) -> int:
     return int(client.info("memory")["used_memory"])
 
 
+def settle_aof(client: redis.Redis, timeout_s: float = 120) -> None:
+    """Wait out an AOF rewrite: while one runs, Redis 6 buffers every new write in memory a
+    second time (the rewrite buffer), which would be counted as the backlog's memory."""
+    time.sleep(0.3)  # serverCron starts a due rewrite within 100 ms
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        info = client.info("persistence")
+        if not (info.get("aof_rewrite_in_progress") or info.get("aof_rewrite_scheduled")):
+            return
+        time.sleep(0.1)
+
+
 def measure_memory(
     client: redis.Redis, key: str, pool: list[dict[bytes, bytes]], events: int, batch_size: int
 ) -> tuple[dict, Backlog]:
     """Redis memory per buffered event against the MsgPack size of the event (its share of
     the entry's `d` field). Leaves the backlog in place for a drain measurement."""
     client.delete(key)
+    settle_aof(client)
     before = used_memory(client)
     backlog = fill(client, key, pool, events, batch_size)
+    settle_aof(client)
     after = used_memory(client)
     key_bytes = client.memory_usage(key, samples=0) or 0
     per_event = (after - before) / backlog.events

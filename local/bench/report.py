@@ -35,10 +35,15 @@ def ingest_line(row: dict) -> str:
     if not row.get("available", True):
         return f"  {row['scenario']:46} not available: {row['why']}"
     errors = f"{row['errors']} err" if row["errors"] else ""
+    runs = row.get("runs_eps", [])
+    spread = f" [{_n(min(runs))}..{_n(max(runs))}]" if len(runs) > 1 else ""
+    per_request = row.get("server_cpu_us_per_request")
+    per_event = per_request / row["events_per_request"] if per_request else None
     return (
         f"  {row['scenario']:46} {_n(row['eps']):>9} ev/s {_n(row['rps']):>7} req/s"
         f"  p50 {row['p50_ms']:6.2f}  p99 {row['p99_ms']:7.2f}  max {row['max_ms']:7.1f} ms"
-        f"  cores {_cores(row['cores'], SAT_CORES)} {errors}"
+        f"  cpu {_n(per_request):>6} us/req {_n(per_event, 1):>6} us/ev"
+        f"  cores {_cores(row['cores'], SAT_CORES)}{spread} {errors}"
     )
 
 
@@ -70,12 +75,13 @@ def memory_line(row: dict) -> str:
 
 
 def drain_line(row: dict) -> str:
+    per_event = row["cores"].get("consumers", 0) * 1e6 / row["events_per_s"]
     return (
         f"  {row['consumers']} consumer(s): {_n(row['events_per_s']):>9} ev/s"
         f" (10-90%: {_n(row['events_per_s_10_90'])}, with process start:"
         f" {_n(row['events_per_s_with_startup'])}), {row['events']:,} events in"
         f" {row['seconds']:.1f} s, archived per runner logs {row['archived_by_runners']:,}"
-        f"  cores {_cores(row['cores'], DRAIN_CORES)}"
+        f"  cpu {per_event:.1f} us/ev  cores {_cores(row['cores'], DRAIN_CORES)}"
     )
 
 
@@ -155,6 +161,7 @@ def table(results: dict) -> str:
         "=" * 100,
         f"benchmark {results['started_at']} ({results['mode']}), {machine['cpus']} cores,"
         f" load average at start {machine['loadavg_at_start']}, redis {machine.get('redis', '?')}",
+        f"gunicorn (local/gunicorn.conf.py): {machine['gunicorn']}",
         f"load generator: {results['loadgen']}",
     ]
     plan = results["plan"]
@@ -162,7 +169,9 @@ def table(results: dict) -> str:
         lines += [
             "",
             f"ingest at saturation: {plan['connections']} connections,"
-            f" {plan['duration_s']:g} s each; cores = {'/'.join(SAT_CORES)}",
+            f" median of {plan['repeat']} x {plan['duration_s']:g} s [min..max ev/s];"
+            f" cpu = gunicorn + Redis CPU time per request and per event;"
+            f" cores = {'/'.join(SAT_CORES)}",
         ]
         noop = _find(results["ingest"], "baseline: do-nothing WSGI, 100-event body")
         for row in results["ingest"]:
