@@ -238,3 +238,10 @@ def test_sam_build_recipe_targets_the_runtime_and_architecture(
 def test_every_function_is_built_from_the_repo_root(template: dict[str, Any]) -> None:
     for name, resource in serverless_functions(template).items():
         assert (ROOT / resource["Properties"]["CodeUri"]).resolve() == ROOT, name
+
+
+def test_the_ingest_timeout_outlasts_a_slow_redis(template: dict[str, Any]) -> None:
+    """Connecting and answering may each take REDIS_TIMEOUT_S; then the client gets a 503
+    from the app, not a bare 500 from API Gateway for a timed-out function."""
+    timeout_s = props(template, "IngestFunction")["Timeout"]
+    assert timeout_s > 2 * Settings().redis_timeout_s
