@@ -35,6 +35,17 @@ def make_drainer(settings: Settings, s3, consumer: str = "c1") -> Drainer:
     return drainer
 
 
+def break_storage(drainer: Drainer):
+    """Make every put fail as if S3 were unreachable; return the function that mends it."""
+    real_put = drainer.store.put
+
+    def failing_put(key, body):
+        raise EndpointConnectionError(endpoint_url="http://s3.invalid")
+
+    drainer.store.put = failing_put
+    return lambda: setattr(drainer.store, "put", real_put)
+
+
 def post(settings: Settings, client: redis.Redis, count: int, per_batch: int = 3) -> list[str]:
     """Write `count` entries the way the ingest function does; return their messageIds."""
     ids = []
@@ -122,18 +133,13 @@ def test_returns_before_its_budget_ends(settings, s3, redis_client):
 def test_storage_outage_acknowledges_nothing_then_recovers(settings, s3, redis_client):
     ids = post(settings, redis_client, 5)
     drainer = make_drainer(settings, s3)
-    real_put = drainer.store.put
-
-    def failing_put(key, body):
-        raise EndpointConnectionError(endpoint_url="http://s3.invalid")
-
-    drainer.store.put = failing_put
+    restore_storage = break_storage(drainer)
     summary = drainer.drain(Budget(1))
     assert summary.store_failures >= 1 and summary.events_archived == 0
     assert pending_count(redis_client, settings) == 5
     assert archived_keys(s3, settings.s3_bucket) == []
 
-    drainer.store.put = real_put
+    restore_storage()
     summary = drainer.drain(Budget(1.5))  # first re-reads its own pending entries
     assert summary.entries_read == 5
     assert sorted(e["messageId"] for e in archived_events(s3, settings.s3_bucket)) == sorted(ids)
@@ -200,16 +206,11 @@ def test_poison_entry_is_dead_lettered_and_the_rest_archived(settings, s3, redis
 def test_poison_waits_while_storage_is_down(settings, s3, redis_client):
     poison_id = redis_client.xadd(settings.stream_key, {b"v": b"99", b"d": b"x"})
     drainer = make_drainer(settings, s3)
-    real_put = drainer.store.put
-
-    def failing_put(key, body):
-        raise EndpointConnectionError(endpoint_url="http://s3.invalid")
-
-    drainer.store.put = failing_put
+    restore_storage = break_storage(drainer)
     drainer.drain(Budget(1))
     assert not redis_client.exists(f"{settings.stream_key}:dead")
     assert pending_count(redis_client, settings) == 1
-    drainer.store.put = real_put
+    restore_storage()
     drainer.drain(Budget(1))
     assert redis_client.xrange(f"{settings.stream_key}:dead")[0][1][b"original_id"] == poison_id
     assert pending_count(redis_client, settings) == 0
@@ -234,15 +235,10 @@ def test_a_storage_outage_does_not_make_entries_look_like_poison(settings, s3, r
     settings = dataclasses.replace(settings, max_deliveries=2)
     ids = post(settings, redis_client, 2)
     drainer = make_drainer(settings, s3)
-    real_put = drainer.store.put
-
-    def failing_put(key, body):
-        raise EndpointConnectionError(endpoint_url="http://s3.invalid")
-
-    drainer.store.put = failing_put
+    restore_storage = break_storage(drainer)
     for _ in range(4):  # four invocations during the outage, each re-reading the entries
         drainer.drain(Budget(0.5))
-    drainer.store.put = real_put
+    restore_storage()
     summary = drainer.drain(Budget(1))
     assert summary.entries_dead_lettered == 0
     archived = archived_events(s3, settings.s3_bucket, settings.s3_prefix)
