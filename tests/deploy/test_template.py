@@ -245,3 +245,14 @@ def test_the_ingest_timeout_outlasts_a_slow_redis(template: dict[str, Any]) -> N
     from the app, not a bare 500 from API Gateway for a timed-out function."""
     timeout_s = props(template, "IngestFunction")["Timeout"]
     assert timeout_s > 2 * Settings().redis_timeout_s
+
+
+def test_both_functions_run_in_the_vpc_of_redis(template: dict[str, Any]) -> None:
+    vpc = template["Globals"]["Function"]["VpcConfig"]
+    assert vpc == {
+        "SubnetIds": {"Ref": "SubnetIds"},
+        "SecurityGroupIds": {"Ref": "SecurityGroupIds"},
+    }
+    for name in serverless_functions(template):
+        assert "VpcConfig" not in props(template, name), name
+    assert template["Parameters"]["SubnetIds"]["Type"] == "List<AWS::EC2::Subnet::Id>"
