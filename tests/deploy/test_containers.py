@@ -6,13 +6,17 @@ compose run exist, and every environment variable they set is one that something
 from __future__ import annotations
 
 import ast
+import base64
 import fnmatch
 import importlib
 import json
 import os
 import re
+import shutil
+import signal
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -20,10 +24,12 @@ from urllib.parse import urlparse
 import compose
 import dockerfile
 import pytest
+import redis
 
 from functions.ingest.app import create_app
 from shared.settings import ENV_VARS, Settings
-from tests.deploy.conftest import ROOT
+from tests.conftest import archived_events, free_port, wait_until
+from tests.deploy.conftest import ROOT, library_dirs
 
 COMPOSE_FILE = ROOT / "local" / "compose.yaml"
 COMPOSE_BIN = Path(compose.__file__).with_name("docker-compose")
@@ -283,3 +289,112 @@ def test_make_starts_and_stops_the_compose_file() -> None:
             check=True,
         ).stdout
         assert f"-f local/compose.yaml{verb}" in recipe, recipe
+
+
+# --- the image's commands, run from exactly the files the image holds -------------------------
+
+LAUNCHER = """
+import runpy, sys
+sys.path[:0] = ["."]
+sys.path += {library_dirs!r}
+argv = {argv!r}
+if argv[0] == "gunicorn":
+    sys.argv = argv
+    runpy.run_module("gunicorn", run_name="__main__")
+elif argv[:2] == ["python", "-m"]:
+    sys.argv = argv[2:]
+    runpy.run_module(argv[2], run_name="__main__", alter_sys=True)
+elif argv[:2] == ["python", "-c"]:
+    exec(compile(argv[2], "-c", "exec"))
+"""
+
+
+@pytest.fixture(scope="module")
+def image_root(image_files: set[str], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The image's WORKDIR: the files its COPY instructions bring in, and nothing else."""
+    root = tmp_path_factory.mktemp("image") / "app"
+    for file in image_files:
+        (root / file).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(ROOT / file, root / file)
+    return root
+
+
+def in_image(root: Path, argv: list[str], env: dict[str, str], **popen: Any) -> subprocess.Popen:
+    """Run `argv` as the image would: from its WORKDIR, where only its files and the installed
+    dependencies can be imported (-I -S keep this repo's editable install out)."""
+    code = LAUNCHER.format(argv=argv, library_dirs=library_dirs())
+    return subprocess.Popen([sys.executable, "-I", "-S", "-c", code], cwd=root, env=env, **popen)
+
+
+def succeeds(root: Path, argv: list[str], env: dict[str, str]) -> bool:
+    process = in_image(root, argv, env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return process.wait(timeout=30) == 0
+
+
+def service_env(
+    config: dict[str, Any], instructions: list[dockerfile.Command], name: str, **local: str
+) -> dict[str, str]:
+    """The environment compose gives the service's container, pointed at this machine."""
+    env = {"PATH": os.environ["PATH"], **dict(image_env(instructions))}
+    return {**env, **config["services"][name]["environment"], **local}
+
+
+def test_the_containers_run_from_the_image_files(
+    config: dict[str, Any],
+    instructions: list[dockerfile.Command],
+    image_root: Path,
+    settings: Settings,
+    moto_endpoint: str,
+    http_s3: Any,
+) -> None:
+    port = free_port()
+    local = {
+        "REDIS_URL": settings.redis_url,
+        "STREAM_KEY": settings.stream_key,
+        "S3_ENDPOINT_URL": moto_endpoint,
+        "S3_BUCKET": settings.s3_bucket,
+    }
+    ingest_env = service_env(
+        config, instructions, "ingest", **local, BIND=f"127.0.0.1:{port}", WEB_CONCURRENCY="1"
+    )
+    consumer_env = service_env(config, instructions, "consumer", **local)
+    health = list(last(instructions, "HEALTHCHECK").value[1:])
+    consumer = config["services"]["consumer"]
+
+    ingest = in_image(image_root, list(last(instructions, "CMD").value), ingest_env)
+    runner = in_image(image_root, consumer["command"], consumer_env)
+    try:
+        wait_until(lambda: succeeds(image_root, health, ingest_env), what="ingest healthy")
+        consumer_health = consumer["healthcheck"]["test"][1:]
+        assert succeeds(image_root, consumer_health, consumer_env)
+
+        # The key compose gives ingest by default is the development key of `make run`.
+        user = ingest_env["WRITE_KEYS"].split(",")[0].partition(":")[2]
+        batch = {"batch": [{"type": "track", "userId": "u1", "event": "Container Test"}]}
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/batch",
+            json.dumps(batch).encode(),
+            {
+                "Content-Type": "application/json",
+                "Authorization": "Basic " + base64.b64encode(f"{user}:".encode()).decode(),
+            },
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            assert response.status == 202
+
+        # The batch is the stream's only entry: once the group delivered anything, it is read.
+        client = redis.Redis.from_url(settings.redis_url)
+
+        def batch_read() -> bool:
+            groups = client.xinfo_groups(settings.stream_key)
+            return bool(groups) and groups[0]["last-delivered-id"] != b"0-0"
+
+        wait_until(batch_read, what="the runner to read the batch")
+    finally:
+        # What `docker compose stop` does: SIGTERM; the runner flushes before it exits.
+        runner.send_signal(signal.SIGTERM)
+        ingest.send_signal(signal.SIGTERM)
+        runner_exit, ingest_exit = runner.wait(timeout=60), ingest.wait(timeout=30)
+    assert (runner_exit, ingest_exit) == (0, 0)
+    archived = archived_events(http_s3, settings.s3_bucket, settings.s3_prefix)
+    assert [e["event"] for e in archived] == ["Container Test"]
