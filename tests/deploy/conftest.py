@@ -62,13 +62,16 @@ def function_packages(
     return packages
 
 
-def library_dirs() -> list[str]:
-    """Where the dependencies are: in the package itself for a real build, else this venv's
-    site-packages (without its .pth files, so this repo's editable install stays out)."""
-    if SAM_BUILD_DIR:
-        return []
+def site_packages() -> list[str]:
+    """This venv's installed packages, as plain import paths: without their .pth files, so
+    this repo's editable install stays out."""
     paths = sysconfig.get_paths()
     return sorted({paths["purelib"], paths["platlib"]})
+
+
+def library_dirs() -> list[str]:
+    """Where a function's dependencies are: in its package for a real build, else this venv."""
+    return [] if SAM_BUILD_DIR else site_packages()
 
 
 def invoke(

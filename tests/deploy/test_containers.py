@@ -29,7 +29,7 @@ import redis
 from functions.ingest.app import create_app
 from shared.settings import ENV_VARS, Settings
 from tests.conftest import archived_events, free_port, wait_until
-from tests.deploy.conftest import ROOT, library_dirs
+from tests.deploy.conftest import ROOT, site_packages
 
 COMPOSE_FILE = ROOT / "local" / "compose.yaml"
 COMPOSE_BIN = Path(compose.__file__).with_name("docker-compose")
@@ -322,7 +322,7 @@ def image_root(image_files: set[str], tmp_path_factory: pytest.TempPathFactory) 
 def in_image(root: Path, argv: list[str], env: dict[str, str], **popen: Any) -> subprocess.Popen:
     """Run `argv` as the image would: from its WORKDIR, where only its files and the installed
     dependencies can be imported (-I -S keep this repo's editable install out)."""
-    code = LAUNCHER.format(argv=argv, library_dirs=library_dirs())
+    code = LAUNCHER.format(argv=argv, library_dirs=site_packages())
     return subprocess.Popen([sys.executable, "-I", "-S", "-c", code], cwd=root, env=env, **popen)
 
 

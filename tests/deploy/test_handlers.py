@@ -61,12 +61,22 @@ def ingest_env(ingest_settings: Settings) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def stream(redis_server: RedisServer, ingest_settings: Settings) -> Callable[[str], list]:
-    """The message IDs of each entry of a stream, in order."""
+def stream_events(redis_server: RedisServer, ingest_settings: Settings) -> Callable[[str], list]:
+    """The events of each entry of a stream, in order."""
     client = redis.Redis.from_url(redis_server.url)
 
-    def message_ids(key: str = ingest_settings.stream_key) -> list[list[str]]:
-        return [[e["messageId"] for e in codec.decode_entry(f)] for _, f in client.xrange(key)]
+    def entries(key: str = ingest_settings.stream_key) -> list[list[dict[str, Any]]]:
+        return [codec.decode_entry(fields) for _, fields in client.xrange(key)]
+
+    return entries
+
+
+@pytest.fixture(scope="module")
+def stream(stream_events: Callable[[str], list]) -> Callable[[str], list]:
+    """The message IDs of each entry of a stream, in order."""
+
+    def message_ids(*key: str) -> list[list[str]]:
+        return [[e["messageId"] for e in entry] for entry in stream_events(*key)]
 
     return message_ids
 
@@ -153,9 +163,17 @@ def test_a_gzip_body_reaches_the_app_through_lambda_as_it_does_served_directly(
 
     via_lambda = ingest_responses["http-api-batch-gzip.json"]
     assert (via_lambda["statusCode"], json_body(via_lambda)) == (direct.status_code, direct.json)
-    if direct.status_code == 202:
-        assert stream(direct_key) == [sent]
-        assert sent in stream()
+    assert direct.status_code == 202, direct.json
+    assert stream(direct_key) == [sent]
+    assert sent in stream()
+
+
+def test_the_write_key_of_the_sample_events_is_recorded_as_their_source(
+    ingest_responses: dict[str, dict[str, Any]],
+    stream_events: Callable[..., list],
+) -> None:
+    sources = {event.get("source") for entry in stream_events() for event in entry}
+    assert sources == {SAMPLE_WRITE_KEYS.partition(":")[0]}
 
 
 # --- consumer ---------------------------------------------------------------------------------
