@@ -127,19 +127,28 @@ class GroupReader:
         )
         return reply[0][1] if reply else []
 
-    def claim_idle(self, min_idle_ms: int, count: int) -> list[Entry]:
-        """Take over entries that other consumers received but left unacknowledged for
-        longer than `min_idle_ms` (they crashed or hang). Scans the whole pending list."""
-        claimed: list[Entry] = []
-        cursor: EntryId = b"0-0"
-        while len(claimed) < count:
-            reply = self.client.xautoclaim(
-                self.key, self.group, self.consumer, min_idle_ms, cursor, count=count - len(claimed)
+    def claim_from_idle_consumers(self, min_idle_ms: int) -> list[list[Entry]]:
+        """Take over all pending entries of each consumer not seen for over `min_idle_ms`
+        (it crashed, or hangs): one list per consumer, in ID order.
+
+        All of a consumer's entries at once, not entry by entry as they pass the idle time:
+        re-staged together, in the order their first owner read them, they are cut into the
+        same objects it stored before it died, so the retried flush overwrites those objects.
+        Every entry of such a consumer has been idle at least as long as the consumer itself,
+        and claiming resets idle time, so two consumers never both win the same entry.
+        """
+        claimed = []
+        me = self.consumer.encode()
+        for info in self.client.xinfo_consumers(self.key, self.group):
+            name = info["name"] if isinstance(info["name"], bytes) else info["name"].encode()
+            if name == me or not info["pending"] or info["idle"] <= min_idle_ms:
+                continue
+            rows = self.client.xpending_range(
+                self.key, self.group, "-", "+", info["pending"], consumername=name
             )
-            cursor, entries = reply[0], reply[1]
-            claimed.extend(entries)
-            if cursor in (b"0-0", "0-0"):
-                break
+            ids = [row["message_id"] for row in rows]
+            if entries := self.client.xclaim(self.key, self.group, self.consumer, min_idle_ms, ids):
+                claimed.append(entries)
         return claimed
 
     def delivery_counts(self, ids: list[EntryId]) -> dict[EntryId, int]:

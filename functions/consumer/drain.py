@@ -2,8 +2,8 @@
 
 One call of `Drainer.drain` is one invocation of the consumer function. It reads top to bottom:
 
-1. recover: re-read this consumer's own pending entries, then claim entries that consumers
-   which went away left pending for longer than CLAIM_IDLE_MS; flush them on their own;
+1. recover: re-read this consumer's own pending entries, then take over all pending entries
+   of consumers not seen for longer than CLAIM_IDLE_MS; flush them on their own;
 2. loop: read new entries, stage them, flush when a buffering hint is reached, claim again
    from time to time;
 3. finish: when the remaining time reaches the margin, stop reading, flush, return.
@@ -121,18 +121,16 @@ class _Run:
         if now < self.next_claim_at or self.storage_down:
             return
         self.next_claim_at = now + self.settings.claim_idle_ms / 2000
-        claimed = self.reader.claim_idle(self.settings.claim_idle_ms, READ_COUNT)
+        for entries in self.reader.claim_from_idle_consumers(self.settings.claim_idle_ms):
+            log.info("claimed %d entries from a consumer that went away", len(entries))
+            self.summary.entries_claimed += len(entries)
+            # Into objects of their own, in the order their first owner read them.
+            self.flush()
+            self.stage(self._without_poison(entries))
+            self.flush()
         self.summary.consumers_removed += self.reader.forget_idle_consumers(
             self.settings.claim_idle_ms
         )
-        if not claimed:
-            return
-        log.info("claimed %d entries left idle by other consumers", len(claimed))
-        self.summary.entries_claimed += len(claimed)
-        # Claimed entries go into objects of their own, in the order their first owner read them.
-        self.flush()
-        self.stage(self._without_poison(claimed))
-        self.flush()
 
     def _without_poison(self, entries: list[stream.Entry]) -> list[stream.Entry]:
         """Dead-letter re-delivered entries that keep failing (say, they crash the consumer)."""
@@ -153,11 +151,12 @@ class _Run:
         return not self.storage_down and self.remaining_ms() > self.margin_ms
 
     def block_ms(self) -> int:
-        wait_ms = self.remaining_ms() - self.margin_ms
+        # Below the socket timeout, or an idle stream would look like a dead Redis.
+        wait_ms = min(self.remaining_ms() - self.margin_ms, self.settings.redis_timeout_s * 500)
         if self.buffer.started_at is not None:
             age_s = time.monotonic() - self.buffer.started_at
             wait_ms = min(wait_ms, int((self.settings.flush_interval_s - age_s) * 1000))
-        return max(1, min(wait_ms, MAX_BLOCK_MS))
+        return max(1, min(int(wait_ms), MAX_BLOCK_MS))
 
     def stage(self, entries: list[stream.Entry]) -> None:
         """Add entries to the buffer, cutting a flush as soon as a size hint is reached, so the

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import time
 
 import pytest
 import redis
@@ -214,98 +215,67 @@ def test_ack(redis_client: redis.Redis, settings: Settings) -> None:
 # --- claiming -----------------------------------------------------------------------------
 
 
-def make_idle(
-    client: redis.Redis, settings: Settings, owner: str, ids: list[bytes], idle_ms: int
-) -> None:
-    """Set the idle time of pending entries without sleeping (XCLAIM ... IDLE)."""
-    client.xclaim(settings.stream_key, settings.consumer_group, owner, 0, ids, idle=idle_ms)
-
-
-def test_claim_idle_takes_only_entries_idle_longer_than_min_idle(
+def test_claim_takes_every_entry_of_a_consumer_gone_quiet(
     redis_client: redis.Redis, settings: Settings
 ) -> None:
     crashed, rescuer = reader(redis_client, settings, "crashed"), reader(redis_client, settings)
     crashed.ensure_group()
     ids = add_entries(redis_client, settings.stream_key, 6)
-    crashed.read_new(6, block_ms=None)
-    old = [ids[1], ids[3], ids[4]]
-    make_idle(redis_client, settings, "crashed", old, idle_ms=600_000)
+    crashed.read_new(3, block_ms=None)
+    time.sleep(0.15)
+    crashed.read_new(2, block_ms=None)  # read later: younger entries, all the same owner
+    time.sleep(0.25)
 
-    claimed = rescuer.claim_idle(min_idle_ms=60_000, count=100)
+    [claimed] = rescuer.claim_from_idle_consumers(min_idle_ms=200)
 
-    assert ids_of(claimed) == old
-    assert claimed[0][1][b"i"] == b"1"  # with their data
-    assert pending_ids(redis_client, settings.stream_key, settings.consumer_group, "c1") == set(old)
-    assert pending_ids(redis_client, settings.stream_key, settings.consumer_group, "crashed") == {
-        ids[0],
-        ids[2],
-        ids[5],
-    }
+    assert ids_of(claimed) == ids[:5]
+    assert claimed[0][1][b"i"] == b"0"  # with their data
+    assert pending_ids(redis_client, settings.stream_key, settings.consumer_group, "c1") == set(
+        ids[:5]
+    )
     # The claim reset their idle time: nobody takes them again right away.
-    assert reader(redis_client, settings, "third").claim_idle(60_000, 100) == []
+    assert reader(redis_client, settings, "third").claim_from_idle_consumers(200) == []
+    # The entry never delivered is still there for read_new.
+    assert ids_of(rescuer.read_new(10, block_ms=None)) == ids[5:]
 
 
-def test_claim_idle_with_nothing_idle_claims_nothing(
+def test_claim_leaves_consumers_seen_recently(
     redis_client: redis.Redis, settings: Settings
 ) -> None:
     other, me = reader(redis_client, settings, "other"), reader(redis_client, settings)
     other.ensure_group()
     add_entries(redis_client, settings.stream_key, 3)
-    other.read_new(3, block_ms=None)
-    assert me.claim_idle(min_idle_ms=60_000, count=10) == []
+    other.read_new(2, block_ms=None)
+    time.sleep(0.25)
+    other.read_new(1, block_ms=None)  # still alive: it polls
+    assert me.claim_from_idle_consumers(min_idle_ms=200) == []
     assert (
         len(pending_ids(redis_client, settings.stream_key, settings.consumer_group, "other")) == 3
     )
 
 
-def test_claim_idle_ignores_acknowledged_and_undelivered_entries(
+def test_claim_ignores_acknowledged_entries_and_own_entries(
     redis_client: redis.Redis, settings: Settings
 ) -> None:
     other, me = reader(redis_client, settings, "other"), reader(redis_client, settings)
     other.ensure_group()
     ids = add_entries(redis_client, settings.stream_key, 4)
     other.read_new(2, block_ms=None)
-    make_idle(redis_client, settings, "other", ids[:2], idle_ms=600_000)
     other.ack([ids[0]])
-    assert ids_of(me.claim_idle(min_idle_ms=1000, count=10)) == [ids[1]]
-    # The two never-delivered entries are still there for read_new.
-    assert ids_of(me.read_new(10, block_ms=None)) == ids[2:]
+    me.read_new(1, block_ms=None)
+    time.sleep(0.25)
+    assert [ids_of(group) for group in me.claim_from_idle_consumers(min_idle_ms=200)] == [[ids[1]]]
 
 
-def test_claim_idle_scans_past_fresh_entries(redis_client: redis.Redis, settings: Settings) -> None:
-    """XAUTOCLAIM looks at up to 10*count entries per call; the cursor loop must continue."""
-    other, me = reader(redis_client, settings, "other"), reader(redis_client, settings)
-    other.ensure_group()
-    ids = add_entries(redis_client, settings.stream_key, 40)
-    other.read_new(40, block_ms=None)
-    make_idle(redis_client, settings, "other", ids[-3:], idle_ms=600_000)
-    assert ids_of(me.claim_idle(min_idle_ms=60_000, count=2)) == ids[-3:-1]
-    assert ids_of(me.claim_idle(min_idle_ms=60_000, count=2)) == ids[-1:]
-
-
-def test_claim_idle_stops_at_count(redis_client: redis.Redis, settings: Settings) -> None:
-    other, me = reader(redis_client, settings, "other"), reader(redis_client, settings)
-    other.ensure_group()
-    ids = add_entries(redis_client, settings.stream_key, 10)
-    other.read_new(10, block_ms=None)
-    make_idle(redis_client, settings, "other", ids, idle_ms=600_000)
-    assert ids_of(me.claim_idle(min_idle_ms=1000, count=4)) == ids[:4]
-
-
-def test_claim_idle_never_returns_more_than_count(
-    redis_client: redis.Redis, settings: Settings
-) -> None:
-    other, me = reader(redis_client, settings, "other"), reader(redis_client, settings)
-    other.ensure_group()
-    ids = add_entries(redis_client, settings.stream_key, 25)
-    other.read_new(25, block_ms=None)
-    # One idle entry, then 19 fresh ones (XAUTOCLAIM's 10*count attempts run out there),
-    # then idle ones again: the first call claims 1, the second asks for 2 more.
-    make_idle(redis_client, settings, "other", [ids[0], *ids[20:]], idle_ms=600_000)
-    claimed = me.claim_idle(min_idle_ms=60_000, count=2)
-    assert ids_of(claimed) == [ids[0], ids[20]]
-    # What was not taken is still there for the next claim.
-    assert ids_of(me.claim_idle(min_idle_ms=60_000, count=10)) == ids[21:]
+def test_claim_returns_one_list_per_consumer(redis_client: redis.Redis, settings: Settings) -> None:
+    first, second = reader(redis_client, settings, "a"), reader(redis_client, settings, "b")
+    first.ensure_group()
+    ids = add_entries(redis_client, settings.stream_key, 4)
+    first.read_new(2, block_ms=None)
+    second.read_new(2, block_ms=None)
+    time.sleep(0.25)
+    claimed = reader(redis_client, settings).claim_from_idle_consumers(min_idle_ms=200)
+    assert sorted(ids_of(group) for group in claimed) == [ids[:2], ids[2:]]
 
 
 # --- dead letters -------------------------------------------------------------------------
