@@ -43,8 +43,16 @@ def ingest_line(row: dict) -> str:
         f"  {row['scenario']:46} {_n(row['eps']):>9} ev/s {_n(row['rps']):>7} req/s"
         f"  p50 {row['p50_ms']:6.2f}  p99 {row['p99_ms']:7.2f}  max {row['max_ms']:7.1f} ms"
         f"  cpu {_n(per_request):>6} us/req {_n(per_event, 1):>6} us/ev"
-        f"  cores {_cores(row['cores'], SAT_CORES)}{spread} {errors}"
+        f"  cores {_cores(row['cores'], SAT_CORES)}{_workers(row)}{spread} {errors}"
     )
+
+
+def _workers(row: dict) -> str:
+    split = row.get("worker_cores") or []
+    if len(split) < 2:
+        return ""
+    flag = " IMBALANCED" if split[-1] < 0.25 * split[0] else ""
+    return f" workers {'/'.join(f'{c:.2f}' for c in split)}{flag}"
 
 
 def rate_line(row: dict) -> str:
@@ -170,7 +178,8 @@ def table(results: dict) -> str:
             "",
             f"ingest at saturation: {plan['connections']} connections,"
             f" median of {plan['repeat']} x {plan['duration_s']:g} s [min..max ev/s];"
-            f" cpu = gunicorn + Redis CPU time per request and per event;"
+            f" cpu = gunicorn + Redis CPU time per request and per event; workers = cores of"
+            f" each gunicorn worker, IMBALANCED when one worker holds the connections;"
             f" cores = {'/'.join(SAT_CORES)}",
         ]
         noop = _find(results["ingest"], "baseline: do-nothing WSGI, 100-event body")

@@ -222,6 +222,10 @@ class Bench:
 
     def _saturate_once(self, server: str, port: int, bodies: payloads.Bodies) -> dict:
         self.client.delete(STREAM_KEY)
+        master, _ = self.stack.servers[server]
+        workers = [pid for pid in cpu.tree(master.pid) if pid != master.pid]
+        workers_before = {pid: cpu.process_cpu_s(pid) for pid in workers}
+        started = time.monotonic()
         meter = cpu.CpuMeter(
             {
                 "server": lambda: self.stack.server_pids(server),
@@ -234,6 +238,16 @@ class Bench:
         )
         meter.add("loadgen", result.loadgen_cpu_s)
         run = {**result.as_dict(), "cores": meter.stop()}
+        # Keep-alive connections stay with the worker that accepted them; when one worker
+        # wins every accept, the others idle and throughput halves. Shown per run.
+        wall = time.monotonic() - started
+        run["worker_cores"] = sorted(
+            (
+                round((cpu.process_cpu_s(pid) - cpu_s) / wall, 2)
+                for pid, cpu_s in workers_before.items()
+            ),
+            reverse=True,
+        )
         # CPU the server side (gunicorn + Redis) spent per request: steadier than throughput
         # on a shared machine, since other people's work delays it but hardly adds to it.
         server_cores = run["cores"].get("server", 0) + run["cores"].get("redis", 0)
