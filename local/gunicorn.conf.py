@@ -19,3 +19,12 @@ errorlog = "-"
 loglevel = os.environ.get("LOG_LEVEL", "info").lower()
 # gunicorn's control socket lives in $HOME and would clash between instances; nothing uses it.
 control_socket_disable = True
+
+
+def post_fork(server, worker):
+    """Give the app's own log lines (warnings, request ids of 500s) a handler and timestamps."""
+    import logging
+
+    logging.basicConfig(
+        level=loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )

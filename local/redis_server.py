@@ -50,11 +50,11 @@ class RedisServer:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         args = [redis_server_binary(), str(CONFIG), "--port", str(self.port)]
         args += ["--dir", str(self.data_dir.resolve()), *self.extra_args]
-        log = (self.data_dir / "redis.log").open("ab")
         # Its own session: a Ctrl-C meant for the stack must not kill Redis before the flush.
-        self.process = subprocess.Popen(
-            args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
+        with (self.data_dir / "redis.log").open("ab") as log:
+            self.process = subprocess.Popen(
+                args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
         self._wait_ready(timeout_s)
         return self
 
@@ -65,11 +65,15 @@ class RedisServer:
             if self.process.poll() is not None:
                 raise RuntimeError(f"redis-server exited; see {self.data_dir / 'redis.log'}")
             try:
-                # While loading the AOF, Redis answers LOADING errors, not PONG.
-                if client.ping():
+                # While loading the AOF, Redis answers LOADING errors, not PONG. And the
+                # answer must come from our process, not from another Redis on the port.
+                if client.info("server")["process_id"] == self.process.pid:
                     return
+                self.process.wait(timeout_s)
             except redis.RedisError:
                 time.sleep(0.05)
+            except subprocess.TimeoutExpired:
+                break
         raise TimeoutError(f"redis-server on port {self.port} not ready in {timeout_s}s")
 
     def kill(self) -> None:

@@ -109,6 +109,13 @@ def _stop(process: subprocess.Popen, sig: int = signal.SIGTERM, timeout_s: float
             process.kill()
 
 
+def _without_password(url: str) -> str:
+    parts = urlparse(url)
+    if parts.password is None:
+        return url
+    return parts._replace(netloc=f"***@{parts.hostname}:{parts.port}").geturl()
+
+
 def _print_banner(env: dict[str, str], settings: Settings) -> None:
     endpoint = env.get("S3_ENDPOINT_URL")
     dev_key = env["WRITE_KEYS"] == DEV_DEFAULTS["WRITE_KEYS"]
@@ -117,7 +124,7 @@ def _print_banner(env: dict[str, str], settings: Settings) -> None:
         f"""
   ingest      http://{INGEST_BIND}   (POST /batch, /events, /v1/* (Segment API); GET /healthz)
   write key   {key + "   (development key, source 'local')" if dev_key else key}
-  redis       {settings.redis_url}   (AOF in {DATA_DIR / "redis"})
+  redis       {_without_password(settings.redis_url)}   (AOF in {DATA_DIR / "redis"})
   archive     s3://{settings.s3_bucket}/{settings.s3_prefix} at {endpoint or "AWS"}
   flushes     every {settings.flush_interval_s:g}s, {settings.flush_max_events} events or \
 {settings.flush_max_bytes} bytes, whichever comes first

@@ -111,7 +111,11 @@ class ObjectStore:
         client = boto3.client(
             "s3",
             endpoint_url=settings.s3_endpoint_url,
-            config=Config(retries={"max_attempts": 3, "mode": "standard"}),
+            # Bounded, so one hung request cannot outlast the invocation's budget; the drain
+            # loop retries with its own backoff on top.
+            config=Config(
+                connect_timeout=5, read_timeout=20, retries={"max_attempts": 2, "mode": "standard"}
+            ),
         )
         return cls(client, settings.s3_bucket)
 
@@ -164,12 +168,16 @@ class Buffer:
         return len(self.entry_ids)
 
 
+def size_hint_reached(buffer: Buffer, settings: Settings) -> bool:
+    """The count or size hint: checked after every entry, so that where a flush is cut
+    depends only on the entries, and a re-read after a crash cuts in the same places."""
+    return buffer.events >= settings.flush_max_events or buffer.bytes >= settings.flush_max_bytes
+
+
 def flush_due(buffer: Buffer, settings: Settings, now: float) -> bool:
     """Firehose-style buffering hints: whichever of size, count or age is reached first."""
     if not buffer.entry_ids:
         return False
     return (
-        buffer.events >= settings.flush_max_events
-        or buffer.bytes >= settings.flush_max_bytes
-        or now - buffer.started_at >= settings.flush_interval_s
+        size_hint_reached(buffer, settings) or now - buffer.started_at >= settings.flush_interval_s
     )

@@ -7,7 +7,8 @@ verbatim, except `writeKey` (a secret, never stored). The server adds:
 - `timestamp` corrected for the client's clock skew when the request carries `sentAt`
   (`receivedAt - (sentAt - originalTimestamp)`, as Segment does, keeping `originalTimestamp`),
   else the client's `timestamp`, else `receivedAt`;
-- `source`, the name of the write key that authenticated the request, when there was one;
+- `source`, the name of the write key that authenticated the request (a client's own
+  `source` is dropped: the field is the server's);
 - the request's batch-level `context` and `integrations`, merged under the event's own keys.
 Validation checks only the envelope, never the payload.
 """
@@ -138,17 +139,34 @@ def prepare(
     leaves its input untouched. `max_event_bytes`, when given, bounds each event's JSON size.
     """
     problems = _request_problems(envelope)
+    # Merged into every event, the batch-level objects count toward each event's size.
+    room = None if max_event_bytes is None else max_event_bytes - _shared_size(envelope)
     for index, event in enumerate(events):
-        problems.extend(_event_problems(index, event, envelope, max_event_bytes))
+        problems.extend(_event_problems(index, event, envelope, room))
     if problems:
         raise InvalidRequest(problems)
     clock = _SkewCorrection.of(envelope, received_at)
-    for event in events:
-        _stamp(event, envelope, received_at, clock)
+    for index, event in enumerate(events):
+        try:
+            _stamp(event, envelope, received_at, clock)
+        except OverflowError:
+            problems.append(Problem(index, "timestamp", "clock-skew correction is out of range"))
+    if problems:
+        raise InvalidRequest(problems)
     return events
 
 
-def _stamp(event: dict[str, Any], envelope: Envelope, received_at: str, clock: Any) -> None:
+def _shared_size(envelope: Envelope) -> int:
+    return sum(
+        len(_json_encoder.encode(value))
+        for value in (envelope.context, envelope.integrations)
+        if value
+    )
+
+
+def _stamp(
+    event: dict[str, Any], envelope: Envelope, received_at: str, clock: _SkewCorrection
+) -> None:
     event.pop("writeKey", None)
     if "type" not in event:
         event["type"] = envelope.default_type
@@ -160,7 +178,10 @@ def _stamp(event: dict[str, Any], envelope: Envelope, received_at: str, clock: A
     if "messageId" not in event:
         event["messageId"] = str(uuid.uuid4())
     event["receivedAt"] = received_at
-    if envelope.source is not None:
+    # `source` is the server's: the key's name, or absent for anonymous requests.
+    if envelope.source is None:
+        event.pop("source", None)
+    else:
         event["source"] = envelope.source
     clock.correct(event, received_at)
 
@@ -200,17 +221,19 @@ def _request_problems(envelope: Envelope) -> list[Problem]:
     return problems
 
 
-def _event_problems(
-    index: int, event: Any, envelope: Envelope, max_event_bytes: int | None
-) -> list[Problem]:
+def _event_problems(index: int, event: Any, envelope: Envelope, room: int | None) -> list[Problem]:
     if not isinstance(event, dict):
         return [Problem(index, "", "event must be a JSON object")]
     problems = _envelope_problems(index, event, envelope.default_type)
     for name in ("sentAt", "timestamp"):
         if name in event and parse_timestamp(event[name]) is None:
             problems.append(Problem(index, name, "must be an ISO-8601 timestamp when given"))
-    if max_event_bytes is not None and len(_json_encoder.encode(event)) > max_event_bytes:
-        problems.append(Problem(index, "", f"event is larger than {max_event_bytes} bytes"))
+    for name in ("context", "integrations"):
+        if name in event and not isinstance(event[name], dict):
+            problems.append(Problem(index, name, "must be a JSON object when given"))
+    if room is not None and len(_json_encoder.encode(event)) > room:
+        message = "event is larger than the per-event limit (with the batch's context)"
+        problems.append(Problem(index, "", message))
     return problems
 
 

@@ -90,7 +90,8 @@ def _var(env: str, default: Any, parse: Callable[[str, str], Any], **options: An
 class Settings:
     """Everything both functions read from the environment. Field metadata names the variable."""
 
-    redis_url: str = _var("REDIS_URL", "redis://127.0.0.1:6379/0", _redis_url)
+    # Out of repr: the URL may carry a password.
+    redis_url: str = _var("REDIS_URL", "redis://127.0.0.1:6379/0", _redis_url, repr=False)
     stream_key: str = _var("STREAM_KEY", "events", _text)
     consumer_group: str = _var("CONSUMER_GROUP", "archiver", _text)
     # Unset: a name unique to this process. Set it only if each process gets its own value.

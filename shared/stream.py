@@ -1,7 +1,9 @@
 """Redis Streams access: add, read, acknowledge, claim, trim and dead-letter entries.
 
 This module knows Redis commands and nothing about events or objects: entries are opaque
-field maps (see `codec`). Everything here is one round trip per call.
+field maps (see `codec`). The ingest hot path (`EventStream.add`) is one round trip; so is
+acknowledging. Commands that need memory (XADD, XGROUP CREATE) are kept off the consumer's
+path when Redis is full, so consumers can always drain and free memory.
 """
 
 from __future__ import annotations
@@ -56,6 +58,17 @@ if redis.call('XLEN', KEYS[1]) >= tonumber(ARGV[1]) then return false end
 return redis.call('XADD', KEYS[1], '*', unpack(ARGV, 2))
 """
 
+# Acknowledged entries are deleted at once when this group is the stream's only one, so the
+# stream's length is exactly its backlog: one consumer's stale pending entry cannot hold
+# thousands of acknowledged entries behind it (trimming by MINID stops at the oldest pending).
+_ACK_AND_DELETE = """
+local acked = redis.call('XACK', KEYS[1], ARGV[1], unpack(ARGV, 2))
+if #redis.call('XINFO', 'GROUPS', KEYS[1]) == 1 then
+  redis.call('XDEL', KEYS[1], unpack(ARGV, 2))
+end
+return acked
+"""
+
 # A consumer may be forgotten only while it holds nothing: deleting one with pending entries
 # would drop them from the group for good. Checked and done atomically, for every consumer
 # idle longer than ARGV[2] except the caller.
@@ -103,10 +116,17 @@ class GroupReader:
 
     def __post_init__(self) -> None:
         self._forget_idle = self.client.register_script(_DELETE_IDLE_EMPTY_CONSUMERS)
+        self._ack_and_delete = self.client.register_script(_ACK_AND_DELETE)
 
     def ensure_group(self) -> None:
         """Create the group at the start of the stream (not `$`), so entries written before
-        any consumer ever ran are archived too."""
+        any consumer ever ran are archived too. Looked up first: Redis refuses XGROUP CREATE
+        when it is out of memory, even for a group that exists."""
+        if self.client.exists(self.key) and any(
+            group["name"] in (self.group, self.group.encode())
+            for group in self.client.xinfo_groups(self.key)
+        ):
+            return
         try:
             self.client.xgroup_create(self.key, self.group, id="0", mkstream=True)
         except redis.ResponseError as exc:
@@ -164,10 +184,14 @@ class GroupReader:
             row["message_id"]: row["times_delivered"] for row in rows if row["message_id"] in wanted
         }
 
-    def forgive(self, ids: list[EntryId]) -> None:
-        """Reset the delivery count of entries whose failure was not their own (storage was
-        down), so an outage never makes healthy entries look like poison."""
-        if ids:
+    def forgive_own_pending(self) -> None:
+        """Reset the delivery counts of everything this consumer holds, when the failure was
+        not the entries' own (storage was down), so an outage never makes healthy entries
+        look like poison."""
+        rows = self.client.xpending_range(
+            self.key, self.group, "-", "+", 1_000_000, consumername=self.consumer
+        )
+        if ids := [row["message_id"] for row in rows]:
             self.client.xclaim(
                 self.key, self.group, self.consumer, 0, ids, retrycount=0, justid=True
             )
@@ -178,16 +202,21 @@ class GroupReader:
 
     def ack(self, ids: Iterable[EntryId]) -> int:
         ids = list(ids)
-        return self.client.xack(self.key, self.group, *ids) if ids else 0
+        return self._ack_and_delete(keys=[self.key], args=[self.group, *ids]) if ids else 0
 
     def dead_letter(self, entry_id: EntryId, fields: Fields | None, reason: str) -> None:
         """Move one entry that can never be archived aside, so it stops blocking the rest and
-        stays inspectable. Acknowledged only once the dead letter is written: a crash in
-        between leaves it pending, to be dead-lettered again (a duplicate, never a loss)."""
+        stays inspectable. Called once its copy is stored under `errors/` in the bucket; if
+        Redis is too full for the dead-letter stream, that copy is the record, since holding
+        the entry would stop trimming and keep Redis full. A crash in between leaves the
+        entry pending, to be dead-lettered again (a duplicate, never a loss)."""
         record: Fields = {b"original_id": entry_id, b"reason": reason.encode()}
         record.update({b"field:" + name: value for name, value in (fields or {}).items()})
-        self.client.xadd(dead_letter_key(self.key), record)
-        self.client.xack(self.key, self.group, entry_id)
+        try:
+            self.client.xadd(dead_letter_key(self.key), record)
+        except redis.exceptions.OutOfMemoryError:
+            log.error("Redis is full: entry %s is dead-lettered in the bucket only", entry_id)
+        self.ack([entry_id])
 
     def trim_acknowledged(self) -> int:
         """Drop history that every group has acknowledged, and nothing else.

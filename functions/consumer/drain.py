@@ -24,7 +24,14 @@ from dataclasses import asdict, dataclass
 from botocore.exceptions import BotoCoreError, ClientError
 
 from shared import codec, stream
-from shared.archive import Buffer, ObjectStore, UnarchivableEvent, error_object, flush_due
+from shared.archive import (
+    Buffer,
+    ObjectStore,
+    UnarchivableEvent,
+    error_object,
+    flush_due,
+    size_hint_reached,
+)
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -87,6 +94,9 @@ class Drainer:
             if flush_due(run.buffer, self.settings, time.monotonic()):
                 run.flush()
         run.flush()
+        if run.storage_down:
+            # Not the entries' fault: keep their delivery counts from marking them as poison.
+            self.reader.forgive_own_pending()
         return run.summary
 
 
@@ -159,8 +169,7 @@ class _Run:
         return max(1, min(int(wait_ms), MAX_BLOCK_MS))
 
     def stage(self, entries: list[stream.Entry]) -> None:
-        """Add entries to the buffer, cutting a flush as soon as a size hint is reached, so the
-        cuts depend only on the entries and a re-read after a crash cuts at the same places."""
+        """Add entries to the buffer, cutting a flush as soon as a size hint is reached."""
         for entry_id, fields in entries:
             if self.storage_down:
                 return  # what is left stays pending and is re-read once storage is back
@@ -172,10 +181,7 @@ class _Run:
             except (codec.UndecodableEntry, UnarchivableEvent) as exc:
                 self._dead_letter(entry_id, fields, str(exc))
                 continue
-            if (
-                self.buffer.events >= self.settings.flush_max_events
-                or self.buffer.bytes >= self.settings.flush_max_bytes
-            ):
+            if size_hint_reached(self.buffer, self.settings):
                 self.flush()
 
     def _dead_letter(
@@ -203,8 +209,6 @@ class _Run:
             self.storage_down = True
             self.summary.unflushed_entries += len(buffer.entry_ids)
             log.error("storage unavailable; %d entries stay pending", len(buffer.entry_ids))
-            # Not the entries' fault: keep their delivery counts from marking them as poison.
-            self.reader.forgive(buffer.entry_ids)
             return
         self.reader.ack(buffer.entry_ids)
         self.summary.events_archived += buffer.events

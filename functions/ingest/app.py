@@ -21,7 +21,7 @@ import msgspec
 import redis
 from apig_wsgi import make_lambda_handler
 from flask import Flask, Response, request
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge, Unauthorized
 
 from functions.ingest.auth import WriteKeys
 from functions.ingest.body import read_body
@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 RETRY_AFTER_UNAVAILABLE_S = "1"
 RETRY_AFTER_BACKLOG_S = "5"
 SEGMENT_PREFIX = "/v1/"
+# A stream entry may be at most this many times MAX_BODY_BYTES once its events are stamped.
+ENTRY_GROWTH_LIMIT = 8
 ERROR_CODES = {
     400: "invalid_request",
     401: "unauthorized",
@@ -65,11 +67,12 @@ class Ingest:
         if authorization:  # refuse a bad key before spending anything on the body
             self.write_keys.source_of(authorization, None)
         body = read_body(request, self.settings.max_body_bytes, allow_text_plain=segment)
-        document = events.decode_json(body)
-        raw_events = [document] if single else events.batch_events(document)
+        document = self._decode(body, authenticated=bool(authorization))
         fields = document if isinstance(document, dict) else {}
+        source = self.write_keys.source_of(authorization, fields.get("writeKey"))
+        raw_events = [document] if single else events.batch_events(document)
         envelope = events.Envelope(
-            source=self.write_keys.source_of(authorization, fields.get("writeKey")),
+            source=source,
             sent_at=None if single else fields.get("sentAt"),
             context=None if single else fields.get("context"),
             integrations=None if single else fields.get("integrations"),
@@ -83,16 +86,30 @@ class Ingest:
             envelope,
             max_event_bytes=max_event if len(body) > max_event else None,
         )
-        self.stream.add(_encode(prepared))
+        self.stream.add(self._encode(prepared))
         return len(prepared)
 
+    def _decode(self, body: bytes, authenticated: bool) -> Any:
+        """The body's JSON. A stranger (keys required, none in a header) learns nothing about
+        why a body is malformed: without a readable `writeKey`, the answer is 401."""
+        try:
+            return events.decode_json(body)
+        except events.InvalidRequest:
+            if self.write_keys.required and not authenticated:
+                raise Unauthorized("a valid write key is required (HTTP Basic user name)") from None
+            raise
 
-def _encode(prepared: list[dict[str, Any]]) -> dict[bytes, bytes]:
-    try:
-        return codec.encode_entry(prepared)
-    except codec.UnencodableEvents as exc:
-        message = "holds an integer outside the 64-bit range"
-        raise events.InvalidRequest([events.Problem(i, "", message) for i in exc.indexes]) from None
+    def _encode(self, prepared: list[dict[str, Any]]) -> dict[bytes, bytes]:
+        try:
+            entry = codec.encode_entry(prepared)
+        except codec.UnencodableEvents as exc:
+            message = "holds an integer outside the 64-bit range"
+            problems = [events.Problem(i, "", message) for i in exc.indexes]
+            raise events.InvalidRequest(problems) from None
+        # Stamping adds ~150 bytes per event: a body of tiny events grows several times over.
+        if len(entry[b"d"]) > ENTRY_GROWTH_LIMIT * self.settings.max_body_bytes:
+            raise RequestEntityTooLarge("the events grow too large once stamped; send fewer")
+        return entry
 
 
 def create_app(settings: Settings | None = None) -> Flask:
@@ -183,8 +200,14 @@ def _register_error_handlers(app: Flask) -> None:
     def http_error(exc: HTTPException) -> Response:
         status = exc.code or 500
         body = {"error": ERROR_CODES.get(status, "http_error"), "message": exc.description}
-        headers = {"WWW-Authenticate": 'Basic realm="events"'} if status == 401 else {}
-        return json_response(body, status, **headers)
+        response = json_response(body, status)
+        # Keep what HTTP requires of the error (Allow on 405, WWW-Authenticate on 401).
+        for name, value in exc.get_headers():
+            if name.lower() != "content-type":
+                response.headers[name] = value
+        if status == 401:
+            response.headers["WWW-Authenticate"] = 'Basic realm="events"'
+        return response
 
     @app.errorhandler(Exception)
     def unexpected(exc: Exception) -> Response:

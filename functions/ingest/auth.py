@@ -1,45 +1,50 @@
 """Write keys: who may send events, and which source a request's events are recorded under.
 
 A request carries its key as HTTP Basic user name with an empty password (every Segment SDK
-does this) or as `writeKey` in the body. Keys are compared in constant time, against every
-configured key, so neither the answer's timing nor its content tells how close a guess was.
+does this) or as `writeKey` in the body. Keys are compared in constant time, as SHA-256
+digests (so not even their length shows), against every configured key, so neither the
+answer's timing nor its content tells how close a guess was.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import hmac
 
 from werkzeug.exceptions import Unauthorized
 
-ANONYMOUS = None
-
 
 class WriteKeys:
     def __init__(self, pairs: tuple[tuple[str, str], ...]) -> None:
-        self._pairs = [(source, key.encode()) for source, key in pairs]
+        self._pairs = [(source, _digest(key.encode())) for source, key in pairs]
 
     @property
     def required(self) -> bool:
         return bool(self._pairs)
 
     def source_of(self, authorization: str | None, body_key: object) -> str | None:
-        """The source name of the request's key; `ANONYMOUS` when no keys are configured."""
+        """The source name of the request's key; None (anonymous) when no keys are configured."""
         if not self._pairs:
-            return ANONYMOUS
+            return None
         presented = basic_user(authorization) if authorization else None
         if presented is None and isinstance(body_key, str):
             presented = body_key.encode()
         if not presented:
             raise Unauthorized("a valid write key is required (HTTP Basic user name)")
         match = None
-        for source, key in self._pairs:
-            if hmac.compare_digest(presented, key) and match is None:
+        presented_digest = _digest(presented)
+        for source, digest in self._pairs:
+            if hmac.compare_digest(presented_digest, digest) and match is None:
                 match = source
         if match is None:
             raise Unauthorized("unknown write key")
         return match
+
+
+def _digest(key: bytes) -> bytes:
+    return hashlib.sha256(key).digest()
 
 
 def basic_user(authorization: str) -> bytes | None:

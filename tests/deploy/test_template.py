@@ -15,6 +15,7 @@ from packaging.requirements import Requirement
 
 from functions.consumer.drain import STOP_MARGIN_MS
 from functions.ingest.app import create_app
+from shared.archive import ERRORS_PREFIX
 from shared.settings import ENV_VARS, Settings
 from tests.deploy.conftest import ROOT, TEMPLATE, serverless_functions
 
@@ -134,7 +135,10 @@ def test_the_consumer_may_put_archive_objects_and_nothing_else(template: dict[st
         {
             "Effect": "Allow",
             "Action": "s3:PutObject",
-            "Resource": {"Fn::Sub": "${ArchiveBucket.Arn}/${ArchivePrefix}*"},
+            "Resource": [
+                {"Fn::Sub": "${ArchiveBucket.Arn}/${ArchivePrefix}*"},
+                {"Fn::Sub": f"${{ArchiveBucket.Arn}}/{ERRORS_PREFIX}*"},
+            ],
         }
     ]
     assert "Policies" not in props(template, "IngestFunction")

@@ -208,8 +208,8 @@ def test_ack(redis_client: redis.Redis, settings: Settings) -> None:
     assert consumer.ack(ids[:2]) == 0  # already acknowledged
     assert pending_ids(redis_client, settings.stream_key, settings.consumer_group) == set(ids[2:])
     assert ids_of(consumer.read_pending(b"0", 10)) == ids[2:]
-    # Acknowledging does not delete: the history stays until trimmed.
-    assert redis_client.xlen(settings.stream_key) == 4
+    # With one group, acknowledged entries are deleted at once: the length is the backlog.
+    assert redis_client.xlen(settings.stream_key) == 2
 
 
 # --- claiming -----------------------------------------------------------------------------
@@ -298,8 +298,8 @@ def test_dead_letter_moves_the_entry_aside_and_acks_it(
         b"field:" + name: value for name, value in bad_fields.items()
     }
     assert pending_ids(redis_client, settings.stream_key, settings.consumer_group) == {ids[1]}
-    # The original entry itself is left for trimming.
-    assert redis_client.xlen(settings.stream_key) == 2
+    # With one group, the acknowledged original is deleted: the stream holds the backlog only.
+    assert redis_client.xlen(settings.stream_key) == 1
 
 
 def test_dead_letter_without_fields(redis_client: redis.Redis, settings: Settings) -> None:
@@ -341,6 +341,12 @@ def assert_kept(client: redis.Redis, key: str, needed: list[bytes]) -> None:
     assert not missing, f"{len(missing)} needed entries were trimmed, first {missing[0]!r}"
 
 
+def xack_only(client: redis.Redis, settings: Settings, ids: list[bytes]) -> None:
+    """Acknowledge without deleting, as happens while a second group exists: the history
+    that trimming, not acknowledging, must clean up."""
+    client.xack(settings.stream_key, settings.consumer_group, *ids)
+
+
 def test_trim_removes_fully_acknowledged_history(
     redis_client: redis.Redis, settings: Settings
 ) -> None:
@@ -350,7 +356,7 @@ def test_trim_removes_fully_acknowledged_history(
     consumer.ensure_group()
     ids = add_entries(redis_client, key, 3 * node + 10)
     done = 2 * node + 5
-    consumer.ack(ids_of(consumer.read_new(done, block_ms=None)))
+    xack_only(redis_client, settings, ids_of(consumer.read_new(done, block_ms=None)))
 
     removed = consumer.trim_acknowledged()
 
@@ -368,7 +374,7 @@ def test_trim_after_everything_is_acknowledged_keeps_nothing_needed(
     consumer = reader(redis_client, settings)
     consumer.ensure_group()
     ids = add_entries(redis_client, settings.stream_key, 3 * node)
-    consumer.ack(ids_of(consumer.read_new(10_000, block_ms=None)))
+    xack_only(redis_client, settings, ids_of(consumer.read_new(10_000, block_ms=None)))
     removed = consumer.trim_acknowledged()
     assert 0 < removed <= len(ids)
     assert redis_client.xlen(settings.stream_key) == len(ids) - removed
@@ -387,8 +393,8 @@ def test_trim_never_removes_pending_entries(redis_client: redis.Redis, settings:
     stuck = 2 * node + 7
     slow_ids = ids_of(slow.read_new(stuck + 1, block_ms=None))
     fast_ids = ids_of(fast.read_new(node, block_ms=None))
-    slow.ack(slow_ids[:-1])  # slow's last one (ids[stuck]) stays pending
-    fast.ack(fast_ids[:-1])  # fast's last one stays pending too
+    xack_only(redis_client, settings, slow_ids[:-1])  # slow's last one (ids[stuck]) stays pending
+    xack_only(redis_client, settings, fast_ids[:-1])  # fast's last one stays pending too
 
     removed = fast.trim_acknowledged()
 
@@ -412,7 +418,7 @@ def test_trim_keeps_an_early_pending_entry_and_everything_after_it(
     consumer.ensure_group()
     ids = add_entries(redis_client, key, 3 * node)
     consumer.read_new(10_000, block_ms=None)
-    consumer.ack(ids[:3] + ids[4:])  # ids[3] stays pending
+    xack_only(redis_client, settings, ids[:3] + ids[4:])  # ids[3] stays pending
     consumer.trim_acknowledged()
     assert_kept(redis_client, key, ids[3:])
     [(entry_id, fields)] = consumer.read_pending(b"0", 10)
@@ -428,7 +434,7 @@ def test_trim_never_removes_undelivered_entries(
     consumer.ensure_group()
     ids = add_entries(redis_client, key, 3 * node)
     delivered = 2 * node + 3
-    consumer.ack(ids_of(consumer.read_new(delivered, block_ms=None)))
+    xack_only(redis_client, settings, ids_of(consumer.read_new(delivered, block_ms=None)))
     assert consumer.trim_acknowledged() > 0
     assert_kept(redis_client, key, ids[delivered:])
     assert ids_of(consumer.read_new(10_000, block_ms=None)) == ids[delivered:]

@@ -270,3 +270,56 @@ def test_acknowledged_history_is_trimmed_and_pending_is_kept(settings, s3, redis
     held = reader.read_new(10, block_ms=1)
     reader.trim_acknowledged()
     assert redis_client.xrange(settings.stream_key, min=held[0][0], max=held[0][0])
+
+
+def test_a_storage_outage_with_cuts_mid_page_does_not_make_entries_look_like_poison(
+    settings, s3, redis_client
+):
+    """The flush cut by the count hint fails; the rest of the page was delivered but never
+    staged. Every entry the consumer holds must be forgiven, not just the failed buffer."""
+    settings = dataclasses.replace(
+        settings, flush_max_events=5, max_deliveries=3, flush_interval_s=60, claim_idle_ms=120_000
+    )
+    ids = post(settings, redis_client, 12, per_batch=1)
+    drainer = make_drainer(settings, s3)
+    restore_storage = break_storage(drainer)
+    for _ in range(5):
+        drainer.drain(Budget(0.4))
+    restore_storage()
+    summary = drainer.drain(Budget(1))
+    assert summary.entries_dead_lettered == 0
+    archived = archived_events(s3, settings.s3_bucket, settings.s3_prefix)
+    assert sorted(e["messageId"] for e in archived) == sorted(ids)
+
+
+def test_a_full_redis_is_drained_and_frees_memory(settings, s3, tmp_path):
+    """Redis at maxmemory refuses XADD and XGROUP CREATE; the consumer must still read,
+    archive and acknowledge, or ingest would answer 503 forever."""
+    from local.redis_server import RedisServer
+    from tests.conftest import free_port
+
+    server = RedisServer(free_port(), tmp_path, "--maxmemory", "3mb").start()
+    try:
+        settings = dataclasses.replace(settings, redis_url=server.url, stream_max_len=1_000_000)
+        client = redis.Redis.from_url(server.url)
+        stream.GroupReader(client, settings.stream_key, "archiver", "x").ensure_group()
+        producer = stream.EventStream(client, settings.stream_key, settings.stream_max_len)
+        poison_id = producer.add({b"v": b"99", b"d": b"junk"})
+        stored = 0
+        with pytest.raises(redis.ResponseError, match="OOM"):
+            while True:
+                event = {"type": "track", "userId": "u", "event": "E", "pad": "x" * 20_000}
+                producer.add(codec.encode_entry(events.prepare([event], events.received_at_now())))
+                stored += 1
+        summary = make_drainer(settings, s3).drain(Budget(2))
+        assert summary.events_archived == stored
+        # The poison entry came first, while Redis was full: its copy in the bucket is the
+        # dead letter, and it was acknowledged rather than left to block trimming.
+        assert summary.entries_dead_lettered == 1
+        [error_key] = archived_keys(s3, settings.s3_bucket, "errors/")
+        assert error_key.endswith(f"/{poison_id.decode()}.json")
+        assert client.xlen(settings.stream_key) == 0
+        small = events.prepare([{"type": "identify", "userId": "u"}], events.received_at_now())
+        producer.add(codec.encode_entry(small))  # room again
+    finally:
+        server.kill()

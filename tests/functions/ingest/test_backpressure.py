@@ -94,3 +94,24 @@ def test_a_stopped_redis_is_a_503_and_a_restarted_one_is_used_again(settings, tm
         assert client.post("/batch", json=BATCH).status_code == 202
     finally:
         server.kill()
+
+
+def test_a_stale_pending_entry_does_not_hold_acknowledged_entries_in_the_backlog(
+    settings, redis_client
+):
+    """One entry stuck on a crashed consumer; a live one acknowledges everything after it.
+    The stream's length, which admission control counts, is the real backlog."""
+    settings = dataclasses.replace(settings, stream_max_len=5)
+    client = create_app(settings).test_client()
+    crashed = stream.GroupReader(redis_client, settings.stream_key, "archiver", "crashed")
+    crashed.ensure_group()
+    assert client.post("/batch", json=BATCH).status_code == 202
+    crashed.read_new(1, block_ms=1)  # and then it dies, holding one entry
+    live = stream.GroupReader(redis_client, settings.stream_key, "archiver", "live")
+    for _ in range(3):
+        for _ in range(4):
+            assert client.post("/batch", json=BATCH).status_code == 202
+        live.ack([entry_id for entry_id, _ in live.read_new(10, block_ms=1)])
+        live.trim_acknowledged()
+    assert redis_client.xlen(settings.stream_key) == 1
+    assert redis_client.xpending(settings.stream_key, "archiver")["pending"] == 1

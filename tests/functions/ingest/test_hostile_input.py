@@ -260,7 +260,7 @@ def test_an_oversized_event_is_named_by_its_index(client):
     body = batch_bytes(GOOD_EVENT, GOOD_EVENT, {**GOOD_EVENT, "p": "x" * 3000})
     answer = client.post("/batch", data=body, content_type=JSON, headers=AUTH).get_json()
     assert [(p["index"], p["message"]) for p in answer["problems"]] == [
-        (2, "event is larger than 2000 bytes")
+        (2, "event is larger than the per-event limit (with the batch's context)")
     ]
 
 
@@ -404,3 +404,25 @@ def test_arbitrary_bytes_never_cause_a_500(client, body, path, encoding):
     response = client.post(path, data=body, content_type=JSON, headers=headers)
     assert response.status_code in ALLOWED_STATUSES, response.get_data(as_text=True)
     assert response.is_json
+
+
+def test_a_batch_context_counts_toward_every_events_size(client, redis_client, small_limits):
+    """A large batch-level context is merged into each event: it must not multiply a small
+    request into a huge stream entry."""
+    body = {"batch": [GOOD_EVENT] * 3, "context": {"pad": "x" * 1_990}}
+    response = client.post("/v1/batch", json=body, headers=AUTH)
+    assert response.status_code == 400
+    assert [p["index"] for p in response.get_json()["problems"]] == [0, 1, 2]
+    assert redis_client.xlen(small_limits.stream_key) == 0
+
+
+def test_a_request_that_grows_too_large_once_stamped_is_413(client, redis_client, small_limits):
+    """Each tiny event gets the 1.5 KB batch context merged in: within the per-event limit,
+    but 450 of them would make a 20 KB request a 700 KB stream entry."""
+    tiny = {"type": "identify", "userId": "u"}
+    body = json.dumps({"batch": [tiny] * 450, "context": {"pad": "x" * 1_500}}).encode()
+    assert len(body) < small_limits.max_body_bytes
+    response = client.post("/v1/batch", data=body, content_type=JSON, headers=AUTH)
+    assert response.status_code == 413
+    assert response.get_json()["error"] == "too_large"
+    assert redis_client.xlen(small_limits.stream_key) == 0

@@ -174,7 +174,7 @@ def test_without_write_keys_requests_are_anonymous_and_health_says_so(settings, 
     client = create_app(settings).test_client()
     body = {"batch": [{"type": "track", "userId": "u", "event": "E"}]}
     assert client.post("/v1/batch", json=body).status_code == 200
-    [[event]] = [codec.decode_entry(f) for _, f in redis_client.xrange(settings.stream_key)]
+    [event] = codec.decode_entry(redis_client.xrevrange(settings.stream_key, count=1)[0][1])
     assert "source" not in event
     assert "anonymous" in client.get("/healthz").get_json()["auth"]
 
@@ -232,3 +232,53 @@ def test_received_at_is_the_servers_clock(client, entries):
         == 200
     )
     assert parse_timestamp(entries()[0][0]["receivedAt"]) >= before - timedelta(seconds=1)
+
+
+def test_a_client_source_is_dropped_in_anonymous_mode_and_replaced_with_keys(
+    settings, client, entries, redis_client
+):
+    spoof = {"type": "track", "userId": "u", "event": "E", "source": "billing"}
+    assert (
+        client.post("/v1/batch", json={"batch": [spoof]}, headers=basic("wk_web_123")).status_code
+        == 200
+    )
+    assert entries()[0][0]["source"] == "web"
+    anonymous = create_app(settings).test_client()
+    assert anonymous.post("/v1/batch", json={"batch": [dict(spoof)]}).status_code == 200
+    [event] = codec.decode_entry(redis_client.xrevrange(settings.stream_key, count=1)[0][1])
+    assert "source" not in event
+
+
+def test_a_stranger_with_a_malformed_body_gets_401_not_validation_details(
+    client, keyed_settings, redis_client
+):
+    response = client.post("/v1/batch", data=b"{not json", content_type="application/json")
+    assert response.status_code == 401
+    assert "JSON" not in response.get_data(as_text=True)
+    keyed = client.post(
+        "/v1/batch", data=b"{not json", content_type="application/json", headers=basic("wk_web_123")
+    )
+    assert keyed.status_code == 400
+    assert redis_client.xlen(keyed_settings.stream_key) == 0
+
+
+def test_clock_skew_out_of_range_is_a_400_naming_the_timestamp(
+    client, keyed_settings, redis_client
+):
+    body = {
+        "batch": [
+            {"type": "track", "userId": "u", "event": "E", "timestamp": "0001-01-01T00:00:00Z"}
+        ],
+        "sentAt": "9999-01-01T00:00:00Z",
+    }
+    response = client.post("/v1/batch", json=body, headers=basic("wk_web_123"))
+    assert response.status_code == 400
+    assert [(p["index"], p["field"]) for p in response.get_json()["problems"]] == [(0, "timestamp")]
+    assert redis_client.xlen(keyed_settings.stream_key) == 0
+
+
+def test_wrong_method_answers_405_with_allow(client):
+    response = client.get("/v1/batch")
+    assert response.status_code == 405
+    assert "POST" in response.headers["Allow"]
+    assert response.get_json()["error"] == "method_not_allowed"
