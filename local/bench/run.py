@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import platform
 import runpy
 import sys
@@ -143,7 +144,14 @@ def _machine() -> dict:
     conf = runpy.run_path(str(GUNICORN_CONF))
     return {
         "cpus": cpu.cores(),
-        "gunicorn": {name: conf[name] for name in ("workers", "worker_class", "threads")},
+        "gunicorn": {
+            **{name: conf[name] for name in ("workers", "worker_class", "threads")},
+            **(
+                {"cmd_args": os.environ["GUNICORN_CMD_ARGS"]}
+                if "GUNICORN_CMD_ARGS" in os.environ
+                else {}
+            ),
+        },
         "platform": platform.platform(),
         "python": platform.python_version(),
         "loadavg_at_start": [float(load1), float(load5)],
