@@ -64,7 +64,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m local.bench", description=__doc__.split("\n")[0]
     )
-    parser.add_argument("--quick", action="store_true", help="short smoke run (about a minute)")
+    parser.add_argument("--quick", action="store_true", help="short smoke run (about 1.5 minutes)")
     parser.add_argument(
         "--loadgen", choices=["wrk", "python"], default="wrk", help="wrk if installed (default)"
     )
