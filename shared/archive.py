@@ -26,7 +26,6 @@ from botocore.config import Config
 from shared.settings import Settings
 
 OBJECT_SUFFIX = ".ndjson.gz"
-COMPRESS_LEVEL = 6
 # Dead letters, at the bucket's root so that they never mix with the archive's partitions.
 ERRORS_PREFIX = "errors/"
 
@@ -57,13 +56,14 @@ def partition_path(event: dict[str, Any]) -> str:
 # --- format -------------------------------------------------------------------------------
 
 
-def encode_line(event: dict[str, Any]) -> bytes:
-    return _json_encoder.encode(event) + b"\n"
+def encode_lines(events: list[dict[str, Any]]) -> bytes:
+    """NDJSON: one line per event, each ending in a newline."""
+    return _json_encoder.encode_lines(events)
 
 
-def compress(lines: list[bytes]) -> bytes:
+def compress(chunks: list[bytes], level: int = 3) -> bytes:
     # mtime=0: the same lines always give the same bytes, so a retried object is identical.
-    return gzip.compress(b"".join(lines), compresslevel=COMPRESS_LEVEL, mtime=0)
+    return gzip.compress(b"".join(chunks), compresslevel=level, mtime=0)
 
 
 # --- naming -------------------------------------------------------------------------------
@@ -131,7 +131,8 @@ class ObjectStore:
 @dataclass
 class _Partition:
     entry_ids: list[bytes] = field(default_factory=list)
-    lines: list[bytes] = field(default_factory=list)
+    chunks: list[bytes] = field(default_factory=list)  # NDJSON, one chunk per entry
+    events: int = 0
 
 
 @dataclass
@@ -146,23 +147,27 @@ class Buffer:
 
     def add(self, entry_id: bytes, events: list[dict[str, Any]]) -> None:
         """Stage one entry's events; all or nothing if one of them cannot be placed."""
-        staged = [(partition_path(event), encode_line(event)) for event in events]
-        for path, line in staged:
+        # An entry is one request, whose events share one receivedAt: usually one group.
+        groups: dict[str, list[dict[str, Any]]] = {}
+        for event in events:
+            groups.setdefault(partition_path(event), []).append(event)
+        for path, group in groups.items():
+            chunk = encode_lines(group)
             partition = self._partitions.setdefault(path, _Partition())
-            if not partition.entry_ids or partition.entry_ids[-1] != entry_id:
-                partition.entry_ids.append(entry_id)
-            partition.lines.append(line)
-            self.bytes += len(line)
+            partition.entry_ids.append(entry_id)
+            partition.chunks.append(chunk)
+            partition.events += len(group)
+            self.bytes += len(chunk)
         self.entry_ids.append(entry_id)
         self.events += len(events)
         if self.started_at is None:
             self.started_at = time.monotonic()
 
-    def objects(self, prefix: str) -> Iterator[tuple[str, bytes, int]]:
+    def objects(self, prefix: str, level: int = 3) -> Iterator[tuple[str, bytes, int]]:
         """(key, compressed body, event count) for each object this buffer becomes."""
         for path, partition in self._partitions.items():
             key = object_key(prefix, path, partition.entry_ids)
-            yield key, compress(partition.lines), len(partition.lines)
+            yield key, compress(partition.chunks, level), partition.events
 
     def __len__(self) -> int:
         return len(self.entry_ids)

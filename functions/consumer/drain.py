@@ -204,7 +204,10 @@ class _Run:
         buffer, self.buffer = self.buffer, Buffer()
         if not buffer.entry_ids:
             return
-        objects = [(key, body) for key, body, _ in buffer.objects(self.settings.s3_prefix)]
+        objects = [
+            (key, body)
+            for key, body, _ in buffer.objects(self.settings.s3_prefix, self.settings.gzip_level)
+        ]
         if not self._store_all(objects):
             self.storage_down = True
             self.summary.unflushed_entries += len(buffer.entry_ids)

@@ -15,7 +15,7 @@ from shared.archive import (
     ObjectStore,
     UnarchivableEvent,
     compress,
-    encode_line,
+    encode_lines,
     flush_due,
     object_key,
     partition_path,
@@ -121,21 +121,21 @@ def test_object_key_depends_on_prefix_and_partition() -> None:
 
 def test_encode_line_is_one_json_line() -> None:
     e = event(properties={"text": "line\nbreak ünï 🚀", "n": 2**63})
-    line = encode_line(e)
+    line = encode_lines([e])
     assert line.endswith(b"\n")
     assert line.count(b"\n") == 1
     assert json.loads(line) == e
 
 
 def test_compress_is_deterministic() -> None:
-    lines = [encode_line(event(i=i)) for i in range(50)]
+    lines = [encode_lines([event(i=i)]) for i in range(50)]
     assert compress(lines) == compress(list(lines))
     assert compress(lines) != compress(lines[:-1])
 
 
 def test_compress_gunzips_to_ndjson_lines() -> None:
     events = [event(i=i, text="ü") for i in range(5)]
-    body = compress([encode_line(e) for e in events])
+    body = compress([encode_lines([e]) for e in events])
     assert body[:2] == b"\x1f\x8b"
     text = gzip.decompress(body)
     assert text.endswith(b"\n")
@@ -175,7 +175,7 @@ def test_buffer_counts_entries_events_and_bytes() -> None:
     assert len(buffer) == 2
     assert buffer.entry_ids == [b"1-0", b"2-0"]
     assert buffer.events == 3
-    assert buffer.bytes == sum(len(encode_line(e)) for e in first + second)
+    assert buffer.bytes == sum(len(encode_lines([e])) for e in first + second)
     assert buffer.started_at is not None
 
 
@@ -303,7 +303,7 @@ def test_flush_due_by_age(hints: Settings) -> None:
 
 def test_object_store_put(s3: Any, settings: Settings) -> None:
     store = ObjectStore(s3, settings.s3_bucket)
-    body = compress([encode_line(event(i=1)), encode_line(event(i=2))])
+    body = compress([encode_lines([event(i=1), event(i=2)])])
     key = "events/dt=2024-03-05/hour=14/1-0_2-0_abc.ndjson.gz"
 
     store.put(key, body)

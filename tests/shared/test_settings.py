@@ -37,6 +37,7 @@ def test_defaults_from_an_empty_environment() -> None:
     assert settings.cors_allow_origin == "*"
     assert settings.stream_max_len == 100_000
     assert settings.max_deliveries == 10
+    assert settings.gzip_level == 3
 
 
 def test_from_env_reads_os_environ_when_no_mapping_is_given(
@@ -67,6 +68,7 @@ CORE_VARS = {
     "CORS_ALLOW_ORIGIN",
     "STREAM_MAX_LEN",
     "MAX_DELIVERIES",
+    "GZIP_LEVEL",
 }
 
 
@@ -189,6 +191,9 @@ BAD_VALUES = [
     ("STREAM_MAX_LEN", "lots"),
     ("MAX_DELIVERIES", "0"),
     ("MAX_DELIVERIES", "1.5"),
+    ("GZIP_LEVEL", "0"),
+    ("GZIP_LEVEL", "10"),
+    ("GZIP_LEVEL", "best"),
 ]
 
 
