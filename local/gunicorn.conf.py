@@ -10,7 +10,13 @@ bind = os.environ.get("BIND", "127.0.0.1:8000")
 workers = int(os.environ.get("WEB_CONCURRENCY", multiprocessing.cpu_count()))
 worker_class = "gthread"
 threads = int(os.environ.get("GUNICORN_THREADS", "4"))
-keepalive = 30
+# A keep-alive connection stays with the worker that accepted it, and an idle worker is not
+# woken first: left uncapped, one worker can take every connection of a few busy clients (a
+# load balancer, a load generator) while the others idle, halving throughput. Capping the
+# connections a worker holds sends the rest to the other workers. Clients beyond
+# workers x cap wait in the listen backlog, so raise it with many concurrent clients.
+worker_connections = int(os.environ.get("GUNICORN_WORKER_CONNECTIONS", str(2 * threads)))
+keepalive = 5
 # On SIGTERM, finish in-flight requests (each is at most one XADD) before exiting.
 graceful_timeout = 10
 timeout = 30

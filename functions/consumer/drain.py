@@ -19,6 +19,7 @@ import logging
 import random
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -84,16 +85,20 @@ class Drainer:
         return cls(settings, reader, ObjectStore.from_settings(settings))
 
     def drain(self, remaining_ms: RemainingMs) -> Summary:
-        run = _Run(self, remaining_ms)
         self.reader.ensure_group()
-        run.recover()
-        while run.may_read():
-            run.claim_if_due()
-            entries = self.reader.read_new(READ_COUNT, block_ms=run.block_ms())
-            run.stage(entries)
-            if flush_due(run.buffer, self.settings, time.monotonic()):
+        with ThreadPoolExecutor(1, thread_name_prefix="flush") as flusher:
+            run = _Run(self, remaining_ms, flusher)
+            try:
+                run.recover()
+                while run.may_read():
+                    run.claim_if_due()
+                    entries = self.reader.read_new(READ_COUNT, block_ms=run.block_ms())
+                    run.stage(entries)
+                    if flush_due(run.buffer, self.settings, time.monotonic()):
+                        run.flush()
                 run.flush()
-        run.flush()
+            finally:
+                run.wait_for_flush()
         if run.storage_down:
             # Not the entries' fault: keep their delivery counts from marking them as poison.
             self.reader.forgive_own_pending()
@@ -103,7 +108,9 @@ class Drainer:
 class _Run:
     """The state of one `drain` call: its buffer, its clock and its tallies."""
 
-    def __init__(self, drainer: Drainer, remaining_ms: RemainingMs) -> None:
+    def __init__(
+        self, drainer: Drainer, remaining_ms: RemainingMs, flusher: ThreadPoolExecutor
+    ) -> None:
         self.settings = drainer.settings
         self.reader = drainer.reader
         self.store = drainer.store
@@ -113,6 +120,8 @@ class _Run:
         self.summary = Summary(consumer=self.reader.consumer)
         self.buffer = Buffer()
         self.storage_down = False
+        self.flusher = flusher
+        self.in_flight: Future | None = None
         self.next_claim_at = 0.0
 
     # --- recovery ---------------------------------------------------------------------------
@@ -190,6 +199,7 @@ class _Run:
         """Set aside an entry that can never be archived, in the bucket's `errors/` and the
         dead-letter stream, then acknowledge it, so that it stops blocking the rest."""
         log.error("dead-lettering entry %s: %s", entry_id.decode(), reason)
+        self.wait_for_flush()  # one writer at a time keeps the tallies exact
         if not self._store_all([error_object(entry_id, fields, reason)]):
             self.storage_down = True
             return
@@ -199,11 +209,28 @@ class _Run:
     # --- flushing -----------------------------------------------------------------------------
 
     def flush(self) -> None:
-        """Store every object of the buffer, then acknowledge its entries. While storage fails,
-        retry with capped, jittered backoff; when time runs out, leave the entries pending."""
+        """Hand the buffer to the flusher thread, which compresses and stores every object,
+        then acknowledges the buffer's entries. One flush is in flight at a time, so reading
+        and decoding the next entries overlaps compressing and uploading these (zlib and
+        sockets release the GIL); flushes still happen, and are acknowledged, in order."""
         buffer, self.buffer = self.buffer, Buffer()
+        self.wait_for_flush()
         if not buffer.entry_ids:
             return
+        if self.storage_down:
+            self.summary.unflushed_entries += len(buffer.entry_ids)
+            return
+        self.in_flight = self.flusher.submit(self._store_and_ack, buffer)
+
+    def wait_for_flush(self) -> None:
+        """Wait for the flush in flight; an error it met (Redis gone, say) is raised here."""
+        in_flight, self.in_flight = self.in_flight, None
+        if in_flight is not None:
+            in_flight.result()
+
+    def _store_and_ack(self, buffer: Buffer) -> None:
+        """While storage fails, retry with capped, jittered backoff; when time runs out,
+        leave the entries pending."""
         objects = [
             (key, body)
             for key, body, _ in buffer.objects(self.settings.s3_prefix, self.settings.gzip_level)

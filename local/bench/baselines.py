@@ -53,7 +53,7 @@ def create_direct_app(settings: Settings | None = None) -> Flask:
     def post_batch() -> Response:
         batch = events.batch_events(events.decode_json(request.get_data()))
         batch = events.prepare(batch, events.received_at_now())
-        body = archive.compress([archive.encode_line(event) for event in batch])
+        body = archive.compress([archive.encode_lines(batch)], settings.gzip_level)
         key = f"{prefix}{archive.partition_path(batch[0])}{uuid.uuid4().hex}.ndjson.gz"
         store.put(key, body)
         return Response(b'{"accepted":%d}' % len(batch), 202, mimetype="application/json")
