@@ -79,7 +79,7 @@ def main() -> int:
 
         gunicorn = start_gunicorn(env, INGEST_BIND)
         runner = start_runner(env)
-        stoppers += [lambda: _stop(runner, signal.SIGINT), lambda: _stop(gunicorn)]
+        stoppers += [lambda: stop_process(runner, signal.SIGINT), lambda: stop_process(gunicorn)]
         _print_banner(env, settings)
         return _wait_for_stop(gunicorn, runner)
     finally:
@@ -100,13 +100,18 @@ def _wait_for_stop(*children: subprocess.Popen) -> int:
     return 0
 
 
-def _stop(process: subprocess.Popen, sig: int = signal.SIGTERM, timeout_s: float = 60) -> None:
+def stop_process(
+    process: subprocess.Popen, sig: int = signal.SIGTERM, timeout_s: float = 60
+) -> int:
+    """Ask a child to stop (SIGTERM: gunicorn finishes its requests; SIGINT or SIGTERM: the
+    runner flushes), kill it if it takes longer than `timeout_s`; its exit code."""
     if process.poll() is None:
         process.send_signal(sig)
         try:
             process.wait(timeout_s)
         except subprocess.TimeoutExpired:
             process.kill()
+    return process.wait()
 
 
 def _without_password(url: str) -> str:

@@ -10,7 +10,6 @@ import gzip
 import json
 import os
 import socket
-import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -142,12 +141,6 @@ def gunicorn_url(settings: Settings, tmp_path: Path) -> Iterator[str]:
     yield url
     process.terminate()
     process.wait(timeout=20)
-
-
-def stop_process(process: subprocess.Popen, timeout_s: float = 30) -> int:
-    if process.poll() is None:
-        process.terminate()
-    return process.wait(timeout=timeout_s)
 
 
 def archived_events(client: Any, bucket: str, prefix: str = "") -> list[dict[str, Any]]:

@@ -14,12 +14,12 @@ import uuid
 import pytest
 
 from local import stack
+from local.stack import stop_process
 from tests.conftest import (
     archived_events,
     archived_keys,
     pending_count,
     settings_env,
-    stop_process,
     wait_until,
 )
 

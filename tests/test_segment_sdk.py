@@ -10,7 +10,8 @@ import pytest
 from segment.analytics.client import Client
 
 from local import stack
-from tests.conftest import archived_events, settings_env, stop_process, wait_until
+from local.stack import stop_process
+from tests.conftest import archived_events, settings_env, wait_until
 
 WRITE_KEY = "wk_sdk_test_0123456789"
 

@@ -25,6 +25,7 @@ from local import stack
 from local.bench import cpu
 from local.redis_server import RedisServer
 from local.s3 import FAKE_CREDENTIALS, ensure_bucket, start_moto_server
+from local.stack import stop_process as stop
 
 ROOT = Path(__file__).resolve().parents[2]
 GUNICORN_CONF = ROOT / "local" / "gunicorn.conf.py"
@@ -65,16 +66,6 @@ def wait_listening(port: int, process: subprocess.Popen, timeout_s: float = 30.0
         except OSError:
             time.sleep(0.05)
     raise TimeoutError(f"nothing listens on port {port} after {timeout_s}s")
-
-
-def stop(process: subprocess.Popen, sig: int = signal.SIGTERM, timeout_s: float = 60) -> None:
-    if process.poll() is None:
-        process.send_signal(sig)
-        try:
-            process.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 class Stack:
