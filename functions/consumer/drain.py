@@ -191,7 +191,7 @@ class _Run:
                 self._dead_letter(entry_id, fields, str(exc))
                 continue
             if size_hint_reached(self.buffer, self.settings):
-                self.flush()
+                self.flush(in_background=True)
 
     def _dead_letter(
         self, entry_id: stream.EntryId, fields: stream.Fields | None, reason: str
@@ -208,11 +208,16 @@ class _Run:
 
     # --- flushing -----------------------------------------------------------------------------
 
-    def flush(self) -> None:
-        """Hand the buffer to the flusher thread, which compresses and stores every object,
-        then acknowledges the buffer's entries. One flush is in flight at a time, so reading
-        and decoding the next entries overlaps compressing and uploading these (zlib and
-        sockets release the GIL); flushes still happen, and are acknowledged, in order."""
+    def flush(self, in_background: bool = False) -> None:
+        """Store every object of the buffer, then acknowledge its entries, on the flusher
+        thread; wait for it unless `in_background`.
+
+        Only a cut by a size hint runs in the background, so that reading and decoding the
+        next entries overlaps compressing and uploading these (zlib and sockets release the
+        GIL). Such a cut depends only on the entries, so entries read meanwhile do not change
+        how a re-read after a crash is cut; a cut by age or by the end of the budget does
+        depend on timing, so nothing more is read until it is acknowledged. One flush is in
+        flight at a time, and flushes are acknowledged in order."""
         buffer, self.buffer = self.buffer, Buffer()
         self.wait_for_flush()
         if not buffer.entry_ids:
@@ -221,6 +226,8 @@ class _Run:
             self.summary.unflushed_entries += len(buffer.entry_ids)
             return
         self.in_flight = self.flusher.submit(self._store_and_ack, buffer)
+        if not in_background:
+            self.wait_for_flush()
 
     def wait_for_flush(self) -> None:
         """Wait for the flush in flight; an error it met (Redis gone, say) is raised here."""

@@ -323,3 +323,29 @@ def test_a_full_redis_is_drained_and_frees_memory(settings, s3, tmp_path):
         producer.add(codec.encode_entry(small))  # room again
     finally:
         server.kill()
+
+
+def test_a_crash_during_a_background_flush_is_retried_onto_the_same_objects(
+    settings, s3, redis_client
+):
+    """Size-hint cuts are flushed in the background while the next entries are read; a crash
+    before their ack leaves both pending. Re-staged in order, the cut falls in the same place:
+    the stored object is overwritten, and nothing is archived twice."""
+    settings = dataclasses.replace(settings, flush_max_events=9, flush_interval_s=0.9)
+    post(settings, redis_client, 10)  # 30 events: cuts after entries 3, 6, 9
+    first = make_drainer(settings, s3, "first")
+
+    def crash(ids):
+        raise redis.ConnectionError("killed before XACK")
+
+    first.reader.ack = crash
+    with pytest.raises(redis.ConnectionError):
+        first.drain(Budget(1))
+    keys_before = set(archived_keys(s3, settings.s3_bucket))
+    assert len(keys_before) == 1
+
+    time.sleep(settings.claim_idle_ms / 1000 + 0.1)
+    make_drainer(settings, s3, "second").drain(Budget(1.5))
+    assert keys_before <= set(archived_keys(s3, settings.s3_bucket))
+    assert len(archived_events(s3, settings.s3_bucket)) == 30
+    assert pending_count(redis_client, settings) == 0
