@@ -27,7 +27,7 @@ import redis
 
 from local.bench import backlog, load, payloads
 from local.bench.procs import ROOT, Stack, stop
-from local.bench.run import BUCKET, FLUSH_INTERVAL_S, GROUP, STREAM_KEY
+from local.bench.run import BENCH_ENV, BUCKET, GROUP, STREAM_KEY
 
 # Which layer a frame belongs to, by the file it comes from; first match wins, from the leaf.
 LAYERS = [
@@ -132,15 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     out_dir = ROOT / ".data" / "bench" / f"profile-{stamp}"
     out_dir.mkdir(parents=True, exist_ok=True)
-    env = {
-        "STREAM_KEY": STREAM_KEY,
-        "CONSUMER_GROUP": GROUP,
-        "S3_BUCKET": BUCKET,
-        "WRITE_KEYS": payloads.WRITE_KEYS,
-        "LOG_LEVEL": "warning",
-        "FLUSH_INTERVAL_S": FLUSH_INTERVAL_S,
-        "CLAIM_IDLE_MS": "30000",
-    }
+    env = dict(BENCH_ENV)
     stack = Stack(out_dir, env)
     try:
         stack.start_storage(BUCKET)

@@ -36,6 +36,16 @@ GROUP = "archiver"
 BUCKET = "bench-archive"
 FIXED_RATE_EVENTS = 1000
 FLUSH_INTERVAL_S = "1"
+# The settings every process of the benchmark's stack runs with.
+BENCH_ENV = {
+    "STREAM_KEY": STREAM_KEY,
+    "CONSUMER_GROUP": GROUP,
+    "S3_BUCKET": BUCKET,
+    "WRITE_KEYS": payloads.WRITE_KEYS,
+    "LOG_LEVEL": "warning",
+    "FLUSH_INTERVAL_S": FLUSH_INTERVAL_S,
+    "CLAIM_IDLE_MS": "30000",
+}
 
 
 @dataclass(frozen=True)
@@ -103,15 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         "drain": [],
         "notes": [],
     }
-    env = {
-        "STREAM_KEY": STREAM_KEY,
-        "CONSUMER_GROUP": GROUP,
-        "S3_BUCKET": BUCKET,
-        "WRITE_KEYS": payloads.WRITE_KEYS,
-        "LOG_LEVEL": "warning",
-        "FLUSH_INTERVAL_S": FLUSH_INTERVAL_S,
-        "CLAIM_IDLE_MS": "30000",
-    }
+    env = dict(BENCH_ENV)
     print(
         f"benchmark ({results['mode']}): {results['machine']['cpus']} cores, {results['loadgen']}"
     )
