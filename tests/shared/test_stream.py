@@ -328,11 +328,9 @@ def test_dead_letter_that_fails_leaves_the_entry_pending(
 
 # --- trimming -----------------------------------------------------------------------------
 #
-# XTRIM MINID ~ removes only whole radix-tree nodes (at most stream-node-max-entries entries
-# each, fewer if stream-node-max-bytes is reached first) whose every entry is below the floor.
-# So the "never removes what is needed" checks are strict, and the "does remove history"
-# checks use more than two nodes' worth of acknowledged entries, which guarantees at least the
-# first (closed) node lies wholly below the floor.
+# Trimming is exact (XTRIM MINID, not ~): it removes every entry below the floor and nothing
+# at or above it, so the counts below are exact. Several radix-tree nodes' worth of entries
+# are used so that trimming has to cut through nodes, not only drop whole ones.
 
 
 def assert_kept(client: redis.Redis, key: str, needed: list[bytes]) -> None:
@@ -360,9 +358,8 @@ def test_trim_removes_fully_acknowledged_history(
 
     removed = consumer.trim_acknowledged()
 
-    assert removed > 0
-    assert redis_client.xlen(key) == len(ids) - removed
-    assert removed <= done
+    assert removed == done
+    assert redis_client.xlen(key) == len(ids) - done
     assert_kept(redis_client, key, ids[done:])
     assert ids_of(consumer.read_new(10_000, block_ms=None)) == ids[done:]
 
@@ -376,8 +373,9 @@ def test_trim_after_everything_is_acknowledged_keeps_nothing_needed(
     ids = add_entries(redis_client, settings.stream_key, 3 * node)
     xack_only(redis_client, settings, ids_of(consumer.read_new(10_000, block_ms=None)))
     removed = consumer.trim_acknowledged()
-    assert 0 < removed <= len(ids)
-    assert redis_client.xlen(settings.stream_key) == len(ids) - removed
+    # The floor is just above the last delivered entry: all of them go.
+    assert removed == len(ids)
+    assert redis_client.xlen(settings.stream_key) == 0
     # A later entry is still delivered, and a second trim does not fail.
     [new_id] = add_entries(redis_client, settings.stream_key, 1)
     consumer.trim_acknowledged()
@@ -398,7 +396,7 @@ def test_trim_never_removes_pending_entries(redis_client: redis.Redis, settings:
 
     removed = fast.trim_acknowledged()
 
-    assert removed > 0  # everything below ids[stuck] was done with
+    assert removed == stuck  # everything below ids[stuck] was done with
     assert_kept(redis_client, key, ids[stuck:])
     # The pending entries still have their data, for a retry or a claim.
     [(entry_id, fields)] = slow.read_pending(b"0", 10)
@@ -435,7 +433,7 @@ def test_trim_never_removes_undelivered_entries(
     ids = add_entries(redis_client, key, 3 * node)
     delivered = 2 * node + 3
     xack_only(redis_client, settings, ids_of(consumer.read_new(delivered, block_ms=None)))
-    assert consumer.trim_acknowledged() > 0
+    assert consumer.trim_acknowledged() == delivered
     assert_kept(redis_client, key, ids[delivered:])
     assert ids_of(consumer.read_new(10_000, block_ms=None)) == ids[delivered:]
 
@@ -454,7 +452,7 @@ def test_trim_with_a_lagging_second_group(redis_client: redis.Redis, settings: S
 
     removed = leader.trim_acknowledged()
 
-    assert 0 < removed <= behind
+    assert removed == behind
     assert_kept(redis_client, key, ids[behind:])
     assert ids_of(lagger.read_new(10_000, block_ms=None)) == ids[behind:]
 
