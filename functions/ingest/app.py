@@ -14,6 +14,7 @@ entry, and a rejected request adds nothing.
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from typing import Any
 
@@ -181,9 +182,13 @@ def _register_error_handlers(app: Flask) -> None:
         return json_response(exc.as_dict(), 400)
 
     # For both 503s nothing was accepted; the client keeps the events and retries.
+    refusals = _Throttled(
+        log, "refusing events: %s (%d refusals since the last such line; one line per %ds)"
+    )
+
     @app.errorhandler(BacklogFull)
     def backlog_full(exc: BacklogFull) -> Response:
-        log.warning("refusing events: %s", exc)
+        refusals.warn(exc)
         body = {
             "error": "backlog_full",
             "message": "too many events wait to be archived, retry later",
@@ -215,6 +220,22 @@ def _register_error_handlers(app: Flask) -> None:
         log.exception("unexpected error, request id %s", request_id)
         body = {"error": "internal", "message": "internal error", "requestId": request_id}
         return json_response(body, 500)
+
+
+class _Throttled:
+    """A warning logged at most once per interval, with how often it happened meanwhile: under
+    sustained backpressure every request is refused, and one line per refusal would flood."""
+
+    def __init__(self, logger: logging.Logger, message: str, interval_s: int = 10) -> None:
+        self.logger, self.message, self.interval_s = logger, message, interval_s
+        self.count, self.next_at = 0, 0.0
+
+    def warn(self, detail: object) -> None:
+        self.count += 1
+        now = time.monotonic()
+        if now >= self.next_at:
+            self.logger.warning(self.message, detail, self.count, self.interval_s)
+            self.count, self.next_at = 0, now + self.interval_s
 
 
 app = create_app()

@@ -115,3 +115,14 @@ def test_a_stale_pending_entry_does_not_hold_acknowledged_entries_in_the_backlog
         live.trim_acknowledged()
     assert redis_client.xlen(settings.stream_key) == 1
     assert redis_client.xpending(settings.stream_key, "archiver")["pending"] == 1
+
+
+def test_refusals_are_logged_once_per_interval_not_once_per_request(settings, caplog):
+    settings = dataclasses.replace(settings, stream_max_len=1)
+    client = create_app(settings).test_client()
+    client.post("/batch", json=BATCH)
+    caplog.clear()
+    statuses = [client.post("/batch", json=BATCH).status_code for _ in range(50)]
+    assert statuses == [503] * 50
+    refusal_lines = [r for r in caplog.records if "refusing events" in r.getMessage()]
+    assert len(refusal_lines) == 1
