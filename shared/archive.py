@@ -111,10 +111,10 @@ class ObjectStore:
         client = boto3.client(
             "s3",
             endpoint_url=settings.s3_endpoint_url,
-            # Bounded, so one hung request cannot outlast the invocation's budget; the drain
-            # loop retries with its own backoff on top.
+            # Bounded, so one hung request cannot outlast the invocation's stop margin; the
+            # drain loop retries, with its own backoff, while the budget allows.
             config=Config(
-                connect_timeout=5, read_timeout=20, retries={"max_attempts": 2, "mode": "standard"}
+                connect_timeout=3, read_timeout=8, retries={"max_attempts": 1, "mode": "standard"}
             ),
         )
         return cls(client, settings.s3_bucket)

@@ -63,11 +63,16 @@ return redis.call('XADD', KEYS[1], '*', unpack(ARGV, 2))
 # thousands of acknowledged entries behind it (trimming by MINID stops at the oldest pending).
 _ACK_AND_DELETE = """
 local acked = redis.call('XACK', KEYS[1], ARGV[1], unpack(ARGV, 2))
-if #redis.call('XINFO', 'GROUPS', KEYS[1]) == 1 then
-  redis.call('XDEL', KEYS[1], unpack(ARGV, 2))
+local groups = redis.call('XINFO', 'GROUPS', KEYS[1])
+if #groups == 1 then
+  local info = {}
+  for i = 1, #groups[1], 2 do info[groups[1][i]] = groups[1][i + 1] end
+  if info['name'] == ARGV[1] then redis.call('XDEL', KEYS[1], unpack(ARGV, 2)) end
 end
 return acked
 """
+# Lua's unpack takes at most about 8,000 values: acknowledge in chunks well below that.
+ACK_CHUNK = 1000
 
 # A consumer may be forgotten only while it holds nothing: deleting one with pending entries
 # would drop them from the group for good. Checked and done atomically, for every consumer
@@ -147,37 +152,42 @@ class GroupReader:
         )
         return reply[0][1] if reply else []
 
-    def claim_from_idle_consumers(self, min_idle_ms: int) -> list[list[Entry]]:
-        """Take over all pending entries of each consumer not seen for over `min_idle_ms`
-        (it crashed, or hangs): one list per consumer, in ID order.
-
-        All of a consumer's entries at once, not entry by entry as they pass the idle time:
-        re-staged together, in the order their first owner read them, they are cut into the
-        same objects it stored before it died, so the retried flush overwrites those objects.
-        Every entry of such a consumer has been idle at least as long as the consumer itself,
-        and claiming resets idle time, so two consumers never both win the same entry.
-        """
-        claimed = []
+    def idle_consumers(self, min_idle_ms: int) -> list[bytes]:
+        """Other consumers not seen for over `min_idle_ms` (crashed, or hung) that hold
+        pending entries."""
         me = self.consumer.encode()
+        idle = []
         for info in self.client.xinfo_consumers(self.key, self.group):
             name = info["name"] if isinstance(info["name"], bytes) else info["name"].encode()
-            if name == me or not info["pending"] or info["idle"] <= min_idle_ms:
-                continue
-            rows = self.client.xpending_range(
-                self.key, self.group, "-", "+", info["pending"], consumername=name
-            )
-            ids = [row["message_id"] for row in rows]
-            if entries := self.client.xclaim(self.key, self.group, self.consumer, min_idle_ms, ids):
-                claimed.append(entries)
-        return claimed
+            if name != me and info["pending"] and info["idle"] > min_idle_ms:
+                idle.append(name)
+        return idle
+
+    def claim_all_of(self, consumer: bytes, min_idle_ms: int) -> list[Entry]:
+        """Take over every pending entry of `consumer`, in ID order.
+
+        All of them at once, not entry by entry as each passes the idle time: re-staged
+        together, in the order their first owner read them, they are cut into the same
+        objects it stored before it died, so the retried flush overwrites those objects.
+        Every entry of an idle consumer has been idle at least as long as the consumer, and
+        claiming resets idle time, so two consumers never both win the same entry.
+        """
+        rows = self.client.xpending_range(
+            self.key, self.group, "-", "+", 1_000_000, consumername=consumer
+        )
+        ids = [row["message_id"] for row in rows]
+        return (
+            self.client.xclaim(self.key, self.group, self.consumer, min_idle_ms, ids) if ids else []
+        )
 
     def delivery_counts(self, ids: list[EntryId]) -> dict[EntryId, int]:
         """How often each of these pending entries of this consumer has been delivered."""
         if not ids:
             return {}
         lowest, highest = min(ids, key=_id_key), max(ids, key=_id_key)
+        # Other entries of this consumer may lie in the range too: ask for enough rows.
         rows = self.client.xpending_range(
-            self.key, self.group, lowest, highest, len(ids), consumername=self.consumer
+            self.key, self.group, lowest, highest, len(ids) + 10_000, consumername=self.consumer
         )
         wanted = set(ids)
         return {
@@ -202,7 +212,10 @@ class GroupReader:
 
     def ack(self, ids: Iterable[EntryId]) -> int:
         ids = list(ids)
-        return self._ack_and_delete(keys=[self.key], args=[self.group, *ids]) if ids else 0
+        return sum(
+            self._ack_and_delete(keys=[self.key], args=[self.group, *ids[i : i + ACK_CHUNK]])
+            for i in range(0, len(ids), ACK_CHUNK)
+        )
 
     def dead_letter(self, entry_id: EntryId, fields: Fields | None, reason: str) -> None:
         """Move one entry that can never be archived aside, so it stops blocking the rest and

@@ -140,11 +140,17 @@ class _Run:
         if now < self.next_claim_at or self.storage_down:
             return
         self.next_claim_at = now + self.settings.claim_idle_ms / 2000
-        for entries in self.reader.claim_from_idle_consumers(self.settings.claim_idle_ms):
-            log.info("claimed %d entries from a consumer that went away", len(entries))
-            self.summary.entries_claimed += len(entries)
-            # Into objects of their own, in the order their first owner read them.
+        idle = self.reader.idle_consumers(self.settings.claim_idle_ms)
+        if idle:
+            # Our own buffer first, acknowledged, so that claimed entries never join it.
             self.flush()
+        for consumer in idle:
+            entries = self.reader.claim_all_of(consumer, self.settings.claim_idle_ms)
+            if not entries or self.storage_down:
+                continue
+            log.info("claimed %d entries of %s, which went away", len(entries), consumer)
+            self.summary.entries_claimed += len(entries)
+            # Into objects of their own, one consumer at a time, in the order it read them.
             self.stage(self._without_poison(entries))
             self.flush()
         self.summary.consumers_removed += self.reader.forget_idle_consumers(

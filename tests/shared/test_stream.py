@@ -215,6 +215,14 @@ def test_ack(redis_client: redis.Redis, settings: Settings) -> None:
 # --- claiming -----------------------------------------------------------------------------
 
 
+def claim_idle(claimer: GroupReader, min_idle_ms: int) -> list[list[tuple]]:
+    """What the drain loop does: every idle consumer's entries, one consumer at a time."""
+    return [
+        claimer.claim_all_of(consumer, min_idle_ms)
+        for consumer in claimer.idle_consumers(min_idle_ms)
+    ]
+
+
 def test_claim_takes_every_entry_of_a_consumer_gone_quiet(
     redis_client: redis.Redis, settings: Settings
 ) -> None:
@@ -226,7 +234,7 @@ def test_claim_takes_every_entry_of_a_consumer_gone_quiet(
     crashed.read_new(2, block_ms=None)  # read later: younger entries, all the same owner
     time.sleep(0.25)
 
-    [claimed] = rescuer.claim_from_idle_consumers(min_idle_ms=200)
+    [claimed] = claim_idle(rescuer, 200)
 
     assert ids_of(claimed) == ids[:5]
     assert claimed[0][1][b"i"] == b"0"  # with their data
@@ -234,7 +242,7 @@ def test_claim_takes_every_entry_of_a_consumer_gone_quiet(
         ids[:5]
     )
     # The claim reset their idle time: nobody takes them again right away.
-    assert reader(redis_client, settings, "third").claim_from_idle_consumers(200) == []
+    assert claim_idle(reader(redis_client, settings, "third"), 200) == []
     # The entry never delivered is still there for read_new.
     assert ids_of(rescuer.read_new(10, block_ms=None)) == ids[5:]
 
@@ -248,7 +256,7 @@ def test_claim_leaves_consumers_seen_recently(
     other.read_new(2, block_ms=None)
     time.sleep(0.25)
     other.read_new(1, block_ms=None)  # still alive: it polls
-    assert me.claim_from_idle_consumers(min_idle_ms=200) == []
+    assert claim_idle(me, 200) == []
     assert (
         len(pending_ids(redis_client, settings.stream_key, settings.consumer_group, "other")) == 3
     )
@@ -264,7 +272,7 @@ def test_claim_ignores_acknowledged_entries_and_own_entries(
     other.ack([ids[0]])
     me.read_new(1, block_ms=None)
     time.sleep(0.25)
-    assert [ids_of(group) for group in me.claim_from_idle_consumers(min_idle_ms=200)] == [[ids[1]]]
+    assert [ids_of(group) for group in claim_idle(me, 200)] == [[ids[1]]]
 
 
 def test_claim_returns_one_list_per_consumer(redis_client: redis.Redis, settings: Settings) -> None:
@@ -274,7 +282,7 @@ def test_claim_returns_one_list_per_consumer(redis_client: redis.Redis, settings
     first.read_new(2, block_ms=None)
     second.read_new(2, block_ms=None)
     time.sleep(0.25)
-    claimed = reader(redis_client, settings).claim_from_idle_consumers(min_idle_ms=200)
+    claimed = claim_idle(reader(redis_client, settings), 200)
     assert sorted(ids_of(group) for group in claimed) == [ids[:2], ids[2:]]
 
 
@@ -528,3 +536,29 @@ def test_id_key_orders_numerically_not_lexically() -> None:
     ids = [b"10-0", b"9-5", b"9-10", b"100-1"]
     assert sorted(ids, key=stream._id_key) == [b"9-5", b"9-10", b"10-0", b"100-1"]
     assert stream._id_key("42") == (42, 0)
+
+
+def test_ack_of_more_entries_than_lua_can_unpack(redis_client: redis.Redis, settings: Settings):
+    consumer = reader(redis_client, settings)
+    consumer.ensure_group()
+    producer = EventStream(redis_client, settings.stream_key, max_len=1_000_000)
+    with redis_client.pipeline(transaction=False) as pipe:
+        for i in range(10_000):
+            pipe.xadd(settings.stream_key, {b"i": str(i).encode()})
+        pipe.execute()
+    assert producer.client.xlen(settings.stream_key) == 10_000
+    ids = ids_of(consumer.read_new(10_000, block_ms=None))
+    assert consumer.ack(ids) == 10_000
+    assert redis_client.xlen(settings.stream_key) == 0
+
+
+def test_ack_never_deletes_for_a_group_that_is_gone(redis_client: redis.Redis, settings: Settings):
+    """If our group was destroyed and another remains, our ack must not delete its entries."""
+    ours = reader(redis_client, settings)
+    ours.ensure_group()
+    ids = add_entries(redis_client, settings.stream_key, 5)
+    ours.read_new(5, block_ms=None)
+    redis_client.xgroup_create(settings.stream_key, "analytics", id="0")
+    redis_client.xgroup_destroy(settings.stream_key, settings.consumer_group)
+    assert ours.ack(ids) == 0
+    assert redis_client.xlen(settings.stream_key) == 5

@@ -6,12 +6,13 @@ import base64
 import dataclasses
 import json
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import redis
 from botocore.exceptions import EndpointConnectionError
 
-from functions.consumer.drain import Drainer
+from functions.consumer.drain import Drainer, _Run
 from shared import codec, events, stream
 from shared.archive import ObjectStore
 from shared.settings import Settings
@@ -347,4 +348,38 @@ def test_a_crash_during_a_background_flush_is_retried_onto_the_same_objects(
     make_drainer(settings, s3, "second").drain(Budget(1.5))
     assert keys_before <= set(archived_keys(s3, settings.s3_bucket))
     assert len(archived_events(s3, settings.s3_bucket)) == 30
+    assert pending_count(redis_client, settings) == 0
+
+
+def test_claimed_entries_never_join_the_claimers_own_buffer(settings, s3, redis_client):
+    """The claimer's own buffer is flushed, and acknowledged, before it claims: if it then
+    died before acknowledging the claimed entries, a re-read could otherwise merge the two
+    groups into a new object beside ones already stored."""
+    settings = dataclasses.replace(settings, flush_interval_s=0.5, claim_idle_ms=1000)
+    post(settings, redis_client, 5)
+    gone = stream.GroupReader(redis_client, settings.stream_key, "archiver", "gone")
+    gone.ensure_group()
+    assert len(gone.read_new(5, block_ms=1)) == 5
+    time.sleep(1.1)  # "gone" is now idle for longer than CLAIM_IDLE_MS
+    post(settings, redis_client, 5)
+
+    claimer = make_drainer(settings, s3, "claimer")
+    with ThreadPoolExecutor(1) as flusher:
+        run = _Run(claimer, Budget(5), flusher)
+        run.stage(claimer.reader.read_new(10, block_ms=1))  # our own 5, buffered
+        real_claim = claimer.reader.claim_all_of
+        seen_at_claim = []
+
+        def claim_all_of(consumer, min_idle_ms):
+            seen_at_claim.append((len(run.buffer), run.in_flight))
+            return real_claim(consumer, min_idle_ms)
+
+        claimer.reader.claim_all_of = claim_all_of
+        run.claim_if_due()
+        run.wait_for_flush()
+
+    assert seen_at_claim == [(0, None)]
+    assert run.summary.entries_claimed == 5
+    objects = archived_keys(s3, settings.s3_bucket)
+    assert [len(archived_events(s3, settings.s3_bucket, key)) for key in objects] == [15, 15]
     assert pending_count(redis_client, settings) == 0
