@@ -13,10 +13,11 @@ import redis
 from botocore.exceptions import EndpointConnectionError
 
 from functions.consumer.drain import Drainer, _Run
+from local.redis_server import RedisServer
 from shared import codec, events, stream
 from shared.archive import ObjectStore
 from shared.settings import Settings
-from tests.conftest import archived_events, archived_keys, pending_count
+from tests.conftest import archived_events, archived_keys, free_port, pending_count
 
 
 class Budget:
@@ -232,13 +233,29 @@ def test_an_entry_delivered_too_often_is_dead_lettered(settings, s3, redis_clien
     assert archived_events(s3, settings.s3_bucket, settings.s3_prefix) == []
 
 
-def test_a_storage_outage_does_not_make_entries_look_like_poison(settings, s3, redis_client):
-    settings = dataclasses.replace(settings, max_deliveries=2)
-    ids = post(settings, redis_client, 2)
+@pytest.mark.parametrize(
+    "entries, flush_max_events, invocations",
+    [(2, 1000, 4), (12, 5, 5)],
+    ids=["whole-buffer", "cut-mid-page"],
+)
+def test_a_storage_outage_does_not_make_entries_look_like_poison(
+    settings, s3, redis_client, entries, flush_max_events, invocations
+):
+    """Each invocation during the outage re-reads the entries, which counts as a delivery.
+    With a cut by the count hint mid-page, part of the page was delivered but never staged:
+    every entry the consumer holds must be forgiven, not just the failed buffer."""
+    settings = dataclasses.replace(
+        settings,
+        flush_max_events=flush_max_events,
+        max_deliveries=invocations - 2,
+        flush_interval_s=60,
+        claim_idle_ms=120_000,
+    )
+    ids = post(settings, redis_client, entries, per_batch=1)
     drainer = make_drainer(settings, s3)
     restore_storage = break_storage(drainer)
-    for _ in range(4):  # four invocations during the outage, each re-reading the entries
-        drainer.drain(Budget(0.5))
+    for _ in range(invocations):
+        drainer.drain(Budget(0.4))
     restore_storage()
     summary = drainer.drain(Budget(1))
     assert summary.entries_dead_lettered == 0
@@ -272,32 +289,9 @@ def test_acknowledged_history_is_trimmed_and_pending_is_kept(settings, s3, redis
     assert redis_client.xrange(settings.stream_key, min=held[0][0], max=held[0][0])
 
 
-def test_a_storage_outage_with_cuts_mid_page_does_not_make_entries_look_like_poison(
-    settings, s3, redis_client
-):
-    """The flush cut by the count hint fails; the rest of the page was delivered but never
-    staged. Every entry the consumer holds must be forgiven, not just the failed buffer."""
-    settings = dataclasses.replace(
-        settings, flush_max_events=5, max_deliveries=3, flush_interval_s=60, claim_idle_ms=120_000
-    )
-    ids = post(settings, redis_client, 12, per_batch=1)
-    drainer = make_drainer(settings, s3)
-    restore_storage = break_storage(drainer)
-    for _ in range(5):
-        drainer.drain(Budget(0.4))
-    restore_storage()
-    summary = drainer.drain(Budget(1))
-    assert summary.entries_dead_lettered == 0
-    archived = archived_events(s3, settings.s3_bucket, settings.s3_prefix)
-    assert sorted(e["messageId"] for e in archived) == sorted(ids)
-
-
 def test_a_full_redis_is_drained_and_frees_memory(settings, s3, tmp_path):
     """Redis at maxmemory refuses XADD and XGROUP CREATE; the consumer must still read,
     archive and acknowledge, or ingest would answer 503 forever."""
-    from local.redis_server import RedisServer
-    from tests.conftest import free_port
-
     server = RedisServer(free_port(), tmp_path, "--maxmemory", "3mb").start()
     try:
         settings = dataclasses.replace(settings, redis_url=server.url, stream_max_len=1_000_000)
