@@ -257,14 +257,18 @@ def _envelope_problems(
 
 
 def _identity_problems(index: int, event: dict[str, Any]) -> list[Problem]:
-    user_id, anonymous_id = event.get("userId"), event.get("anonymousId")
-    if user_id is None and anonymous_id is None:
-        return [Problem(index, "userId", "userId or anonymousId is required")]
-    return [
-        Problem(index, name, "must be a non-empty string when given")
-        for name, value in (("userId", user_id), ("anonymousId", anonymous_id))
-        if value is not None and not _is_id(value)
+    """Who the event is about. Browser SDKs send `"userId": ""` or `null` beside an
+    `anonymousId` on anonymous page views, so an empty or null ID counts as absent; but one of
+    the two must be there."""
+    ids = {name: event.get(name) for name in ("userId", "anonymousId")}
+    problems = [
+        Problem(index, name, "must be a string (or null) when given")
+        for name, value in ids.items()
+        if value is not None and not isinstance(value, str)
     ]
+    if not problems and not any(ids.values()):
+        problems.append(Problem(index, "userId", "userId or anonymousId is required"))
+    return problems
 
 
 def _is_id(value: Any) -> bool:

@@ -22,10 +22,11 @@ import msgspec
 import redis
 from apig_wsgi import make_lambda_handler
 from flask import Flask, Response, request
-from werkzeug.exceptions import HTTPException, RequestEntityTooLarge, Unauthorized
+from werkzeug.exceptions import HTTPException, NotFound, RequestEntityTooLarge, Unauthorized
 
 from functions.ingest.auth import WriteKeys
 from functions.ingest.body import read_body
+from functions.ingest.browser_settings import analytics_js_settings
 from shared import codec, events
 from shared.settings import Settings
 from shared.stream import BacklogFull, EventStream, connect
@@ -36,6 +37,12 @@ log = logging.getLogger(__name__)
 RETRY_AFTER_UNAVAILABLE_S = "1"
 RETRY_AFTER_BACKLOG_S = "5"
 SEGMENT_PREFIX = "/v1/"
+# Segment's single-event paths, long and short (analytics.js posts to /v1/t, /v1/p, ...).
+SEGMENT_EVENT_PATHS = {name: name for name in sorted(events.EVENT_TYPES)} | {
+    name[0]: name for name in events.EVENT_TYPES
+}
+# analytics.js fetches its settings at every page load; a key's settings change rarely.
+SETTINGS_MAX_AGE_S = 300
 # A stream entry may be at most this many times MAX_BODY_BYTES once its events are stamped.
 ENTRY_GROWTH_LIMIT = 8
 ERROR_CODES = {
@@ -67,7 +74,7 @@ class Ingest:
         authorization = request.headers.get("Authorization")
         if authorization:  # refuse a bad key before spending anything on the body
             self.write_keys.source_of(authorization, None)
-        body = read_body(request, self.settings.max_body_bytes, allow_text_plain=segment)
+        body = read_body(request, self.settings.max_body_bytes, any_content_type=segment)
         document = self._decode(body, authenticated=bool(authorization))
         fields = document if isinstance(document, dict) else {}
         source = self.write_keys.source_of(authorization, fields.get("writeKey"))
@@ -133,14 +140,24 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     @app.post("/v1/batch")
     @app.post("/v1/import")
+    @app.post("/v1/b")  # analytics.js's batching delivery
     def segment_batch() -> Response:
         ingest(segment=True, single=False)
         return json_response({"success": True}, 200)
 
-    @app.post("/v1/<any(track, identify, page, screen, group, alias):event_type>")
-    def segment_event(event_type: str) -> Response:
-        ingest(segment=True, single=True, default_type=event_type)
+    @app.post(f"/v1/<any({', '.join(SEGMENT_EVENT_PATHS)}):path>")
+    def segment_event(path: str) -> Response:
+        ingest(segment=True, single=True, default_type=SEGMENT_EVENT_PATHS[path])
         return json_response({"success": True}, 200)
+
+    @app.get("/v1/projects/<write_key>/settings")
+    def browser_settings(write_key: str) -> Response:
+        if not ingest.write_keys.knows(write_key):
+            raise NotFound("no project has this write key")
+        document = analytics_js_settings(write_key, f"{request.host}/v1", request.scheme)
+        response = json_response(document, 200)
+        response.headers["Cache-Control"] = f"public, max-age={SETTINGS_MAX_AGE_S}"
+        return response
 
     @app.before_request
     def segment_preflight() -> Response | None:
@@ -151,7 +168,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         return Response(
             status=204,
             headers={
-                "Access-Control-Allow-Methods": "POST, OPTIONS",
+                "Access-Control-Allow-Methods": "GET, POST, OPTIONS",
                 "Access-Control-Allow-Headers": requested
                 or "Content-Type, Content-Encoding, Authorization",
                 "Access-Control-Max-Age": "86400",

@@ -33,13 +33,21 @@ class WriteKeys:
             presented = body_key.encode()
         if not presented:
             raise Unauthorized("a valid write key is required (HTTP Basic user name)")
+        match = self._source_of_key(presented)
+        if match is None:
+            raise Unauthorized("unknown write key")
+        return match
+
+    def knows(self, key: str) -> bool:
+        """Whether `key` may send events: any key when none are configured."""
+        return not self._pairs or self._source_of_key(key.encode()) is not None
+
+    def _source_of_key(self, presented: bytes) -> str | None:
         match = None
         presented_digest = _digest(presented)
         for source, digest in self._pairs:
             if hmac.compare_digest(presented_digest, digest) and match is None:
                 match = source
-        if match is None:
-            raise Unauthorized("unknown write key")
         return match
 
 

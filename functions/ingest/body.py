@@ -17,9 +17,15 @@ from shared.events import InvalidRequest, request_problem
 _GZIP, _ZLIB, _RAW_DEFLATE = 31, 15, -15
 
 
-def read_body(request: Request, max_bytes: int, allow_text_plain: bool) -> bytes:
-    """The request's body as JSON bytes, decompressed, or an HTTP error saying why not."""
-    _check_content_type(request.mimetype, allow_text_plain)
+def read_body(request: Request, max_bytes: int, any_content_type: bool) -> bytes:
+    """The request's body as JSON bytes, decompressed, or an HTTP error saying why not.
+
+    With `any_content_type` the body is JSON whatever `Content-Type` says, as Segment's API
+    reads it: browsers send `text/plain` (no CORS preflight), `sendBeacon` whatever its Blob
+    says, and axios-based SDKs label gzip JSON `application/x-www-form-urlencoded`. A body that
+    is not JSON is still refused, by the decoder, with 400."""
+    if not any_content_type:
+        _check_content_type(request.mimetype)
     try:
         raw = request.get_data(cache=False)
     except RequestEntityTooLarge:
@@ -42,14 +48,11 @@ def read_body(request: Request, max_bytes: int, allow_text_plain: bool) -> bytes
     return body
 
 
-def _check_content_type(mimetype: str, allow_text_plain: bool) -> None:
+def _check_content_type(mimetype: str) -> None:
     # No Content-Type at all is read as JSON: simple clients often omit it.
     if not mimetype or mimetype == "application/json" or mimetype.endswith("+json"):
         return
-    if allow_text_plain and mimetype == "text/plain":
-        return  # browser SDKs send JSON as text/plain to avoid a CORS preflight
-    allowed = "application/json" + (" or text/plain" if allow_text_plain else "")
-    raise UnsupportedMediaType(f"Content-Type must be {allowed}, not {mimetype!r}")
+    raise UnsupportedMediaType(f"Content-Type must be application/json, not {mimetype!r}")
 
 
 def inflate(data: bytes, wbits: int, max_bytes: int) -> bytes:

@@ -52,11 +52,10 @@ def app_routes() -> set[tuple[str, str]]:
             continue
         paths = [rule.rule]
         for argument, converter in rule._converters.items():
-            assert hasattr(converter, "items"), f"{rule.rule}: route the values of <{argument}>"
+            # A path segment of any value (a write key) stands for itself: one sample value.
+            values = sorted(getattr(converter, "items", ["sample-value"]))
             paths = [
-                re.sub(rf"<[^>]*:{argument}>", value, path)
-                for path in paths
-                for value in sorted(converter.items)
+                re.sub(rf"<([^>]*:)?{argument}>", value, path) for path in paths for value in values
             ]
         routes |= {(method, path) for method in rule.methods & HTTP_METHODS for path in paths}
     return routes

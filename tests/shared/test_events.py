@@ -122,7 +122,7 @@ INVALID_CASES = [
     ),
     pytest.param({"type": "identify", "userId": ""}, {"userId"}, id="identify-empty-user"),
     pytest.param({"type": "identify", "userId": 123}, {"userId"}, id="identify-number-user"),
-    pytest.param({"type": "page", "anonymousId": ""}, {"anonymousId"}, id="page-empty-anon"),
+    pytest.param({"type": "page", "anonymousId": ""}, {"userId"}, id="page-empty-anon"),
     pytest.param(
         {"type": "page", "userId": "u", "anonymousId": []},
         {"anonymousId"},
@@ -130,7 +130,7 @@ INVALID_CASES = [
     ),
     pytest.param(
         {"type": "screen", "userId": "", "anonymousId": ""},
-        {"userId", "anonymousId"},
+        {"userId"},
         id="screen-both-empty",
     ),
     pytest.param({"type": "group", "userId": "u"}, {"groupId"}, id="group-missing-group-id"),

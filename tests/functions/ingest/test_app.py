@@ -180,9 +180,15 @@ INVALID_REQUESTS = [
     pytest.param("/events", b'{"type": "track", "userId": "u"}', {(0, "event")}, id="events-bad"),
     pytest.param(
         "/events",
-        b'{"type": "identify", "userId": 7, "anonymousId": ""}',
+        b'{"type": "identify", "userId": 7, "anonymousId": ["a"]}',
         {(0, "userId"), (0, "anonymousId")},
         id="events-bad-ids",
+    ),
+    pytest.param(
+        "/events",
+        b'{"type": "page", "userId": "", "anonymousId": null}',
+        {(0, "userId")},
+        id="events-empty-ids",
     ),
 ]
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import gzip
 import json
 from datetime import datetime, timedelta
 
@@ -59,11 +60,128 @@ def test_import_is_an_alias_of_batch(client, entries):
 
 
 @pytest.mark.parametrize("event_type", ["track", "identify", "page", "screen", "group", "alias"])
-def test_single_event_endpoints_take_the_type_from_the_path(client, entries, event_type):
+@pytest.mark.parametrize("short", [False, True], ids=["long", "short"])
+def test_single_event_endpoints_take_the_type_from_the_path(client, entries, event_type, short):
+    # analytics.js posts to the short paths: /v1/t, /v1/i, /v1/p, /v1/s, /v1/g, /v1/a.
+    path = f"/v1/{event_type[0] if short else event_type}"
     event = {"userId": "u1", "event": "E", "groupId": "g", "previousId": "p"}
-    response = client.post(f"/v1/{event_type}", json=event, headers=basic("wk_web_123"))
+    response = client.post(path, json=event, headers=basic("wk_web_123"))
     assert (response.status_code, response.get_json()) == (200, {"success": True})
     assert entries()[0][0]["type"] == event_type
+
+
+@pytest.mark.parametrize("path", ["/v1/x", "/v1/tr", "/v1/T", "/v1/batches", "/v1/m"])
+def test_other_paths_under_v1_are_404(client, redis_client, keyed_settings, path):
+    event = {"type": "track", "userId": "u1", "event": "E"}
+    response = client.post(path, json=event, headers=basic("wk_web_123"))
+    assert response.status_code == 404 and response.get_json()["error"] == "not_found"
+    assert redis_client.xlen(keyed_settings.stream_key) == 0
+
+
+def test_analytics_js_batching_posts_to_b_with_the_key_in_the_body(client, entries):
+    # What analytics.js's batching delivery sends: no Authorization header (a header would
+    # cost a CORS preflight), text/plain, and the key beside the batch.
+    body = {
+        "batch": [
+            {"type": "page", "anonymousId": "a1", "userId": None, "name": "Home"},
+            {"type": "track", "anonymousId": "a1", "event": "Clicked"},
+        ],
+        "writeKey": "wk_web_123",
+        "sentAt": "2026-01-01T00:00:00.000Z",
+    }
+    response = client.post("/v1/b", data=json.dumps(body), content_type="text/plain")
+    assert (response.status_code, response.get_json()) == (200, {"success": True})
+    assert [(e["type"], e["source"]) for e in entries()[0]] == [("page", "web"), ("track", "web")]
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [
+        "application/json",
+        "text/plain;charset=UTF-8",
+        "application/x-www-form-urlencoded",  # axios-based SDKs label gzip JSON so
+        "application/octet-stream",
+        "application/xml",
+        None,
+    ],
+)
+@pytest.mark.parametrize("encoding", [None, "gzip"])
+def test_segment_paths_read_json_whatever_the_content_type(client, entries, content_type, encoding):
+    body = json.dumps({"batch": [{"type": "track", "userId": "u", "event": "E"}]}).encode()
+    headers = basic("wk_web_123")
+    if encoding:
+        body, headers = gzip.compress(body), {**headers, "Content-Encoding": encoding}
+    if content_type:
+        headers["Content-Type"] = content_type
+    response = client.post("/v1/batch", data=body, headers=headers)
+    assert response.status_code == 200 and entries()[0][0]["event"] == "E"
+
+
+def test_an_empty_id_beside_the_other_counts_as_absent_and_is_kept_as_sent(client, entries):
+    batch = [
+        {"type": "page", "userId": "", "anonymousId": "a1"},
+        {"type": "identify", "userId": "u1", "anonymousId": ""},
+        {"type": "track", "event": "E", "userId": None, "anonymousId": "a1"},
+    ]
+    response = client.post("/v1/batch", json={"batch": batch}, headers=basic("wk_web_123"))
+    assert response.status_code == 200
+    stored = entries()[0]
+    assert [(e.get("userId"), e.get("anonymousId")) for e in stored] == [
+        ("", "a1"),
+        ("u1", ""),
+        (None, "a1"),
+    ]
+
+
+def test_an_event_with_no_identity_at_all_is_still_refused(client, redis_client, keyed_settings):
+    event = {"type": "page", "userId": "", "anonymousId": None}
+    response = client.post("/v1/p", json=event, headers=basic("wk_web_123"))
+    assert response.status_code == 400
+    assert response.get_json()["problems"][0]["field"] == "userId"
+    assert redis_client.xlen(keyed_settings.stream_key) == 0
+
+
+# --- the settings document analytics.js loads ------------------------------------------------
+
+
+def test_analytics_js_gets_its_settings_pointing_back_at_this_host(client):
+    response = client.get(
+        "/v1/projects/wk_web_123/settings",
+        base_url="https://events.example.com",
+        headers={"Origin": "https://shop.example.com"},
+    )
+    assert response.status_code == 200
+    assert response.headers["Access-Control-Allow-Origin"] == "*"
+    assert "max-age" in response.headers["Cache-Control"]
+    segment = response.get_json()["integrations"]["Segment.io"]
+    assert segment["apiHost"] == "events.example.com/v1"
+    assert segment["protocol"] == "https"
+    assert segment["apiKey"] == "wk_web_123"
+    # Nothing else analytics.js would fetch from Segment or send to it.
+    document = response.get_json()
+    assert set(document["integrations"]) == {"Segment.io"}
+    assert document["remotePlugins"] == [] and document["metrics"]["sampleRate"] == 0
+    assert "wk_ios_456" not in response.get_data(as_text=True)
+
+
+def test_settings_use_the_request_scheme_and_port(client):
+    document = client.get("/v1/projects/wk_ios_456/settings", base_url="http://127.0.0.1:8000")
+    segment = document.get_json()["integrations"]["Segment.io"]
+    assert (segment["apiHost"], segment["protocol"]) == ("127.0.0.1:8000/v1", "http")
+
+
+@pytest.mark.parametrize("key", ["wk_unknown", "wk_web_12", "wk_web_1234"])
+def test_settings_of_an_unknown_key_are_404(client, key):
+    response = client.get(f"/v1/projects/{key}/settings")
+    assert response.status_code == 404
+    assert "wk_web_123" not in response.get_data(as_text=True)
+
+
+def test_without_write_keys_any_key_gets_settings(settings):
+    client = create_app(settings).test_client()
+    response = client.get("/v1/projects/anything/settings")
+    assert response.status_code == 200
+    assert response.get_json()["integrations"]["Segment.io"]["apiKey"] == "anything"
 
 
 def test_a_type_in_the_body_wins_over_the_path(client, entries):
