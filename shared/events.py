@@ -24,9 +24,8 @@ import msgspec
 
 EVENT_TYPES = frozenset({"track", "identify", "page", "screen", "group", "alias"})
 
-# Fields that must be a non-empty string for an event of a type (beyond the identity rule).
-_REQUIRED_BY_TYPE: dict[str, tuple[str, ...]] = {
-    "track": ("event",),
+# IDs an event of a type must have (beyond the identity rule every other type follows).
+_REQUIRED_IDS_BY_TYPE: dict[str, tuple[str, ...]] = {
     "group": ("groupId",),
     "alias": ("userId", "previousId"),
 }
@@ -70,13 +69,17 @@ class InvalidRequest(Exception):
         super().__init__("; ".join(f"[{p.index}] {p.field}: {p.message}" for p in problems))
         self.problems = problems
 
-    def as_dict(self) -> dict[str, Any]:
+    def summary(self) -> str:
+        first = self.problems[0]
+        where = "the request" if first.index is None else f"event {first.index}"
+        more = len(self.problems) - 1
+        tail = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
+        field = f"{first.field}: " if first.field else ""
+        return f"{where}: {field}{first.message}{tail}"
+
+    def details(self) -> dict[str, Any]:
         shown = self.problems[:MAX_PROBLEMS_REPORTED]
-        return {
-            "error": "invalid_request",
-            "problems": [asdict(p) for p in shown],
-            "problemCount": len(self.problems),
-        }
+        return {"problems": [asdict(p) for p in shown], "problemCount": len(self.problems)}
 
 
 def request_problem(field: str, message: str) -> InvalidRequest:
@@ -244,32 +247,45 @@ def _envelope_problems(
     if not isinstance(event_type, str) or event_type not in EVENT_TYPES:
         allowed = ", ".join(sorted(EVENT_TYPES))
         return [Problem(index, "type", f"must be one of {allowed}")]
-    problems = [
-        Problem(index, name, "must be a non-empty string")
-        for name in _REQUIRED_BY_TYPE.get(event_type, ())
+    problems = []
+    if event_type == "track" and not _is_text(event.get("event")):
+        problems.append(Problem(index, "event", "must be a non-empty string"))
+    problems += [
+        Problem(index, name, "must be a non-empty string or an integer")
+        for name in _REQUIRED_IDS_BY_TYPE.get(event_type, ())
         if not _is_id(event.get(name))
     ]
     if event_type != "alias":
         problems.extend(_identity_problems(index, event))
-    if "messageId" in event and not _is_id(event["messageId"]):
+    if "messageId" in event and not _is_text(event["messageId"]):
         problems.append(Problem(index, "messageId", "must be a non-empty string when given"))
     return problems
 
 
 def _identity_problems(index: int, event: dict[str, Any]) -> list[Problem]:
-    """Who the event is about. Browser SDKs send `"userId": ""` or `null` beside an
-    `anonymousId` on anonymous page views, so an empty or null ID counts as absent; but one of
-    the two must be there."""
+    """Who the event is about. Browser SDKs send `"userId": null` (analytics.js) or `""`
+    (RudderStack) beside an `anonymousId` on anonymous page views, so an empty or null ID
+    counts as absent; but one of the two must be there."""
     ids = {name: event.get(name) for name in ("userId", "anonymousId")}
     problems = [
-        Problem(index, name, "must be a string (or null) when given")
+        Problem(index, name, "must be a string or an integer (or null) when given")
         for name, value in ids.items()
-        if value is not None and not isinstance(value, str)
+        if value is not None and not isinstance(value, str) and not _is_integer(value)
     ]
-    if not problems and not any(ids.values()):
+    if not problems and not any(_is_id(value) for value in ids.values()):
         problems.append(Problem(index, "userId", "userId or anonymousId is required"))
     return problems
 
 
-def _is_id(value: Any) -> bool:
+def _is_text(value: Any) -> bool:
     return isinstance(value, str) and value != ""
+
+
+def _is_integer(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_id(value: Any) -> bool:
+    """An ID as SDKs send them: a non-empty string, or an integer (analytics-ruby passes
+    numeric IDs through; the archive keeps them as sent)."""
+    return _is_text(value) or _is_integer(value)

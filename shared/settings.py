@@ -119,8 +119,10 @@ class Settings:
     max_deliveries: int = _var("MAX_DELIVERIES", 10, _positive_int)
     # Ingest only. Empty: anonymous requests are accepted (and the service says so loudly).
     write_keys: tuple[tuple[str, str], ...] = _var("WRITE_KEYS", (), _write_keys, repr=False)
-    max_body_bytes: int = _var("MAX_BODY_BYTES", 500 * 1024, _positive_int)
-    max_event_bytes: int = _var("MAX_EVENT_BYTES", 32 * 1024, _positive_int)
+    # Above what any SDK sends: RudderStack's JS SDK batches up to 512 KiB, its Android SDK
+    # events up to 64 KiB (Segment's own limits are 500 KB and 32 KB).
+    max_body_bytes: int = _var("MAX_BODY_BYTES", 1024 * 1024, _positive_int)
+    max_event_bytes: int = _var("MAX_EVENT_BYTES", 64 * 1024, _positive_int)
     cors_allow_origin: str = _var("CORS_ALLOW_ORIGIN", "*", _text)
 
     @classmethod

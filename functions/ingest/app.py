@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -24,9 +25,9 @@ from apig_wsgi import make_lambda_handler
 from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException, NotFound, RequestEntityTooLarge, Unauthorized
 
-from functions.ingest.auth import WriteKeys
+from functions.ingest.auth import WriteKeys, key_outside_body
 from functions.ingest.body import read_body
-from functions.ingest.browser_settings import analytics_js_settings
+from functions.ingest.sdk_settings import analytics_js_settings, rudderstack_source_config
 from shared import codec, events
 from shared.settings import Settings
 from shared.stream import BacklogFull, EventStream, connect
@@ -36,11 +37,13 @@ log = logging.getLogger(__name__)
 # Seconds a client should wait: Redis hiccups pass quickly, a full backlog takes consumers longer.
 RETRY_AFTER_UNAVAILABLE_S = "1"
 RETRY_AFTER_BACKLOG_S = "5"
-SEGMENT_PREFIX = "/v1/"
+# Where browsers send from other origins: Segment's API, RudderStack's beacon and config.
+BROWSER_PREFIXES = ("/v1/", "/beacon/", "/sourceConfig")
 # Segment's single-event paths, long and short (analytics.js posts to /v1/t, /v1/p, ...).
 SEGMENT_EVENT_PATHS = {name: name for name in sorted(events.EVENT_TYPES)} | {
-    name[0]: name for name in events.EVENT_TYPES
+    name[0]: name for name in sorted(events.EVENT_TYPES)
 }
+DEFAULT_ALLOWED_HEADERS = "Content-Type, Content-Encoding, Authorization, X-Retry-Count"
 # analytics.js fetches its settings at every page load; a key's settings change rarely.
 SETTINGS_MAX_AGE_S = 300
 # A stream entry may be at most this many times MAX_BODY_BYTES once its events are stamped.
@@ -61,6 +64,15 @@ def json_response(body: dict[str, Any], status: int, **headers: str) -> Response
     return Response(_json.encode(body), status, headers, mimetype="application/json")
 
 
+def error_response(
+    status: int, error: str, message: str, headers: dict[str, str] | None = None, **details: Any
+) -> Response:
+    """An error answer. `code` repeats `error` for Segment's SDKs: analytics-python reads
+    `code` and `message`, and retries a 4xx whose body lacks them as if it were transient."""
+    body = {"error": error, "code": error, "message": message, **details}
+    return json_response(body, status, **(headers or {}))
+
+
 class Ingest:
     """The one path every ingest request takes, from HTTP request to stream entry."""
 
@@ -71,13 +83,13 @@ class Ingest:
 
     def __call__(self, segment: bool, single: bool, default_type: str | None = None) -> int:
         """Accept the current request; return how many events it added."""
-        authorization = request.headers.get("Authorization")
-        if authorization:  # refuse a bad key before spending anything on the body
-            self.write_keys.source_of(authorization, None)
+        key = key_outside_body(request.headers.get("Authorization"), request.args.get("writeKey"))
+        if key is not None:  # refuse a bad key before spending anything on the body
+            self.write_keys.source_of(key)
         body = read_body(request, self.settings.max_body_bytes, any_content_type=segment)
-        document = self._decode(body, authenticated=bool(authorization))
+        document = self._decode(body, authenticated=key is not None)
         fields = document if isinstance(document, dict) else {}
-        source = self.write_keys.source_of(authorization, fields.get("writeKey"))
+        source = self.write_keys.source_of(key if key is not None else fields.get("writeKey"))
         raw_events = [document] if single else events.batch_events(document)
         envelope = events.Envelope(
             source=source,
@@ -138,46 +150,58 @@ def create_app(settings: Settings | None = None) -> Flask:
     def native_event() -> Response:
         return json_response({"accepted": ingest(segment=False, single=True)}, 202)
 
-    @app.post("/v1/batch")
-    @app.post("/v1/import")
-    @app.post("/v1/b")  # analytics.js's batching delivery
+    post = _slash_tolerant_post(app)
+
+    @post("/v1/batch", "/v1/import", "/v1/b")  # /v1/b: analytics.js batching, Swift, Kotlin
+    @post("/beacon/v1/batch")  # RudderStack's beacon, keyed by ?writeKey=
     def segment_batch() -> Response:
         ingest(segment=True, single=False)
         return json_response({"success": True}, 200)
 
-    @app.post(f"/v1/<any({', '.join(SEGMENT_EVENT_PATHS)}):path>")
+    @post(f"/v1/<any({', '.join(SEGMENT_EVENT_PATHS)}):path>")
     def segment_event(path: str) -> Response:
         ingest(segment=True, single=True, default_type=SEGMENT_EVENT_PATHS[path])
         return json_response({"success": True}, 200)
 
+    @post("/v1/m")
+    def sdk_metrics() -> Response:
+        # analytics.js's and the mobile SDKs' counters about themselves: not events. The
+        # settings we serve turn them off; a client configured otherwise is not refused.
+        return json_response({"success": True}, 200)
+
     @app.get("/v1/projects/<write_key>/settings")
-    def browser_settings(write_key: str) -> Response:
-        if not ingest.write_keys.knows(write_key):
-            raise NotFound("no project has this write key")
+    def analytics_js_settings_document(write_key: str) -> Response:
+        _known_key_or_404(ingest.write_keys, write_key)
         document = analytics_js_settings(write_key, f"{request.host}/v1", request.scheme)
-        response = json_response(document, 200)
-        response.headers["Cache-Control"] = f"public, max-age={SETTINGS_MAX_AGE_S}"
-        return response
+        return _cacheable(json_response(document, 200))
+
+    @app.get("/sourceConfig")
+    @app.get("/sourceConfig/")
+    def rudderstack_source_config_document() -> Response:
+        key = key_outside_body(request.headers.get("Authorization"), request.args.get("writeKey"))
+        _known_key_or_404(ingest.write_keys, (key or b"").decode("utf-8", "replace"))
+        return _cacheable(json_response(rudderstack_source_config(), 200))
 
     @app.before_request
     def segment_preflight() -> Response | None:
         # Ahead of routing: Flask's automatic OPTIONS answer would omit the CORS headers.
-        if request.method != "OPTIONS" or not request.path.startswith(SEGMENT_PREFIX):
+        if request.method != "OPTIONS" or not request.path.startswith(BROWSER_PREFIXES):
             return None
+        # SDKs add headers of their own (X-Retry-Count, AnonymousId, ...): allow what is asked.
         requested = request.headers.get("Access-Control-Request-Headers")
-        return Response(
-            status=204,
-            headers={
-                "Access-Control-Allow-Methods": "GET, POST, OPTIONS",
-                "Access-Control-Allow-Headers": requested
-                or "Content-Type, Content-Encoding, Authorization",
-                "Access-Control-Max-Age": "86400",
-            },
-        )
+        headers = {
+            "Access-Control-Allow-Methods": "GET, POST, OPTIONS",
+            "Access-Control-Allow-Headers": requested or DEFAULT_ALLOWED_HEADERS,
+            "Access-Control-Max-Age": "86400",
+        }
+        # Chrome asks before a public page may post to a private address (a dev machine).
+        if request.headers.get("Access-Control-Request-Private-Network") == "true":
+            headers["Access-Control-Allow-Private-Network"] = "true"
+        return Response(status=204, headers=headers)
 
     @app.after_request
     def cors(response: Response) -> Response:
-        if request.path.startswith(SEGMENT_PREFIX):
+        if request.path.startswith(BROWSER_PREFIXES):
             response.headers["Access-Control-Allow-Origin"] = settings.cors_allow_origin
             if settings.cors_allow_origin != "*":
                 response.headers["Vary"] = "Origin"
@@ -193,10 +217,36 @@ def create_app(settings: Settings | None = None) -> Flask:
     return app
 
 
+def _slash_tolerant_post(app: Flask) -> Callable[..., Callable]:
+    """`@post(rule, ...)`: POST routes that answer with a trailing slash too (analytics-java
+    posts to /v1/import/), never with a redirect: a redirected POST loses its body."""
+
+    def post(*rules: str) -> Callable:
+        def register(view: Callable) -> Callable:
+            for rule in rules:
+                app.post(rule)(view)
+                app.post(f"{rule}/")(view)
+            return view
+
+        return register
+
+    return post
+
+
+def _known_key_or_404(write_keys: WriteKeys, key: str) -> None:
+    if not write_keys.knows(key):
+        raise NotFound("no source has this write key")
+
+
+def _cacheable(response: Response) -> Response:
+    response.headers["Cache-Control"] = f"public, max-age={SETTINGS_MAX_AGE_S}"
+    return response
+
+
 def _register_error_handlers(app: Flask) -> None:
     @app.errorhandler(events.InvalidRequest)
     def invalid(exc: events.InvalidRequest) -> Response:
-        return json_response(exc.as_dict(), 400)
+        return error_response(400, "invalid_request", exc.summary(), **exc.details())
 
     # For both 503s nothing was accepted; the client keeps the events and retries.
     refusals = _Throttled(
@@ -206,23 +256,20 @@ def _register_error_handlers(app: Flask) -> None:
     @app.errorhandler(BacklogFull)
     def backlog_full(exc: BacklogFull) -> Response:
         refusals.warn(exc)
-        body = {
-            "error": "backlog_full",
-            "message": "too many events wait to be archived, retry later",
-        }
-        return json_response(body, 503, **{"Retry-After": RETRY_AFTER_BACKLOG_S})
+        message = "too many events wait to be archived, retry later"
+        return error_response(503, "backlog_full", message, {"Retry-After": RETRY_AFTER_BACKLOG_S})
 
     @app.errorhandler(redis.RedisError)
     def stream_unavailable(exc: redis.RedisError) -> Response:
         log.warning("stream unavailable: %s", exc)
-        body = {"error": "unavailable", "message": "event buffer unavailable, retry later"}
-        return json_response(body, 503, **{"Retry-After": RETRY_AFTER_UNAVAILABLE_S})
+        message = "event buffer unavailable, retry later"
+        retry_after = {"Retry-After": RETRY_AFTER_UNAVAILABLE_S}
+        return error_response(503, "unavailable", message, retry_after)
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> Response:
         status = exc.code or 500
-        body = {"error": ERROR_CODES.get(status, "http_error"), "message": exc.description}
-        response = json_response(body, status)
+        response = error_response(status, ERROR_CODES.get(status, "http_error"), exc.description)
         # Keep what HTTP requires of the error (Allow on 405, WWW-Authenticate on 401).
         for name, value in exc.get_headers():
             if name.lower() != "content-type":
@@ -235,8 +282,7 @@ def _register_error_handlers(app: Flask) -> None:
     def unexpected(exc: Exception) -> Response:
         request_id = uuid.uuid4().hex
         log.exception("unexpected error, request id %s", request_id)
-        body = {"error": "internal", "message": "internal error", "requestId": request_id}
-        return json_response(body, 500)
+        return error_response(500, "internal", "internal error", requestId=request_id)
 
 
 class _Throttled:

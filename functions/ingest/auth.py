@@ -1,9 +1,11 @@
 """Write keys: who may send events, and which source a request's events are recorded under.
 
-A request carries its key as HTTP Basic user name with an empty password (every Segment SDK
-does this) or as `writeKey` in the body. Keys are compared in constant time, as SHA-256
-digests (so not even their length shows), against every configured key, so neither the
-answer's timing nor its content tells how close a guess was.
+A request carries its key in one of the places SDKs put it: the HTTP Basic user name with an
+empty password (most SDKs), `writeKey` in the JSON body (analytics.js, analytics-python, the
+Swift and Kotlin SDKs, which send no header; OAuth clients send a Bearer token beside it), or
+`?writeKey=` in the URL (RudderStack's beacon, which can set neither). Keys are compared in
+constant time, as SHA-256 digests (so not even their length shows), against every configured
+key, so neither the answer's timing nor its content tells how close a guess was.
 """
 
 from __future__ import annotations
@@ -24,19 +26,18 @@ class WriteKeys:
     def required(self) -> bool:
         return bool(self._pairs)
 
-    def source_of(self, authorization: str | None, body_key: object) -> str | None:
-        """The source name of the request's key; None (anonymous) when no keys are configured."""
+    def source_of(self, key: object) -> str | None:
+        """The source name of `key`; None (anonymous) when no keys are configured."""
         if not self._pairs:
             return None
-        presented = basic_user(authorization) if authorization else None
-        if presented is None and isinstance(body_key, str):
-            presented = body_key.encode()
-        if not presented:
+        if isinstance(key, str):
+            key = key.encode()
+        if not key or not isinstance(key, bytes):
             raise Unauthorized("a valid write key is required (HTTP Basic user name)")
-        match = self._source_of_key(presented)
-        if match is None:
+        source = self._source_of_key(key)
+        if source is None:
             raise Unauthorized("unknown write key")
-        return match
+        return source
 
     def knows(self, key: str) -> bool:
         """Whether `key` may send events: any key when none are configured."""
@@ -53,6 +54,16 @@ class WriteKeys:
 
 def _digest(key: bytes) -> bytes:
     return hashlib.sha256(key).digest()
+
+
+def key_outside_body(authorization: str | None, query_key: str | None) -> bytes | None:
+    """The key a request presents before its body: HTTP Basic's user name, else `?writeKey=`.
+    Another scheme (an OAuth Bearer token) presents none: its key is in the body."""
+    if authorization:
+        user = basic_user(authorization)
+        if user is not None:
+            return user
+    return query_key.encode() if query_key is not None else None
 
 
 def basic_user(authorization: str) -> bytes | None:

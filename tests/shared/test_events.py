@@ -121,7 +121,8 @@ INVALID_CASES = [
         id="track-null-identity",
     ),
     pytest.param({"type": "identify", "userId": ""}, {"userId"}, id="identify-empty-user"),
-    pytest.param({"type": "identify", "userId": 123}, {"userId"}, id="identify-number-user"),
+    pytest.param({"type": "identify", "userId": 1.5}, {"userId"}, id="identify-float-user"),
+    pytest.param({"type": "identify", "userId": True}, {"userId"}, id="identify-bool-user"),
     pytest.param({"type": "page", "anonymousId": ""}, {"userId"}, id="page-empty-anon"),
     pytest.param(
         {"type": "page", "userId": "u", "anonymousId": []},
@@ -142,7 +143,7 @@ INVALID_CASES = [
         {"type": "alias", "anonymousId": "a"}, {"userId", "previousId"}, id="alias-anon-only"
     ),
     pytest.param(
-        {"type": "alias", "userId": "u", "previousId": 7}, {"previousId"}, id="alias-number-prev"
+        {"type": "alias", "userId": "u", "previousId": 7.5}, {"previousId"}, id="alias-float-prev"
     ),
     pytest.param(
         {"type": "track", "event": "e", "userId": "u", "messageId": ""},
@@ -220,8 +221,8 @@ def test_invalid_request_message_and_dict() -> None:
     problems = problems_of([{"type": "track", "userId": "u"}])
     exc = InvalidRequest(problems)
     assert "[0] event" in str(exc)
-    assert exc.as_dict() == {
-        "error": "invalid_request",
+    assert exc.summary() == "event 0: event: must be a non-empty string"
+    assert exc.details() == {
         "problems": [{"index": 0, "field": "event", "message": "must be a non-empty string"}],
         "problemCount": 1,
     }
@@ -231,7 +232,8 @@ def test_problem_list_is_capped_but_count_is_not() -> None:
     batch = [{"type": "track"} for _ in range(MAX_PROBLEMS_REPORTED + 20)]
     with pytest.raises(InvalidRequest) as excinfo:
         prepare(batch, RECEIVED_AT)
-    body = excinfo.value.as_dict()
+    body = excinfo.value.details()
+    assert excinfo.value.summary().endswith(f"(and {2 * len(batch) - 1} more problems)")
     # Each event has two problems: event and userId.
     assert body["problemCount"] == 2 * len(batch)
     assert len(body["problems"]) == MAX_PROBLEMS_REPORTED
@@ -374,7 +376,8 @@ def test_batch_events_errors(document: Any, field: str) -> None:
 def test_request_problem_shape() -> None:
     exc = events.request_problem("body", "too odd")
     assert exc.problems == [Problem(None, "body", "too odd")]
-    assert exc.as_dict()["problems"] == [{"index": None, "field": "body", "message": "too odd"}]
+    assert exc.details()["problems"] == [{"index": None, "field": "body", "message": "too odd"}]
+    assert exc.summary() == "the request: body: too odd"
 
 
 # --- property -----------------------------------------------------------------------------
@@ -442,19 +445,24 @@ SERVER_OWNED = {"receivedAt", "timestamp", "originalTimestamp", "writeKey"}
 
 
 def has_envelope(event: Any) -> bool:
+    """The envelope rules, restated: the README's list of them."""
     if not isinstance(event, dict) or event.get("type") not in EVENT_TYPES:
         return False
-    is_id = lambda v: isinstance(v, str) and v != ""  # noqa: E731
-    required = {"track": ("event",), "group": ("groupId",), "alias": ("userId", "previousId")}
+    is_text = lambda v: isinstance(v, str) and v != ""  # noqa: E731
+    is_int = lambda v: isinstance(v, int) and not isinstance(v, bool)  # noqa: E731
+    is_id = lambda v: is_text(v) or is_int(v)  # noqa: E731
+    if event["type"] == "track" and not is_text(event.get("event")):
+        return False
+    required = {"group": ("groupId",), "alias": ("userId", "previousId")}
     if not all(is_id(event.get(name)) for name in required.get(event["type"], ())):
         return False
     if event["type"] != "alias":
-        if event.get("userId") is None and event.get("anonymousId") is None:
+        ids = [event.get("userId"), event.get("anonymousId")]
+        if not all(v is None or isinstance(v, str) or is_int(v) for v in ids):
             return False
-        for name in ("userId", "anonymousId"):
-            if event.get(name) is not None and not is_id(event[name]):
-                return False
-    return is_id(event.get("messageId")) and event.get("receivedAt") == RECEIVED_AT
+        if not any(is_id(v) for v in ids):
+            return False
+    return is_text(event.get("messageId")) and event.get("receivedAt") == RECEIVED_AT
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -32,8 +32,8 @@ def test_defaults_from_an_empty_environment() -> None:
     assert settings.claim_idle_ms == 300_000
     assert settings.redis_timeout_s == 2.0
     assert settings.write_keys == ()
-    assert settings.max_body_bytes == 500 * 1024
-    assert settings.max_event_bytes == 32 * 1024
+    assert settings.max_body_bytes == 1024 * 1024
+    assert settings.max_event_bytes == 64 * 1024
     assert settings.cors_allow_origin == "*"
     assert settings.stream_max_len == 100_000
     assert settings.max_deliveries == 10

@@ -70,12 +70,63 @@ def test_single_event_endpoints_take_the_type_from_the_path(client, entries, eve
     assert entries()[0][0]["type"] == event_type
 
 
-@pytest.mark.parametrize("path", ["/v1/x", "/v1/tr", "/v1/T", "/v1/batches", "/v1/m"])
+@pytest.mark.parametrize("path", ["/v1/x", "/v1/tr", "/v1/T", "/v1/batches", "/b"])
 def test_other_paths_under_v1_are_404(client, redis_client, keyed_settings, path):
     event = {"type": "track", "userId": "u1", "event": "E"}
     response = client.post(path, json=event, headers=basic("wk_web_123"))
     assert response.status_code == 404 and response.get_json()["error"] == "not_found"
     assert redis_client.xlen(keyed_settings.stream_key) == 0
+
+
+@pytest.mark.parametrize("path", ["/v1/import/", "/v1/batch/", "/v1/b/", "/v1/t/"])
+def test_a_trailing_slash_is_the_same_path_not_a_redirect(client, entries, path):
+    # analytics-java posts to /v1/import/; a redirected POST would lose its body.
+    body = {"batch": [{"type": "track", "userId": "u", "event": "E"}]}
+    if path == "/v1/t/":
+        body = body["batch"][0]
+    response = client.post(path, json=body, headers=basic("wk_web_123"))
+    assert response.status_code == 200 and entries()[0][0]["event"] == "E"
+
+
+def test_sdk_metrics_are_answered_and_not_stored(client, redis_client, keyed_settings):
+    series = {"series": [{"type": "Counter", "metric": "analytics_js.invoke", "value": 1}]}
+    response = client.post("/v1/m", data=json.dumps(series), content_type="text/plain")
+    assert (response.status_code, response.get_json()) == (200, {"success": True})
+    assert redis_client.xlen(keyed_settings.stream_key) == 0
+
+
+def test_rudderstack_beacon_authenticates_with_the_key_in_the_query(client, entries):
+    body = json.dumps({"batch": [{"type": "track", "anonymousId": "a", "event": "E"}]})
+    response = client.post(
+        "/beacon/v1/batch?writeKey=wk_ios_456", data=body, content_type="text/plain"
+    )
+    assert response.status_code == 200
+    assert response.headers["Access-Control-Allow-Origin"] == "*"
+    assert entries()[0][0]["source"] == "ios"
+    wrong = client.post("/beacon/v1/batch?writeKey=wk_nope", data=body, content_type="text/plain")
+    assert wrong.status_code == 401 and len(entries()) == 1
+
+
+def test_an_oauth_bearer_token_beside_a_body_key_is_not_refused(client, entries):
+    # analytics-python and analytics-node with OAuth send a Bearer token and the key in the body.
+    body = {"batch": [{"type": "track", "userId": "u", "event": "E"}], "writeKey": "wk_web_123"}
+    headers = {"Authorization": "Bearer eyJhbGciOiJSUzI1NiJ9.e30.sig"}
+    assert client.post("/v1/batch", json=body, headers=headers).status_code == 200
+    assert entries()[0][0]["source"] == "web"
+
+
+def test_every_error_answer_has_code_and_message(client):
+    # analytics-python gives up on a 4xx only when the body has `code` and `message`.
+    answers = [
+        client.post("/v1/batch", json={"batch": [{"type": "track"}]}, headers=basic("wk_web_123")),
+        client.post("/v1/batch", json={"batch": []}),
+        client.post("/v1/nope", json={}),
+        client.get("/v1/batch"),
+    ]
+    for answer in answers:
+        body = answer.get_json()
+        assert body["code"] == body["error"] and body["message"], body
+    assert answers[0].get_json()["message"].startswith("event 0: event: must be")
 
 
 def test_analytics_js_batching_posts_to_b_with_the_key_in_the_body(client, entries):
@@ -161,6 +212,7 @@ def test_analytics_js_gets_its_settings_pointing_back_at_this_host(client):
     document = response.get_json()
     assert set(document["integrations"]) == {"Segment.io"}
     assert document["remotePlugins"] == [] and document["metrics"]["sampleRate"] == 0
+    assert not document["enabledMiddleware"] and not document["legacyVideoPluginsEnabled"]
     assert "wk_ios_456" not in response.get_data(as_text=True)
 
 
@@ -175,6 +227,22 @@ def test_settings_of_an_unknown_key_are_404(client, key):
     response = client.get(f"/v1/projects/{key}/settings")
     assert response.status_code == 404
     assert "wk_web_123" not in response.get_data(as_text=True)
+
+
+@pytest.mark.parametrize(
+    "url, headers",
+    [
+        ("/sourceConfig/?p=web&v=3&writeKey=wk_web_123", {}),
+        ("/sourceConfig?p=android&v=1.28.0", basic("wk_ios_456")),
+    ],
+)
+def test_rudderstack_gets_a_source_config_with_no_destinations(client, url, headers):
+    response = client.get(url, headers=headers)
+    assert response.status_code == 200
+    source = response.get_json()["source"]
+    assert source["enabled"] is True and source["destinations"] == []
+    assert client.get("/sourceConfig?writeKey=wk_nope").status_code == 404
+    assert client.get("/sourceConfig").status_code == 404
 
 
 def test_without_write_keys_any_key_gets_settings(settings):
@@ -332,6 +400,24 @@ def test_cors_preflight_and_headers(keyed_settings):
     refused = client.post("/v1/batch", json={"batch": []}, headers={"Origin": "https://x.test"})
     assert refused.headers["Access-Control-Allow-Origin"] == "*"
     assert "Access-Control-Allow-Origin" not in client.get("/healthz").headers
+
+
+@pytest.mark.parametrize("path", ["/v1/t", "/v1/projects/wk/settings", "/beacon/v1/batch"])
+def test_preflights_allow_what_sdks_send_and_private_network_access(client, path):
+    requested = "authorization, content-type, x-retry-count, anonymousid, sentat"
+    preflight = client.options(
+        path,
+        headers={
+            "Origin": "https://shop.example.com",
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": requested,
+            "Access-Control-Request-Private-Network": "true",
+        },
+    )
+    assert preflight.status_code == 204
+    assert preflight.headers["Access-Control-Allow-Headers"] == requested
+    assert preflight.headers["Access-Control-Allow-Private-Network"] == "true"
+    assert "Access-Control-Allow-Private-Network" not in client.options(path).headers
 
 
 def test_cors_origin_is_configurable(keyed_settings):
