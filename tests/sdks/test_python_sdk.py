@@ -3,7 +3,6 @@ its host and write key, delivers every event into the archive."""
 
 from __future__ import annotations
 
-import dataclasses
 import uuid
 
 import pytest
@@ -12,18 +11,7 @@ from segment.analytics.client import Client
 from local import stack
 from local.stack import stop_process
 from tests.conftest import archived_events, settings_env, wait_until
-
-WRITE_KEY = "wk_sdk_test_0123456789"
-
-
-@pytest.fixture
-def settings(settings, moto_endpoint):
-    return dataclasses.replace(
-        settings,
-        s3_endpoint_url=moto_endpoint,
-        write_keys=(("backend", WRITE_KEY), ("other", "wk_other")),
-        flush_max_events=5000,
-    )
+from tests.sdks.conftest import SOURCE, WRITE_KEY
 
 
 def send_every_type(client: Client, rounds: int) -> dict[str, dict]:
@@ -84,7 +72,7 @@ def test_segment_sdk_events_reach_the_archive_intact(settings, http_s3, gunicorn
     for message_id, expected in sent.items():
         event = by_id[message_id]
         assert event["type"] == expected["type"]
-        assert event["source"] == "backend"
+        assert event["source"] == SOURCE
         assert event["context"]["library"]["name"] == "analytics-python"
         assert "writeKey" not in event and WRITE_KEY not in str(event)
         for sdk_name, api_name in [
