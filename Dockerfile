@@ -9,11 +9,11 @@ FROM python:3.11-slim
 WORKDIR /app
 COPY functions/requirements.txt functions/requirements.txt
 RUN pip install --no-cache-dir --disable-pip-version-check --root-user-action=ignore \
-        -r functions/requirements.txt "gunicorn>=22"
+        -r functions/requirements.txt "gunicorn>=22" "gevent>=24"
 
 COPY shared/ shared/
 COPY functions/ functions/
-COPY local/__init__.py local/gunicorn.conf.py local/runner.py local/
+COPY local/__init__.py local/gunicorn.conf.py local/server_limits.py local/runner.py local/
 RUN python -m compileall -q shared functions local \
     && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin app
 

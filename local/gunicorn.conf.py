@@ -1,22 +1,30 @@
 """gunicorn settings for the ingest function: `gunicorn -c local/gunicorn.conf.py
-functions.ingest.app:app`. BIND and WEB_CONCURRENCY override the defaults."""
+functions.ingest.app:app`. BIND, WEB_CONCURRENCY and the GUNICORN_* variables override them.
+
+Clients connect directly (no buffering proxy in front): browsers and SDKs keep connections
+alive between events, load balancers hold pools of them, and mobile clients send slowly. So each
+worker is a gevent worker: one greenlet per connection, thousands per worker, an idle or slow
+connection costing a socket and a few KB, never a thread another client waits for. Every client
+is bounded: headers within `keepalive` seconds, the body within GUNICORN_BODY_TIMEOUT, idle
+keep-alive connections closed after `keepalive`; past `worker_connections` a worker accepts no
+more and new connections wait in the listen backlog (`backlog`), then are refused by the kernel.
+"""
 
 import multiprocessing
 import os
 
+from local.server_limits import BodyDeadline, raise_open_files_limit
+
 bind = os.environ.get("BIND", "127.0.0.1:8000")
-# Request handling is CPU-bound Python with one short Redis round trip: a process per core,
-# a few threads each to overlap that round trip and keep client connections alive.
+# Request handling is CPU-bound Python with one short Redis round trip: a process per core.
 workers = int(os.environ.get("WEB_CONCURRENCY", multiprocessing.cpu_count()))
-worker_class = "gthread"
-threads = int(os.environ.get("GUNICORN_THREADS", "4"))
-# A keep-alive connection stays with the worker that accepted it, and an idle worker is not
-# woken first: left uncapped, one worker can take every connection of a few busy clients (a
-# load balancer, a load generator) while the others idle, halving throughput. Capping the
-# connections a worker holds sends the rest to the other workers. Clients beyond
-# workers x cap wait in the listen backlog, so raise it with many concurrent clients.
-worker_connections = int(os.environ.get("GUNICORN_WORKER_CONNECTIONS", str(2 * threads)))
-keepalive = 5
+worker_class = "gevent"
+worker_connections = int(os.environ.get("GUNICORN_WORKER_CONNECTIONS", "4096"))
+backlog = 2048
+# The gevent worker times every read of a request's headers with this too: a client that has
+# not sent its headers within `keepalive` seconds (slowloris) is disconnected, like an idle one.
+keepalive = int(os.environ.get("GUNICORN_KEEPALIVE", "5"))
+body_timeout_s = float(os.environ.get("GUNICORN_BODY_TIMEOUT", "10"))
 # On SIGTERM, finish in-flight requests (each is at most one XADD) before exiting.
 graceful_timeout = 10
 timeout = 30
@@ -27,6 +35,11 @@ loglevel = os.environ.get("LOG_LEVEL", "info").lower()
 control_socket_disable = True
 
 
+def on_starting(server):
+    """Each connection is a file descriptor: make room for every worker's connections."""
+    raise_open_files_limit(worker_connections + 1024)
+
+
 def post_fork(server, worker):
     """Give the app's own log lines (warnings, request ids of 500s) a handler and timestamps."""
     import logging
@@ -34,3 +47,10 @@ def post_fork(server, worker):
     logging.basicConfig(
         level=loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
+
+
+def post_worker_init(worker):
+    # The deadline is kept by gevent's timers: under another worker class (the benchmark's
+    # gthread comparison) there is none to keep.
+    if worker.cfg.worker_class_str == "gevent":
+        worker.wsgi = BodyDeadline(worker.wsgi, body_timeout_s)

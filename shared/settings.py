@@ -113,6 +113,9 @@ class Settings:
     # 1 (fastest) to 9 (smallest). 3 is about twice as fast as gzip's usual 6 and ~14% larger.
     gzip_level: int = _var("GZIP_LEVEL", 3, _gzip_level)
     redis_timeout_s: float = _var("REDIS_TIMEOUT_S", 2.0, _positive_float)
+    # Per process. Thousands of concurrent requests share these, waiting up to REDIS_TIMEOUT_S
+    # for one (then 503), so a crowd of clients cannot exhaust Redis's `maxclients`.
+    redis_max_connections: int = _var("REDIS_MAX_CONNECTIONS", 50, _positive_int)
     # Admission control: ingest answers 503 while the stream holds this many entries.
     stream_max_len: int = _var("STREAM_MAX_LEN", 100_000, _positive_int)
     # An entry delivered more often than this without being archived is dead-lettered.

@@ -36,14 +36,19 @@ class BacklogFull(Exception):
 def connect(settings: Settings) -> redis.Redis:
     """A client that fails fast: bounded timeouts and a single immediate retry, on a broken
     connection only (a pooled socket may be stale after a Redis restart), never on a timeout,
-    after which the command may have run. redis-py pools connections and uses hiredis."""
-    return redis.Redis.from_url(
+    after which the command may have run. Its pool holds at most REDIS_MAX_CONNECTIONS; a caller
+    finding none free waits up to REDIS_TIMEOUT_S, then gets a ConnectionError. redis-py uses
+    hiredis to parse replies."""
+    pool = redis.BlockingConnectionPool.from_url(
         settings.redis_url,
+        max_connections=settings.redis_max_connections,
+        timeout=settings.redis_timeout_s,
         socket_timeout=settings.redis_timeout_s,
         socket_connect_timeout=settings.redis_timeout_s,
         retry=Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)),
         health_check_interval=30,
     )
+    return redis.Redis(connection_pool=pool)
 
 
 def unique_consumer_name() -> str:

@@ -6,6 +6,7 @@ they never see each other's data and never need a FLUSHALL.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
 import os
@@ -13,7 +14,6 @@ import socket
 import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import boto3
@@ -121,13 +121,13 @@ def settings_env(settings: Settings, **overrides: str) -> dict[str, str]:
     return env
 
 
-@pytest.fixture
-def gunicorn_url(settings: Settings, tmp_path: Path) -> Iterator[str]:
-    """The ingest function served by gunicorn with the production config."""
+@contextlib.contextmanager
+def gunicorn_serving(settings: Settings, **overrides: str) -> Iterator[str]:
+    """The ingest function served by gunicorn with the production config (and `overrides` of
+    its environment); yields its URL."""
     port = free_port()
-    env = settings_env(settings, WEB_CONCURRENCY="2")
+    env = settings_env(settings, **{"WEB_CONCURRENCY": "2", **overrides})
     process = stack.start_gunicorn(env, f"127.0.0.1:{port}")
-    url = f"http://127.0.0.1:{port}"
 
     def healthy() -> bool:
         try:
@@ -138,9 +138,17 @@ def gunicorn_url(settings: Settings, tmp_path: Path) -> Iterator[str]:
             return False
 
     wait_until(healthy, what="gunicorn to listen")
-    yield url
-    process.terminate()
-    process.wait(timeout=20)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
+
+
+@pytest.fixture
+def gunicorn_url(settings: Settings) -> Iterator[str]:
+    with gunicorn_serving(settings) as url:
+        yield url
 
 
 def archived_events(client: Any, bucket: str, prefix: str = "") -> list[dict[str, Any]]:

@@ -101,12 +101,12 @@ class Stack:
 
     # --- HTTP servers ----------------------------------------------------------------------
 
-    def start_ingest(self) -> int:
-        """The ingest function, started as `make run` starts it."""
+    def start_ingest(self, name: str = "ingest", env: dict[str, str] | None = None) -> int:
+        """The ingest function, started as `make run` starts it (with `env` on top)."""
         port = free_port()
-        with output_to(self.run_dir / "gunicorn-ingest.log"):
-            process = stack.start_gunicorn(self.env, f"127.0.0.1:{port}")
-        return self._serving("ingest", process, port)
+        with output_to(self.run_dir / f"gunicorn-{name}.log"):
+            process = stack.start_gunicorn({**self.env, **(env or {})}, f"127.0.0.1:{port}")
+        return self._serving(name, process, port)
 
     def start_baseline(self, name: str, app: str) -> int:
         """Another WSGI app under the same gunicorn settings (local/gunicorn.conf.py)."""

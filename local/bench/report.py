@@ -82,6 +82,15 @@ def memory_line(row: dict) -> str:
     )
 
 
+def crowd_line(row: dict) -> str:
+    return (
+        f"  {row['server']:16} {row['answered_2xx']:>3} of {row['requests']} answered 2xx,"
+        f" median {row['median_ms']:8.1f} ms, worst {row['worst_ms']:8.1f} ms;"
+        f" {row['idle_opened']} of {row['idle']} idle connections opened,"
+        f" slowest slow sender cut after {row['slow_cut_after_s'] or ['never']} s"
+    )
+
+
 def drain_line(row: dict) -> str:
     per_event = row["cores"].get("consumers", 0) * 1e6 / row["events_per_s"]
     return (
@@ -202,6 +211,9 @@ def table(results: dict) -> str:
             f"drain (FLUSH_INTERVAL_S=1, default size hints); cores = {'/'.join(DRAIN_CORES)}",
         ]
         lines += [drain_line(row) for row in results["drain"]]
+    if results.get("crowd"):
+        lines += ["", "a normal client while 500 idle keep-alive and 100 slow connections are open"]
+        lines += [crowd_line(row) for row in results["crowd"]]
     checks = targets(results)
     if checks:
         lines += ["", "targets (issue 6)"]

@@ -6,7 +6,12 @@
 2. fixed rate (1,000 events/s): `/batch` of 100 and `/events` with one consumer running and
    probes for end-to-end lag; the direct-write design at the same rate;
 3. Redis memory per buffered event for a backlog of 1M events (several batch sizes);
-4. drain rate from a 1M-event backlog with 1, then 2 consumer processes.
+4. drain rate from a 1M-event backlog with 1, then 2 consumer processes;
+5. a crowd: a normal client's latency while 500 idle keep-alive connections and 100 slow
+   senders are open.
+
+Phases 1, 2 and 5 also measure the previous server configuration (gunicorn's gthread worker,
+4 threads and 8 connections per worker), so both stand side by side in one run.
 
 Between phases the stream is deleted, so each starts from the same state.
 """
@@ -14,6 +19,7 @@ Between phases the stream is deleted, so each starts from the same state.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import os
 import platform
@@ -29,7 +35,9 @@ from pathlib import Path
 import redis
 
 from local.bench import backlog, cpu, load, payloads, report
+from local.bench.crowd import Crowd, crowd_of, normal_requests
 from local.bench.procs import GUNICORN_CONF, ROOT, Stack, stop
+from local.server_limits import raise_open_files_limit
 
 STREAM_KEY = "bench-events"
 GROUP = "archiver"
@@ -46,6 +54,12 @@ BENCH_ENV = {
     "FLUSH_INTERVAL_S": FLUSH_INTERVAL_S,
     "CLAIM_IDLE_MS": "30000",
 }
+# The server configuration before the gevent worker, for comparison in the same run.
+PREVIOUS_SERVER = "ingest-gthread"
+PREVIOUS_SERVER_ENV = {
+    "GUNICORN_CMD_ARGS": "--worker-class gthread --threads 4 --worker-connections 8"
+}
+CROWD_IDLE, CROWD_SLOW, CROWD_REQUESTS = 500, 100, 20
 
 
 @dataclass(frozen=True)
@@ -83,7 +97,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--repeat", type=int, help="saturation runs per scenario (median kept)")
     parser.add_argument("--out", type=Path, default=ROOT / ".data" / "bench", help="results folder")
     parser.add_argument(
-        "--skip", action="append", default=[], choices=["ingest", "rate", "memory", "drain"]
+        "--skip",
+        action="append",
+        default=[],
+        choices=["ingest", "rate", "memory", "drain", "crowd"],
     )
     return parser.parse_args(argv)
 
@@ -111,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         "lag": None,
         "memory": [],
         "drain": [],
+        "crowd": [],
         "notes": [],
     }
     env = dict(BENCH_ENV)
@@ -131,6 +149,8 @@ def main(argv: list[str] | None = None) -> int:
             bench.memory_phase()
         if "drain" not in args.skip:
             bench.drain_phase()
+        if "crowd" not in args.skip:
+            bench.crowd_phase()
     finally:
         bench.stack.close()
         _remove_redis_data(run_dir)
@@ -179,6 +199,7 @@ class Bench:
     def ingest_phase(self) -> None:
         _say("\n== ingest at saturation (no consumer running)")
         ingest = self.stack.start_ingest()
+        previous = self.stack.start_ingest(PREVIOUS_SERVER, PREVIOUS_SERVER_ENV)
         noop = self.stack.start_baseline("noop", "local.bench.baselines:noop")
         flask_noop = self.stack.start_baseline(
             "flask-noop", "local.bench.baselines:create_flask_noop()"
@@ -191,6 +212,9 @@ class Bench:
         )
         for size in self.plan.batch_sizes:
             self.saturate(f"/batch {size} events", "ingest", ingest, payloads.batch_bodies(size))
+        self.saturate(
+            "/batch 100 events, previous server (gthread)", PREVIOUS_SERVER, previous, bodies100
+        )
         self.saturate(
             "/v1/batch 100 events (Segment)",
             "ingest",
@@ -340,7 +364,17 @@ class Bench:
         self.fixed_rate(
             "baseline: direct write, /batch 100 at 10 req/s", "direct", direct, bodies, rate
         )
-        for name in ("ingest", "direct"):
+        previous = self._port(PREVIOUS_SERVER) or self.stack.start_ingest(
+            PREVIOUS_SERVER, PREVIOUS_SERVER_ENV
+        )
+        self.fixed_rate(
+            "/batch 100 events at 10 req/s, previous server (gthread)",
+            PREVIOUS_SERVER,
+            previous,
+            bodies,
+            rate,
+        )
+        for name in ("ingest", "direct", PREVIOUS_SERVER):
             process, _ = self.stack.servers.pop(name)
             stop(process)
 
@@ -377,6 +411,48 @@ class Bench:
             self.results["memory"].append(row)
             _say(report.memory_line(row))
             self.client.delete(STREAM_KEY)
+
+    # --- phase 5: a crowd of idle and slow connections --------------------------------------
+
+    def crowd_phase(self) -> None:
+        _say(
+            f"\n== a normal client's {CROWD_REQUESTS} requests while {CROWD_IDLE} idle keep-alive"
+            f" connections and {CROWD_SLOW} slow senders are open"
+        )
+        raise_open_files_limit(2 * (CROWD_IDLE + CROWD_SLOW) + 1024)  # one fd per connection
+        servers = [("ingest", None), (PREVIOUS_SERVER, PREVIOUS_SERVER_ENV)]
+        for name, env in servers:
+            port = self._port(name) or self.stack.start_ingest(name, env)
+            self.client.delete(STREAM_KEY)
+            crowd = asyncio.run(self._crowd(port))
+            statuses = crowd.statuses
+            row = {
+                "server": name,
+                "idle": CROWD_IDLE,
+                "idle_opened": crowd.idle_opened,
+                "slow": CROWD_SLOW,
+                "requests": len(statuses),
+                "answered_2xx": sum(1 for s in statuses if s is not None and 200 <= s < 300),
+                "median_ms": round(crowd.median_ms, 1),
+                "worst_ms": round(crowd.worst_ms, 1),
+                "slow_cut_after_s": sorted(
+                    round(s, 1) for s in crowd.slow_cut_after_s if s is not None
+                )[-1:],
+            }
+            self.results["crowd"].append(row)
+            _say(report.crowd_line(row))
+            process, _ = self.stack.servers.pop(name)
+            stop(process)
+
+    async def _crowd(self, port: int) -> Crowd:
+        body = payloads.batch_bodies(10).bodies[0]
+        auth = payloads.auth_headers()["Authorization"]
+        async with crowd_of(
+            "127.0.0.1", port, body, auth, idle=CROWD_IDLE, slow=CROWD_SLOW
+        ) as crowd:
+            await normal_requests(crowd, "127.0.0.1", port, body, auth, count=CROWD_REQUESTS)
+            await crowd.all_slow_cut(timeout_s=10)
+        return crowd
 
     # --- phase 4: drain ---------------------------------------------------------------------
 

@@ -54,6 +54,20 @@ def test_connect_uses_the_settings(settings: Settings) -> None:
     assert kwargs["socket_connect_timeout"] == 1.5
 
 
+def test_the_pool_is_bounded_and_a_caller_waits_for_a_connection_then_fails(
+    settings: Settings,
+) -> None:
+    bounded = dataclasses.replace(settings, redis_max_connections=2, redis_timeout_s=0.3)
+    client = stream.connect(bounded)
+    held = [client.connection_pool.get_connection() for _ in range(2)]
+    started = time.monotonic()
+    with pytest.raises(redis.ConnectionError):  # the app answers 503 for it
+        client.ping()
+    assert time.monotonic() - started >= 0.3  # it waited for one to come back
+    client.connection_pool.release(held[0])
+    assert client.ping() is True
+
+
 def test_unique_consumer_names_differ() -> None:
     names = {stream.unique_consumer_name() for _ in range(20)}
     assert len(names) == 20
