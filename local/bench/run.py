@@ -167,7 +167,10 @@ def _machine() -> dict:
     return {
         "cpus": cpu.cores(),
         "gunicorn": {
-            **{name: conf[name] for name in ("workers", "worker_class", "threads")},
+            **{
+                name: conf[name]
+                for name in ("workers", "worker_class", "worker_connections", "keepalive")
+            },
             **(
                 {"cmd_args": os.environ["GUNICORN_CMD_ARGS"]}
                 if "GUNICORN_CMD_ARGS" in os.environ
