@@ -4,7 +4,7 @@
 #   ingest (the default command)  gunicorn -c local/gunicorn.conf.py functions.ingest.app:app
 #   consumer                      python -m local.runner
 # local/compose.yaml runs both next to Redis and MinIO (`make up`).
-FROM python:3.11-slim
+FROM python:3.12-slim
 
 WORKDIR /app
 COPY functions/requirements.txt functions/requirements.txt

@@ -42,11 +42,11 @@ $(VENV)/.bench-installed: $(VENV)/.installed
 # --- deployment ------------------------------------------------------------------------------
 # `sam build` runs build-<Function> (template.yaml, BuildMethod: makefile) with ARTIFACTS_DIR
 # set: a function gets the two packages it imports, and its dependencies built for its Lambda
-# runtime (python3.11, x86_64) whatever the machine building it.
-.PHONY: build-IngestFunction build-ConsumerFunction lambda-code
-LAMBDA_PLATFORM := --platform manylinux2014_x86_64 --implementation cp --python-version 3.11
+# runtime (python3.12 on Amazon Linux 2023, glibc 2.34; x86_64) whatever the machine building it.
+.PHONY: build-IngestFunction build-ConsumerFunction build-CompactorFunction lambda-code
+LAMBDA_PLATFORM := --platform manylinux_2_34_x86_64 --implementation cp --python-version 3.12
 
-build-IngestFunction build-ConsumerFunction: lambda-code
+build-IngestFunction build-ConsumerFunction build-CompactorFunction: lambda-code
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check --target "$(ARTIFACTS_DIR)" \
 		$(LAMBDA_PLATFORM) --only-binary=:all: -r functions/requirements.txt
 

@@ -11,6 +11,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+ARCHIVE_FORMATS = ("ndjson", "parquet")
+
 
 class ConfigError(ValueError):
     """A configuration variable is missing or malformed; the message names it."""
@@ -64,6 +66,13 @@ def _gzip_level(name: str, raw: str) -> int:
     return level
 
 
+def _archive_format(name: str, raw: str) -> str:
+    value = raw.strip().lower()
+    if value not in ARCHIVE_FORMATS:
+        raise ConfigError(f"{name} must be one of {', '.join(ARCHIVE_FORMATS)}, got {raw!r}")
+    return value
+
+
 def _positive_float(name: str, raw: str) -> float:
     try:
         value = float(raw.strip())
@@ -112,6 +121,12 @@ class Settings:
     claim_idle_ms: int = _var("CLAIM_IDLE_MS", 300_000, _positive_int)
     # 1 (fastest) to 9 (smallest). 3 is about twice as fast as gzip's usual 6 and ~14% larger.
     gzip_level: int = _var("GZIP_LEVEL", 3, _gzip_level)
+    # How the consumer writes objects: gzip NDJSON (default) or Parquet (zstd).
+    archive_format: str = _var("ARCHIVE_FORMAT", "ndjson", _archive_format)
+    # Compaction: an hour is closed (and compacted) this long after it ends ...
+    compact_grace_s: float = _var("COMPACT_GRACE_S", 900.0, _positive_float)
+    # ... and a copy of an event already stored this many hours earlier is dropped.
+    dedup_window_h: int = _var("DEDUP_WINDOW", 24, _positive_int)
     redis_timeout_s: float = _var("REDIS_TIMEOUT_S", 2.0, _positive_float)
     # Per process. Thousands of concurrent requests share these, waiting up to REDIS_TIMEOUT_S
     # for one (then 503), so a crowd of clients cannot exhaust Redis's `maxclients`.

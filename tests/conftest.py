@@ -112,6 +112,7 @@ def settings_env(settings: Settings, **overrides: str) -> dict[str, str]:
         "FLUSH_MAX_BYTES": str(settings.flush_max_bytes),
         "FLUSH_INTERVAL_S": str(settings.flush_interval_s),
         "CLAIM_IDLE_MS": str(settings.claim_idle_ms),
+        "ARCHIVE_FORMAT": settings.archive_format,
     }
     if settings.s3_endpoint_url:
         env["S3_ENDPOINT_URL"] = settings.s3_endpoint_url

@@ -4,6 +4,7 @@ the consumer function as a subprocess, and moto's HTTP server as S3."""
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import signal
 import subprocess
@@ -11,10 +12,14 @@ import sys
 import urllib.request
 import uuid
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from local import stack
 from local.stack import stop_process
+from shared import events
+from shared.archive import columns
 from tests.conftest import (
     archived_events,
     archived_keys,
@@ -151,3 +156,48 @@ def test_sigkill_between_store_and_ack_loses_nothing_and_rewrites_same_keys(
     assert archived_keys(http_s3, settings.s3_bucket) == keys_written
     archived = [e["messageId"] for e in archived_events(http_s3, settings.s3_bucket)]
     assert sorted(archived) == sorted(sent)
+
+
+def archived_rows(client, bucket: str) -> pa.Table | None:
+    """Every row of every Parquet object in the bucket."""
+    tables = [
+        pq.read_table(io.BytesIO(client.get_object(Bucket=bucket, Key=key)["Body"].read()))
+        for key in archived_keys(client, bucket)
+        if key.endswith(".parquet")
+    ]
+    return pa.concat_tables(tables) if tables else None
+
+
+def test_with_archive_format_parquet_every_posted_event_is_one_row(settings, http_s3, gunicorn_url):
+    sent = {}
+    for _ in range(10):
+        batch = sent_batch(25)
+        assert post_json(f"{gunicorn_url}/batch", {"batch": batch}) == (202, {"accepted": 25})
+        sent.update({event["messageId"]: event for event in batch})
+
+    runner = stack.start_runner(settings_env(settings, ARCHIVE_FORMAT="parquet"))
+    try:
+        wait_until(
+            lambda: (
+                (rows := archived_rows(http_s3, settings.s3_bucket)) is not None
+                and rows.num_rows >= len(sent)
+            ),
+            timeout_s=60,
+            interval_s=0.5,
+            what="all events in the archive",
+        )
+    finally:
+        assert stop_process(runner) == 0
+
+    keys = archived_keys(http_s3, settings.s3_bucket)
+    assert all(k.startswith(f"{settings.s3_prefix}parquet/dt=") for k in keys)
+    assert all(k.endswith(".parquet") for k in keys)
+    rows = archived_rows(http_s3, settings.s3_bucket)
+    assert rows.schema.equals(columns.SCHEMA, check_metadata=False)
+    assert sorted(rows.column("message_id").to_pylist()) == sorted(sent)
+    for row in rows.to_pylist():
+        # What ingest stored: the event as sent, stamped with receivedAt (and timestamp, which
+        # these events lack), read back from the row itself.
+        received_at = events.format_timestamp(row["received_at"])
+        stored = {**sent[row["message_id"]], "receivedAt": received_at, "timestamp": received_at}
+        assert row == columns.to_rows([stored]).to_pylist()[0]

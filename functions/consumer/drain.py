@@ -4,8 +4,8 @@ One call of `Drainer.drain` is one invocation of the consumer function. It reads
 
 1. recover: re-read this consumer's own pending entries, then take over all pending entries
    of consumers not seen for longer than CLAIM_IDLE_MS; flush them on their own;
-2. loop: read new entries, stage them, flush when a buffering hint is reached, claim again
-   from time to time;
+2. loop: read new entries, stage them (in ARCHIVE_FORMAT), flush when a buffering hint is
+   reached, claim again from time to time;
 3. finish: when the remaining time reaches the margin, stop reading, flush, return.
 
 An entry is acknowledged only after every object holding its events is stored. A crash at
@@ -47,6 +47,8 @@ MAX_BLOCK_MS = 1000
 STOP_MARGIN_MS = 10_000
 # Backoff between attempts to store a flush while object storage fails.
 RETRY_FIRST_S, RETRY_MAX_S = 0.2, 20.0
+# Dead letters are JSON documents (`error_object`).
+ERROR_CONTENT_TYPE = "application/json"
 
 
 @dataclass
@@ -118,11 +120,14 @@ class _Run:
         self.remaining_ms = remaining_ms
         self.margin_ms = min(STOP_MARGIN_MS, remaining_ms() // 4)
         self.summary = Summary(consumer=self.reader.consumer)
-        self.buffer = Buffer()
+        self.buffer = self.new_buffer()
         self.storage_down = False
         self.flusher = flusher
         self.in_flight: Future | None = None
         self.next_claim_at = 0.0
+
+    def new_buffer(self) -> Buffer:
+        return Buffer(format=self.settings.archive_format)
 
     # --- recovery ---------------------------------------------------------------------------
 
@@ -206,7 +211,7 @@ class _Run:
         dead-letter stream, then acknowledge it, so that it stops blocking the rest."""
         log.error("dead-lettering entry %s: %s", entry_id.decode(), reason)
         self.wait_for_flush()  # one writer at a time keeps the tallies exact
-        if not self._store_all([error_object(entry_id, fields, reason)]):
+        if not self._store_all([error_object(entry_id, fields, reason)], ERROR_CONTENT_TYPE):
             self.storage_down = True
             return
         self.reader.dead_letter(entry_id, fields, reason)
@@ -224,7 +229,7 @@ class _Run:
         how a re-read after a crash is cut; a cut by age or by the end of the budget does
         depend on timing, so nothing more is read until it is acknowledged. One flush is in
         flight at a time, and flushes are acknowledged in order."""
-        buffer, self.buffer = self.buffer, Buffer()
+        buffer, self.buffer = self.buffer, self.new_buffer()
         self.wait_for_flush()
         if not buffer.entry_ids:
             return
@@ -248,7 +253,7 @@ class _Run:
             (key, body)
             for key, body, _ in buffer.objects(self.settings.s3_prefix, self.settings.gzip_level)
         ]
-        if not self._store_all(objects):
+        if not self._store_all(objects, buffer.content_type):
             self.storage_down = True
             self.summary.unflushed_entries += len(buffer.entry_ids)
             log.error("storage unavailable; %d entries stay pending", len(buffer.entry_ids))
@@ -257,13 +262,13 @@ class _Run:
         self.summary.events_archived += buffer.events
         self.reader.trim_acknowledged()
 
-    def _store_all(self, objects: list[tuple[str, bytes]]) -> bool:
+    def _store_all(self, objects: list[tuple[str, bytes]], content_type: str) -> bool:
         """Put every object, retrying while storage fails; False if time runs out first."""
         delay = RETRY_FIRST_S
         while objects:
             key, body = objects[0]
             try:
-                self.store.put(key, body)
+                self.store.put(key, body, content_type)
             except (BotoCoreError, ClientError) as exc:
                 self.summary.store_failures += 1
                 log.warning("storing %s failed (%s); retrying in %.1fs", key, exc, delay)

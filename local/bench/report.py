@@ -91,10 +91,28 @@ def crowd_line(row: dict) -> str:
     )
 
 
+def archive_query_line(fmt: str, row: dict) -> str:
+    return (
+        f"  query over {fmt:10} {row['total_s']:7.2f} s ({row['load_s']:.2f} s listing, reading"
+        f" and decoding {row['objects']} objects, {row['query_s']:.3f} s for the group-by);"
+        f" {row['raw_rows']:,} rows, {row['events']:,} distinct events"
+    )
+
+
+def compaction_line(row: dict) -> str:
+    errors = f"; errors: {row['errors']}" if row["errors"] else ""
+    return (
+        f"  compaction: {row['events_read']:,} rows of {row['hours']} hours read,"
+        f" {row['events_written']:,} written, {row['seconds']} s ="
+        f" {row['events_per_s'] or 0:,} rows/s{errors}"
+    )
+
+
 def drain_line(row: dict) -> str:
     per_event = row["cores"].get("consumers", 0) * 1e6 / row["events_per_s"]
     return (
-        f"  {row['consumers']} consumer(s): {_n(row['events_per_s']):>9} ev/s"
+        f"  {row['consumers']} consumer(s), {row.get('format', 'ndjson'):7}:"
+        f" {_n(row['events_per_s']):>9} ev/s"
         f" (10-90%: {_n(row['events_per_s_10_90'])}, with process start:"
         f" {_n(row['events_per_s_with_startup'])}), {row['events']:,} events in"
         f" {row['seconds']:.1f} s, archived per runner logs {row['archived_by_runners']:,}"
@@ -142,7 +160,12 @@ def targets(results: dict) -> list[tuple[str, str, str]]:
                 verdict(rate["p99_ms"] <= TARGETS["p99_ms_at_1000"]),
             )
         )
-    drains = {row["consumers"]: row["events_per_s"] for row in results["drain"]}
+    # The targets are NDJSON's (the default); runs before Parquet existed have no "format".
+    drains = {
+        row["consumers"]: row["events_per_s"]
+        for row in results["drain"]
+        if row.get("format", "ndjson") == "ndjson"
+    }
     if 1 in drains:
         out.append(
             (
@@ -211,6 +234,11 @@ def table(results: dict) -> str:
             f"drain (FLUSH_INTERVAL_S=1, default size hints); cores = {'/'.join(DRAIN_CORES)}",
         ]
         lines += [drain_line(row) for row in results["drain"]]
+    if results.get("archive"):
+        archive = results["archive"]
+        lines += ["", f"the archive read back ({archive['events']:,} events, 1% stored twice)"]
+        lines += [archive_query_line(f, row) for f, row in archive["query"].items()]
+        lines.append(compaction_line(archive["compaction"]))
     if results.get("crowd"):
         lines += ["", "a normal client while 500 idle keep-alive and 100 slow connections are open"]
         lines += [crowd_line(row) for row in results["crowd"]]
@@ -242,7 +270,11 @@ def chart(results: dict) -> str:
         if row.get("available", True)
     ]
     bars += [
-        (f"drain, {row['consumers']} consumer(s)", row["events_per_s"]) for row in results["drain"]
+        (
+            f"drain, {row['consumers']} consumer(s), {row.get('format', 'ndjson')}",
+            row["events_per_s"],
+        )
+        for row in results["drain"]
     ]
     top = max([value for _, value in bars] + [TARGETS["batch_eps"]])
     width, label_w, bar_h = 900, 330, 22

@@ -6,9 +6,12 @@
 2. fixed rate (1,000 events/s): `/batch` of 100 and `/events` with one consumer running and
    probes for end-to-end lag; the direct-write design at the same rate;
 3. Redis memory per buffered event for a backlog of 1M events (several batch sizes);
-4. drain rate from a 1M-event backlog with 1, then 2 consumer processes;
+4. drain rate from a 1M-event backlog with 1, then 2 consumer processes writing gzip NDJSON,
+   then 1 writing Parquet (`ARCHIVE_FORMAT=parquet`);
 5. a crowd: a normal client's latency while 500 idle keep-alive connections and 100 slow
-   senders are open.
+   senders are open;
+6. the archive read back: `event-ingest query`'s group-by over 1M archived events as NDJSON,
+   as Parquet and after `event-ingest compact`, and the compaction's throughput.
 
 Phases 1, 2 and 5 also measure the previous server configuration (gunicorn's gthread worker,
 4 threads and 8 connections per worker), so both stand side by side in one run.
@@ -34,10 +37,12 @@ from pathlib import Path
 
 import redis
 
-from local.bench import backlog, cpu, load, payloads, report
+from local.bench import archive_reading, backlog, cpu, load, payloads, report
 from local.bench.crowd import Crowd, crowd_of, normal_requests
 from local.bench.procs import GUNICORN_CONF, ROOT, Stack, stop
 from local.server_limits import raise_open_files_limit
+from shared.archive import ObjectStore
+from shared.settings import Settings
 
 STREAM_KEY = "bench-events"
 GROUP = "archiver"
@@ -60,6 +65,8 @@ PREVIOUS_SERVER_ENV = {
     "GUNICORN_CMD_ARGS": "--worker-class gthread --threads 4 --worker-connections 8"
 }
 CROWD_IDLE, CROWD_SLOW, CROWD_REQUESTS = 500, 100, 20
+# (consumer processes, ARCHIVE_FORMAT) of each drain run, on the same backlog.
+DRAIN_RUNS = ((1, "ndjson"), (2, "ndjson"), (1, "parquet"))
 
 
 @dataclass(frozen=True)
@@ -73,6 +80,7 @@ class Plan:
     memory_batch_sizes: tuple[int, ...]
     drain_events: int
     repeat: int
+    archive_events: int = 1_000_000
 
     @classmethod
     def full(cls) -> Plan:
@@ -81,7 +89,9 @@ class Plan:
 
     @classmethod
     def quick(cls) -> Plan:
-        return cls(3, 1, 16, 5, (1, 100, 500), 100_000, (100,), 200_000, repeat=1)
+        return cls(
+            3, 1, 16, 5, (1, 100, 500), 100_000, (100,), 200_000, repeat=1, archive_events=100_000
+        )
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -100,7 +110,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--skip",
         action="append",
         default=[],
-        choices=["ingest", "rate", "memory", "drain", "crowd"],
+        choices=["ingest", "rate", "memory", "drain", "crowd", "archive"],
     )
     return parser.parse_args(argv)
 
@@ -129,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         "memory": [],
         "drain": [],
         "crowd": [],
+        "archive": None,
         "notes": [],
     }
     env = dict(BENCH_ENV)
@@ -151,6 +162,8 @@ def main(argv: list[str] | None = None) -> int:
             bench.drain_phase()
         if "crowd" not in args.skip:
             bench.crowd_phase()
+        if "archive" not in args.skip:
+            bench.archive_phase()
     finally:
         bench.stack.close()
         _remove_redis_data(run_dir)
@@ -415,6 +428,25 @@ class Bench:
             _say(report.memory_line(row))
             self.client.delete(STREAM_KEY)
 
+    # --- phase 6: the archive read back -----------------------------------------------------
+
+    def archive_phase(self) -> None:
+        events = self.plan.archive_events
+        _say(f"\n== the archive read back: a group-by over {events:,} events, and compaction")
+        settings = Settings.from_env(self.stack.env)
+        store = ObjectStore.from_settings(settings)
+        result: dict = {"events": events, "query": {}}
+        for fmt in ("ndjson", "parquet"):
+            prefix = f"bench/archive-{fmt}/"
+            result["rows_stored"] = archive_reading.write_archive(store, prefix, events, fmt)
+            result["query"][fmt] = archive_reading.time_query(store, prefix)
+            _say(report.archive_query_line(fmt, result["query"][fmt]))
+        result["compaction"] = archive_reading.compact(settings, "bench/archive-ndjson/")
+        _say(report.compaction_line(result["compaction"]))
+        result["query"]["compacted"] = archive_reading.time_query(store, "bench/archive-ndjson/")
+        _say(report.archive_query_line("compacted", result["query"]["compacted"]))
+        self.results["archive"] = result
+
     # --- phase 5: a crowd of idle and slow connections --------------------------------------
 
     def crowd_phase(self) -> None:
@@ -462,13 +494,16 @@ class Bench:
     def drain_phase(self) -> None:
         _say(f"\n== drain from a backlog of {self.plan.drain_events:,} events (100 per entry)")
         pool = payloads.stream_entries(100)
-        for consumers in (1, 2):
+        for consumers, archive_format in DRAIN_RUNS:
             self.client.delete(STREAM_KEY)
             filled = backlog.fill(self.client, STREAM_KEY, pool, self.plan.drain_events, 100)
-            name = f"runner-drain{consumers}"
+            tag = f"drain{consumers}" + ("" if archive_format == "ndjson" else f"-{archive_format}")
+            name = f"runner-{tag}"
             started = time.monotonic()
             runners = self.stack.start_runners(
-                consumers, {"S3_PREFIX": f"bench/drain{consumers}/"}, name
+                consumers,
+                {"S3_PREFIX": f"bench/{tag}/", "ARCHIVE_FORMAT": archive_format},
+                name,
             )
             meter = cpu.CpuMeter(
                 {
@@ -486,6 +521,7 @@ class Bench:
             first, last = progress.samples[0][0], progress.samples[-1][0]
             row = {
                 "consumers": consumers,
+                "format": archive_format,
                 "events": filled.events,
                 "events_per_s": round(filled.events / (last - first)),
                 "events_per_s_10_90": round(progress.rate(filled, 0.1, 0.9)),

@@ -10,12 +10,14 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pytest
 from packaging.requirements import Requirement
 
 from functions.consumer.drain import STOP_MARGIN_MS
 from functions.ingest.app import BROWSER_PREFIXES, create_app
-from shared.archive import ERRORS_PREFIX
+from shared.archive import ERRORS_PREFIX, columns, partition_path
+from shared.archive.naming import COMPACTED_ROOT, RAW_ROOTS, ROOTS
 from shared.settings import ENV_VARS, Settings
 from tests.deploy.conftest import ROOT, TEMPLATE, serverless_functions
 
@@ -217,7 +219,7 @@ def test_function_requirements_are_the_project_dependencies() -> None:
     assert requirement_set(listed) == requirement_set(pyproject["project"]["dependencies"])
 
 
-@pytest.mark.parametrize("name", ["IngestFunction", "ConsumerFunction"])
+@pytest.mark.parametrize("name", ["IngestFunction", "ConsumerFunction", "CompactorFunction"])
 def test_sam_build_recipe_targets_the_runtime_and_architecture(
     template: dict[str, Any], name: str
 ) -> None:
@@ -236,9 +238,9 @@ def test_sam_build_recipe_targets_the_runtime_and_architecture(
     pip = next(line for line in recipe.splitlines() if "pip install" in line)
     assert '--target "/artifacts"' in pip and "-r functions/requirements.txt" in pip
     assert f"--python-version {version}" in pip and "--only-binary=:all:" in pip
-    # Lambda's python3.11 runs on Amazon Linux 2 (glibc 2.26): manylinux2014 wheels at most.
+    # Lambda's python3.12 runs on Amazon Linux 2023 (glibc 2.34): manylinux_2_34 wheels at most.
     machine = {"x86_64": "x86_64", "arm64": "aarch64"}[architecture]
-    assert f"--platform manylinux2014_{machine}" in pip
+    assert f"--platform manylinux_2_34_{machine}" in pip
 
 
 def test_every_function_is_built_from_the_repo_root(template: dict[str, Any]) -> None:
@@ -262,3 +264,68 @@ def test_both_functions_run_in_the_vpc_of_redis(template: dict[str, Any]) -> Non
     for name in serverless_functions(template):
         assert "VpcConfig" not in props(template, name), name
     assert template["Parameters"]["SubnetIds"]["Type"] == "List<AWS::EC2::Subnet::Id>"
+
+
+# --- Athena: tables over what the consumer and the compactor write ----------------------------
+
+
+ATHENA_TABLES = {
+    # logical id: (root under the archive prefix, format)
+    "NdjsonTable": (RAW_ROOTS["ndjson"], "ndjson"),
+    "ParquetTable": (RAW_ROOTS["parquet"], "parquet"),
+    "CompactedTable": (COMPACTED_ROOT, "parquet"),
+}
+
+
+def athena_type(arrow_type: pa.DataType) -> str:
+    return "timestamp" if pa.types.is_timestamp(arrow_type) else "string"
+
+
+@pytest.mark.parametrize("name", sorted(ATHENA_TABLES))
+def test_each_athena_table_has_the_archive_columns_and_reads_its_own_root(
+    template: dict[str, Any], name: str
+) -> None:
+    root, fmt = ATHENA_TABLES[name]
+    table = props(template, name)["TableInput"]
+    storage = table["StorageDescriptor"]
+    declared = [(c["Name"], c["Type"]) for c in storage["Columns"]]
+    if fmt == "parquet":
+        assert "Parquet" in storage["SerdeInfo"]["SerializationLibrary"]
+        assert declared == [(f.name, athena_type(f.type)) for f in columns.SCHEMA]
+    else:
+        # NDJSON holds the events as sent: timestamps are ISO-8601 text, and there is no
+        # `extra` column (the view reads the other formats' `extra` beside NULL).
+        assert "JsonSerDe" in storage["SerdeInfo"]["SerializationLibrary"]
+        assert declared == [(f.name, "string") for f in columns.SCHEMA if f.name != "extra"]
+        mapping = {
+            k.removeprefix("mapping."): v
+            for k, v in storage["SerdeInfo"]["Parameters"].items()
+            if k.startswith("mapping.")
+        }
+        fields = {**columns.TEXT_FIELDS, **columns.TIME_FIELDS, **columns.JSON_FIELDS}
+        assert mapping == {c: f for c, f in fields.items() if c != f}
+    assert [k["Name"] for k in table["PartitionKeys"]] == ["dt", "hour"]
+    parameters = table["Parameters"]
+    assert parameters["projection.enabled"] == "true"
+    assert parameters["projection.hour.digits"] == "2"
+    assert parameters["projection.dt.format"] == "yyyy-MM-dd"
+    location = parameters["storage.location.template"]["Fn::Sub"]
+    expected_root = "s3://${ArchiveBucket}/${ArchivePrefix}" + root
+    assert location == expected_root + "dt=${!dt}/hour=${!hour}/"
+    assert storage["Location"]["Fn::Sub"] == expected_root
+
+
+def test_the_athena_tables_cover_every_root_the_archive_writes(template: dict[str, Any]) -> None:
+    assert sorted(root for root, _ in ATHENA_TABLES.values()) == sorted(ROOTS)
+    # A projected partition path is exactly what the partitioner writes under a root.
+    assert partition_path({"receivedAt": "2026-11-30T07:00:00.000Z"}) == "dt=2026-11-30/hour=07/"
+
+
+def test_a_deployed_stack_is_queryable_in_athena_at_once(template: dict[str, Any]) -> None:
+    workgroup = props(template, "AthenaWorkGroup")["WorkGroupConfiguration"]
+    assert workgroup["EnforceWorkGroupConfiguration"] is True
+    assert "AthenaResultsBucket" in workgroup["ResultConfiguration"]["OutputLocation"]["Fn::Sub"]
+    view = props(template, "EventsView")["QueryString"]
+    for table in ("events_ndjson", "events_parquet", "events_compacted"):
+        assert f"FROM {table}" in view
+    assert "PARTITION BY message_id ORDER BY received_at" in view

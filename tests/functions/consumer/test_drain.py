@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import io
 import json
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import redis
 from botocore.exceptions import EndpointConnectionError
@@ -15,7 +18,7 @@ from botocore.exceptions import EndpointConnectionError
 from functions.consumer.drain import Drainer, _Run
 from local.redis_server import RedisServer
 from shared import codec, events, stream
-from shared.archive import ObjectStore
+from shared.archive import ObjectStore, columns
 from shared.settings import Settings
 from tests.conftest import archived_events, archived_keys, free_port, pending_count
 
@@ -30,8 +33,8 @@ class Budget:
         return max(0, int((self.deadline - time.monotonic()) * 1000))
 
 
-def make_drainer(settings: Settings, s3, consumer: str = "c1") -> Drainer:
-    reader = stream.GroupReader(stream.connect(settings), settings.stream_key, "archiver", consumer)
+def make_drainer(settings: Settings, s3, consumer: str = "c1", group: str = "archiver") -> Drainer:
+    reader = stream.GroupReader(stream.connect(settings), settings.stream_key, group, consumer)
     drainer = Drainer(settings, reader, ObjectStore(s3, settings.s3_bucket))
     drainer.sleep = lambda _s: None
     return drainer
@@ -41,7 +44,7 @@ def break_storage(drainer: Drainer):
     """Make every put fail as if S3 were unreachable; return the function that mends it."""
     real_put = drainer.store.put
 
-    def failing_put(key, body):
+    def failing_put(key, body, content_type=None):
         raise EndpointConnectionError(endpoint_url="http://s3.invalid")
 
     drainer.store.put = failing_put
@@ -112,9 +115,9 @@ def test_flush_on_age_while_budget_lasts(settings, s3, redis_client):
     remaining_at_store = []
     original_put = drainer.store.put
 
-    def put(key, body):
+    def put(key, body, content_type):
         remaining_at_store.append(budget())
-        original_put(key, body)
+        original_put(key, body, content_type)
 
     drainer.store.put = put
     drainer.drain(budget)
@@ -376,4 +379,159 @@ def test_claimed_entries_never_join_the_claimers_own_buffer(settings, s3, redis_
     assert run.summary.entries_claimed == 5
     objects = archived_keys(s3, settings.s3_bucket)
     assert [len(archived_events(s3, settings.s3_bucket, key)) for key in objects] == [15, 15]
+    assert pending_count(redis_client, settings) == 0
+
+
+# --- ARCHIVE_FORMAT=parquet -----------------------------------------------------------------
+
+
+def post_stamped(
+    settings: Settings, client: redis.Redis, count: int, received_at: list[str] | None = None
+) -> list[dict]:
+    """Write `count` entries of 3 varied events the way the ingest function does, each entry
+    stamped with the next of `received_at` (cycled; now by default); return the stored events."""
+    stored = []
+    producer = stream.EventStream(client, settings.stream_key, settings.stream_max_len)
+    for n in range(count):
+        raw = [
+            {"type": "track", "userId": f"u{n}", "event": "E", "properties": {"n": n, "x": 1.5}},
+            {"type": "identify", "anonymousId": f"a{n}", "traits": {"name": "Zoë"}, "k": [n]},
+            {"type": "page", "userId": n, "name": "Home", "context": {"ip": "10.0.0.1"}},
+        ]
+        stamp = received_at[n % len(received_at)] if received_at else events.received_at_now()
+        batch = events.prepare(raw, stamp)
+        producer.add(codec.encode_entry(batch))
+        stored += batch
+    return stored
+
+
+def parquet_objects(s3, settings: Settings) -> dict[str, bytes]:
+    return {
+        key: s3.get_object(Bucket=settings.s3_bucket, Key=key)["Body"].read()
+        for key in archived_keys(s3, settings.s3_bucket, settings.s3_prefix)
+    }
+
+
+def rows_of(bodies: dict[str, bytes]) -> pa.Table:
+    tables = [pq.read_table(io.BytesIO(body)) for body in bodies.values()]
+    return pa.concat_tables(tables).sort_by("message_id")
+
+
+@pytest.fixture
+def parquet_settings(settings: Settings) -> Settings:
+    return dataclasses.replace(settings, archive_format="parquet")
+
+
+def test_parquet_archives_every_event_as_the_columns_map_it(parquet_settings, s3, redis_client):
+    settings = parquet_settings
+    hours = ["2024-03-05T14:59:59.999Z", "2024-03-05T15:00:00.000Z"]
+    stored = post_stamped(settings, redis_client, 10, hours)
+
+    summary = make_drainer(settings, s3).drain(Budget(2))
+
+    bodies = parquet_objects(s3, settings)
+    assert summary.entries_read == 10 and summary.events_archived == 30
+    assert summary.objects_written == len(bodies) == 2
+    assert pending_count(redis_client, settings) == 0
+    for key in bodies:
+        assert key.startswith("events/parquet/dt=2024-03-05/hour=1")
+        assert key.split("/")[3] in ("hour=14", "hour=15")
+        assert key.endswith(".parquet")
+        head = s3.head_object(Bucket=settings.s3_bucket, Key=key)
+        assert head["ContentType"] == "application/vnd.apache.parquet"
+    rows = rows_of(bodies)
+    assert rows.schema.equals(columns.SCHEMA, check_metadata=False)
+    assert rows.equals(columns.to_rows(stored).sort_by("message_id"))
+
+
+def test_parquet_retried_flush_rewrites_the_same_objects_with_the_same_bytes(
+    parquet_settings, s3, redis_client
+):
+    """A crash between storing and acknowledging: the next consumer claims the entries and
+    writes the same keys with the same content."""
+    settings = parquet_settings
+    post_stamped(settings, redis_client, 8)
+    first = make_drainer(settings, s3, "first")
+    first.reader.ack = lambda ids: 0  # dies before XACK
+    first.drain(Budget(1))
+    before = parquet_objects(s3, settings)
+    assert before and pending_count(redis_client, settings) == 8
+    for key in before:  # so that an identical rewrite is told apart from no rewrite
+        s3.delete_object(Bucket=settings.s3_bucket, Key=key)
+
+    time.sleep(settings.claim_idle_ms / 1000 + 0.1)
+    summary = make_drainer(settings, s3, "second").drain(Budget(1.5))
+    assert summary.entries_claimed == 8
+    assert parquet_objects(s3, settings) == before
+    assert rows_of(before).num_rows == 24
+    assert pending_count(redis_client, settings) == 0
+
+
+def test_both_formats_cut_and_name_the_same_entries_alike(settings, s3, redis_client):
+    """The same entries drained once per format (two groups on one stream): a count-hint cut
+    falls in the same places, and the keys differ only by root and suffix."""
+    settings = dataclasses.replace(
+        settings, flush_max_events=6, flush_interval_s=60, claim_idle_ms=120_000
+    )
+    post_stamped(settings, redis_client, 7)  # 21 events: cuts after 6, 12, 18, then the rest
+    drainers = {
+        archive_format: make_drainer(
+            dataclasses.replace(settings, archive_format=archive_format), s3, group=archive_format
+        )
+        for archive_format in ("ndjson", "parquet")
+    }
+    for drainer in drainers.values():  # both groups exist before either trims the stream
+        drainer.reader.ensure_group()
+    for drainer in drainers.values():
+        drainer.drain(Budget(1.5))
+
+    keys = archived_keys(s3, settings.s3_bucket, settings.s3_prefix)
+    ndjson = sorted(k.removesuffix(".ndjson.gz") for k in keys if k.endswith(".ndjson.gz"))
+    parquet = sorted(
+        k.removeprefix("events/parquet/").removesuffix(".parquet")
+        for k in keys
+        if k.endswith(".parquet")
+    )
+    assert len(ndjson) == 4
+    assert [k.removeprefix("events/") for k in ndjson] == parquet
+    sizes = [
+        pq.read_metadata(io.BytesIO(body)).num_rows
+        for key, body in parquet_objects(s3, settings).items()
+        if key.endswith(".parquet")
+    ]
+    assert sorted(sizes) == [3, 6, 6, 6]
+
+
+def test_parquet_dead_letters_an_entry_it_cannot_stage_alone(
+    parquet_settings, s3, redis_client, monkeypatch
+):
+    """An event that cannot become a row fails its entry when it is staged, never the flush:
+    that entry is dead-lettered, every other one archived."""
+    settings = parquet_settings
+    stored = post_stamped(settings, redis_client, 1)
+    raw = [{"type": "track", "userId": "u", "event": "Bad", "properties": {"poison": True}}]
+    bad_id = redis_client.xadd(
+        settings.stream_key, codec.encode_entry(events.prepare(raw, events.received_at_now()))
+    )
+    stored += post_stamped(settings, redis_client, 1)
+    to_columns = columns.to_columns
+
+    def failing_to_columns(batch):
+        if any(e.get("event") == "Bad" for e in batch):
+            raise pa.ArrowInvalid("cannot convert")
+        return to_columns(batch)
+
+    monkeypatch.setattr(columns, "to_columns", failing_to_columns)
+
+    summary = make_drainer(settings, s3).drain(Budget(1.5))
+
+    assert summary.entries_dead_lettered == 1 and summary.events_archived == 6
+    [dead] = redis_client.xrange(f"{settings.stream_key}:dead")
+    assert dead[1][b"original_id"] == bad_id
+    assert b"Parquet" in dead[1][b"reason"]
+    rows = rows_of(parquet_objects(s3, settings))
+    assert rows.equals(columns.to_rows(stored).sort_by("message_id"))
+    [error_key] = archived_keys(s3, settings.s3_bucket, "errors/")
+    head = s3.head_object(Bucket=settings.s3_bucket, Key=error_key)
+    assert head["ContentType"] == "application/json"
     assert pending_count(redis_client, settings) == 0

@@ -1,0 +1,202 @@
+"""`event-ingest compact`: merge closed hours of the archive into deduplicated Parquet objects.
+
+A door over `shared.compaction`, which the scheduled compactor function runs too: this parses
+the options, draws progress on a terminal and prints what was done.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from typing import Any
+
+import click
+
+FORMATS = ("table", "json")
+
+
+@click.command(context_settings={"max_content_width": 100})
+@click.option(
+    "--hour",
+    "hours",
+    multiple=True,
+    metavar="YYYY-MM-DDTHH",
+    help="Compact this hour (UTC; repeat for more). It must be closed. Default: every closed "
+    "hour that needs it.",
+)
+@click.option("--from", "start", metavar="DATE[THH]", help="First hour to consider (UTC).")
+@click.option("--to", "end", metavar="DATE[THH]", help="Last hour to consider, included (UTC).")
+@click.option(
+    "--dry-run", is_flag=True, help="List the hours that need compacting; change nothing."
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(FORMATS),
+    default=None,
+    help="table (for people) or json. Default: table on a terminal, json when piped.",
+)
+def compact(
+    hours: tuple[str, ...], start: str | None, end: str | None, dry_run: bool, fmt: str | None
+) -> None:
+    """Merge the objects of closed hours into Parquet, each event once, then remove them.
+
+    \b
+    An hour is closed COMPACT_GRACE_S (default 900) seconds after it ends.
+    Each becomes one Parquet object (more, by size: cut by a hash of
+    message_id), sorted by received_at. Of the copies of a message_id the
+    earliest received_at stays (then the first object in key order), as
+    `event-ingest query` answers; a copy already compacted in the DEDUP_WINDOW
+    (default 24) hours before is dropped. Late objects in a compacted hour are
+    merged by the next run.
+
+    \b
+    Safe to stop at any moment (Ctrl-C, a crash): the next run resumes, and
+    queries meanwhile see each event once. An hour another run is compacting
+    (locked in Redis, REDIS_URL) is skipped.
+
+    Reads REDIS_URL, STREAM_KEY, S3_BUCKET, S3_PREFIX, S3_ENDPOINT_URL and the AWS
+    credentials like the functions do. Progress goes to stderr on a terminal only.
+    """
+    import redis
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    from shared.archive import reading
+    from shared.compaction import Compactor, parse_hour
+    from shared.settings import ConfigError, Settings
+
+    fmt = fmt or ("table" if sys.stdout.isatty() else "json")
+    try:
+        if hours and (start or end):
+            raise ValueError("give --hour, or --from/--to, not both")
+        named = sorted({parse_hour(text) for text in hours})
+        scope = reading.HourRange(
+            reading.parse_bound(start) if start else None,
+            reading.parse_bound(end, end=True) if end else None,
+        )
+        if scope.start and scope.end and scope.start > scope.end:
+            raise ValueError(f"--from {start} is after --to {end}")
+        settings = Settings.from_env()
+        compactor = Compactor.from_settings(settings)
+        if dry_run:
+            states = [s for hour in named for s in compactor.survey(reading.HourRange(hour, hour))]
+            _print_states(states if named else compactor.survey(scope), fmt)
+            return
+        with _Progress() as progress:
+            if named:
+                summary = compactor.compact(named, progress=progress)
+            else:
+                summary = compactor.run(scope, progress=progress)
+    except (ConfigError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    except (BotoCoreError, ClientError) as exc:
+        where = f"s3://{settings.s3_bucket}/{settings.s3_prefix}"
+        raise click.ClickException(
+            f"cannot read the archive at {where}: {_first_line(exc)}"
+        ) from None
+    except redis.RedisError as exc:
+        raise click.ClickException(
+            f"cannot reach Redis (REDIS_URL), which holds the compaction locks: {_first_line(exc)}"
+        ) from None
+    _print_summary(summary, fmt)
+    failed = [h for h in summary.hours if h.state == "failed"]
+    if failed:
+        raise click.ClickException(
+            f"{len(failed)} of {len(summary.hours)} hours failed (the next run resumes them); "
+            f"{failed[0].hour}: {failed[0].error}"
+        )
+    busy = [h.hour for h in summary.hours if h.state == "busy"]
+    if busy and named:
+        raise click.ClickException(
+            f"{', '.join(busy)}: being compacted by another run; try again when it is done"
+        )
+
+
+# --- output ---------------------------------------------------------------------------------
+
+
+def _print_states(states: list[Any], fmt: str) -> None:
+    rows = [
+        {
+            "hour": s.label,
+            "raw_objects": s.raw_objects,
+            "compacted_objects": s.compacted_objects,
+            "bytes": s.bytes,
+            "in_progress": s.in_progress,
+            "rechecks": s.rechecks,
+        }
+        for s in states
+    ]
+    if fmt == "json":
+        click.echo(json.dumps(rows, indent=1))
+    elif not rows:
+        click.echo("nothing to compact")
+    else:
+        _table(rows)
+        click.echo(f"{len(rows)} hours to compact")
+
+
+def _print_summary(summary: Any, fmt: str) -> None:
+    if fmt == "json":
+        hours = [dataclasses.asdict(result) for result in summary.hours]
+        click.echo(json.dumps({**summary.as_dict(), "hours": hours}, indent=1))
+        return
+    rows = [
+        {
+            "hour": h.hour,
+            "state": h.state,
+            "events_read": h.events_read,
+            "events_written": h.events_written,
+            "objects_written": h.objects_written,
+            "objects_removed": h.objects_removed,
+        }
+        for h in summary.hours
+        if h.state != "unchanged"
+    ]
+    if not rows:
+        click.echo("nothing to compact")
+        return
+    _table(rows)
+    totals = summary.as_dict()
+    click.echo(
+        f"{totals['hours_compacted']} hours compacted, {totals['duplicates_dropped']} duplicate "
+        f"copies dropped, {totals['objects_written']} objects written, "
+        f"{totals['objects_removed']} removed"
+    )
+
+
+def _table(rows: list[dict[str, Any]]) -> None:
+    names = list(rows[0])
+    cells = [[str(row[name]) for name in names] for row in rows]
+    widths = [max(len(name), *(len(r[i]) for r in cells)) for i, name in enumerate(names)]
+    for line in [names, *cells]:
+        click.echo("  ".join(text.ljust(width) for text, width in zip(line, widths, strict=True)))
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
+class _Progress:
+    """The hour and step being worked on, drawn on stderr only when it is a terminal."""
+
+    def __init__(self) -> None:
+        self.shown = False
+
+    def __enter__(self) -> Any:
+        return self._draw if sys.stderr.isatty() else None
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.shown:  # erase the line: the summary starts on a clean one
+            sys.stderr.write("\r\033[K")
+            sys.stderr.flush()
+
+    def _draw(self, progress: Any) -> None:
+        self.shown = True
+        place = min(progress.hours_done + 1, progress.hours_total)
+        sys.stderr.write(
+            f"\r\033[Kcompacting {progress.hour} ({place}/{progress.hours_total}): {progress.step}"
+        )
+        sys.stderr.flush()

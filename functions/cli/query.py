@@ -1,0 +1,182 @@
+"""`event-ingest query SQL`: SQL over the archive (`shared.query`), shaped for a terminal or a
+pipe."""
+
+from __future__ import annotations
+
+import csv
+import os
+import sys
+from datetime import date, datetime, time
+from decimal import Decimal
+from typing import Any
+
+import click
+import msgspec
+
+FORMATS = ("table", "csv", "json")
+
+_json = msgspec.json.Encoder(decimal_format="number", enc_hook=str)
+
+
+@click.command(context_settings={"max_content_width": 100})
+@click.option(
+    "--from",
+    "start",
+    metavar="DATE[THH]",
+    help="First hour to read (UTC): YYYY-MM-DD or YYYY-MM-DDTHH. Default: the first archived.",
+)
+@click.option(
+    "--to",
+    "end",
+    metavar="DATE[THH]",
+    help="Last hour to read, included (UTC); a date means up to its 23:00 hour. "
+    "Default: the last archived.",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(FORMATS),
+    default=None,
+    help="table (for people: a long result shows its first and last rows and its count), "
+    "csv (a header, then one line per row) or json (an array of objects, JSON columns "
+    "embedded). Default: table on a terminal, csv when piped or redirected.",
+)
+@click.argument("sql")
+def query(start: str | None, end: str | None, fmt: str | None, sql: str) -> None:
+    """Run SQL (DuckDB's dialect) over the archive and print the last statement's result.
+
+    \b
+    Tables:
+      events      each message_id once: the copy with the earliest received_at
+                  (then the first object in key order) among the hours read.
+                  The deduplication is a window over every row read, paid by
+                  each query that reads `events`.
+      raw_events  every archived row, duplicates included, plus object_key:
+                  cheaper, and exact after `event-ingest compact`.
+
+    \b
+    Columns: message_id type event name user_id anonymous_id group_id
+    previous_id source (text); timestamp original_timestamp sent_at
+    received_at (UTC); properties traits context integrations extra (JSON;
+    extra holds every other top-level field sent); dt (DATE), hour (0-23).
+
+    \b
+    --from/--to bound the partitions read: nothing outside them is listed
+    beyond its prefix or downloaded. Without them the whole archive is read,
+    and held in memory while the query runs.
+
+    \b
+    Example:
+      event-ingest query --from 2026-11-29 --to 2026-11-29 \\
+        "SELECT source, count(*) AS n FROM events
+         WHERE event = 'Signed Up' GROUP BY source ORDER BY n DESC"
+
+    Reads S3_BUCKET, S3_PREFIX, S3_ENDPOINT_URL and the AWS credentials like the
+    functions do. Progress (objects read) goes to stderr on a terminal only.
+    """
+    try:
+        from shared import query as archive_query
+    except ImportError as exc:  # DuckDB is an optional extra, kept out of the Lambda bundles
+        raise click.ClickException(
+            f"event-ingest query needs DuckDB ({exc.name} is missing): "
+            "pip install 'event-ingest[query]'"
+        ) from None
+    from shared.settings import ConfigError, Settings
+
+    fmt = fmt or ("table" if sys.stdout.isatty() else "csv")
+    try:
+        hours = archive_query.hour_range(start, end)
+        archive_query.check(sql)
+        settings = Settings.from_env()
+        with _Progress() as progress:
+            archive = archive_query.open_from_settings(settings, hours, progress=progress)
+        with archive:
+            result = archive.run(sql)
+            if result is not None:
+                _write(result, fmt)
+    except (archive_query.QueryError, ConfigError) as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+# --- output ---------------------------------------------------------------------------------
+
+
+def _write(result: Any, fmt: str) -> None:
+    try:
+        if fmt == "table":
+            click.echo(result.box())
+        elif fmt == "csv":
+            _write_csv(result)
+        else:
+            _write_json(result)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader went away (`| head`): not an error. Silence the flush at exit too.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
+def _write_csv(result: Any) -> None:
+    rows = result.rows()  # runs the query: an error comes before the header
+    writer = csv.writer(sys.stdout, lineterminator="\n")
+    writer.writerow(result.columns)
+    for row in rows:
+        writer.writerow([_csv_value(value) for value in row])
+
+
+def _write_json(result: Any) -> None:
+    """A JSON array, one object per line, written as the rows come. JSON columns are embedded
+    as JSON, timestamps are ISO-8601 strings (`Z` for UTC)."""
+    names = [_json.encode(name) for name in result.columns]
+    is_json = [kind == "JSON" for kind in result.types]
+    rows = result.rows()  # runs the query: an error comes before the opening bracket
+    out = sys.stdout
+    out.write("[")
+    separator = "\n"
+    for index, row in enumerate(rows):
+        fields = (
+            name + b":" + _json_value(value, raw)
+            for name, value, raw in zip(names, row, is_json, strict=True)
+        )
+        out.write(separator + "{" + b",".join(fields).decode() + "}")
+        separator = ",\n"
+        if index % 1000 == 999:
+            out.flush()
+    out.write("]\n" if separator == "\n" else "\n]\n")
+
+
+def _json_value(value: Any, raw: bool) -> bytes:
+    if raw and isinstance(value, str):
+        return value.encode()
+    return _json.encode(value)
+
+
+def _csv_value(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str | int | float | Decimal):
+        return str(value)
+    if isinstance(value, datetime | date | time):
+        return _json.encode(value).decode().strip('"')
+    return _json.encode(value).decode()
+
+
+class _Progress:
+    """`(done, total)` drawn on stderr while objects are read, only when stderr is a terminal."""
+
+    def __init__(self) -> None:
+        self.shown = False
+
+    def __enter__(self) -> Any:
+        return self._draw if sys.stderr.isatty() else None
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.shown:  # erase the line: the answer starts on a clean one
+            sys.stderr.write("\r\033[K")
+            sys.stderr.flush()
+
+    def _draw(self, done: int, total: int) -> None:
+        self.shown = True
+        sys.stderr.write(f"\rreading objects: {done}/{total}")
+        sys.stderr.flush()

@@ -1,0 +1,115 @@
+"""The archive as a table: the columns every reader sees, whatever format an object is stored in.
+
+Named as Segment-style warehouses name them, in snake_case. One mapping, `to_rows`, turns the
+events the consumer archives into rows: the Parquet format writes them, and NDJSON objects are
+read through the same mapping, so both formats answer a query alike.
+
+- IDs (`message_id`, `user_id`, `anonymous_id`, `group_id`, `previous_id`) are text: an
+  integer ID (analytics-ruby sends them) reads as its digits, an empty string as NULL.
+- Timestamps are UTC, microseconds. A value that is not ISO-8601 (only `originalTimestamp` is
+  not checked at ingest) reads as NULL, and its raw value is kept in `extra`.
+- `properties`, `traits`, `context`, `integrations` are JSON text.
+- `extra` is a JSON object of every other top-level field the client sent (`_metadata`,
+  `channel`, `userProperties`, ...); NULL when there are none. Nothing the client sent is lost.
+- `dt` and `hour` are partition columns: they come from the object's path, never from inside it.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+import pyarrow as pa
+
+from shared.events import parse_timestamp
+
+TEXT_FIELDS = {
+    "message_id": "messageId",
+    "type": "type",
+    "event": "event",
+    "name": "name",
+    "user_id": "userId",
+    "anonymous_id": "anonymousId",
+    "group_id": "groupId",
+    "previous_id": "previousId",
+    "source": "source",
+}
+ID_COLUMNS = frozenset({"message_id", "user_id", "anonymous_id", "group_id", "previous_id"})
+TIME_FIELDS = {
+    "timestamp": "timestamp",
+    "original_timestamp": "originalTimestamp",
+    "sent_at": "sentAt",
+    "received_at": "receivedAt",
+}
+JSON_FIELDS = {
+    "properties": "properties",
+    "traits": "traits",
+    "context": "context",
+    "integrations": "integrations",
+}
+EXTRA = "extra"
+TIMESTAMP = pa.timestamp("us", tz="UTC")
+
+# The columns stored in an object, in order (the partition columns are not among them).
+SCHEMA = pa.schema(
+    [pa.field(name, pa.string()) for name in TEXT_FIELDS]
+    + [pa.field(name, TIMESTAMP) for name in TIME_FIELDS]
+    + [pa.field(name, pa.string()) for name in JSON_FIELDS]
+    + [pa.field(EXTRA, pa.string())]
+)
+# What a query's `events` table adds: the partition of the object a row came from.
+PARTITION_SCHEMA = pa.schema([pa.field("dt", pa.date32()), pa.field("hour", pa.int8())])
+# The columns of the JSON text fields, for readers that can type them (DuckDB's JSON).
+JSON_COLUMNS = (*JSON_FIELDS, EXTRA)
+
+_KNOWN = frozenset((*TEXT_FIELDS.values(), *TIME_FIELDS.values(), *JSON_FIELDS.values()))
+_json = msgspec.json.Encoder()
+
+
+def to_rows(events: list[dict[str, Any]]) -> pa.Table:
+    """The events as a table of `SCHEMA`."""
+    return pa.Table.from_pydict(to_columns(events), schema=SCHEMA)
+
+
+def to_columns(events: list[dict[str, Any]]) -> dict[str, list[Any]]:
+    """The same mapping as `to_rows`, as `SCHEMA`'s columns of Python values, before Arrow:
+    building a table costs tens of microseconds whatever its size, so a writer that gathers
+    many small batches (the consumer's Parquet staging, one stream entry at a time) maps each
+    batch at once and builds one table from all of them."""
+    columns: dict[str, list[Any]] = {name: [] for name in SCHEMA.names}
+    for event in events:
+        for column, field in TEXT_FIELDS.items():
+            columns[column].append(_text(event.get(field), column in ID_COLUMNS))
+        extra = {name: value for name, value in event.items() if name not in _KNOWN}
+        for column, field in TIME_FIELDS.items():
+            value = event.get(field)
+            moment = _timestamp(value)
+            if moment is None and value is not None:
+                extra[field] = value
+            columns[column].append(moment)
+        for column, field in JSON_FIELDS.items():
+            value = event.get(field)
+            columns[column].append(None if value is None else _json.encode(value).decode())
+        columns[EXTRA].append(_json.encode(extra).decode() if extra else None)
+    return columns
+
+
+def _text(value: Any, is_id: bool) -> str | None:
+    if value is None or (is_id and value == ""):
+        return None
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return _json.encode(value).decode()
+
+
+def _timestamp(value: Any) -> datetime | None:
+    moment = parse_timestamp(value)
+    if moment is None:
+        return None
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:  # valid ISO-8601 no UTC timestamp can hold (year 1 at +01:00)
+        return None

@@ -1,0 +1,320 @@
+"""`event-ingest query`: through click's CliRunner against in-process moto, and as the
+installed console script against moto's HTTP server."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import os
+import pty
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from functions.cli import main
+from shared.archive import ObjectStore
+from shared.settings import Settings
+from tests import archives
+from tests.conftest import free_port, settings_env
+
+SECRET = "wJalrXUtnFEMI-query-test-secret"
+
+
+def invoke(settings: Settings, *args: str, **env: str):
+    environment = settings_env(settings, AWS_SECRET_ACCESS_KEY=SECRET, **env)
+    return CliRunner().invoke(main, ["query", *args], env=environment, catch_exceptions=False)
+
+
+def csv_rows(text: str) -> list[dict[str, str]]:
+    return list(csv.DictReader(io.StringIO(text)))
+
+
+def assert_one_error_line(result, *fragments: str) -> None:
+    assert result.exit_code == 1, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("Error: ")
+    for fragment in fragments:
+        assert fragment in lines[0]
+    assert "Traceback" not in result.output
+    assert SECRET not in result.output
+    assert result.stdout == ""
+
+
+@pytest.fixture
+def archive(s3: Any, settings: Settings) -> None:
+    archives.write_archive(ObjectStore(s3, settings.s3_bucket), settings.s3_prefix, "mixed")
+
+
+# --- answers --------------------------------------------------------------------------------
+
+
+@pytest.mark.usefixtures("archive")
+def test_counts_by_event_as_csv_when_piped(settings: Settings) -> None:
+    result = invoke(settings, "SELECT event, count(*) AS n FROM events GROUP BY event")
+    assert result.exit_code == 0, result.output
+    assert {row["event"]: int(row["n"]) for row in csv_rows(result.stdout)} == archives.BY_EVENT
+    assert result.stderr == ""  # no progress when stderr is not a terminal
+
+
+@pytest.mark.usefixtures("archive")
+def test_counts_by_hour_and_user(settings: Settings) -> None:
+    result = invoke(settings, "SELECT dt, hour, count(*) AS n FROM events GROUP BY ALL")
+    assert {(r["dt"], int(r["hour"])): int(r["n"]) for r in csv_rows(result.stdout)} == (
+        archives.BY_HOUR
+    )
+    result = invoke(settings, "SELECT user_id, count(*) AS n FROM events GROUP BY ALL")
+    assert {r["user_id"]: int(r["n"]) for r in csv_rows(result.stdout)} == archives.BY_USER
+    result = invoke(settings, "SELECT count(*) AS n FROM raw_events")
+    assert csv_rows(result.stdout) == [{"n": str(archives.RAW_ROWS)}]
+
+
+@pytest.mark.usefixtures("archive")
+def test_from_and_to(settings: Settings) -> None:
+    result = invoke(
+        settings,
+        "--from",
+        "2024-03-05T14",
+        "--to",
+        "2024-03-05T15",
+        "SELECT event, count(*) AS n FROM events GROUP BY event",
+    )
+    assert result.exit_code == 0, result.output
+    assert {r["event"]: int(r["n"]) for r in csv_rows(result.stdout)} == (
+        archives.IN_RANGE_BY_EVENT
+    )
+
+
+@pytest.mark.usefixtures("archive")
+def test_json_output(settings: Settings) -> None:
+    result = invoke(
+        settings,
+        "--format",
+        "json",
+        "SELECT message_id, received_at, properties, dt, hour FROM events "
+        "WHERE message_id IN ('m1', 'm9') ORDER BY message_id",
+    )
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) == [
+        {
+            "message_id": "m1",
+            "received_at": "2024-03-05T13:05:00Z",
+            "properties": {"plan": "pro", "copy": 1},
+            "dt": "2024-03-05",
+            "hour": 13,
+        },
+        {
+            "message_id": "m9",
+            "received_at": "2024-03-05T15:30:00Z",
+            "properties": {"plan": "pro", "copy": 1},
+            "dt": "2024-03-05",
+            "hour": 15,
+        },
+    ]
+
+
+@pytest.mark.usefixtures("archive")
+def test_json_output_of_no_rows(settings: Settings) -> None:
+    result = invoke(settings, "--format", "json", "SELECT * FROM events WHERE false")
+    assert json.loads(result.stdout) == []
+
+
+@pytest.mark.usefixtures("archive")
+def test_csv_values(settings: Settings) -> None:
+    result = invoke(
+        settings,
+        "SELECT message_id, received_at, properties, extra, true AS yes FROM events "
+        "WHERE message_id = 'm3' OR user_id = 'u4' ORDER BY received_at",
+    )
+    assert csv_rows(result.stdout) == [
+        {
+            "message_id": "m3",
+            "received_at": "2024-03-05T13:07:00Z",
+            "properties": '{"plan":"pro"}',
+            "extra": '{"channel":"server"}',
+            "yes": "true",
+        },
+        {
+            "message_id": "",
+            "received_at": "2024-03-05T15:01:00Z",
+            "properties": '{"plan":"pro"}',
+            "extra": "",
+            "yes": "true",
+        },
+    ]
+
+
+@pytest.mark.usefixtures("archive")
+def test_table_output(settings: Settings) -> None:
+    result = invoke(
+        settings, "--format", "table", "SELECT event, count(*) AS n FROM events GROUP BY event"
+    )
+    assert result.exit_code == 0, result.output
+    for text in ("event", "n", "Signed Up", "Order Completed", "Page Viewed"):
+        assert text in result.stdout
+    assert result.stderr == ""
+
+
+@pytest.mark.usefixtures("archive")
+def test_a_statement_without_rows_prints_nothing(settings: Settings) -> None:
+    result = invoke(settings, "CREATE TEMP TABLE t AS SELECT * FROM events")
+    assert result.exit_code == 0, result.output
+
+
+# --- errors ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("sql", "fragment"),
+    [
+        ("SELEC event FROM events", "Parser Error"),
+        ("SELECT nope FROM events", "Binder Error"),
+        ("SELECT * FROM evnets", "Catalog Error"),
+    ],
+)
+def test_bad_sql_is_one_line_before_any_download(
+    settings: Settings, sql: str, fragment: str
+) -> None:
+    # An endpoint nobody listens on: the SQL is refused before the bucket is asked anything.
+    unreachable = f"http://127.0.0.1:{free_port()}"
+    assert_one_error_line(invoke(settings, sql, S3_ENDPOINT_URL=unreachable), fragment)
+
+
+@pytest.mark.usefixtures("archive")
+def test_an_error_at_run_time_is_one_line(settings: Settings) -> None:
+    result = invoke(settings, "SELECT CAST(event AS INTEGER) FROM events")
+    assert_one_error_line(result, "Conversion Error")
+
+
+@pytest.mark.parametrize(
+    ("bounds", "fragment"),
+    [
+        (["--from", "2024-02-30"], "is not a UTC date"),
+        (["--to", "last tuesday"], "is not a UTC date"),
+        (["--from", "2024-03-06", "--to", "2024-03-05"], "is after"),
+    ],
+)
+def test_bad_bounds(settings: Settings, bounds: list[str], fragment: str) -> None:
+    assert_one_error_line(invoke(settings, *bounds, "SELECT 1"), fragment)
+
+
+def test_an_unreachable_endpoint(settings: Settings) -> None:
+    port = free_port()
+    result = invoke(
+        settings,
+        "SELECT count(*) FROM events",
+        S3_ENDPOINT_URL=f"http://user:{SECRET}@127.0.0.1:{port}",
+    )
+    assert_one_error_line(result, "cannot reach", settings.s3_bucket, f"127.0.0.1:{port}")
+
+
+def test_a_missing_bucket(s3: Any, settings: Settings) -> None:
+    result = invoke(settings, "SELECT 1", S3_BUCKET="no-such-bucket")
+    assert_one_error_line(result, "no-such-bucket", "NoSuchBucket")
+
+
+def test_a_bad_setting(settings: Settings) -> None:
+    result = invoke(settings, "SELECT 1", S3_ENDPOINT_URL="ftp://example.com")
+    assert_one_error_line(result, "S3_ENDPOINT_URL")
+
+
+def test_a_bad_format_is_a_usage_error(settings: Settings) -> None:
+    result = invoke(settings, "--format", "xml", "SELECT 1")
+    assert result.exit_code == 2
+    assert "Traceback" not in result.output
+
+
+def test_help_says_the_defaults() -> None:
+    result = CliRunner().invoke(main, ["query", "--help"])
+    assert result.exit_code == 0
+    text = " ".join(result.stdout.split())
+    for fragment in ("raw_events", "csv when piped", "--from", "window"):
+        assert fragment in text
+
+
+# --- the console script, against moto's HTTP server ------------------------------------------
+
+
+def console_script() -> str:
+    script = shutil.which("event-ingest", path=str(Path(sys.executable).parent))
+    if script is None:
+        pytest.fail("event-ingest is not installed: pip install -e '.[dev]'")
+    return script
+
+
+def test_the_console_script_over_http(
+    settings: Settings, moto_endpoint: str, http_s3: Any, tmp_path: Path
+) -> None:
+    archives.write_archive(ObjectStore(http_s3, settings.s3_bucket), settings.s3_prefix, "mixed")
+    http_settings = dataclasses.replace(settings, s3_endpoint_url=moto_endpoint)
+    # A fresh HOME: DuckDB would install extensions under ~/.duckdb; nothing may appear there.
+    env = settings_env(http_settings, HOME=str(tmp_path), AWS_SECRET_ACCESS_KEY=SECRET)
+    process = subprocess.run(
+        [console_script(), "query", "SELECT event, count(*) AS n FROM events GROUP BY event"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert process.returncode == 0, process.stderr
+    assert {r["event"]: int(r["n"]) for r in csv_rows(process.stdout)} == archives.BY_EVENT
+    assert process.stderr == ""
+    assert not (tmp_path / ".duckdb").exists()
+
+
+def test_the_console_script_fails_in_one_line(settings: Settings, tmp_path: Path) -> None:
+    env = settings_env(
+        settings, S3_ENDPOINT_URL=f"http://127.0.0.1:{free_port()}", AWS_SECRET_ACCESS_KEY=SECRET
+    )
+    process = subprocess.run(
+        [console_script(), "query", "SELECT count(*) FROM events"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert process.returncode == 1
+    assert process.stdout == ""
+    assert process.stderr.count("\n") == 1
+    assert process.stderr.startswith("Error: cannot reach bucket")
+    assert SECRET not in process.stderr
+
+
+def test_on_a_terminal_a_table_and_progress(
+    settings: Settings, moto_endpoint: str, http_s3: Any
+) -> None:
+    store = ObjectStore(http_s3, settings.s3_bucket)
+    objects = len(archives.write_archive(store, settings.s3_prefix, "mixed"))
+    env = settings_env(dataclasses.replace(settings, s3_endpoint_url=moto_endpoint))
+    leader, follower = pty.openpty()
+    try:
+        process = subprocess.Popen(
+            [console_script(), "query", "SELECT event, count(*) AS n FROM events GROUP BY 1"],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=follower,
+            stderr=follower,
+        )
+        os.close(follower)
+        seen = b""
+        while True:
+            try:
+                chunk = os.read(leader, 4096)
+            except OSError:  # EIO: the process closed the terminal
+                break
+            if not chunk:
+                break
+            seen += chunk
+        assert process.wait(timeout=60) == 0
+    finally:
+        os.close(leader)
+    text = seen.decode()
+    assert f"reading objects: {objects}/{objects}" in text
+    assert "┌" in text and "Signed Up" in text and "varchar" in text.lower()
