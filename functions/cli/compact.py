@@ -13,6 +13,8 @@ from typing import Any
 
 import click
 
+from functions.cli.terminal import StatusLine
+
 FORMATS = ("table", "json")
 
 
@@ -83,7 +85,7 @@ def compact(
             states = [s for hour in named for s in compactor.survey(reading.HourRange(hour, hour))]
             _print_states(states if named else compactor.survey(scope), fmt)
             return
-        with _Progress() as progress:
+        with StatusLine(_compacting) as progress:
             if named:
                 summary = compactor.compact(named, progress=progress)
             else:
@@ -179,24 +181,6 @@ def _first_line(exc: BaseException) -> str:
     return lines[0] if lines else type(exc).__name__
 
 
-class _Progress:
-    """The hour and step being worked on, drawn on stderr only when it is a terminal."""
-
-    def __init__(self) -> None:
-        self.shown = False
-
-    def __enter__(self) -> Any:
-        return self._draw if sys.stderr.isatty() else None
-
-    def __exit__(self, *exc_info: object) -> None:
-        if self.shown:  # erase the line: the summary starts on a clean one
-            sys.stderr.write("\r\033[K")
-            sys.stderr.flush()
-
-    def _draw(self, progress: Any) -> None:
-        self.shown = True
-        place = min(progress.hours_done + 1, progress.hours_total)
-        sys.stderr.write(
-            f"\r\033[Kcompacting {progress.hour} ({place}/{progress.hours_total}): {progress.step}"
-        )
-        sys.stderr.flush()
+def _compacting(progress: Any) -> str:
+    place = min(progress.hours_done + 1, progress.hours_total)
+    return f"compacting {progress.hour} ({place}/{progress.hours_total}): {progress.step}"

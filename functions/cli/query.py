@@ -13,6 +13,8 @@ from typing import Any
 import click
 import msgspec
 
+from functions.cli.terminal import StatusLine
+
 FORMATS = ("table", "csv", "json")
 
 _json = msgspec.json.Encoder(decimal_format="number", enc_hook=str)
@@ -88,7 +90,7 @@ def query(start: str | None, end: str | None, fmt: str | None, sql: str) -> None
         hours = archive_query.hour_range(start, end)
         archive_query.check(sql)
         settings = Settings.from_env()
-        with _Progress() as progress:
+        with StatusLine(lambda done, total: f"reading objects: {done}/{total}") as progress:
             archive = archive_query.open_from_settings(settings, hours, progress=progress)
         with archive:
             result = archive.run(sql)
@@ -160,23 +162,3 @@ def _csv_value(value: Any) -> str:
     if isinstance(value, datetime | date | time):
         return _json.encode(value).decode().strip('"')
     return _json.encode(value).decode()
-
-
-class _Progress:
-    """`(done, total)` drawn on stderr while objects are read, only when stderr is a terminal."""
-
-    def __init__(self) -> None:
-        self.shown = False
-
-    def __enter__(self) -> Any:
-        return self._draw if sys.stderr.isatty() else None
-
-    def __exit__(self, *exc_info: object) -> None:
-        if self.shown:  # erase the line: the answer starts on a clean one
-            sys.stderr.write("\r\033[K")
-            sys.stderr.flush()
-
-    def _draw(self, done: int, total: int) -> None:
-        self.shown = True
-        sys.stderr.write(f"\rreading objects: {done}/{total}")
-        sys.stderr.flush()

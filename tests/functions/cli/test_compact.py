@@ -14,6 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from functions.cli import main
+from functions.cli.terminal import StatusLine
 from shared.archive import ObjectStore
 from shared.compaction import Compactor
 from shared.settings import Settings
@@ -133,7 +134,7 @@ def test_named_hours_only(s3: Any, settings: Settings) -> None:
 
 @pytest.mark.usefixtures("archive")
 def test_progress_on_a_terminal(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(compact_command._Progress, "__enter__", lambda self: self._draw)
+    monkeypatch.setattr(StatusLine, "__enter__", lambda self: self._draw)
     result = compact(settings, "--hour", "2024-03-05T13")
     assert result.exit_code == 0, result.output
     assert "compacting 2024-03-05T13 (1/1): merge 1/1" in result.stderr

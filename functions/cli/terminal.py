@@ -1,0 +1,30 @@
+"""What the commands show people on a terminal, and only there."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import Any
+
+
+class StatusLine:
+    """`with StatusLine(render) as progress:` gives `progress(...)`, which redraws one line on
+    stderr with `render(...)`, or None when stderr is not a terminal (a pipe, a log), so that
+    callers skip the work. The line is erased at the end: the answer starts on a clean one."""
+
+    def __init__(self, render: Callable[..., str]) -> None:
+        self.render = render
+        self.shown = False
+
+    def __enter__(self) -> Callable[..., None] | None:
+        return self._draw if sys.stderr.isatty() else None
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.shown:
+            sys.stderr.write("\r\033[K")
+            sys.stderr.flush()
+
+    def _draw(self, *args: Any) -> None:
+        self.shown = True
+        sys.stderr.write(f"\r\033[K{self.render(*args)}")
+        sys.stderr.flush()
