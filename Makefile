@@ -44,7 +44,9 @@ $(VENV)/.bench-installed: $(VENV)/.installed
 # set: a function gets the two packages it imports, and its dependencies built for its Lambda
 # runtime (python3.12 on Amazon Linux 2023, glibc 2.34; x86_64) whatever the machine building it.
 .PHONY: build-IngestFunction build-ConsumerFunction build-CompactorFunction lambda-code
-LAMBDA_PLATFORM := --platform manylinux_2_34_x86_64 --implementation cp --python-version 3.12
+# pip takes a wheel only for a platform named here: every manylinux up to Amazon Linux 2023's.
+LAMBDA_PLATFORM := --platform manylinux2014_x86_64 --platform manylinux_2_28_x86_64 \
+	--platform manylinux_2_34_x86_64 --implementation cp --python-version 3.12
 
 build-IngestFunction build-ConsumerFunction build-CompactorFunction: lambda-code
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check --target "$(ARTIFACTS_DIR)" \
