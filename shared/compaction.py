@@ -84,12 +84,10 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, TypeVar
 
-import boto3
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import redis
-from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from shared import stream
@@ -615,14 +613,8 @@ class Compactor:
     @classmethod
     def from_settings(cls, settings: Settings) -> Compactor:
         # Unlike the consumer's, retried: a failed step costs a rerun of the step.
-        client = boto3.client(
-            "s3",
-            endpoint_url=settings.s3_endpoint_url,
-            config=Config(
-                connect_timeout=5, read_timeout=60, retries={"max_attempts": 4, "mode": "standard"}
-            ),
-        )
-        return cls(settings, ObjectStore(client, settings.s3_bucket), stream.connect(settings))
+        store = ObjectStore.from_settings(settings, attempts=4, read_timeout_s=60)
+        return cls(settings, store, stream.connect(settings))
 
     # --- which hours ----------------------------------------------------------------------
 

@@ -189,7 +189,8 @@ def open_from_settings(
 ) -> Archive:
     """`open_archive` over the bucket and prefix the functions use (`S3_*` variables)."""
     try:
-        store = ObjectStore.from_settings(settings)
+        # Retried, unlike the consumer's: a query has no loop of its own to retry a download.
+        store = ObjectStore.from_settings(settings, attempts=4, read_timeout_s=60)
     except (ValueError, botocore.exceptions.BotoCoreError) as exc:  # e.g. an invalid endpoint
         raise ArchiveUnreachable(
             _storage_error(exc, settings.s3_bucket, settings.s3_endpoint_url)

@@ -17,14 +17,19 @@ class ObjectStore:
     bucket: str
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> ObjectStore:
+    def from_settings(
+        cls, settings: Settings, attempts: int = 1, read_timeout_s: float = 8
+    ) -> ObjectStore:
+        """A bounded client. By default one attempt and 8 s, so one hung request cannot outlast
+        the consumer's stop margin (the drain loop retries, with its own backoff, while the
+        budget allows); readers that retry nothing themselves ask for more attempts."""
         client = boto3.client(
             "s3",
             endpoint_url=settings.s3_endpoint_url,
-            # Bounded, so one hung request cannot outlast the invocation's stop margin; the
-            # drain loop retries, with its own backoff, while the budget allows.
             config=Config(
-                connect_timeout=3, read_timeout=8, retries={"max_attempts": 1, "mode": "standard"}
+                connect_timeout=3,
+                read_timeout=read_timeout_s,
+                retries={"max_attempts": attempts, "mode": "standard"},
             ),
         )
         return cls(client, settings.s3_bucket)
