@@ -15,6 +15,28 @@ from shared.archive import Buffer, ObjectStore, columns
 from shared.archive.formats import parquet
 
 Entry = tuple[bytes, list[dict[str, Any]]]
+# The columns every reader sees, as the README documents them (restated here, not read from
+# `columns.SCHEMA`, so that a change of the schema fails the tests that check it).
+DOCUMENTED_COLUMNS = [
+    "message_id",
+    "type",
+    "event",
+    "name",
+    "user_id",
+    "anonymous_id",
+    "group_id",
+    "previous_id",
+    "source",
+    "timestamp",
+    "original_timestamp",
+    "sent_at",
+    "received_at",
+    "properties",
+    "traits",
+    "context",
+    "integrations",
+    "extra",
+]
 
 
 def ev(message_id: str, received_at: str, event: str, user: str, **fields: Any) -> dict[str, Any]:

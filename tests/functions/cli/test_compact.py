@@ -20,6 +20,7 @@ from shared.compaction import Compactor
 from shared.settings import Settings
 from tests import archives
 from tests.conftest import archived_keys, free_port, settings_env
+from tests.functions.cli.errors import assert_one_error_line
 
 # The module (the package's `compact` is the click command).
 compact_command = importlib.import_module("functions.cli.compact")
@@ -32,16 +33,6 @@ def invoke(settings: Settings, *args: str, **env: str):
 
 def compact(settings: Settings, *args: str, **env: str):
     return invoke(settings, "compact", *args, **env)
-
-
-def assert_one_error_line(result, *fragments: str) -> None:
-    assert result.exit_code == 1, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("Error: ")
-    for fragment in fragments:
-        assert fragment in lines[0]
-    assert "Traceback" not in result.output
 
 
 @pytest.fixture

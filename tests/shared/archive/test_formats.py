@@ -23,6 +23,7 @@ from shared.archive import Buffer, ObjectStore, UnarchivableEvent, columns, read
 from shared.archive.formats import named, ndjson, parquet
 from shared.archive.formats.ndjson import compress, encode_lines
 from shared.settings import ARCHIVE_FORMATS, Settings
+from tests import archives
 from tests.shared.archive.conftest import event
 
 # --- the interface ------------------------------------------------------------------------
@@ -170,23 +171,7 @@ def test_parquet_is_readable_by_plain_pyarrow_with_the_documented_columns() -> N
     table = pq.read_table(io.BytesIO(parquet_body()))
 
     assert table.schema.equals(columns.SCHEMA, check_metadata=False)
-    assert table.column_names == [
-        "message_id",
-        "type",
-        "event",
-        "name",
-        "user_id",
-        "anonymous_id",
-        "group_id",
-        "previous_id",
-        "source",
-        *TIMESTAMP_COLUMNS,
-        "properties",
-        "traits",
-        "context",
-        "integrations",
-        "extra",
-    ]
+    assert table.column_names == archives.DOCUMENTED_COLUMNS
     for name in TIMESTAMP_COLUMNS:
         assert table.schema.field(name).type == pa.timestamp("us", tz="UTC")
     # No partition columns inside: they are the object's path.
