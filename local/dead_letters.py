@@ -21,9 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("ids", nargs="*", help="dead-letter IDs to re-drive (default: all)")
     args = parser.parse_args(argv)
     settings = Settings.from_env()
-    producer = stream.EventStream(
-        stream.connect(settings), settings.stream_key, settings.stream_max_len
-    )
+    producer = stream.EventStream.from_settings(settings)
     dead = producer.client.xrange(stream.dead_letter_key(settings.stream_key))
     if args.command == "list":
         for dead_id, record in dead:

@@ -84,6 +84,18 @@ class RedisServer:
                 break
         raise TimeoutError(f"redis-server on port {self.port} not ready in {timeout_s}s")
 
+    def wait_replicating(self, timeout_s: float = 10.0) -> RedisServer:
+        """For a server started with `--replicaof`: wait until its link to the primary is up
+        and the initial sync is done."""
+        client = redis.Redis(port=self.port, socket_timeout=1)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            info = client.info("replication")
+            if info.get("master_link_status") == "up" and not info.get("master_sync_in_progress"):
+                return self
+            time.sleep(0.05)
+        raise TimeoutError(f"redis-server on port {self.port} not replicating in {timeout_s}s")
+
     def kill(self) -> None:
         """SIGKILL: what a crash does. The AOF keeps what was fsynced."""
         if self.process and self.process.poll() is None:

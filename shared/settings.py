@@ -59,6 +59,11 @@ def _positive_int(name: str, raw: str) -> int:
     return value
 
 
+def _count(name: str, raw: str) -> int:
+    """A whole number, 0 or more."""
+    return 0 if raw.strip() == "0" else _positive_int(name, raw)
+
+
 def _gzip_level(name: str, raw: str) -> int:
     level = _positive_int(name, raw)
     if level > 9:
@@ -128,6 +133,11 @@ class Settings:
     # ... and a copy of an event already stored this many hours earlier is dropped.
     dedup_window_h: int = _var("DEDUP_WINDOW", 24, _positive_int)
     redis_timeout_s: float = _var("REDIS_TIMEOUT_S", 2.0, _positive_float)
+    # Ingest answers 2xx only once this many replicas hold the request's entry (WAIT); 0
+    # answers as soon as the primary has it, and a failover may lose the last writes.
+    redis_wait_replicas: int = _var("REDIS_WAIT_REPLICAS", 0, _count)
+    # How long to wait for them before answering 503 replication_timeout.
+    redis_wait_timeout_ms: int = _var("REDIS_WAIT_TIMEOUT_MS", 500, _positive_int)
     # Per process. Thousands of concurrent requests share these, waiting up to REDIS_TIMEOUT_S
     # for one (then 503), so a crowd of clients cannot exhaust Redis's `maxclients`.
     redis_max_connections: int = _var("REDIS_MAX_CONNECTIONS", 50, _positive_int)
@@ -160,6 +170,13 @@ class Settings:
             raise ConfigError(
                 f"CLAIM_IDLE_MS ({self.claim_idle_ms}) must be greater than "
                 f"FLUSH_INTERVAL_S in milliseconds ({self.flush_interval_s * 1000:.0f})"
+            )
+        # WAIT's answer must arrive before the socket gives up on the connection.
+        wait_ms = self.redis_wait_timeout_ms
+        if self.redis_wait_replicas and wait_ms >= self.redis_timeout_s * 1000:
+            raise ConfigError(
+                f"REDIS_WAIT_TIMEOUT_MS ({wait_ms}) must be less than "
+                f"REDIS_TIMEOUT_S in milliseconds ({self.redis_timeout_s * 1000:.0f})"
             )
 
 

@@ -33,6 +33,17 @@ class BacklogFull(Exception):
     """The stream holds STREAM_MAX_LEN entries: accept nothing until consumers catch up."""
 
 
+class ReplicationShortfall(Exception):
+    """The entry was written, but fewer replicas than REDIS_WAIT_REPLICAS confirmed it in
+    time: a failover now could lose it, so the request must not be answered as accepted."""
+
+    def __init__(self, entry_id: EntryId, confirmed: int, wanted: int) -> None:
+        super().__init__(f"entry {entry_id.decode()} reached {confirmed} of {wanted} replicas")
+        self.entry_id = entry_id
+        self.confirmed = confirmed
+        self.wanted = wanted
+
+
 def connect(settings: Settings) -> redis.Redis:
     """A client that fails fast: bounded timeouts and a single immediate retry, on a broken
     connection only (a pooled socket may be stale after a Redis restart), never on a timeout,
@@ -98,21 +109,60 @@ return deleted
 
 @dataclass
 class EventStream:
-    """The producer's view: append one entry per request, while there is room."""
+    """The producer's view: append one entry per request, while there is room.
+
+    With `wait_replicas` > 0, `add` returns only once that many replicas hold the entry
+    (Redis's WAIT, like Kafka's acks=all), so a failover to a replica cannot lose it.
+    """
 
     client: redis.Redis
     key: str
     max_len: int
+    wait_replicas: int = 0
+    wait_timeout_ms: int = 0
 
     def __post_init__(self) -> None:
         self._add_if_room = self.client.register_script(_ADD_IF_ROOM)
 
+    @classmethod
+    def from_settings(cls, settings: Settings, client: redis.Redis | None = None) -> EventStream:
+        return cls(
+            client or connect(settings),
+            settings.stream_key,
+            settings.stream_max_len,
+            wait_replicas=settings.redis_wait_replicas,
+            wait_timeout_ms=settings.redis_wait_timeout_ms,
+        )
+
     def add(self, fields: Fields) -> EntryId:
-        flat = [part for pair in fields.items() for part in pair]
-        entry_id = self._add_if_room(keys=[self.key], args=[self.max_len, *flat])
+        args = [self.max_len, *(part for pair in fields.items() for part in pair)]
+        if self.wait_replicas:
+            entry_id = self._add_and_wait(args)
+        else:
+            entry_id = self._add_if_room(keys=[self.key], args=args)
         if entry_id is None:
             raise BacklogFull(f"stream {self.key} holds {self.max_len} entries")
         return entry_id
+
+    def _add_and_wait(self, args: list) -> EntryId | None:
+        """The append and WAIT in one pipeline: one round trip, and on one connection, which
+        WAIT needs, since it counts only the writes of the connection it is sent on."""
+        for attempt in range(2):
+            pipe = self.client.pipeline(transaction=False)
+            pipe.evalsha(self._add_if_room.sha, 1, self.key, *args)
+            pipe.wait(self.wait_replicas, self.wait_timeout_ms)
+            try:
+                entry_id, confirmed = pipe.execute()
+            except redis.exceptions.NoScriptError:
+                if attempt:
+                    raise
+                # A restarted or promoted Redis has no scripts cached; nothing was written.
+                self.client.script_load(_ADD_IF_ROOM)
+                continue
+            if entry_id is not None and confirmed < self.wait_replicas:
+                raise ReplicationShortfall(entry_id, confirmed, self.wait_replicas)
+            return entry_id
+        raise AssertionError("unreachable")
 
 
 @dataclass

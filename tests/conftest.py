@@ -53,6 +53,22 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
     server.kill()
 
 
+@pytest.fixture(scope="session")
+def replicated_redis(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[RedisServer, RedisServer]]:
+    """A primary and one replica of it, for what depends on replication (WAIT)."""
+    primary = RedisServer(free_port(), tmp_path_factory.mktemp("primary")).start()
+    replica_args = ("--replicaof", "127.0.0.1", str(primary.port))
+    replica = RedisServer(free_port(), tmp_path_factory.mktemp("replica"), *replica_args)
+    try:
+        replica.start().wait_replicating()
+        yield primary, replica
+    finally:
+        replica.kill()
+        primary.kill()
+
+
 @pytest.fixture
 def redis_client(redis_server: RedisServer) -> redis.Redis:
     return redis.Redis.from_url(redis_server.url)

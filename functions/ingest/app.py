@@ -30,7 +30,7 @@ from functions.ingest.body import read_body
 from functions.ingest.sdk_settings import analytics_js_settings, rudderstack_source_config
 from shared import codec, events
 from shared.settings import Settings
-from shared.stream import BacklogFull, EventStream, connect
+from shared.stream import BacklogFull, EventStream, ReplicationShortfall
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +79,7 @@ class Ingest:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.stream = EventStream(connect(settings), settings.stream_key, settings.stream_max_len)
+        self.stream = EventStream.from_settings(settings)
         self.write_keys = WriteKeys(settings.write_keys)
 
     def __call__(self, segment: bool, single: bool, default_type: str | None = None) -> int:
@@ -249,7 +249,7 @@ def _register_error_handlers(app: Flask) -> None:
     def invalid(exc: events.InvalidRequest) -> Response:
         return error_response(400, "invalid_request", exc.summary(), **exc.details())
 
-    # For both 503s nothing was accepted; the client keeps the events and retries.
+    # For these 503s nothing was accepted; the client keeps the events and retries.
     refusals = _Throttled(
         log, "refusing events: %s (%d refusals since the last such line; one line per %ds)"
     )
@@ -259,6 +259,15 @@ def _register_error_handlers(app: Flask) -> None:
         refusals.warn(exc)
         message = "too many events wait to be archived, retry later"
         return error_response(503, "backlog_full", message, {"Retry-After": RETRY_AFTER_BACKLOG_S})
+
+    @app.errorhandler(ReplicationShortfall)
+    def replication_timeout(exc: ReplicationShortfall) -> Response:
+        # The primary holds the entry and it will most likely be archived; but a failover now
+        # could lose it, so it is not acknowledged. A retry may store it twice, never lose it.
+        refusals.warn(exc)
+        message = "the events did not reach enough replicas in time, retry later"
+        retry_after = {"Retry-After": RETRY_AFTER_UNAVAILABLE_S}
+        return error_response(503, "replication_timeout", message, retry_after)
 
     @app.errorhandler(redis.RedisError)
     def stream_unavailable(exc: redis.RedisError) -> Response:

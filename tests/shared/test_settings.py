@@ -38,6 +38,8 @@ def test_defaults_from_an_empty_environment() -> None:
     assert settings.stream_max_len == 100_000
     assert settings.max_deliveries == 10
     assert settings.gzip_level == 3
+    assert settings.redis_wait_replicas == 0
+    assert settings.redis_wait_timeout_ms == 500
 
 
 def test_from_env_reads_os_environ_when_no_mapping_is_given(
@@ -69,6 +71,8 @@ CORE_VARS = {
     "STREAM_MAX_LEN",
     "MAX_DELIVERIES",
     "GZIP_LEVEL",
+    "REDIS_WAIT_REPLICAS",
+    "REDIS_WAIT_TIMEOUT_MS",
 }
 
 
@@ -109,6 +113,9 @@ def test_settings_are_immutable() -> None:
         ("CLAIM_IDLE_MS", "120000", "claim_idle_ms", 120_000),
         ("REDIS_TIMEOUT_S", "0.25", "redis_timeout_s", 0.25),
         ("REDIS_TIMEOUT_S", "1e1", "redis_timeout_s", 10.0),
+        ("REDIS_WAIT_REPLICAS", "0", "redis_wait_replicas", 0),
+        ("REDIS_WAIT_REPLICAS", " 2 ", "redis_wait_replicas", 2),
+        ("REDIS_WAIT_TIMEOUT_MS", "250", "redis_wait_timeout_ms", 250),
     ],
 )
 def test_each_variable_is_parsed(env: str, raw: str, attribute: str, expected: object) -> None:
@@ -194,6 +201,11 @@ BAD_VALUES = [
     ("GZIP_LEVEL", "0"),
     ("GZIP_LEVEL", "10"),
     ("GZIP_LEVEL", "best"),
+    ("REDIS_WAIT_REPLICAS", "-1"),
+    ("REDIS_WAIT_REPLICAS", "one"),
+    ("REDIS_WAIT_REPLICAS", ""),
+    ("REDIS_WAIT_TIMEOUT_MS", "0"),
+    ("REDIS_WAIT_TIMEOUT_MS", "0.5"),
 ]
 
 
@@ -263,3 +275,22 @@ def test_default_claim_idle_conflicts_with_a_long_flush_interval() -> None:
 def test_cross_field_rule_also_applies_to_direct_construction() -> None:
     with pytest.raises(ConfigError, match="CLAIM_IDLE_MS"):
         Settings(flush_interval_s=10.0, claim_idle_ms=10_000)
+
+
+@pytest.mark.parametrize(("wait_timeout_ms", "redis_timeout_s"), [("2000", "2"), ("900", "0.5")])
+def test_a_wait_timeout_not_below_the_socket_timeout_is_rejected(
+    wait_timeout_ms: str, redis_timeout_s: str
+) -> None:
+    # Otherwise the socket would give up before WAIT answers, and a slow replica would look
+    # like a dead Redis.
+    with pytest.raises(ConfigError) as excinfo:
+        from_env(
+            REDIS_WAIT_REPLICAS="1",
+            REDIS_WAIT_TIMEOUT_MS=wait_timeout_ms,
+            REDIS_TIMEOUT_S=redis_timeout_s,
+        )
+    assert "REDIS_WAIT_TIMEOUT_MS" in str(excinfo.value) and "REDIS_TIMEOUT_S" in str(excinfo.value)
+
+
+def test_the_wait_timeout_is_not_checked_when_nothing_waits() -> None:
+    assert from_env(REDIS_TIMEOUT_S="0.25").redis_wait_timeout_ms == 500

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import signal
 import time
 
 import pytest
@@ -89,6 +90,81 @@ def test_add_appends_one_entry_with_the_fields(
         (second, {b"other": b"\x00\xff binary"}),
     ]
     assert stream._id_key(first) < stream._id_key(second)
+
+
+# --- replica acknowledgement (WAIT) ---------------------------------------------------------
+
+
+@pytest.fixture
+def replicated(replicated_redis, settings: Settings) -> tuple[redis.Redis, redis.Redis, Settings]:
+    """Clients of a primary and its replica, and settings pointing at the primary."""
+    primary, replica = replicated_redis
+    return (
+        redis.Redis(port=primary.port),
+        redis.Redis(port=replica.port),
+        dataclasses.replace(settings, redis_url=primary.url, redis_wait_replicas=1),
+    )
+
+
+def test_with_wait_replicas_add_returns_once_the_replica_holds_the_entry(replicated) -> None:
+    primary, replica, settings = replicated
+    producer = EventStream.from_settings(settings)
+    for i in range(50):
+        entry_id = producer.add({b"i": str(i).encode(), **FIELDS})
+        # Read on the replica right after add returns: no polling, WAIT made it so.
+        assert replica.xrange(settings.stream_key, entry_id, entry_id) == [
+            (entry_id, {b"i": str(i).encode(), **FIELDS})
+        ]
+    assert primary.xlen(settings.stream_key) == replica.xlen(settings.stream_key) == 50
+
+
+def test_fewer_replicas_than_wanted_is_a_shortfall_after_the_timeout(replicated) -> None:
+    primary, _replica, settings = replicated
+    wanting_two = dataclasses.replace(settings, redis_wait_replicas=2, redis_wait_timeout_ms=200)
+    producer = EventStream.from_settings(wanting_two)
+    started = time.monotonic()
+    with pytest.raises(stream.ReplicationShortfall) as shortfall:
+        producer.add(FIELDS)
+    assert time.monotonic() - started >= 0.2  # WAIT waited for the second replica
+    assert (shortfall.value.confirmed, shortfall.value.wanted) == (1, 2)
+    # Written, though: the caller must not call it accepted, but a retry is only a duplicate.
+    assert primary.xrange(settings.stream_key) == [(shortfall.value.entry_id, FIELDS)]
+
+
+def test_a_replica_that_stops_answering_makes_a_shortfall(replicated_redis, replicated) -> None:
+    _primary, _replica, settings = replicated
+    _, replica_server = replicated_redis
+    producer = EventStream.from_settings(dataclasses.replace(settings, redis_wait_timeout_ms=300))
+    producer.add(FIELDS)
+    replica_server.process.send_signal(signal.SIGSTOP)
+    try:
+        with pytest.raises(stream.ReplicationShortfall) as shortfall:
+            producer.add(FIELDS)
+        assert shortfall.value.confirmed == 0
+    finally:
+        replica_server.process.send_signal(signal.SIGCONT)
+    replica_server.wait_replicating()
+    assert producer.add(FIELDS)
+
+
+def test_with_wait_replicas_a_full_backlog_still_refuses_and_writes_nothing(replicated) -> None:
+    primary, _replica, settings = replicated
+    producer = EventStream.from_settings(dataclasses.replace(settings, stream_max_len=2))
+    producer.add(FIELDS)
+    producer.add(FIELDS)
+    with pytest.raises(stream.BacklogFull):
+        producer.add(FIELDS)
+    assert primary.xlen(settings.stream_key) == 2
+
+
+def test_with_wait_replicas_a_redis_without_the_script_cached_loads_it(replicated) -> None:
+    primary, replica, settings = replicated
+    producer = EventStream.from_settings(settings)
+    producer.add(FIELDS)
+    primary.script_flush()  # as after a restart or a failover to a replica
+    entry_id = producer.add(FIELDS)
+    assert primary.xlen(settings.stream_key) == 2  # written once, not twice
+    assert replica.xrange(settings.stream_key, entry_id, entry_id)
 
 
 # --- groups and reading -------------------------------------------------------------------

@@ -126,3 +126,21 @@ def test_refusals_are_logged_once_per_interval_not_once_per_request(settings, ca
     assert statuses == [503] * 50
     refusal_lines = [r for r in caplog.records if "refusing events" in r.getMessage()]
     assert len(refusal_lines) == 1
+
+
+def test_events_not_on_enough_replicas_in_time_are_a_503_replication_timeout(
+    settings, replicated_redis
+):
+    primary, _ = replicated_redis
+    on_primary = dataclasses.replace(settings, redis_url=primary.url, redis_wait_timeout_ms=200)
+    confirmed = create_app(dataclasses.replace(on_primary, redis_wait_replicas=1)).test_client()
+    assert confirmed.post("/batch", json=BATCH).status_code == 202
+
+    short = create_app(dataclasses.replace(on_primary, redis_wait_replicas=2)).test_client()
+    refused = short.post("/batch", json=BATCH)
+    assert refused.status_code == 503
+    assert refused.headers["Retry-After"] == "1"
+    assert refused.get_json()["error"] == "replication_timeout"
+    segment = short.post("/v1/track", json={"userId": "u", "event": "E"})
+    assert segment.status_code == 503
+    assert segment.get_json()["code"] == "replication_timeout"
