@@ -48,11 +48,13 @@ def seed() -> int:
 
 @pytest.fixture
 def start_pipeline(tmp_path: Path) -> Iterator[Callable[..., Pipeline]]:
-    """`start_pipeline(**env)` starts Redis, moto, gunicorn (no runner); all stop afterwards."""
+    """`start_pipeline(**env)` starts Redis, moto, gunicorn (no runner); all stop afterwards.
+    `redis_server` and `redis_url` give it a Redis of the test's own instead."""
     started: list[Pipeline] = []
 
-    def start(**env: str) -> Pipeline:
-        pipeline = Pipeline.start(tmp_path / f"pipeline-{len(started)}", **env)
+    def start(redis_server=None, redis_url=None, **env: str) -> Pipeline:
+        directory = tmp_path / f"pipeline-{len(started)}"
+        pipeline = Pipeline.start(directory, redis_server, redis_url, **env)
         started.append(pipeline)
         return pipeline
 

@@ -64,15 +64,23 @@ class Pipeline:
     killed_runners: list[subprocess.Popen] = field(default_factory=list)
 
     @classmethod
-    def start(cls, data_dir: Path, **env: str) -> Pipeline:
-        redis_server = RedisServer(free_port(), data_dir / "redis").start()
+    def start(
+        cls,
+        data_dir: Path,
+        redis_server: RedisServer | None = None,
+        redis_url: str | None = None,
+        **env: str,
+    ) -> Pipeline:
+        """Its own redis-server, unless given one (then reached at `redis_url`, if given:
+        through a proxy, say); it is killed with the pipeline either way."""
+        redis_server = redis_server or RedisServer(free_port(), data_dir / "redis").start()
         try:
             moto, endpoint = start_moto_server(free_port())
         except BaseException:
             redis_server.kill()
             raise
         try:
-            return cls._start_ingest(redis_server, moto, endpoint, env)
+            return cls._start_ingest(redis_server, redis_url, moto, endpoint, env)
         except BaseException:
             moto.stop()
             redis_server.kill()
@@ -80,10 +88,15 @@ class Pipeline:
 
     @classmethod
     def _start_ingest(
-        cls, redis_server: RedisServer, moto: ThreadedMotoServer, endpoint: str, env: dict
+        cls,
+        redis_server: RedisServer,
+        redis_url: str | None,
+        moto: ThreadedMotoServer,
+        endpoint: str,
+        env: dict,
     ) -> Pipeline:
         settings = Settings(
-            redis_url=redis_server.url,
+            redis_url=redis_url or redis_server.url,
             stream_key="events",
             consumer_group="archiver",
             s3_bucket=f"faults-{uuid.uuid4().hex[:10]}",
@@ -262,6 +275,8 @@ class LoadClient:
         self.accepted: set[str] = set()  # messageIds whose request got a 2xx
         self.accepted_requests = 0
         self.unavailable = 0  # 503 answers
+        self.unavailable_by_error: Counter[str] = Counter()
+        self.events_refused_by_error: Counter[str] = Counter()  # events in those answers
         self.connection_errors = 0
         self.retried_batches = 0
         self.unexpected: list[Rejection] = []
@@ -321,10 +336,19 @@ class LoadClient:
                         self.unexpected.append(answer)
                         return
                     self.unavailable += 1
+                    self.unavailable_by_error[_error_code(response.data)] += 1
+                    self.events_refused_by_error[_error_code(response.data)] += len(ids)
                     self.last_unavailable = answer
                 retry_after = float(response.headers.get("Retry-After") or wait_s)
                 wait_s = min(retry_after, wait_s)  # honoured, but capped to keep tests short
             self.stopping.wait(wait_s)
+
+
+def _error_code(body: bytes) -> str:
+    try:
+        return str(json.loads(body)["error"])
+    except (ValueError, KeyError, TypeError):
+        return "?"
 
 
 # --- a trap inside the S3 endpoint ----------------------------------------------------------
