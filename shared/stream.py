@@ -253,13 +253,24 @@ class GroupReader:
         """Reset the delivery counts of everything this consumer holds, when the failure was
         not the entries' own (storage was down), so an outage never makes healthy entries
         look like poison."""
+        self._claim_own_pending(retrycount=0)
+
+    def keep_pending_alive(self) -> int:
+        """Reset the idle time of everything this consumer holds, and its own: a consumer
+        that retries storage reads nothing, and would look gone to the others after
+        CLAIM_IDLE_MS. Delivery counts are unchanged. Returns how many entries it holds."""
+        return self._claim_own_pending(retrycount=None)
+
+    def _claim_own_pending(self, retrycount: int | None) -> int:
         rows = self.client.xpending_range(
             self.key, self.group, "-", "+", 1_000_000, consumername=self.consumer
         )
         if ids := [row["message_id"] for row in rows]:
+            # To itself, with JUSTID: the entries stay where they are, their clocks restart.
             self.client.xclaim(
-                self.key, self.group, self.consumer, 0, ids, retrycount=0, justid=True
+                self.key, self.group, self.consumer, 0, ids, retrycount=retrycount, justid=True
             )
+        return len(ids)
 
     def forget_idle_consumers(self, min_idle_ms: int) -> int:
         """Remove consumers that went away holding nothing; returns how many."""

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 
+import redis
 from botocore.exceptions import BotoCoreError, ClientError
 
 from shared import codec, stream
@@ -125,6 +126,7 @@ class _Run:
         self.flusher = flusher
         self.in_flight: Future | None = None
         self.next_claim_at = 0.0
+        self.next_keep_alive_at = 0.0
 
     def new_buffer(self) -> Buffer:
         return Buffer(format=self.settings.archive_format)
@@ -265,6 +267,8 @@ class _Run:
     def _store_all(self, objects: list[tuple[str, bytes]], content_type: str) -> bool:
         """Put every object, retrying while storage fails; False if time runs out first."""
         delay = RETRY_FIRST_S
+        # A live consumer touches Redis several times per CLAIM_IDLE_MS, even while it waits.
+        max_delay = min(RETRY_MAX_S, self.keep_alive_interval_s())
         while objects:
             key, body = objects[0]
             try:
@@ -274,9 +278,27 @@ class _Run:
                 log.warning("storing %s failed (%s); retrying in %.1fs", key, exc, delay)
                 if self.remaining_ms() - self.margin_ms / 2 < delay * 1000:
                     return False
+                self.keep_pending_alive()
                 self.sleep(delay * random.uniform(0.5, 1.0))
-                delay = min(delay * 2, RETRY_MAX_S)
+                delay = min(delay * 2, max_delay)
                 continue
             objects.pop(0)
             self.summary.objects_written += 1
         return True
+
+    def keep_alive_interval_s(self) -> float:
+        return self.settings.claim_idle_ms / 4000
+
+    def keep_pending_alive(self) -> None:
+        """While storage fails, show the other consumers that this one is slow, not dead, so
+        they do not claim what it holds (and archive it a second time)."""
+        now = time.monotonic()
+        if now < self.next_keep_alive_at:
+            return
+        self.next_keep_alive_at = now + self.keep_alive_interval_s()
+        try:
+            held = self.reader.keep_pending_alive()
+        except redis.RedisError as exc:  # Redis down too: nobody can claim meanwhile either
+            log.warning("could not keep pending entries alive: %s", exc)
+            return
+        log.info("storage still failing; %d pending entries kept alive", held)

@@ -352,6 +352,22 @@ def test_claim_leaves_consumers_seen_recently(
     )
 
 
+def test_a_consumer_keeping_its_entries_alive_is_not_claimed_from(
+    redis_client: redis.Redis, settings: Settings
+) -> None:
+    slow, me = reader(redis_client, settings, "slow"), reader(redis_client, settings)
+    slow.ensure_group()
+    ids = add_entries(redis_client, settings.stream_key, 3)
+    slow.read_new(3, block_ms=None)
+    time.sleep(0.25)
+    assert slow.keep_pending_alive() == 3  # it reads nothing, but it is still there
+    assert claim_idle(me, 200) == []
+    # Its entries keep their delivery counts (they are not failing, storage is).
+    assert set(slow.delivery_counts(ids).values()) == {1}
+    time.sleep(0.25)  # then it really goes away
+    assert ids_of(claim_idle(me, 200)[0]) == ids
+
+
 def test_claim_ignores_acknowledged_entries_and_own_entries(
     redis_client: redis.Redis, settings: Settings
 ) -> None:

@@ -179,6 +179,59 @@ def test_does_not_claim_entries_of_a_live_consumer(settings, s3, redis_client):
     assert pending_count(redis_client, settings) == 2
 
 
+def test_a_consumer_retrying_through_a_long_storage_outage_is_not_claimed_from(
+    settings, s3, redis_client
+):
+    """Slow is not dead: for several CLAIM_IDLE_MS the first consumer cannot store its flush,
+    while a second one, with working storage, keeps looking for consumers that went away."""
+    ids = post(settings, redis_client, 5)
+    slow = make_drainer(settings, s3, "slow")
+    slow.sleep = time.sleep  # really waits between retries, as in production
+    restore_storage = break_storage(slow)
+    outage_s = 4 * settings.claim_idle_ms / 1000
+    with ThreadPoolExecutor(1) as pool:
+        retrying = pool.submit(slow.drain, Budget(outage_s))
+        wait_until_pending(redis_client, settings, "slow", 5)
+        other = make_drainer(settings, s3, "other").drain(Budget(outage_s - 0.5))
+        held_at_the_end = pending_of(redis_client, settings, "slow")
+        summary = retrying.result()
+    assert summary.store_failures >= 4 and summary.events_archived == 0
+    assert other.entries_claimed == 0 and held_at_the_end == 5
+    restore_storage()
+    slow.drain(Budget(1.5))
+    archived = [e["messageId"] for e in archived_events(s3, settings.s3_bucket)]
+    assert sorted(archived) == sorted(ids)  # each once
+    assert pending_count(redis_client, settings) == 0
+
+
+def test_a_consumer_gone_during_a_storage_outage_is_still_claimed_from(settings, s3, redis_client):
+    """The other side of the rule above: keeping entries alive stops when the consumer does."""
+    ids = post(settings, redis_client, 5)
+    gone = make_drainer(settings, s3, "gone")
+    break_storage(gone)
+    gone.drain(Budget(0.5))  # gave up, holding the entries; then nothing more from it
+    assert pending_of(redis_client, settings, "gone") == 5
+    time.sleep(settings.claim_idle_ms / 1000 + 0.1)
+    summary = make_drainer(settings, s3, "other").drain(Budget(1.5))
+    assert summary.entries_claimed == 5
+    assert sorted(e["messageId"] for e in archived_events(s3, settings.s3_bucket)) == sorted(ids)
+
+
+def pending_of(client: redis.Redis, settings: Settings, consumer: str) -> int:
+    try:
+        rows = client.xpending_range(settings.stream_key, "archiver", "-", "+", 100, consumer)
+    except redis.ResponseError:  # NOGROUP: the consumer has not started yet
+        return 0
+    return len(rows)
+
+
+def wait_until_pending(client: redis.Redis, settings: Settings, consumer: str, count: int):
+    deadline = time.monotonic() + 5
+    while pending_of(client, settings, consumer) < count:
+        assert time.monotonic() < deadline, f"{consumer} never read {count} entries"
+        time.sleep(0.02)
+
+
 @pytest.mark.parametrize(
     "fields",
     [
