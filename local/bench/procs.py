@@ -75,6 +75,7 @@ class Stack:
         self.run_dir = run_dir
         self.env = {**os.environ, **FAKE_CREDENTIALS, **env}
         self.redis: RedisServer | None = None
+        self.replica: RedisServer | None = None
         self.s3: subprocess.Popen | None = None
         self.servers: dict[str, tuple[subprocess.Popen, int]] = {}
         self._stoppers: list = []
@@ -98,6 +99,13 @@ class Stack:
         self.env.update({"REDIS_URL": self.redis.url, "S3_ENDPOINT_URL": endpoint})
         os.environ.update(FAKE_CREDENTIALS)
         ensure_bucket(endpoint, bucket)
+
+    def start_replica(self) -> None:
+        """A replica of the stack's Redis, on loopback (its CPU is counted as Redis's)."""
+        args = ("--replicaof", "127.0.0.1", str(self.redis.port))
+        self.replica = RedisServer(free_port(), self.run_dir / "replica", *args)
+        self._stoppers.append(self.replica.stop)
+        self.replica.start().wait_replicating()
 
     # --- HTTP servers ----------------------------------------------------------------------
 
@@ -159,7 +167,8 @@ class Stack:
         return cpu.tree(process.pid)
 
     def redis_pids(self) -> list[int]:
-        return [self.redis.process.pid] if self.redis and self.redis.process else []
+        servers = (self.redis, self.replica)
+        return [server.process.pid for server in servers if server and server.process]
 
     def s3_pids(self) -> list[int]:
         return [self.s3.pid] if self.s3 else []

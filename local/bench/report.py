@@ -242,12 +242,45 @@ def table(results: dict) -> str:
     if results.get("crowd"):
         lines += ["", "a normal client while 500 idle keep-alive and 100 slow connections are open"]
         lines += [crowd_line(row) for row in results["crowd"]]
+    replication = results.get("replication") or {}
+    if replication.get("saturation") or replication.get("fixed_rate"):
+        lines += [
+            "",
+            "replica acknowledgement: one local replica attached; ingest without WAIT and with"
+            " REDIS_WAIT_REPLICAS=1, same Redis (cores: redis = primary + replica)",
+        ]
+        lines += [ingest_line(row) for row in replication.get("saturation", [])]
+        lines += [rate_line(row) for row in replication.get("fixed_rate", [])]
+        lines += wait_cost_lines(replication)
     checks = targets(results)
     if checks:
         lines += ["", "targets (issue 6)"]
         lines += [f"  {name:40} {measured:>14}  {verdict}" for name, measured, verdict in checks]
     lines.append("=" * 100)
     return "\n".join(lines)
+
+
+def wait_cost_lines(replication: dict) -> list[str]:
+    """REDIS_WAIT_REPLICAS=1 against no WAIT, as ratios of the same run."""
+    lines = []
+    by_label = {row["scenario"]: row for row in replication.get("saturation", [])}
+    for size in (1, 100):
+        plain = by_label.get(f"/batch {size} events, no WAIT")
+        waiting = by_label.get(f"/batch {size} events, WAIT 1")
+        if plain and waiting and plain.get("rps") and waiting.get("rps"):
+            lines.append(
+                f"  cost of WAIT 1, /batch {size}: {waiting['rps'] / plain['rps']:.0%} of the"
+                f" req/s, p50 {waiting['p50_ms'] - plain['p50_ms']:+.2f} ms"
+            )
+    rate = {row["scenario"]: row for row in replication.get("fixed_rate", [])}
+    plain = rate.get("/events at 1,000 req/s, no WAIT")
+    waiting = rate.get("/events at 1,000 req/s, WAIT 1")
+    if plain and waiting:
+        lines.append(
+            f"  cost of WAIT 1 at 1,000 req/s: p50 {waiting['p50_ms'] - plain['p50_ms']:+.2f} ms,"
+            f" p99 {waiting['p99_ms'] - plain['p99_ms']:+.2f} ms"
+        )
+    return lines
 
 
 def write(results: dict, out_dir: Path, stamp: str) -> Path:

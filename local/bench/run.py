@@ -11,7 +11,10 @@
 5. a crowd: a normal client's latency while 500 idle keep-alive connections and 100 slow
    senders are open;
 6. the archive read back: `event-ingest query`'s group-by over 1M archived events as NDJSON,
-   as Parquet and after `event-ingest compact`, and the compaction's throughput.
+   as Parquet and after `event-ingest compact`, and the compaction's throughput;
+7. replica acknowledgement: a local replica joins Redis, and ingest with REDIS_WAIT_REPLICAS=1
+   is measured beside ingest without it (same Redis, same replica), at saturation and at
+   1,000 requests/s.
 
 Phases 1, 2 and 5 also measure the previous server configuration (gunicorn's gthread worker,
 4 threads and 8 connections per worker), so both stand side by side in one run.
@@ -65,6 +68,7 @@ PREVIOUS_SERVER_ENV = {
     "GUNICORN_CMD_ARGS": "--worker-class gthread --threads 4 --worker-connections 8"
 }
 CROWD_IDLE, CROWD_SLOW, CROWD_REQUESTS = 500, 100, 20
+WAIT_ONE = {"REDIS_WAIT_REPLICAS": "1"}
 # (consumer processes, ARCHIVE_FORMAT) of each drain run, on the same backlog.
 DRAIN_RUNS = ((1, "ndjson"), (2, "ndjson"), (1, "parquet"))
 
@@ -110,7 +114,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--skip",
         action="append",
         default=[],
-        choices=["ingest", "rate", "memory", "drain", "crowd", "archive"],
+        choices=["ingest", "rate", "memory", "drain", "crowd", "archive", "replication"],
     )
     return parser.parse_args(argv)
 
@@ -140,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         "drain": [],
         "crowd": [],
         "archive": None,
+        "replication": {"saturation": [], "fixed_rate": []},
         "notes": [],
     }
     env = dict(BENCH_ENV)
@@ -164,6 +169,8 @@ def main(argv: list[str] | None = None) -> int:
             bench.crowd_phase()
         if "archive" not in args.skip:
             bench.archive_phase()
+        if "replication" not in args.skip:
+            bench.replication_phase()
     finally:
         bench.stack.close()
         _remove_redis_data(run_dir)
@@ -246,10 +253,18 @@ class Bench:
             process, _ = self.stack.servers.pop(name)
             stop(process)
 
-    def saturate(self, label: str, server: str, port: int, bodies: payloads.Bodies) -> None:
+    def saturate(
+        self,
+        label: str,
+        server: str,
+        port: int,
+        bodies: payloads.Bodies,
+        into: list[dict] | None = None,
+    ) -> None:
+        rows = self.results["ingest"] if into is None else into
         available = self._probe(port, bodies)
         if available is not True:
-            self.results["ingest"].append({"scenario": label, "available": False, "why": available})
+            rows.append({"scenario": label, "available": False, "why": available})
             _say(f"  {label:44} not available: {available}")
             return
         with contextlib.suppress(RuntimeError):  # warm-up: workers import lazily, caches fill
@@ -267,7 +282,7 @@ class Bench:
             **runs[len(runs) // 2],  # the median run
             "runs_eps": [run["eps"] for run in runs],
         }
-        self.results["ingest"].append(row)
+        rows.append(row)
         _say(report.ingest_line(row))
 
     def _saturate_once(self, server: str, port: int, bodies: payloads.Bodies) -> dict:
@@ -395,7 +410,14 @@ class Bench:
             stop(process)
 
     def fixed_rate(
-        self, label: str, server: str, port: int, bodies: payloads.Bodies, rate: float, on_done=None
+        self,
+        label: str,
+        server: str,
+        port: int,
+        bodies: payloads.Bodies,
+        rate: float,
+        on_done=None,
+        into: list[dict] | None = None,
     ) -> None:
         meter = cpu.CpuMeter(
             {"server": lambda: self.stack.server_pids(server), "redis": self.stack.redis_pids}
@@ -405,7 +427,7 @@ class Bench:
         )
         row = {"scenario": label, "server": server, "rate_rps": rate, **result.as_dict()}
         row["cores"] = meter.stop()
-        self.results["fixed_rate"].append(row)
+        (self.results["fixed_rate"] if into is None else into).append(row)
         _say(report.rate_line(row))
 
     def _port(self, name: str) -> int | None:
@@ -446,6 +468,32 @@ class Bench:
         result["query"]["compacted"] = archive_reading.time_query(store, "bench/archive-ndjson/")
         _say(report.archive_query_line("compacted", result["query"]["compacted"]))
         self.results["archive"] = result
+
+    # --- phase 7: replica acknowledgement -------------------------------------------------
+
+    def replication_phase(self) -> None:
+        _say("\n== replica acknowledgement: REDIS_WAIT_REPLICAS=1 beside 0, one replica attached")
+        self.stack.start_replica()
+        rows = self.results["replication"]
+        servers = (("no WAIT", "ingest-replicated", {}), ("WAIT 1", "ingest-wait", WAIT_ONE))
+        ports = {name: self.stack.start_ingest(name, env) for _, name, env in servers}
+        for size in (1, 100):
+            for label, name, _ in servers:
+                bodies = payloads.batch_bodies(size)
+                scenario = f"/batch {size} events, {label}"
+                self.saturate(scenario, name, ports[name], bodies, into=rows["saturation"])
+        for label, name, _ in servers:
+            self.fixed_rate(
+                f"/events at 1,000 req/s, {label}",
+                name,
+                ports[name],
+                payloads.single_bodies(),
+                FIXED_RATE_EVENTS,
+                into=rows["fixed_rate"],
+            )
+        for _, name, _ in servers:
+            process, _ = self.stack.servers.pop(name)
+            stop(process)
 
     # --- phase 5: a crowd of idle and slow connections --------------------------------------
 
