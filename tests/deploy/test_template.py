@@ -121,6 +121,18 @@ def test_write_keys_and_the_redis_url_come_from_secret_parameters(
         assert declared["NoEcho"] is True and "Default" not in declared, parameter
 
 
+def test_ingest_waits_for_a_replica_by_default(template: dict[str, Any]) -> None:
+    """A deployment answers 2xx only for events a replica holds: a failover loses nothing."""
+    assert environment(template, "IngestFunction")["REDIS_WAIT_REPLICAS"] == {
+        "Ref": "RedisWaitReplicas"
+    }
+    parameter = template["Parameters"]["RedisWaitReplicas"]
+    assert parameter["Default"] == 1 and parameter["MinValue"] == 0
+    settings = Settings.from_env({"REDIS_WAIT_REPLICAS": str(parameter["Default"])})
+    assert settings.redis_wait_replicas == 1
+    assert settings.redis_wait_timeout_ms < settings.redis_timeout_s * 1000
+
+
 def test_write_keys_parameter_admits_what_the_code_accepts(template: dict[str, Any]) -> None:
     pattern = template["Parameters"]["WriteKeys"]["AllowedPattern"]
     for value in ("web:k1", "web:k1,ios:k2", "web:k:with:colons"):
