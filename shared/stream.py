@@ -2,8 +2,9 @@
 
 This module knows Redis commands and nothing about events or objects: entries are opaque
 field maps (see `codec`). The ingest hot path (`EventStream.add`) is one round trip, with
-its WAIT for replicas pipelined when REDIS_WAIT_REPLICAS is set; so is acknowledging. Commands that need memory (XADD, XGROUP CREATE) are kept off the consumer's
-path when Redis is full, so consumers can always drain and free memory.
+its WAIT for replicas pipelined when REDIS_WAIT_REPLICAS is set; so is acknowledging.
+Commands that need memory (XADD, XGROUP CREATE) are kept off the consumer's path when Redis
+is full, so consumers can always drain and free memory.
 """
 
 from __future__ import annotations

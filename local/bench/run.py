@@ -13,8 +13,8 @@
 6. the archive read back: `event-ingest query`'s group-by over 1M archived events as NDJSON,
    as Parquet and after `event-ingest compact`, and the compaction's throughput;
 7. replica acknowledgement: a local replica joins Redis, and ingest with REDIS_WAIT_REPLICAS=1
-   is measured beside ingest without it (same Redis, same replica), at saturation and at
-   1,000 requests/s.
+   is measured beside ingest without it (same Redis, same replica, runs taking turns), at
+   saturation and at 100 requests/s of 10 events.
 
 Phases 1, 2 and 5 also measure the previous server configuration (gunicorn's gthread worker,
 4 threads and 8 connections per worker), so both stand side by side in one run.
@@ -261,29 +261,54 @@ class Bench:
         bodies: payloads.Bodies,
         into: list[dict] | None = None,
     ) -> None:
+        self.saturate_side_by_side([(label, server, port)], bodies, into)
+
+    def saturate_side_by_side(
+        self,
+        scenarios: list[tuple[str, str, int]],
+        bodies: payloads.Bodies,
+        into: list[dict] | None = None,
+    ) -> None:
+        """Each (label, server, port) at saturation, `plan.repeat` times, the median kept. With
+        several, their runs take turns (A B A B ...), so that a noisy spell of a shared machine
+        falls on all of them alike and their ratio holds."""
         rows = self.results["ingest"] if into is None else into
-        available = self._probe(port, bodies)
-        if available is not True:
-            rows.append({"scenario": label, "available": False, "why": available})
-            _say(f"  {label:44} not available: {available}")
-            return
-        with contextlib.suppress(RuntimeError):  # warm-up: workers import lazily, caches fill
-            load.saturate(
-                "127.0.0.1", port, bodies, self.plan.warmup_s, self.plan.connections, self.loadgen
-            )
-        runs = [self._saturate_once(server, port, bodies) for _ in range(self.plan.repeat)]
-        runs.sort(key=lambda run: run["rps"])
-        row = {
-            "scenario": label,
-            "available": True,
-            "server": server,
-            "body_bytes": bodies.mean_bytes,
-            "events_per_request": bodies.events_per_request,
-            **runs[len(runs) // 2],  # the median run
-            "runs_eps": [run["eps"] for run in runs],
-        }
-        rows.append(row)
-        _say(report.ingest_line(row))
+        runs: dict[str, list[dict]] = {}
+        for label, _, port in scenarios:
+            available = self._probe(port, bodies)
+            if available is not True:
+                rows.append({"scenario": label, "available": False, "why": available})
+                _say(f"  {label:44} not available: {available}")
+                continue
+            runs[label] = []
+            with contextlib.suppress(RuntimeError):  # warm-up: workers import lazily
+                load.saturate(
+                    "127.0.0.1",
+                    port,
+                    bodies,
+                    self.plan.warmup_s,
+                    self.plan.connections,
+                    self.loadgen,
+                )
+        for _ in range(self.plan.repeat):
+            for label, server, port in scenarios:
+                if label in runs:
+                    runs[label].append(self._saturate_once(server, port, bodies))
+        for label, server, _ in scenarios:
+            if label not in runs:
+                continue
+            ordered = sorted(runs[label], key=lambda run: run["rps"])
+            row = {
+                "scenario": label,
+                "available": True,
+                "server": server,
+                "body_bytes": bodies.mean_bytes,
+                "events_per_request": bodies.events_per_request,
+                **ordered[len(ordered) // 2],  # the median run
+                "runs_eps": [run["eps"] for run in ordered],
+            }
+            rows.append(row)
+            _say(report.ingest_line(row))
 
     def _saturate_once(self, server: str, port: int, bodies: payloads.Bodies) -> dict:
         self.client.delete(STREAM_KEY)
@@ -478,17 +503,21 @@ class Bench:
         servers = (("no WAIT", "ingest-replicated", {}), ("WAIT 1", "ingest-wait", WAIT_ONE))
         ports = {name: self.stack.start_ingest(name, env) for _, name, env in servers}
         for size in (1, 100):
-            for label, name, _ in servers:
-                bodies = payloads.batch_bodies(size)
-                scenario = f"/batch {size} events, {label}"
-                self.saturate(scenario, name, ports[name], bodies, into=rows["saturation"])
+            self.saturate_side_by_side(
+                [
+                    (f"/batch {size} events, {label}", name, ports[name])
+                    for label, name, _ in servers
+                ],
+                payloads.batch_bodies(size),
+                into=rows["saturation"],
+            )
         for label, name, _ in servers:
             self.fixed_rate(
-                f"/events at 1,000 req/s, {label}",
+                f"/batch 10 events at 100 req/s, {label}",
                 name,
                 ports[name],
-                payloads.single_bodies(),
-                FIXED_RATE_EVENTS,
+                payloads.batch_bodies(10),
+                FIXED_RATE_EVENTS / 10,
                 into=rows["fixed_rate"],
             )
         for _, name, _ in servers:
