@@ -20,8 +20,10 @@ RUN python -m compileall -q shared functions local \
 USER 10001
 ENV BIND=0.0.0.0:8000
 EXPOSE 8000
-# The ingest function's health: /healthz answers 200 only while Redis answers. The consumer
-# has no HTTP port: local/compose.yaml gives it a check of its own.
+# The ingest function's liveness: /livez answers while the server does, whatever Redis's
+# state, so that a full or unreachable Redis never gets every replica restarted (load
+# balancers ask /readyz instead). The consumer has no HTTP port: local/compose.yaml gives it a
+# check of its own.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
-    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ['BIND'].rpartition(':')[2] + '/healthz', timeout=2)"]
+    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ['BIND'].rpartition(':')[2] + '/livez', timeout=2)"]
 CMD ["gunicorn", "-c", "local/gunicorn.conf.py", "functions.ingest.app:app"]

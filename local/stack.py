@@ -127,7 +127,7 @@ def _print_banner(env: dict[str, str], settings: Settings) -> None:
     key = DEV_WRITE_KEY if dev_key else "<one of your WRITE_KEYS>"
     print(
         f"""
-  ingest      http://{INGEST_BIND}   (POST /batch, /events, /v1/* (Segment API); GET /healthz)
+  ingest      http://{INGEST_BIND}   (POST /batch, /events, /v1/*; GET /livez, /readyz)
   write key   {key + "   (development key, source 'local')" if dev_key else key}
   redis       {_without_password(settings.redis_url)}   (AOF in {DATA_DIR / "redis"})
   archive     s3://{settings.s3_bucket}/{settings.s3_prefix} at {endpoint or "AWS"}

@@ -145,6 +145,10 @@ class EventStream:
             raise BacklogFull(f"stream {self.key} holds {self.max_len} entries")
         return entry_id
 
+    def is_full(self) -> bool:
+        """True while `add` would raise BacklogFull."""
+        return self.client.xlen(self.key) >= self.max_len
+
     def _add_and_wait(self, args: list) -> EntryId | None:
         """The append and WAIT in one pipeline: one round trip, and on one connection, which
         WAIT needs, since it counts only the writes of the connection it is sent on."""

@@ -208,8 +208,22 @@ def create_app(settings: Settings | None = None) -> Flask:
                 response.headers["Vary"] = "Origin"
         return response
 
+    @app.get("/livez")
+    def livez() -> Response:
+        # The process answers, and nothing else is asked: a shared Redis that is full or away
+        # must not get every replica of this server restarted by its orchestrator.
+        return json_response({"status": "alive"}, 200)
+
+    @app.get("/readyz")
+    def readyz() -> Response:
+        # Would a request be accepted now? For load balancers: send traffic elsewhere if not.
+        if ingest.stream.is_full():
+            raise BacklogFull(f"stream {settings.stream_key} is at STREAM_MAX_LEN")
+        return json_response({"status": "ready"}, 200)
+
     @app.get("/healthz")
     def healthz() -> Response:
+        # Kept for existing checks: Redis answers (and the auth mode), whatever the backlog.
         ingest.stream.client.ping()
         auth = "write keys" if ingest.write_keys.required else "anonymous (WRITE_KEYS unset)"
         return json_response({"status": "ok", "auth": auth}, 200)

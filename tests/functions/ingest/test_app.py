@@ -131,6 +131,27 @@ def test_healthz(client: FlaskClient) -> None:
     assert response.get_json()["status"] == "ok"
 
 
+def test_livez_answers_without_asking_redis(settings) -> None:
+    unreachable = dataclasses.replace(
+        settings, redis_url=f"redis://127.0.0.1:{free_port()}/0", redis_timeout_s=0.2
+    )
+    client = create_app(unreachable).test_client()
+    assert client.get("/livez").get_json() == {"status": "alive"}
+    assert client.get("/readyz").status_code == 503
+    assert client.get("/readyz").get_json()["error"] == "unavailable"
+
+
+def test_readyz_says_whether_a_request_would_be_accepted(settings, redis_client) -> None:
+    client = create_app(dataclasses.replace(settings, stream_max_len=2)).test_client()
+    assert client.get("/readyz").get_json() == {"status": "ready"}
+    for _ in range(2):
+        assert client.post("/batch", json={"batch": [TRACK]}).status_code == 202
+    full = client.get("/readyz")
+    assert full.status_code == 503 and full.get_json()["error"] == "backlog_full"
+    assert client.get("/livez").status_code == 200
+    assert client.get("/healthz").status_code == 200  # as before: Redis answers
+
+
 def test_unknown_route_and_wrong_method_are_json(client: FlaskClient) -> None:
     missing = client.get("/nope")
     assert missing.status_code == 404
