@@ -22,7 +22,7 @@ from urllib.parse import urlparse
 
 from local.redis_server import RedisServer
 from local.s3 import FAKE_CREDENTIALS, ensure_bucket, start_moto_server
-from shared.settings import ConfigError, Settings
+from shared.settings import ConfigError, Settings, redacted_url
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA_DIR = ROOT / ".data"
@@ -114,13 +114,6 @@ def stop_process(
     return process.wait()
 
 
-def _without_password(url: str) -> str:
-    parts = urlparse(url)
-    if parts.password is None:
-        return url
-    return parts._replace(netloc=f"***@{parts.hostname}:{parts.port}").geturl()
-
-
 def _print_banner(env: dict[str, str], settings: Settings) -> None:
     endpoint = env.get("S3_ENDPOINT_URL")
     dev_key = env["WRITE_KEYS"] == DEV_DEFAULTS["WRITE_KEYS"]
@@ -129,7 +122,7 @@ def _print_banner(env: dict[str, str], settings: Settings) -> None:
         f"""
   ingest      http://{INGEST_BIND}   (POST /batch, /events, /v1/*; GET /livez, /readyz)
   write key   {key + "   (development key, source 'local')" if dev_key else key}
-  redis       {_without_password(settings.redis_url)}   (AOF in {DATA_DIR / "redis"})
+  redis       {redacted_url(settings.redis_url)}   (AOF in {DATA_DIR / "redis"})
   archive     s3://{settings.s3_bucket}/{settings.s3_prefix} at {endpoint or "AWS"}
   flushes     every {settings.flush_interval_s:g}s, {settings.flush_max_events} events or \
 {settings.flush_max_bytes} bytes, whichever comes first

@@ -10,6 +10,7 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
+from urllib.parse import urlparse
 
 ARCHIVE_FORMATS = ("ndjson", "parquet")
 
@@ -178,6 +179,14 @@ class Settings:
                 f"REDIS_WAIT_TIMEOUT_MS ({wait_ms}) must be less than "
                 f"REDIS_TIMEOUT_S in milliseconds ({self.redis_timeout_s * 1000:.0f})"
             )
+
+
+def redacted_url(url: str) -> str:
+    """A URL fit for logs and messages: its password (a Redis AUTH token, say) masked."""
+    parts = urlparse(url)
+    if parts.password is None:
+        return url
+    return parts._replace(netloc=f"***@{parts.hostname}:{parts.port}").geturl()
 
 
 ENV_VARS: tuple[str, ...] = tuple(f.metadata["env"] for f in fields(Settings))

@@ -10,6 +10,7 @@ import click
 
 from functions.cli.compact import compact
 from functions.cli.query import query
+from functions.cli.status import status
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -19,3 +20,4 @@ def main() -> None:
 
 main.add_command(query)
 main.add_command(compact)
+main.add_command(status)

@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from functions.cli.terminal import StatusLine
+from functions.cli.terminal import StatusLine, first_line, table
 
 FORMATS = ("table", "json")
 
@@ -95,11 +95,11 @@ def compact(
     except (BotoCoreError, ClientError) as exc:
         where = f"s3://{settings.s3_bucket}/{settings.s3_prefix}"
         raise click.ClickException(
-            f"cannot read the archive at {where}: {_first_line(exc)}"
+            f"cannot read the archive at {where}: {first_line(exc)}"
         ) from None
     except redis.RedisError as exc:
         raise click.ClickException(
-            f"cannot reach Redis (REDIS_URL), which holds the compaction locks: {_first_line(exc)}"
+            f"cannot reach Redis (REDIS_URL), which holds the compaction locks: {first_line(exc)}"
         ) from None
     _print_summary(summary, fmt)
     failed = [h for h in summary.hours if h.state == "failed"]
@@ -135,7 +135,7 @@ def _print_states(states: list[Any], fmt: str) -> None:
     elif not rows:
         click.echo("nothing to compact")
     else:
-        _table(rows)
+        table(rows)
         click.echo(f"{len(rows)} hours to compact")
 
 
@@ -159,26 +159,13 @@ def _print_summary(summary: Any, fmt: str) -> None:
     if not rows:
         click.echo("nothing to compact")
         return
-    _table(rows)
+    table(rows)
     totals = summary.as_dict()
     click.echo(
         f"{totals['hours_compacted']} hours compacted, {totals['duplicates_dropped']} duplicate "
         f"copies dropped, {totals['objects_written']} objects written, "
         f"{totals['objects_removed']} removed"
     )
-
-
-def _table(rows: list[dict[str, Any]]) -> None:
-    names = list(rows[0])
-    cells = [[str(row[name]) for name in names] for row in rows]
-    widths = [max(len(name), *(len(r[i]) for r in cells)) for i, name in enumerate(names)]
-    for line in [names, *cells]:
-        click.echo("  ".join(text.ljust(width) for text, width in zip(line, widths, strict=True)))
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__
 
 
 def _compacting(progress: Any) -> str:

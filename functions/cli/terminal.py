@@ -6,6 +6,8 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+import click
+
 
 class StatusLine:
     """`with StatusLine(render) as progress:` gives `progress(...)`, which redraws one line on
@@ -28,3 +30,18 @@ class StatusLine:
         self.shown = True
         sys.stderr.write(f"\r\033[K{self.render(*args)}")
         sys.stderr.flush()
+
+
+def table(rows: list[dict[str, Any]]) -> None:
+    """Rows of one shape as aligned columns under their names."""
+    names = list(rows[0])
+    cells = [[str(row[name]) for name in names] for row in rows]
+    widths = [max(len(name), *(len(r[i]) for r in cells)) for i, name in enumerate(names)]
+    for line in [names, *cells]:
+        click.echo("  ".join(text.ljust(width) for text, width in zip(line, widths, strict=True)))
+
+
+def first_line(exc: BaseException) -> str:
+    """An exception as one line, for an error message."""
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__

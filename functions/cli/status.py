@@ -1,0 +1,147 @@
+"""`event-ingest status`: how far behind the archive is, per consumer group, read from Redis
+(`shared.status`, the same reading as the ingest function's /metrics gauges)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from typing import Any
+
+import click
+
+from functions.cli.terminal import first_line, table
+
+
+@click.command(context_settings={"max_content_width": 100})
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (for scripts) instead of tables.")
+@click.option(
+    "--max-freshness",
+    type=click.FloatRange(min=0),
+    metavar="SECONDS",
+    help="Exit with status 1 when a group's oldest unacknowledged entry is older than this.",
+)
+@click.option(
+    "--inactive-after",
+    type=click.FloatRange(min=0),
+    default=3600.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="Flag a group with a backlog whose consumers have not read for this long.",
+)
+def status(as_json: bool, max_freshness: float | None, inactive_after: float) -> None:
+    """Show the stream's backlog, freshness, consumers and dead letters.
+
+    \b
+    For each consumer group:
+      backlog      entries (one per request) and events not yet acknowledged:
+                   pending (delivered to a consumer) plus undelivered (lag)
+      freshness    age of the oldest entry not yet acknowledged, by Redis's
+                   clock: how far behind the archive is
+      consumers    each consumer's pending entries and idle time
+    A group with a backlog and no consumer activity for --inactive-after is
+    flagged: an abandoned group keeps every entry from being trimmed, and
+    ingest ends up answering 503. It is never removed automatically
+    (`redis-cli XGROUP DESTROY STREAM GROUP` does, if nobody will read it).
+
+    Reads REDIS_URL, STREAM_KEY and STREAM_MAX_LEN like the functions do.
+    """
+    import redis
+
+    from shared.settings import ConfigError, Settings, redacted_url
+    from shared.status import read_status
+    from shared.stream import connect
+
+    try:
+        settings = Settings.from_env()
+        current = read_status(connect(settings), settings.stream_key, settings.stream_max_len)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    except redis.RedisError as exc:
+        where = redacted_url(settings.redis_url)
+        raise click.ClickException(f"cannot read Redis at {where}: {first_line(exc)}") from None
+    inactive = [g.name for g in current.groups if _inactive(g, inactive_after)]
+    if as_json:
+        click.echo(json.dumps(_as_dict(current, inactive), indent=1))
+    else:
+        _print_tables(current, inactive, inactive_after)
+    if max_freshness is not None and current.freshness_s > max_freshness:
+        stalest = max(current.groups, key=lambda g: g.freshness_s)
+        click.echo(
+            f"freshness {current.freshness_s:.0f}s (group {stalest.name}) exceeds "
+            f"--max-freshness {max_freshness:g}s",
+            err=True,
+        )
+        sys.exit(1)
+
+
+def _inactive(group: Any, after_s: float) -> bool:
+    last_active = group.last_active_s
+    return group.backlog_entries > 0 and (last_active is None or last_active > after_s)
+
+
+def _as_dict(current: Any, inactive: list[str]) -> dict[str, Any]:
+    document = dataclasses.asdict(current)
+    document["freshness_s"] = current.freshness_s
+    for group, source in zip(document["groups"], current.groups, strict=True):
+        group["backlog_entries"] = source.backlog_entries
+        group["last_active_s"] = source.last_active_s
+        group["inactive"] = source.name in inactive
+    return document
+
+
+def _print_tables(current: Any, inactive: list[str], inactive_after: float) -> None:
+    click.echo(
+        f"stream {current.key}: {current.length:,} entries (bound {current.max_len:,}), "
+        f"last ID {current.last_generated_id or '-'}, {current.dead_letters:,} dead letters, "
+        f"Redis {current.redis_version}"
+    )
+    if not current.groups:
+        click.echo("no consumer group yet: no consumer has run")
+        return
+    click.echo("")
+    table([_group_row(group) for group in current.groups])
+    consumers = [
+        {
+            "group": group.name,
+            "consumer": consumer.name,
+            "pending": f"{consumer.pending:,}",
+            "idle": _duration(consumer.idle_s),
+        }
+        for group in current.groups
+        for consumer in group.consumers
+    ]
+    if consumers:
+        click.echo("")
+        table(consumers)
+    for name in inactive:
+        click.echo(
+            f"\ngroup {name} has a backlog and no consumer has read for over "
+            f"{_duration(inactive_after)}: if nobody will read it again, it pins the stream"
+        )
+
+
+def _group_row(group: Any) -> dict[str, str]:
+    approximate = "" if group.undelivered_exact else " (at most)"
+    estimated = "" if group.backlog_events_exact else " (estimated)"
+    return {
+        "group": group.name,
+        "backlog entries": f"{group.backlog_entries:,}{approximate}",
+        "events": f"{group.backlog_events:,}{estimated}",
+        "pending": f"{group.pending:,}",
+        "undelivered": f"{group.undelivered:,}{approximate}",
+        "freshness": _duration(group.freshness_s),
+        "oldest pending": _duration(group.oldest_pending_s),
+        "last delivered": group.last_delivered_id,
+        "consumers": str(len(group.consumers)),
+    }
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"

@@ -1,0 +1,195 @@
+"""What a stream holds right now, read from Redis: for each consumer group its backlog, pending
+entries, data freshness and consumers, and the dead letters waiting.
+
+One read (`read_status`) serves `event-ingest status` and the gauges of the ingest function's
+`/metrics`, so the two never disagree. It only reads, costs a handful of round trips whatever
+the backlog, and never moves a whole entry over the network: the events in a backlog are
+counted by a script that returns each entry's event count (`n`) only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import redis
+
+from shared.stream import dead_letter_key
+
+# Entries whose event counts are read; a longer backlog's event count is estimated from them.
+EVENT_SAMPLE = 500
+
+# The ID and event count (field `n`) of up to ARGV[2] entries from ARGV[1] on: the backlog's
+# events are counted inside Redis, not by copying megabytes of entries to the client.
+_EVENT_COUNTS = """
+local counts = {}
+for _, entry in ipairs(redis.call('XRANGE', KEYS[1], ARGV[1], '+', 'COUNT', ARGV[2])) do
+  local n = 0
+  for i = 1, #entry[2], 2 do
+    if entry[2][i] == 'n' then n = tonumber(entry[2][i + 1]) or 0 end
+  end
+  counts[#counts + 1] = n
+end
+return counts
+"""
+
+
+@dataclass(frozen=True)
+class ConsumerStatus:
+    name: str
+    pending: int
+    idle_s: float  # since it last read or claimed (by Redis's clock)
+
+
+@dataclass(frozen=True)
+class GroupStatus:
+    name: str
+    last_delivered_id: str
+    pending: int  # delivered to a consumer, not yet acknowledged
+    undelivered: int  # not yet delivered to any consumer of the group (its lag)
+    undelivered_exact: bool  # False: an upper bound (Redis 6.2 with several groups)
+    backlog_events: int  # events in pending and undelivered entries
+    backlog_events_exact: bool  # False: estimated from the oldest EVENT_SAMPLE entries
+    freshness_s: float  # age of the oldest entry not yet acknowledged; 0 when there is none
+    oldest_pending_s: float | None  # age of the oldest pending entry
+    consumers: tuple[ConsumerStatus, ...]
+
+    @property
+    def backlog_entries(self) -> int:
+        return self.pending + self.undelivered
+
+    @property
+    def last_active_s(self) -> float | None:
+        """Since any consumer of the group last read or claimed; None with no consumer."""
+        return min((c.idle_s for c in self.consumers), default=None)
+
+
+@dataclass(frozen=True)
+class StreamStatus:
+    key: str
+    length: int
+    max_len: int
+    last_generated_id: str | None
+    groups: tuple[GroupStatus, ...]
+    dead_letters: int
+    redis_version: str
+
+    @property
+    def freshness_s(self) -> float:
+        """The stalest group's freshness: how far behind the archive is."""
+        return max((group.freshness_s for group in self.groups), default=0.0)
+
+
+def read_status(client: redis.Redis, key: str, max_len: int) -> StreamStatus:
+    """The stream's status now. A stream that does not exist yet is empty, with no groups."""
+    seconds, micros = client.time()
+    now_ms = seconds * 1000 + micros // 1000
+    length = client.xlen(key)
+    groups_info = client.xinfo_groups(key) if length or client.exists(key) else []
+    last_id = client.xinfo_stream(key)["last-generated-id"] if groups_info or length else None
+    groups = tuple(
+        _group_status(client, key, info, length, len(groups_info), now_ms) for info in groups_info
+    )
+    return StreamStatus(
+        key=key,
+        length=length,
+        max_len=max_len,
+        last_generated_id=_text(last_id),
+        groups=groups,
+        dead_letters=client.xlen(dead_letter_key(key)),
+        redis_version=str(client.info("server")["redis_version"]),
+    )
+
+
+def _group_status(
+    client: redis.Redis, key: str, info: dict, length: int, group_count: int, now_ms: int
+) -> GroupStatus:
+    name = _text(info["name"])
+    last_delivered = _text(info["last-delivered-id"])
+    pending = int(info["pending"])
+    undelivered, exact = _undelivered(
+        client, key, info, last_delivered, length, pending, group_count
+    )
+    summary = client.xpending(key, name) if pending else None
+    oldest_pending = _text(summary["min"]) if summary else None
+    first_undelivered = _first_id_after(client, key, last_delivered) if undelivered else None
+    oldest = min(filter(None, (oldest_pending, first_undelivered)), key=_ms, default=None)
+    backlog = pending + undelivered
+    events, events_exact = _backlog_events(client, key, oldest, backlog, group_count)
+    consumers = tuple(
+        ConsumerStatus(_text(c["name"]), int(c["pending"]), int(c["idle"]) / 1000)
+        for c in client.xinfo_consumers(key, name)
+    )
+    return GroupStatus(
+        name=name,
+        last_delivered_id=last_delivered,
+        pending=pending,
+        undelivered=undelivered,
+        undelivered_exact=exact,
+        backlog_events=events,
+        backlog_events_exact=events_exact and exact,
+        freshness_s=_age_s(oldest, now_ms) if oldest else 0.0,
+        oldest_pending_s=_age_s(oldest_pending, now_ms) if oldest_pending else None,
+        consumers=consumers,
+    )
+
+
+def _undelivered(
+    client: redis.Redis,
+    key: str,
+    info: dict,
+    last_delivered: str,
+    length: int,
+    pending: int,
+    group_count: int,
+) -> tuple[int, bool]:
+    """Entries after the group's last delivered one: Redis 7's `lag` when it knows it; with
+    one group, the length less what is pending (acknowledging deletes, so nothing else
+    stays); else the length is an upper bound."""
+    lag = info.get("lag")
+    if lag is not None:
+        return int(lag), True
+    if group_count == 1:
+        return max(0, length - pending), True
+    if not _first_id_after(client, key, last_delivered):
+        return 0, True
+    return length, False
+
+
+def _first_id_after(client: redis.Redis, key: str, entry_id: str) -> str | None:
+    """The ID of the first entry after `entry_id`, without fetching its data."""
+    counts = client.eval(_ID_AFTER, 1, key, f"({entry_id}")
+    return _text(counts) if counts else None
+
+
+_ID_AFTER = """
+local first = redis.call('XRANGE', KEYS[1], ARGV[1], '+', 'COUNT', 1)[1]
+return first and first[1] or false
+"""
+
+
+def _backlog_events(
+    client: redis.Redis, key: str, oldest: str | None, backlog: int, group_count: int
+) -> tuple[int, bool]:
+    """Events in the group's backlog: summed when the whole backlog is in the sample and the
+    group is the stream's only one (so every entry from the oldest on is in its backlog);
+    else the sample's mean times the backlog's entries."""
+    if oldest is None or not backlog:
+        return 0, True
+    counts = [int(n) for n in client.eval(_EVENT_COUNTS, 1, key, oldest, EVENT_SAMPLE)]
+    if not counts:
+        return 0, True
+    if group_count == 1 and len(counts) < EVENT_SAMPLE:
+        return sum(counts), True
+    return round(sum(counts) / len(counts) * backlog), False
+
+
+def _age_s(entry_id: str, now_ms: int) -> float:
+    return max(0.0, (now_ms - _ms(entry_id)) / 1000)
+
+
+def _ms(entry_id: str) -> int:
+    return int(entry_id.partition("-")[0])
+
+
+def _text(value: bytes | str | None) -> str | None:
+    return value.decode() if isinstance(value, bytes) else value

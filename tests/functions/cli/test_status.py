@@ -1,0 +1,102 @@
+"""`event-ingest status`: through click's CliRunner, against a real redis-server, checked
+against what XINFO and XPENDING say."""
+
+from __future__ import annotations
+
+import json
+
+import redis
+from click.testing import CliRunner
+
+from functions.cli import main
+from shared.settings import Settings
+from shared.stream import GroupReader, dead_letter_key
+from tests.conftest import free_port, settings_env
+from tests.functions.cli.errors import assert_one_error_line
+from tests.shared.test_status import add_aged
+
+
+def status(settings: Settings, *args: str, **env: str):
+    return CliRunner().invoke(main, ["status", *args], env=settings_env(settings, **env))
+
+
+def two_groups_and_a_crashed_consumer(client: redis.Redis, key: str) -> None:
+    """`archiver`: a consumer that died holding 4 entries, 6 never read; `warehouse`: all read,
+    all acknowledged but 2. The oldest entry is two minutes old."""
+    add_aged(client, key, 10, age_s=120)
+    crashed = GroupReader(client, key, "archiver", "crashed-host-1")
+    crashed.ensure_group()
+    crashed.read_new(4, block_ms=None)
+    warehouse = GroupReader(client, key, "warehouse", "loader")
+    warehouse.ensure_group()
+    read = warehouse.read_new(10, block_ms=None)
+    warehouse.ack([entry_id for entry_id, _ in read[:8]])
+    client.xadd(dead_letter_key(key), {b"reason": b"undecodable"})
+
+
+def test_json_agrees_with_xinfo_and_xpending(settings: Settings, redis_client) -> None:
+    key = settings.stream_key
+    two_groups_and_a_crashed_consumer(redis_client, key)
+
+    result = status(settings, "--json")
+
+    assert result.exit_code == 0, result.output
+    document = json.loads(result.stdout)
+    assert document["key"] == key and document["dead_letters"] == 1
+    assert document["length"] == redis_client.xlen(key)
+    groups = {g["name"]: g for g in document["groups"]}
+    for info in redis_client.xinfo_groups(key):
+        name = info["name"].decode()
+        assert groups[name]["pending"] == info["pending"]
+        assert groups[name]["last_delivered_id"] == info["last-delivered-id"].decode()
+        consumers = {c["name"].decode(): c for c in redis_client.xinfo_consumers(key, name)}
+        assert {c["name"]: c["pending"] for c in groups[name]["consumers"]} == {
+            consumer: info["pending"] for consumer, info in consumers.items()
+        }
+    archiver = groups["archiver"]
+    held = redis_client.xpending_range(key, "archiver", "-", "+", 100, "crashed-host-1")
+    assert archiver["pending"] == len(held) == 4
+    assert archiver["undelivered"] >= 6  # exact on Redis 7 (lag); at most on 6.2
+    assert 119 <= archiver["freshness_s"] < 130
+    assert groups["warehouse"]["backlog_entries"] == 2
+    assert document["freshness_s"] == archiver["freshness_s"]
+    assert archiver["inactive"] is False  # its consumer read moments ago
+
+
+def test_the_exit_status_follows_the_freshness_threshold(settings: Settings, redis_client) -> None:
+    two_groups_and_a_crashed_consumer(redis_client, settings.stream_key)
+    assert status(settings, "--json", "--max-freshness", "3600").exit_code == 0
+    stale = status(settings, "--json", "--max-freshness", "60")
+    assert stale.exit_code == 1
+    assert json.loads(stale.stdout)["groups"]  # the status is printed all the same
+    assert "exceeds --max-freshness 60s" in stale.stderr and "archiver" in stale.stderr
+
+
+def test_a_table_for_people_and_the_inactive_group_flagged(
+    settings: Settings, redis_client
+) -> None:
+    two_groups_and_a_crashed_consumer(redis_client, settings.stream_key)
+    result = status(settings, "--inactive-after", "0")
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith(f"stream {settings.stream_key}: ") and "1 dead letters" in lines[0]
+    assert any(line.startswith("archiver ") and "2m0" in line for line in lines)
+    assert any("crashed-host-1" in line and " 4 " in f"{line} " for line in lines)
+    assert "group archiver has a backlog and no consumer has read" in result.stdout
+
+
+def test_before_any_consumer_ran(settings: Settings) -> None:
+    result = status(settings)
+    assert result.exit_code == 0, result.output
+    assert "no consumer group yet" in result.stdout
+
+
+def test_an_unreachable_redis_is_one_line_without_its_password(settings: Settings) -> None:
+    url = f"redis://:s3cret-token@127.0.0.1:{free_port()}/0"
+    result = status(settings, REDIS_URL=url, REDIS_TIMEOUT_S="0.3")
+    assert_one_error_line(result, "cannot read Redis at redis://***@127.0.0.1:")
+    assert "s3cret-token" not in result.output
+
+
+def test_bad_configuration_is_one_line(settings: Settings) -> None:
+    assert_one_error_line(status(settings, STREAM_MAX_LEN="lots"), "STREAM_MAX_LEN")

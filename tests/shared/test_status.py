@@ -1,0 +1,122 @@
+"""The stream's status read from a real redis-server, checked against XINFO and XPENDING."""
+
+from __future__ import annotations
+
+import pytest
+import redis
+
+from shared import status as status_module
+from shared.settings import Settings
+from shared.status import read_status
+from shared.stream import GroupReader, dead_letter_key
+
+
+def add_aged(client: redis.Redis, key: str, count: int, age_s: float, events: int = 3) -> list:
+    """Entries whose IDs say they were added `age_s` ago (IDs are Redis's clock at XADD)."""
+    seconds, micros = client.time()
+    start_ms = seconds * 1000 + micros // 1000 - int(age_s * 1000)
+    return [
+        client.xadd(
+            key, {b"v": b"1", b"n": str(events).encode(), b"d": b"x" * 100}, id=f"{start_ms}-{i}"
+        )
+        for i in range(count)
+    ]
+
+
+def group(status, name: str):
+    [found] = [g for g in status.groups if g.name == name]
+    return found
+
+
+def test_a_stream_that_does_not_exist_is_empty(redis_client, settings: Settings) -> None:
+    status = read_status(redis_client, settings.stream_key, settings.stream_max_len)
+    assert (status.length, status.groups, status.dead_letters) == (0, (), 0)
+    assert status.freshness_s == 0.0 and status.last_generated_id is None
+
+
+def test_one_group_with_a_crashed_consumer(redis_client, settings: Settings) -> None:
+    key = settings.stream_key
+    ids = add_aged(redis_client, key, 10, age_s=60)
+    crashed = GroupReader(redis_client, key, "archiver", "crashed")
+    crashed.ensure_group()
+    crashed.read_new(4, block_ms=None)  # then dies holding them
+    alive = GroupReader(redis_client, key, "archiver", "alive")
+    alive.ack([entry_id for entry_id, _ in alive.read_new(3, block_ms=None)])
+
+    status = read_status(redis_client, key, settings.stream_max_len)
+
+    archiver = group(status, "archiver")
+    assert (archiver.pending, archiver.undelivered, archiver.backlog_entries) == (4, 3, 7)
+    assert archiver.undelivered_exact and archiver.backlog_events_exact
+    assert archiver.backlog_events == 7 * 3
+    assert archiver.pending == redis_client.xpending(key, "archiver")["pending"]
+    assert archiver.last_delivered_id == ids[6].decode()
+    assert status.last_generated_id == ids[-1].decode()
+    assert status.length == redis_client.xlen(key) == 7
+    # The oldest entry not acknowledged is a minute old, by Redis's clock.
+    assert 59 <= archiver.freshness_s < 70 and status.freshness_s == archiver.freshness_s
+    assert 59 <= archiver.oldest_pending_s < 70
+    consumers = {c.name: c for c in archiver.consumers}
+    assert consumers["crashed"].pending == 4 and consumers["alive"].pending == 0
+    assert archiver.last_active_s is not None and archiver.last_active_s < 5
+
+
+def test_two_groups_agree_with_xinfo_and_xpending(redis_client, settings: Settings) -> None:
+    key = settings.stream_key
+    add_aged(redis_client, key, 12, age_s=30)
+    archiver = GroupReader(redis_client, key, "archiver", "a1")
+    warehouse = GroupReader(redis_client, key, "warehouse", "w1")
+    archiver.ensure_group()
+    warehouse.ensure_group()
+    archiver.read_new(5, block_ms=None)  # pending: 5, never acknowledged
+    read = warehouse.read_new(12, block_ms=None)
+    warehouse.ack([entry_id for entry_id, _ in read[:10]])  # pending: 2, undelivered: 0
+
+    status = read_status(redis_client, key, settings.stream_max_len)
+
+    for info in redis_client.xinfo_groups(key):
+        name = info["name"].decode()
+        found = group(status, name)
+        assert found.pending == info["pending"] == redis_client.xpending(key, name)["pending"]
+        assert found.last_delivered_id == info["last-delivered-id"].decode()
+        if info.get("lag") is not None:  # Redis 7 knows each group's lag
+            assert found.undelivered == info["lag"]
+    first, second = group(status, "archiver"), group(status, "warehouse")
+    if first.undelivered_exact:
+        assert first.undelivered == 7
+    else:  # Redis 6.2 with two groups: an upper bound, said so
+        assert first.undelivered >= 7
+    assert (second.pending, second.undelivered) == (2, 0)
+    assert second.backlog_entries == 2
+    assert 29 <= first.freshness_s < 40 and 29 <= second.freshness_s < 40
+    assert status.freshness_s == max(first.freshness_s, second.freshness_s)
+
+
+def test_a_fully_acknowledged_stream_is_fresh(redis_client, settings: Settings) -> None:
+    key = settings.stream_key
+    add_aged(redis_client, key, 3, age_s=120)
+    reader = GroupReader(redis_client, key, "archiver", "c")
+    reader.ensure_group()
+    reader.ack([entry_id for entry_id, _ in reader.read_new(10, block_ms=None)])
+    archiver = group(read_status(redis_client, key, settings.stream_max_len), "archiver")
+    assert (archiver.backlog_entries, archiver.backlog_events, archiver.freshness_s) == (0, 0, 0.0)
+    assert archiver.oldest_pending_s is None
+
+
+def test_a_long_backlog_estimates_its_events_from_a_sample(
+    redis_client, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(status_module, "EVENT_SAMPLE", 4)
+    key = settings.stream_key
+    add_aged(redis_client, key, 10, age_s=5, events=2)
+    GroupReader(redis_client, key, "archiver", "c").ensure_group()
+    archiver = group(read_status(redis_client, key, settings.stream_max_len), "archiver")
+    assert archiver.backlog_entries == 10
+    assert archiver.backlog_events == 20 and not archiver.backlog_events_exact
+
+
+def test_dead_letters_are_counted(redis_client, settings: Settings) -> None:
+    redis_client.xadd(dead_letter_key(settings.stream_key), {b"reason": b"r"})
+    redis_client.xadd(dead_letter_key(settings.stream_key), {b"reason": b"r"})
+    status = read_status(redis_client, settings.stream_key, settings.stream_max_len)
+    assert status.dead_letters == 2
