@@ -12,6 +12,8 @@ more and new connections wait in the listen backlog (`backlog`), then are refuse
 
 import multiprocessing
 import os
+import tempfile
+from pathlib import Path
 
 from local.server_limits import BodyDeadline, raise_open_files_limit
 
@@ -35,9 +37,26 @@ loglevel = os.environ.get("LOG_LEVEL", "info").lower()
 control_socket_disable = True
 
 
+# Every worker records its metrics into files here, and /metrics on any worker adds them up.
+# Set before a worker imports prometheus_client, which reads it once.
+os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="event-ingest-metrics-"))
+
+
 def on_starting(server):
-    """Each connection is a file descriptor: make room for every worker's connections."""
+    """Each connection is a file descriptor: make room for every worker's connections. The
+    metrics start from zero with each server: what an earlier one left is removed."""
     raise_open_files_limit(worker_connections + 1024)
+    metrics_dir = Path(os.environ["PROMETHEUS_MULTIPROC_DIR"])
+    metrics_dir.mkdir(parents=True, exist_ok=True)
+    for stale in metrics_dir.glob("*.db"):
+        stale.unlink()
+
+
+def child_exit(server, worker):
+    """A worker that exited: its counters keep counting in the sums, its gauges go."""
+    from shared.metrics import mark_process_dead
+
+    mark_process_dead(worker.pid)
 
 
 def post_fork(server, worker):

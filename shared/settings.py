@@ -153,6 +153,8 @@ class Settings:
     max_body_bytes: int = _var("MAX_BODY_BYTES", 1024 * 1024, _positive_int)
     max_event_bytes: int = _var("MAX_EVENT_BYTES", 64 * 1024, _positive_int)
     cors_allow_origin: str = _var("CORS_ALLOW_ORIGIN", "*", _text)
+    # Ingest only. When set, GET /metrics asks for it as a bearer token.
+    metrics_token: str | None = _var("METRICS_TOKEN", None, _optional_text, repr=False)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:

@@ -22,13 +22,14 @@ from typing import Any
 import msgspec
 import redis
 from apig_wsgi import make_lambda_handler
-from flask import Flask, Response, request
+from flask import Flask, Response, g, request
 from werkzeug.exceptions import HTTPException, NotFound, RequestEntityTooLarge, Unauthorized
 
 from functions.ingest.auth import WriteKeys, key_outside_body
 from functions.ingest.body import read_body
+from functions.ingest.instrumentation import instrument
 from functions.ingest.sdk_settings import analytics_js_settings, rudderstack_source_config
-from shared import codec, events
+from shared import codec, events, metrics
 from shared.settings import Settings
 from shared.stream import BacklogFull, EventStream, ReplicationShortfall
 
@@ -71,6 +72,7 @@ def error_response(
     """An error answer. `code` repeats `error` for Segment's SDKs: analytics-python reads
     `code` and `message`, and retries a 4xx whose body lacks them as if it were transient."""
     body = {"error": error, "code": error, "message": message, **details}
+    g.error = error  # for the metrics: the reason of a refusal
     return json_response(body, status, **(headers or {}))
 
 
@@ -84,14 +86,17 @@ class Ingest:
 
     def __call__(self, segment: bool, single: bool, default_type: str | None = None) -> int:
         """Accept the current request; return how many events it added."""
+        g.ingesting = True
         key = key_outside_body(request.headers.get("Authorization"), request.args.get("writeKey"))
         if key is not None:  # refuse a bad key before spending anything on the body
             self.write_keys.source_of(key)
         body = read_body(request, self.settings.max_body_bytes, any_content_type=segment)
+        g.body_bytes = len(body)
         document = self._decode(body, authenticated=key is not None)
         fields = document if isinstance(document, dict) else {}
         source = self.write_keys.source_of(key if key is not None else fields.get("writeKey"))
         raw_events = [document] if single else events.batch_events(document)
+        g.events = len(raw_events)
         envelope = events.Envelope(
             source=source,
             sent_at=None if single else fields.get("sentAt"),
@@ -138,6 +143,12 @@ def create_app(settings: Settings | None = None) -> Flask:
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     ingest = Ingest(settings)
+    stream = ingest.stream
+    instrument(
+        app,
+        metrics.StreamCollector(stream.client, stream.key, stream.max_len),
+        settings.metrics_token,
+    )
     if not ingest.write_keys.required:
         log.warning(
             "WRITE_KEYS is unset: ACCEPTING ANONYMOUS REQUESTS from anyone who can reach us"
@@ -326,4 +337,13 @@ class _Throttled:
 
 
 app = create_app()
-lambda_handler = make_lambda_handler(app, binary_support=True)
+_apig_handler = make_lambda_handler(app, binary_support=True)
+_emf = metrics.EmfEmitter()
+
+
+def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    """API Gateway's or the ALB's event through the same app; this invocation's counts go to
+    CloudWatch as EMF lines, since nothing scrapes a Lambda function."""
+    response = _apig_handler(event, context)
+    _emf.emit()
+    return response

@@ -76,10 +76,21 @@ def routed(route: tuple[str, str], api: set[tuple[str, str]]) -> bool:
     return False
 
 
+# For operators on the server's own port, never for the internet; on Lambda the counts go to
+# CloudWatch as EMF lines instead.
+NOT_ON_THE_API = {("GET", "/metrics")}
+
+
 def test_every_route_of_the_app_is_on_the_api(template: dict[str, Any]) -> None:
     api = api_routes(template)
-    missing = sorted(route for route in app_routes() if not routed(route, api))
+    missing = sorted(route for route in app_routes() - NOT_ON_THE_API if not routed(route, api))
     assert not missing, f"add these routes to IngestFunction's Events: {missing}"
+
+
+def test_metrics_are_not_on_the_api(template: dict[str, Any]) -> None:
+    assert app_routes() >= NOT_ON_THE_API
+    api = api_routes(template)
+    assert not any(routed(route, api) for route in NOT_ON_THE_API)
 
 
 def test_every_route_of_the_api_reaches_the_app(template: dict[str, Any]) -> None:

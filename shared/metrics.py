@@ -1,0 +1,221 @@
+"""The service's metrics: their names, the Prometheus exposition, and Lambda's EMF lines.
+
+Names follow Prometheus's conventions: one prefix (`event_ingest_`), base units (seconds,
+bytes), `_total` on counters. Labels stay bounded (route, status, reason, group): never a
+consumer name, a key or anything a client chooses.
+
+- Under gunicorn, every worker records into prometheus_client's multiprocess files
+  (`PROMETHEUS_MULTIPROC_DIR`, which local/gunicorn.conf.py sets and empties at each start), so
+  `/metrics` on any worker adds up all of them.
+- The gauges operators alarm on (backlog, freshness, dead letters) are not recorded by anyone:
+  `StreamCollector` reads them from Redis at scrape time (`shared.status`), so they are right
+  even when every consumer is down.
+- On Lambda nothing scrapes: `EmfEmitter` prints the counters' increments of each invocation
+  as CloudWatch Embedded Metric Format lines, with the same names.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Iterator
+
+import prometheus_client
+import redis
+from prometheus_client import CollectorRegistry, Counter, Histogram, multiprocess
+from prometheus_client.core import GaugeMetricFamily, Metric
+
+from shared.status import StreamStatus, read_status
+
+PREFIX = "event_ingest_"
+CONTENT_TYPE = prometheus_client.CONTENT_TYPE_LATEST
+EMF_NAMESPACE = "EventIngest"
+
+# --- the ingest function ---------------------------------------------------------------------
+
+HTTP_REQUESTS = Counter(
+    f"{PREFIX}http_requests_total", "HTTP requests answered.", ["route", "status"]
+)
+HTTP_DURATION = Histogram(
+    f"{PREFIX}http_request_duration_seconds",
+    "Time from a request's start to its answer, in the app.",
+    ["route"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+BODY_BYTES = Counter(
+    f"{PREFIX}http_request_body_bytes_total",
+    "Bytes of event request bodies read, after decompression.",
+    ["route"],
+)
+EVENTS_ACCEPTED = Counter(
+    f"{PREFIX}events_accepted_total", "Events in requests answered 2xx: in the stream.", ["route"]
+)
+REQUESTS_REFUSED = Counter(
+    f"{PREFIX}requests_refused_total",
+    "Event requests refused, by the answer's error code (invalid_request, unauthorized, "
+    "too_large, backlog_full, unavailable, replication_timeout, ...).",
+    ["reason"],
+)
+EVENTS_REFUSED = Counter(
+    f"{PREFIX}events_refused_total",
+    "Events in refused requests, where the body could be read.",
+    ["reason"],
+)
+
+
+# --- the Prometheus exposition ---------------------------------------------------------------
+
+
+def exposition(collector: StreamCollector | None = None) -> bytes:
+    """Every process's counters (all gunicorn workers, living or not), then the stream's
+    gauges read from Redis now."""
+    if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
+        recorded = CollectorRegistry()
+        multiprocess.MultiProcessCollector(recorded)
+    else:
+        recorded = prometheus_client.REGISTRY
+    body = prometheus_client.generate_latest(recorded)
+    if collector is not None:
+        gauges = CollectorRegistry(auto_describe=False)
+        gauges.register(collector)
+        body += prometheus_client.generate_latest(gauges)
+    return body
+
+
+def mark_process_dead(pid: int) -> None:
+    """For gunicorn's child_exit: a dead worker's counters keep counting, its gauges go."""
+    if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
+        multiprocess.mark_process_dead(pid)
+
+
+class StreamCollector:
+    """The stream's state as gauges, read from Redis at each scrape. If Redis does not
+    answer, `event_ingest_redis_up` is 0 and the other gauges are absent (not stale)."""
+
+    def __init__(self, client: redis.Redis, key: str, max_len: int) -> None:
+        self.client, self.key, self.max_len = client, key, max_len
+
+    def collect(self) -> Iterator[Metric]:
+        try:
+            status = read_status(self.client, self.key, self.max_len)
+        except redis.RedisError:
+            yield _gauge("redis_up", "1 when Redis answered this scrape.", 0)
+            return
+        yield _gauge("redis_up", "1 when Redis answered this scrape.", 1)
+        yield from stream_gauges(status)
+
+
+def stream_gauges(status: StreamStatus) -> Iterator[Metric]:
+    yield _gauge(
+        "stream_entries", "Entries in the stream (one per accepted request).", status.length
+    )
+    yield _gauge(
+        "stream_max_entries",
+        "STREAM_MAX_LEN: at this many entries ingest answers 503.",
+        status.max_len,
+    )
+    yield _gauge(
+        "dead_letters", "Dead letters waiting in the dead-letter stream.", status.dead_letters
+    )
+    per_group: list[tuple[str, str, Callable]] = [
+        (
+            "backlog_entries",
+            "Entries not yet acknowledged by the group.",
+            lambda g: g.backlog_entries,
+        ),
+        (
+            "backlog_events",
+            "Events in those entries (estimated past a sample of the oldest).",
+            lambda g: g.backlog_events,
+        ),
+        (
+            "pending_entries",
+            "Entries delivered to a consumer, not yet acknowledged.",
+            lambda g: g.pending,
+        ),
+        (
+            "freshness_seconds",
+            "Age of the group's oldest entry not yet acknowledged (Redis's clock): how far "
+            "behind the archive is.",
+            lambda g: g.freshness_s,
+        ),
+        (
+            "oldest_pending_seconds",
+            "Age of the group's oldest entry held by a consumer.",
+            lambda g: g.oldest_pending_s or 0.0,
+        ),
+        ("consumers", "Consumers the group knows.", lambda g: len(g.consumers)),
+        (
+            "consumer_pending_entries_max",
+            "The most entries one consumer of the group holds.",
+            lambda g: max((c.pending for c in g.consumers), default=0),
+        ),
+        (
+            "group_idle_seconds",
+            "Since any consumer of the group last read or claimed (+Inf with none).",
+            lambda g: float("inf") if g.last_active_s is None else g.last_active_s,
+        ),
+    ]
+    for name, help_text, value in per_group:
+        family = GaugeMetricFamily(f"{PREFIX}{name}", help_text, labels=["group"])
+        for group in status.groups:
+            family.add_metric([group.name], value(group))
+        yield family
+
+
+def _gauge(name: str, help_text: str, value: float) -> GaugeMetricFamily:
+    return GaugeMetricFamily(f"{PREFIX}{name}", help_text, value=value)
+
+
+# --- Embedded Metric Format, for Lambda ------------------------------------------------------
+
+
+class EmfEmitter:
+    """Prints, at the end of each invocation, what each counter of this process gained since
+    the last call, as CloudWatch EMF lines: CloudWatch turns them into metrics with the same
+    names, one dimension per label. Histograms are left to Lambda's and API Gateway's own
+    duration metrics."""
+
+    def __init__(self, write: Callable[[str], None] = print) -> None:
+        self.write = write
+        self.seen: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+
+    def emit(self, gauges: Iterator[Metric] | None = None) -> None:
+        timestamp = int(time.time() * 1000)
+        for name, labels, value in [*self._increments(), *_gauge_samples(gauges or iter(()))]:
+            document = {
+                "_aws": {
+                    "Timestamp": timestamp,
+                    "CloudWatchMetrics": [
+                        {
+                            "Namespace": EMF_NAMESPACE,
+                            "Dimensions": [sorted(labels)],
+                            "Metrics": [{"Name": name}],
+                        }
+                    ],
+                },
+                name: value,
+                **labels,
+            }
+            self.write(json.dumps(document, separators=(",", ":")))
+
+    def _increments(self) -> Iterator[tuple[str, dict[str, str], float]]:
+        for family in prometheus_client.REGISTRY.collect():
+            if family.type != "counter" or not family.name.startswith(PREFIX):
+                continue
+            for sample in family.samples:
+                if not sample.name.endswith("_total"):
+                    continue
+                key = (sample.name, tuple(sorted(sample.labels.items())))
+                increment = sample.value - self.seen.get(key, 0.0)
+                self.seen[key] = sample.value
+                if increment:
+                    yield sample.name, dict(sample.labels), increment
+
+
+def _gauge_samples(gauges: Iterator[Metric]) -> Iterator[tuple[str, dict[str, str], float]]:
+    for family in gauges:
+        for sample in family.samples:
+            if sample.value != float("inf"):  # CloudWatch takes finite numbers only
+                yield sample.name, dict(sample.labels), sample.value
