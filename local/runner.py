@@ -1,5 +1,8 @@
 """The loop runner: `python -m local.runner` emulates the scheduler of the consumer function.
 
+With METRICS_PORT set, it serves the consumer's metrics for Prometheus on that port
+(METRICS_ADDR, default 127.0.0.1), where Lambda prints them as EMF lines instead.
+
 It calls the same `handler` Lambda calls, again and again, each time with a context whose
 time budget it controls. SIGINT or SIGTERM ends the budget at once: the handler stops
 reading, flushes, acknowledges and returns, and the runner exits. A second signal exits
@@ -66,6 +69,14 @@ def _exit_now() -> None:
     os._exit(1)
 
 
+def serve_metrics(port: int, addr: str) -> None:
+    """The consumer's counters (shared.metrics) for Prometheus, on a port of its own."""
+    import prometheus_client
+
+    prometheus_client.start_http_server(port, addr)
+    log.info("metrics on http://%s:%d/metrics", addr, port)
+
+
 def run(budget_s: float, once: bool, stop: threading.Event) -> None:
     failures = 0
     while not stop.is_set():
@@ -94,6 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--once", action="store_true", help="run one invocation, then exit")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    if port := os.environ.get("METRICS_PORT", "").strip():
+        serve_metrics(int(port), os.environ.get("METRICS_ADDR", "127.0.0.1"))
     stop = threading.Event()
     install_signal_handlers(stop)
     try:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -77,6 +78,7 @@ def main() -> int:
         os.environ.update(env)
         ensure_bucket(env.get("S3_ENDPOINT_URL"), settings.s3_bucket)
 
+        env.setdefault("METRICS_PORT", str(_free_port()))
         gunicorn = start_gunicorn(env, INGEST_BIND)
         runner = start_runner(env)
         stoppers += [lambda: stop_process(runner, signal.SIGINT), lambda: stop_process(gunicorn)]
@@ -85,6 +87,12 @@ def main() -> int:
     finally:
         for stop in reversed(stoppers):
             stop()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def _wait_for_stop(*children: subprocess.Popen) -> int:
@@ -126,6 +134,9 @@ def _print_banner(env: dict[str, str], settings: Settings) -> None:
   archive     s3://{settings.s3_bucket}/{settings.s3_prefix} at {endpoint or "AWS"}
   flushes     every {settings.flush_interval_s:g}s, {settings.flush_max_events} events or \
 {settings.flush_max_bytes} bytes, whichever comes first
+  metrics     http://{INGEST_BIND}/metrics (ingest, and the stream's backlog and freshness),
+              http://127.0.0.1:{env["METRICS_PORT"]}/metrics (the consumer)
+  status      .venv/bin/event-ingest status
 
   try:
     curl -i -u {key}: -X POST http://{INGEST_BIND}/batch -H 'Content-Type: application/json' \\

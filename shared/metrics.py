@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator
 
@@ -62,6 +63,48 @@ EVENTS_REFUSED = Counter(
     "Events in refused requests, where the body could be read.",
     ["reason"],
 )
+
+
+# --- the consumer function -------------------------------------------------------------------
+
+# Each is a field of the consumer's Summary, counted as it changes (ConsumerCounters).
+CONSUMER_COUNTERS = {
+    field: Counter(f"{PREFIX}consumer_{field}_total", help_text)
+    for field, help_text in {
+        "entries_read": "Stream entries read (one per ingest request), re-reads included.",
+        "events_archived": "Events in objects stored and acknowledged.",
+        "objects_written": "Objects stored in the archive, dead letters included.",
+        "bytes_written": "Bytes of objects stored (compressed).",
+        "entries_claimed": "Entries taken over from consumers that went away.",
+        "entries_dead_lettered": "Entries set aside as dead letters.",
+        "store_failures": "Failed attempts to store an object (each is retried).",
+        "unflushed_entries": "Entries left pending because storage stayed down (flushes "
+        "that gave up; the next invocation retries them).",
+    }.items()
+}
+FLUSH_DURATION = Histogram(
+    f"{PREFIX}consumer_flush_duration_seconds",
+    "Time to store a flush's objects and acknowledge its entries, retries included.",
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+)
+
+
+class ConsumerCounters:
+    """Adds to the counters what one invocation's Summary gained since the last `sync`: the
+    drain loop tallies its Summary as it goes, and syncs after each flush and at the end."""
+
+    def __init__(self, summary: object) -> None:
+        self.summary = summary
+        self.lock = threading.Lock()
+        self.seen = dict.fromkeys(CONSUMER_COUNTERS, 0)
+
+    def sync(self) -> None:
+        with self.lock:  # the flusher thread and the loop both sync
+            for field, counter in CONSUMER_COUNTERS.items():
+                now = getattr(self.summary, field)
+                if now > self.seen[field]:
+                    counter.inc(now - self.seen[field])
+                    self.seen[field] = now
 
 
 # --- the Prometheus exposition ---------------------------------------------------------------
@@ -174,14 +217,18 @@ def _gauge(name: str, help_text: str, value: float) -> GaugeMetricFamily:
 class EmfEmitter:
     """Prints, at the end of each invocation, what each counter of this process gained since
     the last call, as CloudWatch EMF lines: CloudWatch turns them into metrics with the same
-    names, one dimension per label. Histograms are left to Lambda's and API Gateway's own
-    duration metrics."""
+    names, one dimension per label; gauges given to `emit` go out as they are. Histograms
+    are left to Lambda's and API Gateway's own duration metrics."""
 
-    def __init__(self, write: Callable[[str], None] = print) -> None:
+    def __init__(self, write: Callable[[str], None] = print, enabled: bool | None = None) -> None:
         self.write = write
+        # On Lambda only: the loop runner and gunicorn serve Prometheus instead.
+        self.enabled = "AWS_LAMBDA_FUNCTION_NAME" in os.environ if enabled is None else enabled
         self.seen: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
 
     def emit(self, gauges: Iterator[Metric] | None = None) -> None:
+        if not self.enabled:
+            return
         timestamp = int(time.time() * 1000)
         for name, labels, value in [*self._increments(), *_gauge_samples(gauges or iter(()))]:
             document = {

@@ -7,10 +7,17 @@ context whose `get_remaining_time_in_millis()` says how long this invocation may
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterator
 from typing import Any
 
+import redis
+
 from functions.consumer.drain import Drainer
+from shared import metrics
 from shared.settings import Settings
+from shared.status import read_status
+
+_emf = metrics.EmfEmitter()
 
 
 @functools.cache
@@ -20,4 +27,20 @@ def drainer() -> Drainer:
 
 
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
-    return drainer().drain(context.get_remaining_time_in_millis).as_dict()
+    consumer = drainer()
+    summary = consumer.drain(context.get_remaining_time_in_millis)
+    _emf.emit(_stream_gauges(consumer))
+    return summary.as_dict()
+
+
+def _stream_gauges(consumer: Drainer) -> Iterator[metrics.Metric] | None:
+    """On Lambda nothing scrapes the ingest function's /metrics: each invocation also reports
+    the stream's backlog and freshness, so that an alarm sees them."""
+    if not _emf.enabled:
+        return None
+    reader = consumer.reader
+    try:
+        status = read_status(reader.client, reader.key, consumer.settings.stream_max_len)
+    except redis.RedisError:
+        return None
+    return metrics.stream_gauges(status)

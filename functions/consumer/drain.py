@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass
 import redis
 from botocore.exceptions import BotoCoreError, ClientError
 
-from shared import codec, stream
+from shared import codec, metrics, stream
 from shared.archive import (
     Buffer,
     ObjectStore,
@@ -63,6 +63,7 @@ class Summary:
     consumers_removed: int = 0
     store_failures: int = 0
     unflushed_entries: int = 0
+    bytes_written: int = 0
 
     def as_dict(self) -> dict[str, int | str]:
         return asdict(self)
@@ -102,6 +103,7 @@ class Drainer:
                 run.flush()
             finally:
                 run.wait_for_flush()
+                run.counters.sync()
         if run.storage_down:
             # Not the entries' fault: keep their delivery counts from marking them as poison.
             self.reader.forgive_own_pending()
@@ -121,6 +123,7 @@ class _Run:
         self.remaining_ms = remaining_ms
         self.margin_ms = min(STOP_MARGIN_MS, remaining_ms() // 4)
         self.summary = Summary(consumer=self.reader.consumer)
+        self.counters = metrics.ConsumerCounters(self.summary)
         self.buffer = self.new_buffer()
         self.storage_down = False
         self.flusher = flusher
@@ -251,18 +254,23 @@ class _Run:
     def _store_and_ack(self, buffer: Buffer) -> None:
         """While storage fails, retry with capped, jittered backoff; when time runs out,
         leave the entries pending."""
+        started = time.monotonic()
         objects = [
             (key, body)
             for key, body, _ in buffer.objects(self.settings.s3_prefix, self.settings.gzip_level)
         ]
-        if not self._store_all(objects, buffer.content_type):
-            self.storage_down = True
-            self.summary.unflushed_entries += len(buffer.entry_ids)
-            log.error("storage unavailable; %d entries stay pending", len(buffer.entry_ids))
-            return
-        self.reader.ack(buffer.entry_ids)
-        self.summary.events_archived += buffer.events
-        self.reader.trim_acknowledged()
+        try:
+            if not self._store_all(objects, buffer.content_type):
+                self.storage_down = True
+                self.summary.unflushed_entries += len(buffer.entry_ids)
+                log.error("storage unavailable; %d entries stay pending", len(buffer.entry_ids))
+                return
+            self.reader.ack(buffer.entry_ids)
+            self.summary.events_archived += buffer.events
+            self.reader.trim_acknowledged()
+        finally:
+            metrics.FLUSH_DURATION.observe(time.monotonic() - started)
+            self.counters.sync()
 
     def _store_all(self, objects: list[tuple[str, bytes]], content_type: str) -> bool:
         """Put every object, retrying while storage fails; False if time runs out first."""
@@ -284,6 +292,7 @@ class _Run:
                 continue
             objects.pop(0)
             self.summary.objects_written += 1
+            self.summary.bytes_written += len(body)
         return True
 
     def keep_alive_interval_s(self) -> float:

@@ -91,7 +91,9 @@ def invoke(
         timeout=timeout_s,
     )
     assert result.returncode == 0, f"handler {handler} failed:\n{result.stdout}\n{result.stderr}"
-    report = json.loads(result.stdout.splitlines()[-1])
+    *printed, last = result.stdout.splitlines()
+    report = json.loads(last)
+    report["printed"] = printed
     # Every module of this repo that ran came from the function's package, none from the repo.
     assert report["modules"], "no module of the package was imported"
     for name, file in report["modules"].items():

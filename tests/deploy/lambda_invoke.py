@@ -10,7 +10,8 @@ it. `-I -S` keep the test's virtualenv (and its editable install of this repo) o
 way: only TASK_DIR and the LIBRARY_DIRs given (where the dependencies are) can be imported.
 
 The request is `{"invocations": [{"event": {...}, "budget_ms": N}, ...]}`, run one after the
-other in the same process (a warm function). The report, on stdout, is one JSON object.
+other in the same process (a warm function). The report is stdout's last line, one JSON object;
+the lines before it are what the handler printed (EMF metrics, say).
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ def kill_at_deadline(context: Context, returned: threading.Event) -> None:
 
 def main() -> None:
     task_dir, handler_name, *library_dirs = sys.argv[1:]
+    os.environ.setdefault("AWS_LAMBDA_FUNCTION_NAME", handler_name.split(".")[1])  # as Lambda
     os.chdir(task_dir)
     sys.path[:] = [task_dir, *[p for p in sys.path if p and "site-packages" not in p]]
     sys.path += library_dirs

@@ -260,3 +260,11 @@ def test_consumer_returns_in_time_with_everything_it_read_archived_and_acknowled
     archived = archived_events(http_s3, settings.s3_bucket, settings.s3_prefix)
     assert sorted(e["messageId"] for e in archived) == sorted(i for ids in read for i in ids)
     assert len(archived) == sum(s["events_archived"] for s in summaries)
+    # Each invocation's counts and the stream's gauges went out as CloudWatch EMF lines.
+    emf = [json.loads(line) for line in report["printed"] if line.startswith('{"_aws"')]
+    archived_total = "event_ingest_consumer_events_archived_total"
+    assert sum(d.get(archived_total, 0) for d in emf) == len(archived)
+    freshness = [d for d in emf if "event_ingest_freshness_seconds" in d]
+    assert len(freshness) == 2 and all(d["group"] == settings.consumer_group for d in freshness)
+    [directive] = freshness[0]["_aws"]["CloudWatchMetrics"]
+    assert directive["Dimensions"] == [["group"]] and directive["Namespace"] == "EventIngest"

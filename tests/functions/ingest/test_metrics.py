@@ -116,7 +116,7 @@ def test_without_redis_the_counters_still_answer_and_redis_up_is_0(settings):
 def test_on_lambda_each_invocation_prints_its_counts_as_emf(settings):
     client = create_app(settings).test_client()
     lines: list[str] = []
-    emitter = metrics.EmfEmitter(lines.append)
+    emitter = metrics.EmfEmitter(lines.append, enabled=True)
     emitter.emit()  # what came before this invocation
     lines.clear()
     assert client.post("/batch", json=BATCH).status_code == 202
@@ -134,6 +134,8 @@ def test_on_lambda_each_invocation_prints_its_counts_as_emf(settings):
     lines.clear()
     emitter.emit()
     assert lines == []  # nothing new, nothing printed
+    metrics.EmfEmitter(lines.append).emit()
+    assert lines == []  # off Lambda (no AWS_LAMBDA_FUNCTION_NAME), Prometheus serves them
 
 
 # --- through gunicorn, two workers ------------------------------------------------------------
