@@ -1,0 +1,73 @@
+"""The Grafana dashboard and the Prometheus alert rules in monitoring/ use only metrics the
+services export: the names are read from real expositions, not from a list kept by hand."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+from functions.ingest.app import create_app
+from shared.settings import Settings
+from shared.stream import GroupReader
+from tests.shared.test_status import add_aged
+
+MONITORING = Path(__file__).resolve().parents[2] / "monitoring"
+METRIC = re.compile(r"\bevent_ingest_[a-z_]+\b")
+
+
+@pytest.fixture
+def exported(settings: Settings, redis_client) -> set[str]:
+    """Every sample name the ingest function's /metrics shows (its counters, the stream's
+    gauges, and, in this one process, the consumer's counters too) with a group present, after
+    one accepted and one refused request."""
+    add_aged(redis_client, settings.stream_key, 2, age_s=1)
+    GroupReader(redis_client, settings.stream_key, "archiver", "c").ensure_group()
+    client = create_app(settings).test_client()
+    client.post("/batch", json={"batch": [{"type": "track", "userId": "u", "event": "E"}]})
+    client.post("/batch", json={"batch": []})  # a refusal: labelled series exist once counted
+    text = client.get("/metrics").text
+    return {s.name for f in text_string_to_metric_families(text) for s in f.samples}
+
+
+def alert_rules() -> list[dict]:
+    document = yaml.safe_load((MONITORING / "alerts.yaml").read_text())
+    return [rule for group in document["groups"] for rule in group["rules"]]
+
+
+def dashboard_exprs() -> list[str]:
+    dashboard = json.loads((MONITORING / "grafana-dashboard.json").read_text())
+    return [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
+
+
+def test_every_alert_uses_exported_metrics_and_says_what_to_do(exported: set[str]) -> None:
+    rules = alert_rules()
+    names = {rule["alert"] for rule in rules}
+    assert {
+        "EventIngestArchiveBehind",
+        "EventIngestFlushesFailing",
+        "EventIngestRefusingEvents",
+    } <= names
+    for rule in rules:
+        used = set(METRIC.findall(rule["expr"]))
+        assert used, rule["alert"]
+        assert used <= exported, f"{rule['alert']} uses {sorted(used - exported)}"
+        assert rule["labels"]["severity"] in ("warning", "critical")
+        assert rule["annotations"]["summary"] and rule["annotations"]["description"]
+    refused = next(r for r in rules if r["alert"] == "EventIngestRefusingEvents")
+    for reason in re.search(r'reason=~"([^"]+)"', refused["expr"]).group(1).split("|"):
+        assert reason in ("backlog_full", "unavailable", "replication_timeout")
+
+
+def test_every_dashboard_panel_uses_exported_metrics(exported: set[str]) -> None:
+    exprs = dashboard_exprs()
+    assert len(exprs) >= 10
+    for expr in exprs:
+        used = set(METRIC.findall(expr))
+        assert used and used <= exported, f"{expr}: {sorted(used - exported)}"
+    shown = {name for expr in exprs for name in METRIC.findall(expr)}
+    assert "event_ingest_freshness_seconds" in shown and "event_ingest_dead_letters" in shown
