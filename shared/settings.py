@@ -146,6 +146,8 @@ class Settings:
     stream_max_len: int = _var("STREAM_MAX_LEN", 100_000, _positive_int)
     # An entry delivered more often than this without being archived is dead-lettered.
     max_deliveries: int = _var("MAX_DELIVERIES", 10, _positive_int)
+    # Dead letters kept in Redis (every one is also stored under errors/ in the bucket).
+    dead_letter_max_len: int = _var("DEAD_LETTER_MAX_LEN", 10_000, _positive_int)
     # Ingest only. Empty: anonymous requests are accepted (and the service says so loudly).
     write_keys: tuple[tuple[str, str], ...] = _var("WRITE_KEYS", (), _write_keys, repr=False)
     # Above what any SDK sends: RudderStack's JS SDK batches up to 512 KiB, its Android SDK

@@ -178,6 +178,8 @@ class GroupReader:
     key: str
     group: str
     consumer: str
+    # The dead-letter stream keeps this many; older ones stay as their copies under errors/.
+    dead_letter_max_len: int = 10_000
 
     def __post_init__(self) -> None:
         self._forget_idle = self.client.register_script(_DELETE_IDLE_EMPTY_CONSUMERS)
@@ -290,14 +292,21 @@ class GroupReader:
 
     def dead_letter(self, entry_id: EntryId, fields: Fields | None, reason: str) -> None:
         """Move one entry that can never be archived aside, so it stops blocking the rest and
-        stays inspectable. Called once its copy is stored under `errors/` in the bucket; if
+        stays inspectable. Called once its copy is stored under `errors/` in the bucket, so
+        that trimming the dead-letter stream to its bound loses no record of it; if
         Redis is too full for the dead-letter stream, that copy is the record, since holding
         the entry would stop trimming and keep Redis full. A crash in between leaves the
         entry pending, to be dead-lettered again (a duplicate, never a loss)."""
         record: Fields = {b"original_id": entry_id, b"reason": reason.encode()}
         record.update({b"field:" + name: value for name, value in (fields or {}).items()})
         try:
-            self.client.xadd(dead_letter_key(self.key), record)
+            # Exact: dead letters are rare, and an approximate bound trims nothing below ~100.
+            self.client.xadd(
+                dead_letter_key(self.key),
+                record,
+                maxlen=self.dead_letter_max_len,
+                approximate=False,
+            )
         except redis.exceptions.OutOfMemoryError:
             log.error("Redis is full: entry %s is dead-lettered in the bucket only", entry_id)
         self.ack([entry_id])

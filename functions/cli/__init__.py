@@ -9,6 +9,7 @@ from __future__ import annotations
 import click
 
 from functions.cli.compact import compact
+from functions.cli.dead_letters import dead_letters
 from functions.cli.query import query
 from functions.cli.status import status
 
@@ -21,3 +22,4 @@ def main() -> None:
 main.add_command(query)
 main.add_command(compact)
 main.add_command(status)
+main.add_command(dead_letters)

@@ -85,6 +85,7 @@ class Drainer:
             key=settings.stream_key,
             group=settings.consumer_group,
             consumer=settings.consumer_name or stream.unique_consumer_name(),
+            dead_letter_max_len=settings.dead_letter_max_len,
         )
         return cls(settings, reader, ObjectStore.from_settings(settings))
 
