@@ -65,6 +65,15 @@ def _count(name: str, raw: str) -> int:
     return 0 if raw.strip() == "0" else _positive_int(name, raw)
 
 
+def _flag(name: str, raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name} must be true or false, got {raw!r}")
+
+
 def _gzip_level(name: str, raw: str) -> int:
     level = _positive_int(name, raw)
     if level > 9:
@@ -155,6 +164,8 @@ class Settings:
     max_body_bytes: int = _var("MAX_BODY_BYTES", 1024 * 1024, _positive_int)
     max_event_bytes: int = _var("MAX_EVENT_BYTES", 64 * 1024, _positive_int)
     cors_allow_origin: str = _var("CORS_ALLOW_ORIGIN", "*", _text)
+    # Ingest only. Off: no request metrics and no /metrics (the benchmark measures the cost).
+    metrics_enabled: bool = _var("METRICS_ENABLED", True, _flag)
     # Ingest only. When set, GET /metrics asks for it as a bearer token.
     metrics_token: str | None = _var("METRICS_TOKEN", None, _optional_text, repr=False)
 

@@ -143,12 +143,13 @@ def create_app(settings: Settings | None = None) -> Flask:
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     ingest = Ingest(settings)
-    stream = ingest.stream
-    instrument(
-        app,
-        metrics.StreamCollector(stream.client, stream.key, stream.max_len),
-        settings.metrics_token,
-    )
+    if settings.metrics_enabled:
+        stream = ingest.stream
+        instrument(
+            app,
+            metrics.StreamCollector(stream.client, stream.key, stream.max_len),
+            settings.metrics_token,
+        )
     if not ingest.write_keys.required:
         log.warning(
             "WRITE_KEYS is unset: ACCEPTING ANONYMOUS REQUESTS from anyone who can reach us"

@@ -252,6 +252,13 @@ def table(results: dict) -> str:
         lines += [ingest_line(row) for row in replication.get("saturation", [])]
         lines += [rate_line(row) for row in replication.get("fixed_rate", [])]
         lines += wait_cost_lines(replication)
+    if results.get("metrics"):
+        lines += [
+            "",
+            "the metrics' cost: ingest with METRICS_ENABLED on and off, runs taking turns",
+        ]
+        lines += [ingest_line(row) for row in results["metrics"]]
+        lines += metrics_cost_lines(results["metrics"])
     checks = targets(results)
     if checks:
         lines += ["", "targets (issue 6)"]
@@ -280,6 +287,28 @@ def wait_cost_lines(replication: dict) -> list[str]:
             f"  cost of WAIT 1 at 100 req/s: p50 {waiting['p50_ms'] - plain['p50_ms']:+.2f} ms,"
             f" p99 {waiting['p99_ms'] - plain['p99_ms']:+.2f} ms"
         )
+    return lines
+
+
+def metrics_cost_lines(rows: list[dict]) -> list[str]:
+    """Server CPU per request with metrics over without (steadier than throughput)."""
+    by_label = {row["scenario"]: row for row in rows if row.get("available", True)}
+    lines = []
+    for size in (1, 100):
+        on = by_label.get(f"/batch {size} events, metrics on")
+        off = by_label.get(f"/batch {size} events, metrics off")
+        if (
+            on
+            and off
+            and on.get("server_cpu_us_per_request")
+            and off.get("server_cpu_us_per_request")
+        ):
+            ratio = on["server_cpu_us_per_request"] / off["server_cpu_us_per_request"]
+            lines.append(
+                f"  cost of the metrics, /batch {size}: {ratio - 1:+.1%} server CPU per request"
+                f" ({on['server_cpu_us_per_request']} vs {off['server_cpu_us_per_request']} us),"
+                f" {on['rps'] / off['rps']:.0%} of the req/s"
+            )
     return lines
 
 

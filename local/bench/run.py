@@ -14,7 +14,9 @@
    as Parquet and after `event-ingest compact`, and the compaction's throughput;
 7. replica acknowledgement: a local replica joins Redis, and ingest with REDIS_WAIT_REPLICAS=1
    is measured beside ingest without it (same Redis, same replica, runs taking turns), at
-   saturation and at 100 requests/s of 10 events.
+   saturation and at 100 requests/s of 10 events;
+8. the cost of the metrics: ingest with METRICS_ENABLED on and off, runs taking turns, compared
+   by server CPU per request.
 
 Phases 1, 2 and 5 also measure the previous server configuration (gunicorn's gthread worker,
 4 threads and 8 connections per worker), so both stand side by side in one run.
@@ -69,6 +71,7 @@ PREVIOUS_SERVER_ENV = {
 }
 CROWD_IDLE, CROWD_SLOW, CROWD_REQUESTS = 500, 100, 20
 WAIT_ONE = {"REDIS_WAIT_REPLICAS": "1"}
+METRICS_OFF = {"METRICS_ENABLED": "false"}
 # (consumer processes, ARCHIVE_FORMAT) of each drain run, on the same backlog.
 DRAIN_RUNS = ((1, "ndjson"), (2, "ndjson"), (1, "parquet"))
 
@@ -114,7 +117,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--skip",
         action="append",
         default=[],
-        choices=["ingest", "rate", "memory", "drain", "crowd", "archive", "replication"],
+        choices=[
+            "ingest",
+            "rate",
+            "memory",
+            "drain",
+            "crowd",
+            "archive",
+            "replication",
+            "metrics",
+        ],
     )
     return parser.parse_args(argv)
 
@@ -145,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         "crowd": [],
         "archive": None,
         "replication": {"saturation": [], "fixed_rate": []},
+        "metrics": [],
         "notes": [],
     }
     env = dict(BENCH_ENV)
@@ -171,6 +184,8 @@ def main(argv: list[str] | None = None) -> int:
             bench.archive_phase()
         if "replication" not in args.skip:
             bench.replication_phase()
+        if "metrics" not in args.skip:
+            bench.metrics_phase()
     finally:
         bench.stack.close()
         _remove_redis_data(run_dir)
@@ -519,6 +534,28 @@ class Bench:
                 payloads.batch_bodies(10),
                 FIXED_RATE_EVENTS / 10,
                 into=rows["fixed_rate"],
+            )
+        for _, name, _ in servers:
+            process, _ = self.stack.servers.pop(name)
+            stop(process)
+
+    # --- phase 8: the cost of the metrics --------------------------------------------------
+
+    def metrics_phase(self) -> None:
+        _say("\n== the metrics' cost: ingest with METRICS_ENABLED on beside off")
+        servers = (
+            ("metrics on", "ingest-metrics-on", {}),
+            ("metrics off", "ingest-metrics-off", METRICS_OFF),
+        )
+        ports = {name: self.stack.start_ingest(name, env) for _, name, env in servers}
+        for size in (1, 100):
+            self.saturate_side_by_side(
+                [
+                    (f"/batch {size} events, {label}", name, ports[name])
+                    for label, name, _ in servers
+                ],
+                payloads.batch_bodies(size),
+                into=self.results["metrics"],
             )
         for _, name, _ in servers:
             process, _ = self.stack.servers.pop(name)

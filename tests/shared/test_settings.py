@@ -73,6 +73,8 @@ CORE_VARS = {
     "GZIP_LEVEL",
     "REDIS_WAIT_REPLICAS",
     "REDIS_WAIT_TIMEOUT_MS",
+    "METRICS_ENABLED",
+    "DEAD_LETTER_MAX_LEN",
 }
 
 
@@ -116,6 +118,9 @@ def test_settings_are_immutable() -> None:
         ("REDIS_WAIT_REPLICAS", "0", "redis_wait_replicas", 0),
         ("REDIS_WAIT_REPLICAS", " 2 ", "redis_wait_replicas", 2),
         ("REDIS_WAIT_TIMEOUT_MS", "250", "redis_wait_timeout_ms", 250),
+        ("METRICS_ENABLED", "false", "metrics_enabled", False),
+        ("METRICS_ENABLED", " ON ", "metrics_enabled", True),
+        ("DEAD_LETTER_MAX_LEN", "50", "dead_letter_max_len", 50),
     ],
 )
 def test_each_variable_is_parsed(env: str, raw: str, attribute: str, expected: object) -> None:
@@ -206,6 +211,8 @@ BAD_VALUES = [
     ("REDIS_WAIT_REPLICAS", ""),
     ("REDIS_WAIT_TIMEOUT_MS", "0"),
     ("REDIS_WAIT_TIMEOUT_MS", "0.5"),
+    ("METRICS_ENABLED", "maybe"),
+    ("DEAD_LETTER_MAX_LEN", "0"),
 ]
 
 

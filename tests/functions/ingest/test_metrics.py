@@ -101,6 +101,12 @@ def test_a_metrics_token_is_required_as_a_bearer_token(settings):
     assert "m-secret" not in answer.text
 
 
+def test_metrics_can_be_turned_off(settings):
+    client = create_app(dataclasses.replace(settings, metrics_enabled=False)).test_client()
+    assert client.post("/batch", json=BATCH).status_code == 202
+    assert client.get("/metrics").status_code == 404
+
+
 def test_without_redis_the_counters_still_answer_and_redis_up_is_0(settings):
     gone = dataclasses.replace(
         settings, redis_url=f"redis://127.0.0.1:{free_port()}/0", redis_timeout_s=0.2
