@@ -33,6 +33,27 @@ timeout = 30
 accesslog = None
 errorlog = "-"
 loglevel = os.environ.get("LOG_LEVEL", "info").lower()
+if os.environ.get("LOG_FORMAT", "").strip().lower() == "json":
+    # gunicorn's own lines (start, worker exits) as JSON too, in the app's format.
+    logconfig_dict = {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"json": {"()": "shared.logs.JsonFormatter"}},
+        "handlers": {
+            "stderr": {
+                "class": "logging.StreamHandler",
+                "formatter": "json",
+                "stream": "ext://sys.stderr",
+            }
+        },
+        "loggers": {
+            "gunicorn.error": {
+                "level": loglevel.upper(),
+                "handlers": ["stderr"],
+                "propagate": False,
+            }
+        },
+    }
 # gunicorn's control socket lives in $HOME and would clash between instances; nothing uses it.
 control_socket_disable = True
 
@@ -60,12 +81,11 @@ def child_exit(server, worker):
 
 
 def post_fork(server, worker):
-    """Give the app's own log lines (warnings, request ids of 500s) a handler and timestamps."""
-    import logging
+    """Give the app's own log lines (warnings, request ids of 500s, access lines at debug) a
+    handler, in the format LOG_FORMAT asks for."""
+    from shared import logs
 
-    logging.basicConfig(
-        level=loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
-    )
+    logs.configure(loglevel)
 
 
 def post_worker_init(worker):

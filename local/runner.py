@@ -21,6 +21,7 @@ import threading
 import time
 
 from functions.consumer.app import handler
+from shared import logs
 from shared.settings import ConfigError
 
 log = logging.getLogger("local.runner")
@@ -104,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--once", action="store_true", help="run one invocation, then exit")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logs.configure(os.environ.get("LOG_LEVEL", "info"))
     if port := os.environ.get("METRICS_PORT", "").strip():
         serve_metrics(int(port), os.environ.get("METRICS_ADDR", "127.0.0.1"))
     stop = threading.Event()

@@ -14,8 +14,8 @@ entry, and a rejected request adds nothing.
 from __future__ import annotations
 
 import logging
+import os
 import time
-import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -27,9 +27,9 @@ from werkzeug.exceptions import HTTPException, NotFound, RequestEntityTooLarge, 
 
 from functions.ingest.auth import WriteKeys, key_outside_body
 from functions.ingest.body import read_body
-from functions.ingest.instrumentation import instrument
+from functions.ingest.instrumentation import instrument, request_id
 from functions.ingest.sdk_settings import analytics_js_settings, rudderstack_source_config
-from shared import codec, events, metrics
+from shared import codec, events, logs, metrics
 from shared.settings import Settings
 from shared.stream import BacklogFull, EventStream, ReplicationShortfall
 
@@ -95,6 +95,7 @@ class Ingest:
         document = self._decode(body, authenticated=key is not None)
         fields = document if isinstance(document, dict) else {}
         source = self.write_keys.source_of(key if key is not None else fields.get("writeKey"))
+        g.source = source
         raw_events = [document] if single else events.batch_events(document)
         g.events = len(raw_events)
         envelope = events.Envelope(
@@ -143,13 +144,9 @@ def create_app(settings: Settings | None = None) -> Flask:
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     ingest = Ingest(settings)
-    if settings.metrics_enabled:
-        stream = ingest.stream
-        instrument(
-            app,
-            metrics.StreamCollector(stream.client, stream.key, stream.max_len),
-            settings.metrics_token,
-        )
+    stream = ingest.stream
+    collector = metrics.StreamCollector(stream.client, stream.key, stream.max_len)
+    instrument(app, collector if settings.metrics_enabled else None, settings.metrics_token)
     if not ingest.write_keys.required:
         log.warning(
             "WRITE_KEYS is unset: ACCEPTING ANONYMOUS REQUESTS from anyone who can reach us"
@@ -316,9 +313,8 @@ def _register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(Exception)
     def unexpected(exc: Exception) -> Response:
-        request_id = uuid.uuid4().hex
-        log.exception("unexpected error, request id %s", request_id)
-        return error_response(500, "internal", "internal error", requestId=request_id)
+        log.exception("unexpected error, request id %s", request_id())
+        return error_response(500, "internal", "internal error", requestId=request_id())
 
 
 class _Throttled:
@@ -337,6 +333,8 @@ class _Throttled:
             self.count, self.next_at = 0, now + self.interval_s
 
 
+if logs.json_wanted():  # on Lambda; gunicorn's workers are set up by local/gunicorn.conf.py
+    logs.configure(os.environ.get("LOG_LEVEL", "info"))
 app = create_app()
 _apig_handler = make_lambda_handler(app, binary_support=True)
 _emf = metrics.EmfEmitter()

@@ -259,6 +259,7 @@ def table(results: dict) -> str:
         ]
         lines += [ingest_line(row) for row in results["metrics"]]
         lines += metrics_cost_lines(results["metrics"])
+        lines += [metrics_in_process_line(row) for row in results.get("metrics_in_process", [])]
     checks = targets(results)
     if checks:
         lines += ["", "targets (issue 6)"]
@@ -310,6 +311,21 @@ def metrics_cost_lines(rows: list[dict]) -> list[str]:
                 f" {on['rps'] / off['rps']:.0%} of the req/s"
             )
     return lines
+
+
+def metrics_in_process_line(row: dict) -> str:
+    share = row.get("share_of_server")
+    of_server = (
+        f", {share:+.1%} of the server's {row['server_cpu_us_per_request']} us per request"
+        if share is not None
+        else ""
+    )
+    return (
+        f"  in process, /batch {row['events_per_request']}: the app's CPU per request"
+        f" {row['on_us']} us with metrics, {row['off_us']} without: {row['cost_us']:+} us"
+        f" ({row['cost_share']:+.1%} of the app{of_server};"
+        f" least of {row['rounds']} x {row['requests']} requests)"
+    )
 
 
 def write(results: dict, out_dir: Path, stamp: str) -> Path:

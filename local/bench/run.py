@@ -42,7 +42,15 @@ from pathlib import Path
 
 import redis
 
-from local.bench import archive_reading, backlog, cpu, load, payloads, report
+from local.bench import (
+    archive_reading,
+    backlog,
+    cpu,
+    instrumentation_cost,
+    load,
+    payloads,
+    report,
+)
 from local.bench.crowd import Crowd, crowd_of, normal_requests
 from local.bench.procs import GUNICORN_CONF, ROOT, Stack, stop
 from local.server_limits import raise_open_files_limit
@@ -560,6 +568,22 @@ class Bench:
         for _, name, _ in servers:
             process, _ = self.stack.servers.pop(name)
             stop(process)
+        requests = 2000 if self.plan.repeat > 1 else 500
+        in_process = instrumentation_cost.measure(self.stack.env["REDIS_URL"], STREAM_KEY, requests)
+        # Its share of what a request costs the whole server (gunicorn and Redis included),
+        # from the saturation runs without metrics just above.
+        off = {
+            row["events_per_request"]: row.get("server_cpu_us_per_request")
+            for row in self.results["metrics"]
+            if row.get("available", True) and row["scenario"].endswith("metrics off")
+        }
+        for row in in_process:
+            server_us = off.get(row["events_per_request"])
+            row["server_cpu_us_per_request"] = server_us
+            row["share_of_server"] = round(row["cost_us"] / server_us, 4) if server_us else None
+        self.results["metrics_in_process"] = in_process
+        for row in in_process:
+            _say(report.metrics_in_process_line(row))
 
     # --- phase 5: a crowd of idle and slow connections --------------------------------------
 
