@@ -46,6 +46,7 @@ if os.environ.get("LOG_FORMAT", "").strip().lower() == "json":
                 "stream": "ext://sys.stderr",
             }
         },
+        "root": {"level": loglevel.upper(), "handlers": ["stderr"]},
         "loggers": {
             "gunicorn.error": {
                 "level": loglevel.upper(),

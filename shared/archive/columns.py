@@ -95,6 +95,30 @@ def to_columns(events: list[dict[str, Any]]) -> dict[str, list[Any]]:
     return columns
 
 
+_json_decode = msgspec.json.Decoder()
+
+
+def to_event(row: dict[str, Any]) -> dict[str, Any]:
+    """An event from a row of `SCHEMA` (as `Table.to_pylist` gives it): the inverse of
+    `to_columns`, but for what the columns cannot keep (IDs sent as numbers come back as
+    text; timestamps as ISO-8601 UTC, the same instant in microseconds)."""
+    event: dict[str, Any] = {}
+    for column, field in TEXT_FIELDS.items():
+        if row.get(column) is not None:
+            event[field] = row[column]
+    for column, field in TIME_FIELDS.items():
+        if row.get(column) is not None:
+            moment = row[column]
+            spec = "milliseconds" if moment.microsecond % 1000 == 0 else "microseconds"
+            event[field] = moment.isoformat(timespec=spec).replace("+00:00", "Z")
+    for column, field in JSON_FIELDS.items():
+        if row.get(column) is not None:
+            event[field] = _json_decode.decode(row[column])
+    if row.get(EXTRA) is not None:
+        event.update(_json_decode.decode(row[EXTRA]))
+    return event
+
+
 def _text(value: Any, is_id: bool) -> str | None:
     if value is None or (is_id and value == ""):
         return None

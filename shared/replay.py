@@ -1,0 +1,235 @@
+"""Replay: the archived events of a time range back onto a stream, each once, resumable.
+
+For re-processing downstream: a new consumer group, a warehouse loader reading another
+stream key. Events are read hour by hour, each hour's copies of a `messageId` reduced to the
+earliest (`received_at`, then key order), and copies already seen in the DEDUP_WINDOW hours
+before dropped, as compaction does. They keep their `messageId` and `receivedAt` and gain
+`replayedAt` (when they were replayed), so that a reader tells them from new events; back on the
+main stream they are archived into their original hours again, where compaction and queries
+keep one copy.
+
+Within an hour events go in (`receivedAt`, `messageId`) order, which no rewrite of the archive
+(compaction) changes, so the place reached, kept in Redis beside the target stream after each
+entry, means the same after a restart: a stopped replay resumes there and repeats at most the
+entry in flight. Entries go through admission control: at STREAM_MAX_LEN the replay waits.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from itertools import groupby
+from typing import Any
+
+import pyarrow as pa
+import redis
+
+from shared import codec, events
+from shared.archive import ObjectStore, columns, reading
+from shared.settings import Settings
+from shared.stream import BacklogFull, EventStream, ReplicationShortfall
+
+MARK = "replayedAt"
+EVENTS_PER_ENTRY = 500
+WAIT_S = 1.0
+PLACE_TTL_S = 7 * 24 * 3600
+
+
+@dataclass
+class Progress:
+    hour: str
+    events_replayed: int
+    waiting_for: str | None = None  # why it waits, while it waits
+
+
+@dataclass
+class Summary:
+    into: str
+    hours: int = 0
+    events_replayed: int = 0
+    entries_added: int = 0
+    duplicates_dropped: int = 0
+    resumed_after: str | None = None
+    waits: int = 0
+    hours_done: list[str] = field(default_factory=list)
+
+
+class Replayer:
+    def __init__(
+        self,
+        store: ObjectStore,
+        prefix: str,
+        producer: EventStream,
+        dedup_window_h: int,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.store, self.prefix, self.producer = store, prefix, producer
+        self.dedup_window_h = dedup_window_h
+        self.sleep = sleep
+
+    @classmethod
+    def from_settings(cls, settings: Settings, into: str | None = None) -> Replayer:
+        producer = EventStream.from_settings(settings)
+        producer.key = into or settings.stream_key
+        store = ObjectStore.from_settings(settings, attempts=4)
+        return cls(store, settings.s3_prefix, producer, settings.dedup_window_h)
+
+    def place_key(self, hours: reading.HourRange) -> str:
+        scope = f"{hours.start}|{hours.end}|{self.prefix}"
+        return f"{self.producer.key}:replay:{hashlib.sha1(scope.encode()).hexdigest()[:16]}"
+
+    def run(
+        self,
+        hours: reading.HourRange,
+        progress: Callable[[Progress], None] | None = None,
+        restart: bool = False,
+    ) -> Summary:
+        place_key = self.place_key(hours)
+        client = self.producer.client
+        if restart:
+            client.delete(place_key)
+        place = _decode_place(client.hgetall(place_key))
+        summary = Summary(into=self.producer.key, resumed_after=place and place[0])
+        recent: deque[tuple[datetime, set[str]]] = deque()
+        window = timedelta(hours=self.dedup_window_h)
+        for hour, items in self._hours(hours):
+            label = hour.strftime("%Y-%m-%dT%H")
+            if place and label < place[0] and hour + window < _hour_of(place[0]):
+                continue  # replayed before, and too early to hold copies of what is left
+            rows, dropped = self._once(self._read_hour(hour, items), hour, recent)
+            if place and label < place[0]:
+                continue  # replayed before: read only for the messageIds it holds
+            summary.hours += 1
+            summary.duplicates_dropped += dropped
+            after = place[1:] if place and label == place[0] else None
+            self._replay_hour(label, rows, after, place_key, summary, progress)
+            summary.hours_done.append(label)
+        client.delete(place_key)  # finished: a later run with the same range starts over
+        return summary
+
+    # --- reading ----------------------------------------------------------------------------
+
+    def _hours(
+        self, hours: reading.HourRange
+    ) -> Iterator[tuple[datetime, list[reading.ArchivedObject]]]:
+        objects = reading.list_objects(self.store.client, self.store.bucket, self.prefix, hours)
+        for (day, hour), items in groupby(
+            sorted(objects, key=_hour_then_key), key=lambda o: (o.dt, o.hour)
+        ):
+            yield datetime(day.year, day.month, day.day, hour, tzinfo=UTC), list(items)
+
+    def _read_hour(self, start: datetime, items: list[reading.ArchivedObject]) -> pa.Table:
+        """The hour's rows; listed again if compaction replaced its objects meanwhile."""
+        day, hour = start.date(), start.hour
+        for _ in range(3):
+            try:
+                tables = [
+                    reading.read_object(self.store.client, self.store.bucket, o) for o in items
+                ]
+                return pa.concat_tables(tables) if tables else columns.SCHEMA.empty_table()
+            except reading.ObjectGone:
+                items = reading.list_partition(
+                    self.store.client, self.store.bucket, self.prefix, day, hour
+                )
+        raise RuntimeError(f"the objects of {day} hour {hour} keep changing; try again")
+
+    def _once(
+        self, table: pa.Table, hour: datetime, recent: deque[tuple[datetime, set[str]]]
+    ) -> tuple[list[dict[str, Any]], int]:
+        """The hour's rows, each messageId once (the earliest copy), without those seen in the
+        window before, in (received_at, message_id) order."""
+        while recent and (hour - recent[0][0]).total_seconds() > self.dedup_window_h * 3600:
+            recent.popleft()
+        earlier = set().union(*(ids for _, ids in recent)) if recent else set()
+        ordered = table.sort_by([("received_at", "ascending"), ("message_id", "ascending")])
+        rows, seen = [], set()
+        for row in ordered.to_pylist():
+            message_id = row["message_id"]
+            if message_id is not None:  # an event archived without one cannot be matched
+                if message_id in seen or message_id in earlier:
+                    continue
+                seen.add(message_id)
+            rows.append(row)
+        recent.append((hour, seen))
+        return rows, ordered.num_rows - len(rows)
+
+    # --- writing ----------------------------------------------------------------------------
+
+    def _replay_hour(
+        self,
+        label: str,
+        rows: list[dict[str, Any]],
+        after: tuple[str, str] | None,
+        place_key: str,
+        summary: Summary,
+        progress: Callable[[Progress], None] | None,
+    ) -> None:
+        if after is not None:
+            rows = [r for r in rows if (_time_key(r), r["message_id"] or "") > after]
+        replayed_at = events.received_at_now()
+        for start in range(0, len(rows), EVENTS_PER_ENTRY):
+            batch = rows[start : start + EVENTS_PER_ENTRY]
+            entry = codec.encode_entry([columns.to_event(r) | {MARK: replayed_at} for r in batch])
+            self._add(entry, label, summary, progress)
+            last = batch[-1]
+            self.producer.client.hset(
+                place_key,
+                mapping={
+                    "hour": label,
+                    "received_at": _time_key(last),
+                    "message_id": last["message_id"] or "",
+                },
+            )
+            self.producer.client.expire(place_key, PLACE_TTL_S)
+            summary.entries_added += 1
+            summary.events_replayed += len(batch)
+            if progress:
+                progress(Progress(label, summary.events_replayed))
+
+    def _add(self, entry: dict[bytes, bytes], label: str, summary: Summary, progress) -> None:
+        """Append, waiting while the stream is full or its replicas lag; never drop."""
+        while True:
+            try:
+                self.producer.add(entry)
+                return
+            except (BacklogFull, ReplicationShortfall) as exc:
+                summary.waits += 1
+                if progress:
+                    progress(Progress(label, summary.events_replayed, self._why(exc)))
+                self.sleep(WAIT_S)
+
+    def _why(self, exc: Exception) -> str:
+        key = self.producer.key
+        if isinstance(exc, ReplicationShortfall):
+            return "no replica confirmed the last entry"
+        try:
+            consumed = bool(self.producer.client.xinfo_groups(key))
+        except redis.ResponseError:
+            consumed = False
+        if consumed:
+            return f"{key} is at STREAM_MAX_LEN; waiting for its consumers"
+        return f"{key} is at STREAM_MAX_LEN and has no consumer group: nobody consumes it"
+
+
+def _hour_then_key(item: reading.ArchivedObject) -> tuple:
+    # Not by key alone: the roots (NDJSON, Parquet, compacted) each hold every hour.
+    return item.dt, item.hour, item.key
+
+
+def _hour_of(label: str) -> datetime:
+    return datetime.strptime(label, "%Y-%m-%dT%H").replace(tzinfo=UTC)
+
+
+def _time_key(row: dict[str, Any]) -> str:
+    moment = row["received_at"]
+    return "" if moment is None else moment.isoformat(timespec="microseconds")
+
+
+def _decode_place(raw: dict[bytes, bytes]) -> tuple[str, str, str] | None:
+    if not raw:
+        return None
+    return raw[b"hour"].decode(), raw[b"received_at"].decode(), raw[b"message_id"].decode()

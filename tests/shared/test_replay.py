@@ -1,0 +1,141 @@
+"""Replay against moto's in-process S3 (the archive of `tests.archives`, written by the real
+writers) and a real redis-server."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import pytest
+
+from shared import codec, replay
+from shared.archive import ObjectStore, reading
+from shared.replay import Replayer
+from shared.settings import Settings
+from shared.stream import EventStream
+from tests import archives
+
+WHOLE = reading.HourRange(None, None)
+HOURS_14_15 = reading.HourRange(
+    reading.parse_bound("2024-03-05T14"), reading.parse_bound("2024-03-05T15", end=True)
+)
+
+
+@pytest.fixture(params=["ndjson", "parquet", "mixed"])
+def archive(request, s3: Any, settings: Settings) -> str:
+    archives.write_archive(ObjectStore(s3, settings.s3_bucket), settings.s3_prefix, request.param)
+    return request.param
+
+
+def replayer(s3: Any, redis_client, settings: Settings, into: str, max_len: int = 1000):
+    producer = EventStream(redis_client, into, max_len)
+    return Replayer(ObjectStore(s3, settings.s3_bucket), settings.s3_prefix, producer, 24)
+
+
+def replayed(redis_client, key: str) -> list[dict[str, Any]]:
+    return [event for _, fields in redis_client.xrange(key) for event in codec.decode_entry(fields)]
+
+
+def expected_ids(hours_filter=lambda event: True) -> list[str | None]:
+    return sorted(
+        (e["messageId"] or None for flush in archives.FLUSHES for _, es in flush for e in es),
+        key=str,
+    )
+
+
+@pytest.mark.usefixtures("archive")
+def test_the_whole_archive_goes_onto_another_stream_each_event_once(s3, redis_client, settings):
+    into = f"{settings.stream_key}-replayed"
+    summary = replayer(s3, redis_client, settings, into).run(WHOLE)
+
+    events = replayed(redis_client, into)
+    ids = [event.get("messageId") for event in events]
+    assert len(events) == summary.events_replayed == archives.EVENTS
+    assert sorted(filter(None, ids)) == [f"m{i}" for i in range(1, 10)]
+    assert ids.count(None) == 1  # archived without a messageId: replayed as it is
+    assert summary.duplicates_dropped == archives.RAW_ROWS - archives.EVENTS
+    by_id = {event.get("messageId"): event for event in events}
+    for message_id, copy in archives.KEPT_COPY.items():
+        assert by_id[message_id]["properties"]["copy"] == copy  # the earliest copy
+    m3 = by_id["m3"]
+    assert m3["receivedAt"] == "2024-03-05T13:07:00.000Z" and m3["channel"] == "server"
+    assert (m3["event"], m3["userId"], m3["source"]) == ("Page Viewed", "u1", "web")
+    assert all(replay.MARK in event for event in events)
+    # In time order, and nothing left on the main stream.
+    received = [event["receivedAt"] for event in events]
+    assert received == sorted(received)
+    assert redis_client.xlen(settings.stream_key) == 0
+
+
+@pytest.mark.usefixtures("archive")
+def test_a_range_replays_the_earliest_copy_it_holds(s3, redis_client, settings):
+    into = f"{settings.stream_key}-replayed"
+    replayer(s3, redis_client, settings, into).run(HOURS_14_15)
+    events = replayed(redis_client, into)
+    assert sum(archives.IN_RANGE_BY_EVENT.values()) == len(events) == 6
+    m1 = next(e for e in events if e.get("messageId") == "m1")
+    assert m1["properties"]["copy"] == 2  # its hour-13 copy is outside the range
+
+
+@pytest.mark.usefixtures("archive")
+def test_a_full_stream_pauses_the_replay_and_nothing_is_dropped(
+    s3, redis_client, settings, monkeypatch
+):
+    monkeypatch.setattr(replay, "EVENTS_PER_ENTRY", 2)
+    into = f"{settings.stream_key}-replayed"
+    slow = replayer(s3, redis_client, settings, into, max_len=1)
+    collected: list[dict[str, Any]] = []
+    reasons: list[str] = []
+
+    def consumer_catches_up(_seconds: float) -> None:
+        for entry_id, fields in redis_client.xrange(into):
+            collected.extend(codec.decode_entry(fields))
+            redis_client.xdel(into, entry_id)
+
+    slow.sleep = consumer_catches_up
+    summary = slow.run(WHOLE, progress=lambda p: p.waiting_for and reasons.append(p.waiting_for))
+    consumer_catches_up(0)
+    assert summary.waits >= 4  # one entry fits at a time
+    assert "has no consumer group: nobody consumes it" in reasons[0]
+    assert len(collected) == archives.EVENTS
+    assert len({e.get("messageId") for e in collected}) == archives.EVENTS  # None once
+
+
+@pytest.mark.usefixtures("archive")
+def test_a_stopped_replay_resumes_where_it_stopped(s3, redis_client, settings, monkeypatch):
+    monkeypatch.setattr(replay, "EVENTS_PER_ENTRY", 2)
+    into = f"{settings.stream_key}-replayed"
+
+    def stop_after_three_entries(progress: replay.Progress) -> None:
+        if progress.events_replayed >= 6:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        replayer(s3, redis_client, settings, into).run(WHOLE, progress=stop_after_three_entries)
+    assert len(replayed(redis_client, into)) == 6
+    summary = replayer(s3, redis_client, settings, into).run(WHOLE)
+    assert summary.resumed_after is not None and summary.events_replayed == 4
+    events = replayed(redis_client, into)
+    assert len(events) == archives.EVENTS  # the stop fell between entries: nothing twice
+    # Finished: the place is forgotten, and the same command replays everything again.
+    again = replayer(s3, redis_client, settings, into).run(WHOLE)
+    assert again.resumed_after is None and again.events_replayed == archives.EVENTS
+
+
+@pytest.mark.usefixtures("archive")
+def test_restart_forgets_the_place(s3, redis_client, settings, monkeypatch):
+    monkeypatch.setattr(replay, "EVENTS_PER_ENTRY", 2)
+    into = f"{settings.stream_key}-replayed"
+    with pytest.raises(KeyboardInterrupt):
+        replayer(s3, redis_client, settings, into).run(
+            WHOLE, progress=lambda p: (_ for _ in ()).throw(KeyboardInterrupt)
+        )
+    summary = replayer(s3, redis_client, settings, into).run(WHOLE, restart=True)
+    assert summary.resumed_after is None and summary.events_replayed == archives.EVENTS
+
+
+def test_settings_pick_the_main_stream_unless_told(settings):
+    default = Replayer.from_settings(dataclasses.replace(settings, s3_endpoint_url=None))
+    assert default.producer.key == settings.stream_key
+    other = Replayer.from_settings(settings, into="warehouse-feed")
+    assert other.producer.key == "warehouse-feed"
