@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from functions.cli.terminal import StatusLine, first_line, table
+from functions.cli.terminal import StatusLine, archive_error, redis_error, table
 
 FORMATS = ("table", "json")
 
@@ -93,14 +93,9 @@ def compact(
     except (ConfigError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
     except (BotoCoreError, ClientError) as exc:
-        where = f"s3://{settings.s3_bucket}/{settings.s3_prefix}"
-        raise click.ClickException(
-            f"cannot read the archive at {where}: {first_line(exc)}"
-        ) from None
+        raise archive_error(settings, exc) from None
     except redis.RedisError as exc:
-        raise click.ClickException(
-            f"cannot reach Redis (REDIS_URL), which holds the compaction locks: {first_line(exc)}"
-        ) from None
+        raise redis_error(settings, exc, ", which holds the compaction locks") from None
     _print_summary(summary, fmt)
     failed = [h for h in summary.hours if h.state == "failed"]
     if failed:

@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from functions.cli.terminal import first_line, table
+from functions.cli.terminal import redis_error, table
 
 FIELD_PREFIX = b"field:"
 
@@ -110,7 +110,7 @@ def _stream() -> Iterator[tuple[Any, str, Any]]:
     one line."""
     import redis
 
-    from shared.settings import ConfigError, Settings, redacted_url
+    from shared.settings import ConfigError, Settings
     from shared.stream import EventStream
 
     try:
@@ -121,8 +121,7 @@ def _stream() -> Iterator[tuple[Any, str, Any]]:
     try:
         yield producer.client, settings.stream_key, producer
     except redis.RedisError as exc:
-        where = redacted_url(settings.redis_url)
-        raise click.ClickException(f"cannot use Redis at {where}: {first_line(exc)}") from None
+        raise redis_error(settings, exc) from None
 
 
 def _dead_key(key: str) -> str:

@@ -9,7 +9,7 @@ import sys
 
 import click
 
-from functions.cli.terminal import StatusLine, first_line
+from functions.cli.terminal import StatusLine, archive_error, redis_error
 
 
 @click.command(context_settings={"max_content_width": 100})
@@ -44,7 +44,7 @@ def replay(start: str, end: str, into: str | None, restart: bool) -> None:
 
     from shared.archive import reading
     from shared.replay import Replayer
-    from shared.settings import ConfigError, Settings, redacted_url
+    from shared.settings import ConfigError, Settings
 
     try:
         hours = reading.HourRange(reading.parse_bound(start), reading.parse_bound(end, end=True))
@@ -57,13 +57,9 @@ def replay(start: str, end: str, into: str | None, restart: bool) -> None:
     except (ConfigError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
     except (BotoCoreError, ClientError) as exc:
-        where = f"s3://{settings.s3_bucket}/{settings.s3_prefix}"
-        raise click.ClickException(
-            f"cannot read the archive at {where}: {first_line(exc)}"
-        ) from None
+        raise archive_error(settings, exc) from None
     except redis.RedisError as exc:
-        where = redacted_url(settings.redis_url)
-        raise click.ClickException(f"cannot use Redis at {where}: {first_line(exc)}") from None
+        raise redis_error(settings, exc) from None
     document = dataclasses.asdict(summary)
     if sys.stdout.isatty():
         resumed = f", resumed after {summary.resumed_after}" if summary.resumed_after else ""

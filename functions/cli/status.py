@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from functions.cli.terminal import first_line, table
+from functions.cli.terminal import redis_error, table
 
 
 @click.command(context_settings={"max_content_width": 100})
@@ -48,7 +48,7 @@ def status(as_json: bool, max_freshness: float | None, inactive_after: float) ->
     """
     import redis
 
-    from shared.settings import ConfigError, Settings, redacted_url
+    from shared.settings import ConfigError, Settings
     from shared.status import read_status
     from shared.stream import connect
 
@@ -58,8 +58,7 @@ def status(as_json: bool, max_freshness: float | None, inactive_after: float) ->
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
     except redis.RedisError as exc:
-        where = redacted_url(settings.redis_url)
-        raise click.ClickException(f"cannot read Redis at {where}: {first_line(exc)}") from None
+        raise redis_error(settings, exc) from None
     inactive = [g.name for g in current.groups if _inactive(g, inactive_after)]
     if as_json:
         click.echo(json.dumps(_as_dict(current, inactive), indent=1))

@@ -45,3 +45,17 @@ def first_line(exc: BaseException) -> str:
     """An exception as one line, for an error message."""
     lines = str(exc).strip().splitlines()
     return lines[0] if lines else type(exc).__name__
+
+
+def archive_error(settings: Any, exc: BaseException) -> click.ClickException:
+    """The archive could not be read or written: where, and the first line of why."""
+    where = f"s3://{settings.s3_bucket}/{settings.s3_prefix}"
+    return click.ClickException(f"cannot read the archive at {where}: {first_line(exc)}")
+
+
+def redis_error(settings: Any, exc: BaseException, role: str = "") -> click.ClickException:
+    """Redis did not answer: where (without its password), what for, the first line of why."""
+    from shared.settings import redacted_url
+
+    where = redacted_url(settings.redis_url)
+    return click.ClickException(f"cannot use Redis at {where}{role}: {first_line(exc)}")

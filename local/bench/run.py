@@ -524,16 +524,7 @@ class Bench:
         self.stack.start_replica()
         rows = self.results["replication"]
         servers = (("no WAIT", "ingest-replicated", {}), ("WAIT 1", "ingest-wait", WAIT_ONE))
-        ports = {name: self.stack.start_ingest(name, env) for _, name, env in servers}
-        for size in (1, 100):
-            self.saturate_side_by_side(
-                [
-                    (f"/batch {size} events, {label}", name, ports[name])
-                    for label, name, _ in servers
-                ],
-                payloads.batch_bodies(size),
-                into=rows["saturation"],
-            )
+        ports = self.side_by_side(servers, rows["saturation"])
         for label, name, _ in servers:
             self.fixed_rate(
                 f"/batch 10 events at 100 req/s, {label}",
@@ -543,6 +534,24 @@ class Bench:
                 FIXED_RATE_EVENTS / 10,
                 into=rows["fixed_rate"],
             )
+        self.stop_servers(servers)
+
+    def side_by_side(self, servers, rows: list[dict]) -> dict[str, int]:
+        """Start ingest servers of (label, name, env) and saturate each with /batch of 1 and of
+        100 events, their runs taking turns; their ports."""
+        ports = {name: self.stack.start_ingest(name, env) for _, name, env in servers}
+        for size in (1, 100):
+            self.saturate_side_by_side(
+                [
+                    (f"/batch {size} events, {label}", name, ports[name])
+                    for label, name, _ in servers
+                ],
+                payloads.batch_bodies(size),
+                into=rows,
+            )
+        return ports
+
+    def stop_servers(self, servers) -> None:
         for _, name, _ in servers:
             process, _ = self.stack.servers.pop(name)
             stop(process)
@@ -555,19 +564,8 @@ class Bench:
             ("metrics on", "ingest-metrics-on", {}),
             ("metrics off", "ingest-metrics-off", METRICS_OFF),
         )
-        ports = {name: self.stack.start_ingest(name, env) for _, name, env in servers}
-        for size in (1, 100):
-            self.saturate_side_by_side(
-                [
-                    (f"/batch {size} events, {label}", name, ports[name])
-                    for label, name, _ in servers
-                ],
-                payloads.batch_bodies(size),
-                into=self.results["metrics"],
-            )
-        for _, name, _ in servers:
-            process, _ = self.stack.servers.pop(name)
-            stop(process)
+        self.side_by_side(servers, self.results["metrics"])
+        self.stop_servers(servers)
         requests = 2000 if self.plan.repeat > 1 else 500
         in_process = instrumentation_cost.measure(self.stack.env["REDIS_URL"], STREAM_KEY, requests)
         # Its share of what a request costs the whole server (gunicorn and Redis included),

@@ -94,7 +94,7 @@ def test_before_any_consumer_ran(settings: Settings) -> None:
 def test_an_unreachable_redis_is_one_line_without_its_password(settings: Settings) -> None:
     url = f"redis://:s3cret-token@127.0.0.1:{free_port()}/0"
     result = status(settings, REDIS_URL=url, REDIS_TIMEOUT_S="0.3")
-    assert_one_error_line(result, "cannot read Redis at redis://***@127.0.0.1:")
+    assert_one_error_line(result, "cannot use Redis at redis://***@127.0.0.1:")
     assert "s3cret-token" not in result.output
 
 
