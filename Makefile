@@ -14,7 +14,7 @@ $(VENV)/.installed: pyproject.toml
 	@touch $@
 
 run: $(VENV)/.installed
-	$(BIN)/python -m local.stack
+	@$(BIN)/python -m local.stack
 
 test: $(VENV)/.installed lint
 	$(BIN)/python -m pytest
