@@ -3,6 +3,7 @@ its internal ports taken, its public one taken, killed while starting, restarted
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -28,15 +29,25 @@ def held_default_ports() -> Iterator[None]:
     held = []
     for port in (6379, 5000):
         sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # despite TIME_WAIT
         try:
             sock.bind(("127.0.0.1", port))
             sock.listen()
             held.append(sock)
         except OSError:
-            sock.close()  # busy already: all the better
+            sock.close()  # something listens there already: all the better
     yield
     for sock in held:
         sock.close()
+
+
+@pytest.fixture(autouse=True)
+def _nothing_survives_a_failed_test(tmp_path: Path) -> Iterator[None]:
+    """A failing test must not leave its stack running: kill what is left, by environment."""
+    yield
+    for proc in stack_processes(tmp_path):
+        with contextlib.suppress(OSError):
+            os.kill(int(proc.split()[0]), signal.SIGKILL)
 
 
 def start_stack(data_dir: Path, bind: str, **env: str) -> subprocess.Popen:
