@@ -20,7 +20,7 @@ import sys
 import threading
 import time
 
-from functions.consumer.app import handler
+from functions.consumer.app import IncompleteDrain, handler
 from shared import logs
 from shared.settings import ConfigError
 
@@ -87,6 +87,10 @@ def run(budget_s: float, once: bool, stop: threading.Event) -> None:
             log.info("invocation done %s", json.dumps(summary))
         except ConfigError:
             raise
+        except IncompleteDrain as exc:  # storage was down: said plainly, no traceback
+            failures += 1
+            log.error("invocation failed: %s", exc)
+            stop.wait(min(30.0, 0.5 * 2**failures))
         except Exception:
             failures += 1
             log.exception("invocation failed; entries stay pending and are retried")

@@ -20,6 +20,12 @@ from shared.status import read_status
 _emf = metrics.EmfEmitter()
 
 
+class IncompleteDrain(Exception):
+    """What was read could not all be archived (storage down through the budget): the entries
+    stay pending and the next invocation retries them, but the invocation is an error, so
+    that Lambda's Errors metric, and the alarm on it, see it."""
+
+
 @functools.cache
 def drainer() -> Drainer:
     """One per process, built from the environment at the first call and reused when warm."""
@@ -30,6 +36,11 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     consumer = drainer()
     summary = consumer.drain(context.get_remaining_time_in_millis)
     _emf.emit(_stream_gauges(consumer))
+    if summary.unflushed_entries:
+        raise IncompleteDrain(
+            f"{summary.unflushed_entries} entries could not be archived and stay pending: "
+            f"{summary.as_dict()}"
+        )
     return summary.as_dict()
 
 
