@@ -93,8 +93,10 @@ class Stack:
         env = self.env
         if "REDIS_URL" not in os.environ:
             self._start_redis()
+        _check_interrupted()
         if self.settings.s3_endpoint_url is None:
             self._start_s3()
+        _check_interrupted()
         os.environ.update(env)
         ensure_bucket(env.get("S3_ENDPOINT_URL"), self.settings.s3_bucket)
         if self.saved_archive:
@@ -106,23 +108,25 @@ class Stack:
         _record_pid(gunicorn.pid, "gunicorn")
         self.stoppers.append(lambda: stop_process(gunicorn))
         _wait_serving(gunicorn, env["BIND"])
+        _check_interrupted()
         runner = start_runner(env)
         _record_pid(runner.pid, "local.runner")
         self.stoppers.append(lambda: stop_process(runner, signal.SIGINT))
         self.children = (gunicorn, runner)
+        _check_interrupted()
 
     def _start_redis(self) -> None:
         redis_dir = DATA_DIR / "redis"
         server = RedisServer(_free_or_other(6379), redis_dir)
+        self.stoppers.append(server.stop)  # before it starts: an interrupt may come meanwhile
         try:
             server.start()
-            _record_pid(server.process.pid, "redis-server")
         except (RuntimeError, TimeoutError) as exc:
             server.kill()
             raise StartFailure(
                 f"Redis did not start: {exc}\n{_tail(redis_dir / 'redis.log')}"
             ) from None
-        self.stoppers.append(server.stop)
+        _record_pid(server.process.pid, "redis-server")
         self.env["REDIS_URL"] = server.url
 
     def _start_s3(self) -> None:
@@ -159,6 +163,7 @@ class Stack:
 def main() -> int:
     # From the first moment, SIGTERM stops the stack as Ctrl-C does: nothing is left behind.
     signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
     env = {**DEV_DEFAULTS, **os.environ}
     env.setdefault("BIND", "127.0.0.1:8000")
     try:
@@ -193,8 +198,19 @@ def main() -> int:
         stack.stop()
 
 
+# Set by a signal during start-up. The KeyboardInterrupt raised with it can be swallowed when
+# it lands in a __del__ ("Exception ignored in ..."), so start-up also checks this between parts.
+_interrupted = threading.Event()
+
+
 def _interrupt(*_: object) -> None:
+    _interrupted.set()
     raise KeyboardInterrupt
+
+
+def _check_interrupted() -> None:
+    if _interrupted.is_set():
+        raise KeyboardInterrupt
 
 
 def free_port() -> int:
@@ -325,7 +341,7 @@ def _write_env_file(env: dict[str, str], settings: Settings) -> None:
 
 
 def _wait_for_stop(*children: subprocess.Popen) -> int:
-    stop = threading.Event()
+    stop = _interrupted  # a signal that came during start-up counts too
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     while not stop.wait(0.5):
