@@ -16,6 +16,7 @@ entry in flight. Entries go through admission control: at STREAM_MAX_LEN the rep
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import time
 from collections import deque
@@ -73,8 +74,8 @@ class Replayer:
 
     @classmethod
     def from_settings(cls, settings: Settings, into: str | None = None) -> Replayer:
-        producer = EventStream.from_settings(settings)
-        producer.key = into or settings.stream_key
+        target = dataclasses.replace(settings, stream_key=into or settings.stream_key)
+        producer = EventStream.from_settings(target)
         store = ObjectStore.from_settings(settings, attempts=4)
         return cls(store, settings.s3_prefix, producer, settings.dedup_window_h)
 

@@ -157,8 +157,8 @@ def _undelivered(
 
 def _first_id_after(client: redis.Redis, key: str, entry_id: str) -> str | None:
     """The ID of the first entry after `entry_id`, without fetching its data."""
-    counts = client.eval(_ID_AFTER, 1, key, f"({entry_id}")
-    return _text(counts) if counts else None
+    first = client.register_script(_ID_AFTER)(keys=[key], args=[f"({entry_id}"])
+    return _text(first) if first else None
 
 
 _ID_AFTER = """
@@ -175,7 +175,8 @@ def _backlog_events(
     else the sample's mean times the backlog's entries."""
     if oldest is None or not backlog:
         return 0, True
-    counts = [int(n) for n in client.eval(_EVENT_COUNTS, 1, key, oldest, EVENT_SAMPLE)]
+    script = client.register_script(_EVENT_COUNTS)  # EVALSHA: the body is sent once per Redis
+    counts = [int(n) for n in script(keys=[key], args=[oldest, EVENT_SAMPLE])]
     if not counts:
         return 0, True
     if group_count == 1 and len(counts) < EVENT_SAMPLE:

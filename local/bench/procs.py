@@ -25,16 +25,11 @@ from local import stack
 from local.bench import cpu
 from local.redis_server import RedisServer
 from local.s3 import FAKE_CREDENTIALS, ensure_bucket, start_moto_server
+from local.stack import free_port
 from local.stack import stop_process as stop
 
 ROOT = Path(__file__).resolve().parents[2]
 GUNICORN_CONF = ROOT / "local" / "gunicorn.conf.py"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @contextlib.contextmanager
