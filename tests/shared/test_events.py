@@ -441,7 +441,8 @@ event_values = st.one_of(valid_events(), envelope_like, json_values)
 
 
 # Fields the server sets or rewrites (stamping, clock-skew correction, secrets).
-SERVER_OWNED = {"receivedAt", "timestamp", "originalTimestamp", "writeKey"}
+# `source` too: the key's name, or absent for an anonymous request, whatever the client sent.
+SERVER_OWNED = {"receivedAt", "timestamp", "originalTimestamp", "writeKey", "source"}
 
 
 def has_envelope(event: Any) -> bool:
@@ -479,6 +480,7 @@ def test_prepare_either_rejects_or_returns_enveloped_events(raw_events: list[Any
     assert len(prepared) == len(before)
     for event, original in zip(prepared, before, strict=True):
         assert has_envelope(event)
+        assert "source" not in event  # prepared without a source: an anonymous request
         for name, value in original.items():
             if name not in SERVER_OWNED:
                 assert event[name] == value
