@@ -6,11 +6,11 @@ BIN := $(VENV)/bin
 .PHONY: run test test-redis lint format bench clean
 
 # The venv is rebuilt whenever the project's dependencies change.
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml functions/requirements.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required (set PYTHON=...)")'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[dev]' -c functions/requirements.txt
 	@touch $@
 
 run: $(VENV)/.installed
@@ -44,28 +44,40 @@ bench: $(VENV)/.installed $(VENV)/.bench-installed
 	$(BIN)/python -m local.bench $(BENCH_ARGS)
 
 $(VENV)/.bench-installed: $(VENV)/.installed
-	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]' -c functions/requirements.txt
 	@touch $@
 
 # --- deployment ------------------------------------------------------------------------------
 # `sam build` runs build-<Function> (template.yaml, BuildMethod: makefile) with ARTIFACTS_DIR
-# set: a function gets the two packages it imports, and its dependencies built for its Lambda
-# runtime (python3.12 on Amazon Linux 2023, glibc 2.34; x86_64) whatever the machine building it.
-.PHONY: build-IngestFunction build-ConsumerFunction build-CompactorFunction lambda-code
-# pip takes a wheel only for a platform named here: every manylinux up to Amazon Linux 2023's.
-LAMBDA_PLATFORM := --platform manylinux2014_x86_64 --platform manylinux_2_28_x86_64 \
-	--platform manylinux_2_34_x86_64 --implementation cp --python-version 3.12
-
-build-IngestFunction build-ConsumerFunction build-CompactorFunction: lambda-code
-	$(PYTHON) -m pip install --quiet --disable-pip-version-check --target "$(ARTIFACTS_DIR)" \
-		$(LAMBDA_PLATFORM) --only-binary=:all: -r functions/requirements.txt
-
-lambda-code:
+# set. local/lambda_build.py puts in it the function's code, the wheels pinned in its
+# functions/<name>/requirements.txt for Lambda's python3.12 (Amazon Linux 2023) on
+# LAMBDA_ARCHITECTURE, and bytecode compiled by a Python 3.12 (LAMBDA_PYTHON, else found on
+# PATH, by uv or pyenv), whatever Python runs the build. SAM passes no architecture: for arm64,
+# `LAMBDA_ARCHITECTURE=arm64 sam build` and deploy with the parameter Architecture=arm64.
+.PHONY: build-IngestFunction build-ConsumerFunction build-CompactorFunction lock
+LAMBDA_ARCHITECTURE ?= x86_64
+build-IngestFunction: FUNCTION := ingest
+build-ConsumerFunction: FUNCTION := consumer
+build-CompactorFunction: FUNCTION := compactor
+build-IngestFunction build-ConsumerFunction build-CompactorFunction:
 	@test -n "$(ARTIFACTS_DIR)" || { echo "set ARTIFACTS_DIR" >&2; exit 1; }
-	mkdir -p "$(ARTIFACTS_DIR)"
-	cp -R functions shared "$(ARTIFACTS_DIR)/"
-	find "$(ARTIFACTS_DIR)" -name __pycache__ -prune -exec rm -rf {} +
+	$(PYTHON) -m local.lambda_build $(FUNCTION) "$(ARTIFACTS_DIR)" --architecture $(LAMBDA_ARCHITECTURE)
 
+# Pins every dependency, after a change to pyproject.toml or a functions/*/requirements.in:
+# functions/requirements.txt (all of the project's, for the venv and the container image), and
+# each function's requirements.txt (its own, with hashes, for its Lambda bundle).
+UV_COMPILE = $(VENV)/uv/bin/uv pip compile --quiet --universal
+lock: $(VENV)/uv/bin/uv
+	$(UV_COMPILE) --python-version 3.11 pyproject.toml -o functions/requirements.txt
+	for function in ingest consumer compactor; do \
+		$(UV_COMPILE) --python-version 3.12 --generate-hashes -c functions/requirements.txt \
+			functions/$$function/requirements.in -o functions/$$function/requirements.txt || exit 1; \
+	done
+
+# A venv of its own: `make lock` must work when the project's venv cannot install.
+$(VENV)/uv/bin/uv:
+	$(PYTHON) -m venv $(VENV)/uv
+	$(VENV)/uv/bin/python -m pip install --quiet "uv==0.13.9"
 
 # The containers (local/compose.yaml): Redis, MinIO, the ingest function and the consumer.
 .PHONY: up down

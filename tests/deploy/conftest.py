@@ -1,6 +1,6 @@
 """The deployment artifacts as the tools that consume them read them: the SAM template through
 cfn-lint's own loader, and each function's package built by the same Makefile recipe that
-`sam build` runs."""
+`sam build` runs (local/lambda_build.py), code only: with this venv's libraries."""
 
 from __future__ import annotations
 
@@ -14,6 +14,8 @@ from typing import Any
 
 import pytest
 from cfnlint.decode import cfn_yaml
+
+from local import lambda_build
 
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE = ROOT / "template.yaml"
@@ -51,13 +53,8 @@ def function_packages(
     for name, resource in serverless_functions(template).items():
         assert resource.get("Metadata", {}).get("BuildMethod") == "makefile", name
         artifacts = tmp_path_factory.mktemp("sam-build") / name
-        code_uri = ROOT / resource["Properties"]["CodeUri"]
-        subprocess.run(
-            ["make", "--no-print-directory", "-C", str(code_uri), "lambda-code"],
-            env={**os.environ, "ARTIFACTS_DIR": str(artifacts)},
-            check=True,
-            capture_output=True,
-        )
+        function = name.removesuffix("Function").lower()
+        lambda_build.build(function, artifacts, "x86_64", code_only=True)
         packages[name] = artifacts
     return packages
 

@@ -16,10 +16,12 @@ from packaging.requirements import Requirement
 
 from functions.consumer.drain import STOP_MARGIN_MS
 from functions.ingest.app import BROWSER_PREFIXES, create_app
+from local import lambda_build
 from shared.archive import ERRORS_PREFIX, columns, partition_path
 from shared.archive.naming import COMPACTED_ROOT, RAW_ROOTS, ROOTS
 from shared.settings import ENV_VARS, Settings
 from tests.deploy.conftest import ROOT, TEMPLATE, serverless_functions
+from tests.local.locks import top_level_requirements
 
 HTTP_METHODS = {"GET", "POST", "PUT", "PATCH", "DELETE"}
 
@@ -231,15 +233,16 @@ def test_the_consumer_runs_on_a_schedule_with_a_timeout_that_fits_its_budget(
 # --- what `sam build` puts in each function --------------------------------------------------
 
 
-def requirement_set(lines: list[str]) -> set[str]:
-    return {str(Requirement(line)) for line in lines}
-
-
-def test_function_requirements_are_the_project_dependencies() -> None:
-    lines = (ROOT / "functions" / "requirements.txt").read_text().splitlines()
-    listed = [line for line in lines if line.strip() and not line.startswith("#")]
+def test_each_function_requires_only_project_dependencies_and_all_are_required() -> None:
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    assert requirement_set(listed) == requirement_set(pyproject["project"]["dependencies"])
+    project = {Requirement(line).name for line in pyproject["project"]["dependencies"]}
+    required = set()
+    for function in lambda_build.FUNCTIONS:
+        names = {r.name for r in top_level_requirements(function)}
+        assert names <= project, f"{function} requires what pyproject.toml does not"
+        required |= names
+    # click is the command line's (`event-ingest`), which no function imports.
+    assert required | {"click"} == project, "a project dependency that nothing imports"
 
 
 @pytest.mark.parametrize("name", ["IngestFunction", "ConsumerFunction", "CompactorFunction"])
@@ -254,16 +257,15 @@ def test_sam_build_recipe_targets_the_runtime_and_architecture(
         capture_output=True,
         text=True,
         check=True,
-    ).stdout.replace("\\\n", " ")
-    version = function["Runtime"].removeprefix("python")
-    (architecture,) = function["Architectures"]
-    assert "cp -R functions shared" in recipe
-    pip = next(line for line in recipe.splitlines() if "pip install" in line)
-    assert '--target "/artifacts"' in pip and "-r functions/requirements.txt" in pip
-    assert f"--python-version {version}" in pip and "--only-binary=:all:" in pip
-    # Lambda's python3.12 runs on Amazon Linux 2023 (glibc 2.34): manylinux_2_34 wheels at most.
-    machine = {"x86_64": "x86_64", "arm64": "aarch64"}[architecture]
-    assert f"--platform manylinux_2_34_{machine}" in pip
+    ).stdout
+    short = name.removesuffix("Function").lower()
+    assert f'-m local.lambda_build {short} "/artifacts" --architecture x86_64' in recipe
+    assert function["Runtime"] == f"python{lambda_build.RUNTIME_VERSION}"
+    # The architecture is a parameter, x86_64 unless the user picks arm64 (and builds for it).
+    assert function["Architectures"] == [{"Ref": "Architecture"}]
+    parameter = template["Parameters"]["Architecture"]
+    assert parameter["Default"] == "x86_64"
+    assert set(parameter["AllowedValues"]) == set(lambda_build.MACHINES)
 
 
 def test_every_function_is_built_from_the_repo_root(template: dict[str, Any]) -> None:

@@ -1,0 +1,48 @@
+"""Reading the dependency files that `make lock` writes: each function's requirements.in (what
+it imports) and requirements.txt (its lock), and the project's lock, functions/requirements.txt."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+
+from local.lambda_build import ROOT, requirements_file
+
+PROJECT_LOCK = ROOT / "functions" / "requirements.txt"
+PIN = re.compile(r"^([A-Za-z0-9._-]+)==([^ ;\\]+)")
+
+
+def requirement_lines(path: Path) -> list[str]:
+    """The requirements of a pip file: without comments, continuations joined."""
+    text = path.read_text().replace("\\\n", " ")
+    lines = (line.split(" #")[0].strip() for line in text.splitlines())
+    return [line for line in lines if line and not line.startswith("#")]
+
+
+def top_level_requirements(function: str) -> list[Requirement]:
+    return [Requirement(line) for line in requirement_lines(requirements_in(function))]
+
+
+def requirements_in(function: str) -> Path:
+    return requirements_file(function).with_suffix(".in")
+
+
+def pins(path: Path) -> dict[str, str]:
+    """name -> pinned version, for every line of a lock."""
+    found = {}
+    for line in requirement_lines(path):
+        match = PIN.match(line)
+        assert match, f"{path}: not pinned with ==: {line}"
+        found[canonicalize_name(match[1])] = match[2]
+    return found
+
+
+def hashed(path: Path) -> dict[str, bool]:
+    """name -> whether its line carries at least one --hash."""
+    return {
+        canonicalize_name(PIN.match(line)[1]): "--hash=sha256:" in line
+        for line in requirement_lines(path)
+    }
