@@ -12,6 +12,8 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 from urllib.parse import urlparse
 
+from shared import secrets
+
 ARCHIVE_FORMATS = ("ndjson", "parquet")
 
 
@@ -98,7 +100,7 @@ def _positive_float(name: str, raw: str) -> float:
     return value
 
 
-def _write_keys(name: str, raw: str) -> tuple[tuple[str, str], ...]:
+def parse_write_keys(name: str, raw: str) -> tuple[tuple[str, str], ...]:
     """`source:key,source:key` pairs. Errors never quote the value: it holds secrets."""
     pairs = []
     for position, item in enumerate(filter(None, (part.strip() for part in raw.split(","))), 1):
@@ -158,7 +160,7 @@ class Settings:
     # Dead letters kept in Redis (every one is also stored under errors/ in the bucket).
     dead_letter_max_len: int = _var("DEAD_LETTER_MAX_LEN", 10_000, _positive_int)
     # Ingest only. Empty: anonymous requests are accepted (and the service says so loudly).
-    write_keys: tuple[tuple[str, str], ...] = _var("WRITE_KEYS", (), _write_keys, repr=False)
+    write_keys: tuple[tuple[str, str], ...] = _var("WRITE_KEYS", (), parse_write_keys, repr=False)
     # Above what any SDK sends: RudderStack's JS SDK batches up to 512 KiB, its Android SDK
     # events up to 64 KiB (Segment's own limits are 500 KB and 32 KB).
     max_body_bytes: int = _var("MAX_BODY_BYTES", 1024 * 1024, _positive_int)
@@ -168,6 +170,14 @@ class Settings:
     metrics_enabled: bool = _var("METRICS_ENABLED", True, _flag)
     # Ingest only. When set, GET /metrics asks for it as a bearer token.
     metrics_token: str | None = _var("METRICS_TOKEN", None, _optional_text, repr=False)
+    # Secrets Manager secrets (name or ARN), instead of plain variables: the write keys, in
+    # WRITE_KEYS's form, and the Redis AUTH token (alone, or JSON with password and username).
+    write_keys_secret: str | None = _var("WRITE_KEYS_SECRET", None, _optional_text)
+    redis_auth_secret: str | None = _var("REDIS_AUTH_SECRET", None, _optional_text)
+    # How old a secret's value may get before it is read again (a rotated key is picked up).
+    secrets_refresh_s: float = _var("SECRETS_REFRESH_S", 300.0, _positive_float)
+    # Refuse a Redis URL without TLS (anything but rediss://): the deployed default.
+    redis_require_tls: bool = _var("REDIS_REQUIRE_TLS", False, _flag)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -177,6 +187,7 @@ class Settings:
             env, parse = f.metadata["env"], f.metadata["parse"]
             default = "" if f.default in (None, ()) else str(f.default)
             values[f.name] = parse(env, environ.get(env, default))
+        _read_secrets(values)
         return cls(**values)
 
     def __post_init__(self) -> None:
@@ -187,6 +198,11 @@ class Settings:
                 f"CLAIM_IDLE_MS ({self.claim_idle_ms}) must be greater than "
                 f"FLUSH_INTERVAL_S in milliseconds ({self.flush_interval_s * 1000:.0f})"
             )
+        if self.redis_require_tls and not self.redis_url.startswith("rediss://"):
+            raise ConfigError(
+                "REDIS_URL must start with rediss:// (TLS) while REDIS_REQUIRE_TLS is on: "
+                "the AUTH token and the events would cross the network in clear"
+            )
         # WAIT's answer must arrive before the socket gives up on the connection.
         wait_ms = self.redis_wait_timeout_ms
         if self.redis_wait_replicas and wait_ms >= self.redis_timeout_s * 1000:
@@ -194,6 +210,26 @@ class Settings:
                 f"REDIS_WAIT_TIMEOUT_MS ({wait_ms}) must be less than "
                 f"REDIS_TIMEOUT_S in milliseconds ({self.redis_timeout_s * 1000:.0f})"
             )
+
+
+def _read_secrets(values: dict[str, Any]) -> None:
+    """Read the configured secrets now, so that a missing secret or permission fails the start,
+    not a first request. A value comes from a variable or a secret, never both."""
+    keys_secret, auth_secret = values["write_keys_secret"], values["redis_auth_secret"]
+    if keys_secret and values["write_keys"]:
+        raise ConfigError("set WRITE_KEYS or WRITE_KEYS_SECRET, not both")
+    if auth_secret and urlparse(values["redis_url"]).password is not None:
+        raise ConfigError("REDIS_URL carries a password and REDIS_AUTH_SECRET is set: keep one")
+    try:
+        if keys_secret:
+            raw = secrets.cached(keys_secret, values["secrets_refresh_s"]).value()
+            values["write_keys"] = parse_write_keys("WRITE_KEYS_SECRET", raw)
+        if auth_secret:
+            secrets.redis_credentials(
+                secrets.cached(auth_secret, values["secrets_refresh_s"]).value()
+            )
+    except secrets.SecretError as exc:
+        raise ConfigError(f"cannot read a secret: {exc}") from None
 
 
 def redacted_url(url: str) -> str:

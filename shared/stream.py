@@ -20,6 +20,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from shared import secrets as shared_secrets
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -59,8 +60,17 @@ def connect(settings: Settings) -> redis.Redis:
         socket_connect_timeout=settings.redis_timeout_s,
         retry=Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)),
         health_check_interval=30,
+        credential_provider=_credentials(settings),
     )
     return redis.Redis(connection_pool=pool)
+
+
+def _credentials(settings: Settings) -> shared_secrets.RedisCredentials | None:
+    """REDIS_AUTH_SECRET's token, read again as it ages, for each new connection."""
+    if settings.redis_auth_secret is None:
+        return None
+    secret = shared_secrets.cached(settings.redis_auth_secret, settings.secrets_refresh_s)
+    return shared_secrets.RedisCredentials(secret)
 
 
 def unique_consumer_name() -> str:

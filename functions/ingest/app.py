@@ -25,7 +25,7 @@ from apig_wsgi import make_lambda_handler
 from flask import Flask, Response, g, request
 from werkzeug.exceptions import HTTPException, NotFound, RequestEntityTooLarge, Unauthorized
 
-from functions.ingest.auth import WriteKeys, key_outside_body
+from functions.ingest.auth import WriteKeys, key_outside_body, write_keys_of
 from functions.ingest.body import read_body
 from functions.ingest.instrumentation import instrument, request_id
 from functions.ingest.sdk_settings import analytics_js_settings, rudderstack_source_config
@@ -82,7 +82,11 @@ class Ingest:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.stream = EventStream.from_settings(settings)
-        self.write_keys = WriteKeys(settings.write_keys)
+        self._write_keys = write_keys_of(settings)
+
+    @property
+    def write_keys(self) -> WriteKeys:
+        return self._write_keys()
 
     def __call__(self, segment: bool, single: bool, default_type: str | None = None) -> int:
         """Accept the current request; return how many events it added."""

@@ -14,8 +14,16 @@ import base64
 import binascii
 import hashlib
 import hmac
+import logging
+from collections.abc import Callable
 
 from werkzeug.exceptions import Unauthorized
+
+from shared import secrets
+from shared.secrets import CachedSecret
+from shared.settings import ConfigError, Settings, parse_write_keys
+
+log = logging.getLogger(__name__)
 
 
 class WriteKeys:
@@ -50,6 +58,35 @@ class WriteKeys:
             if hmac.compare_digest(presented_digest, digest) and match is None:
                 match = source
         return match
+
+
+class RotatingWriteKeys:
+    """The write keys of WRITE_KEYS_SECRET, rebuilt when the secret's value changes (it is
+    read again as it ages: shared/secrets.py). A new value that is malformed is refused with a
+    warning, and the keys in use stay."""
+
+    def __init__(self, secret: CachedSecret) -> None:
+        self._secret = secret
+        self._raw = secret.value()
+        self._keys = WriteKeys(parse_write_keys("WRITE_KEYS_SECRET", self._raw))
+
+    def __call__(self) -> WriteKeys:
+        raw = self._secret.value()
+        if raw is not self._raw:  # the same object until a refresh: one comparison
+            self._raw = raw
+            try:
+                self._keys = WriteKeys(parse_write_keys("WRITE_KEYS_SECRET", raw))
+            except ConfigError as exc:
+                log.warning("%s; keeping the write keys in use", exc)
+        return self._keys
+
+
+def write_keys_of(settings: Settings) -> Callable[[], WriteKeys]:
+    """What gives the write keys in force: fixed ones (WRITE_KEYS), or the secret's."""
+    if settings.write_keys_secret is None:
+        fixed = WriteKeys(settings.write_keys)
+        return lambda: fixed
+    return RotatingWriteKeys(secrets.cached(settings.write_keys_secret, settings.secrets_refresh_s))
 
 
 def _digest(key: bytes) -> bytes:

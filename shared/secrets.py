@@ -1,0 +1,126 @@
+"""Secrets from AWS Secrets Manager: the write keys (WRITE_KEYS_SECRET) and the Redis AUTH token
+(REDIS_AUTH_SECRET), so that neither sits in an environment variable that the Lambda console
+and GetFunctionConfiguration show.
+
+A secret is read once at start (a missing secret or permission fails the cold start, saying
+which secret) and then again when its value is older than SECRETS_REFRESH_S, so a rotated key
+is picked up without a deploy. A refresh that fails keeps the value it had: a Secrets Manager
+hiccup never turns into refused requests. Nothing here ever logs or raises a secret's value.
+
+boto3 is imported only when a secret is configured: locally and in containers, plain
+environment variables work as before and cost nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from redis.credentials import CredentialProvider
+
+log = logging.getLogger(__name__)
+
+Fetch = Callable[[str], str]
+
+
+class SecretError(RuntimeError):
+    """A secret could not be read; the message names it, never its value."""
+
+
+def fetch_from_secrets_manager(secret_id: str) -> str:
+    import boto3  # lazily: only a deployment with secrets pays for botocore's import
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        answer = boto3.client("secretsmanager").get_secret_value(SecretId=secret_id)
+    except ClientError as exc:
+        code = exc.response.get("Error", {}).get("Code", "error")
+        raise SecretError(f"secret {secret_id}: {code}") from None
+    except BotoCoreError as exc:
+        raise SecretError(f"secret {secret_id}: {type(exc).__name__}") from None
+    if "SecretString" not in answer:
+        raise SecretError(f"secret {secret_id}: a binary secret; store it as a string")
+    return answer["SecretString"]
+
+
+class CachedSecret:
+    """One secret's value, re-read when older than `max_age_s`."""
+
+    def __init__(
+        self,
+        secret_id: str,
+        max_age_s: float,
+        fetch: Fetch = fetch_from_secrets_manager,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.secret_id = secret_id
+        self.max_age_s = max_age_s
+        self._fetch = fetch
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._value: str | None = None
+        self._read_at = 0.0
+
+    def value(self) -> str:
+        if self._value is not None and self._clock() - self._read_at < self.max_age_s:
+            return self._value
+        with self._lock:  # one refresh at a time; the others keep the current value
+            if self._value is None:
+                self._value = self._fetch(self.secret_id)  # at start: errors propagate
+                self._read_at = self._clock()
+            elif self._clock() - self._read_at >= self.max_age_s:
+                self._refresh()
+        return self._value
+
+    def _refresh(self) -> None:
+        self._read_at = self._clock()  # failed or not: the next try waits max_age_s
+        try:
+            self._value = self._fetch(self.secret_id)
+        except SecretError as exc:
+            log.warning("could not refresh %s; keeping its current value", exc)
+
+
+_cache: dict[str, CachedSecret] = {}
+
+
+def cached(
+    secret_id: str, max_age_s: float, fetch: Fetch = fetch_from_secrets_manager
+) -> CachedSecret:
+    """The process's one cache of `secret_id`, shared by everything that reads it."""
+    if secret_id not in _cache:
+        _cache[secret_id] = CachedSecret(secret_id, max_age_s, fetch)
+    return _cache[secret_id]
+
+
+def redis_credentials(value: str) -> tuple[str, ...]:
+    """(password,) or (username, password), from a secret holding the AUTH token itself, or
+    a JSON object with "password" (and "username", for an ACL user), as Secrets Manager's
+    rotation templates store them."""
+    try:
+        document: Any = json.loads(value)
+    except ValueError:
+        document = None
+    if isinstance(document, dict):
+        password = document.get("password")
+        if not isinstance(password, str) or not password:
+            raise SecretError('the Redis secret is JSON without a "password" string')
+        username = document.get("username")
+        return (username, password) if isinstance(username, str) and username else (password,)
+    if not value.strip():
+        raise SecretError("the Redis secret is empty")
+    return (value.strip(),)
+
+
+class RedisCredentials(CredentialProvider):
+    """redis-py's credential provider: each new connection authenticates with the secret's
+    current value (connections already open stay authenticated)."""
+
+    def __init__(self, secret: CachedSecret) -> None:
+        self.secret = secret
+
+    def get_credentials(self) -> tuple[str, ...]:
+        return redis_credentials(self.secret.value())
