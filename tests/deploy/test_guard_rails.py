@@ -1,6 +1,7 @@
 """The template's guard rails: failed scheduled runs are not retried and are reported, the
 consumer keeps reserved concurrency, the API throttles and logs, and alarms watch what pages
-someone (issue 15)."""
+someone (issue 15); the functions log to groups the stack owns, and the archive bucket's
+lifecycle keeps what Athena can read."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import json
 from typing import Any
 
 from shared import metrics
+from shared.archive import ERRORS_PREFIX
 from shared.settings import Settings
 from tests.deploy.test_template import props
 
@@ -93,3 +95,175 @@ def test_the_freshness_alarm_reads_what_the_consumer_emits(template) -> None:
     assert line["group"] == "archiver" and line[alarm["MetricName"]] == 42.0
     [directive] = line["_aws"]["CloudWatchMetrics"]
     assert directive["Dimensions"] == [["group"]]
+
+
+# --- log groups --------------------------------------------------------------------------------
+
+
+def test_each_function_logs_to_a_group_of_its_own_that_the_stack_creates(template) -> None:
+    functions = resources_of(template, "AWS::Serverless::Function")
+    groups = resources_of(template, "AWS::Logs::LogGroup")
+    attached = []
+    for name in functions:
+        group = name.removesuffix("Function") + "LogGroup"
+        config = props(template, name)["LoggingConfig"]
+        # Text: JSON would reformat every line the code and EMF print.
+        assert config == {"LogGroup": {"Ref": group}, "LogFormat": "Text"}, name
+        attached.append(group)
+    assert set(attached) <= set(groups) and len(set(attached)) == len(functions)
+    for name, group in groups.items():
+        # Named by CloudFormation, so nothing Lambda creates first can be in the way.
+        assert group["Properties"] == {"RetentionInDays": {"Ref": "LogRetentionDays"}}, name
+    # The role SAM generates (its AWSLambdaBasicExecutionRole) writes to any group: no own role.
+    for name in functions:
+        assert "Role" not in props(template, name), name
+
+
+# --- the archive bucket's lifecycle ------------------------------------------------------------
+
+NO_VALUE = object()
+
+
+def deployed(template: dict[str, Any], node: Any, **parameters: str) -> Any:
+    """`node` as CloudFormation deploys it with these parameter values (the defaults for the
+    others): conditions evaluated, Fn::If resolved, AWS::NoValue removed, parameters
+    substituted. Other intrinsics stay as written."""
+    values = {name: str(p.get("Default", "")) for name, p in template["Parameters"].items()}
+    values.update(parameters)
+
+    def evaluate(node: Any) -> Any:
+        if isinstance(node, dict) and len(node) == 1:
+            [(function, argument)] = node.items()
+            if function == "Ref" and argument == "AWS::NoValue":
+                return NO_VALUE
+            if function == "Ref" and argument in values:
+                return values[argument]
+            if function == "Condition":
+                return evaluate(template["Conditions"][argument])
+            if function == "Fn::If":
+                condition, then, otherwise = argument
+                return evaluate(then if evaluate({"Condition": condition}) else otherwise)
+            if function == "Fn::Equals":
+                return str(evaluate(argument[0])) == str(evaluate(argument[1]))
+            if function == "Fn::Not":
+                return not evaluate(argument[0])
+            if function == "Fn::Contains":
+                return evaluate(argument[1]) in evaluate(argument[0])
+        if isinstance(node, dict):
+            items = ((key, evaluate(value)) for key, value in node.items())
+            return {key: value for key, value in items if value is not NO_VALUE}
+        if isinstance(node, list):
+            return [value for value in map(evaluate, node) if value is not NO_VALUE]
+        return node
+
+    return evaluate(node)
+
+
+def lifecycle(template: dict[str, Any], **parameters: str) -> dict[str, dict[str, Any]]:
+    bucket = deployed(template, props(template, "ArchiveBucket"), **parameters)
+    return {rule["Id"]: rule for rule in bucket["LifecycleConfiguration"]["Rules"]}
+
+
+def test_old_partitions_move_only_to_classes_athena_reads(template) -> None:
+    # Athena skips GLACIER and DEEP_ARCHIVE objects, and the archive's tables are always there.
+    assert resources_of(template, "AWS::Glue::Table")
+    parameter = template["Parameters"]["ArchiveStorageClass"]
+    assert parameter["AllowedValues"] == ["STANDARD_IA", "INTELLIGENT_TIERING", "GLACIER_IR"]
+    assert parameter["Default"] == "GLACIER_IR"
+    # Intelligent-Tiering's archive tiers, which Athena cannot read either, are opt-in.
+    assert "IntelligentTieringConfigurations" not in props(template, "ArchiveBucket")
+    for storage_class in parameter["AllowedValues"]:
+        [transition] = lifecycle(template, ArchiveStorageClass=storage_class)[
+            "colder-storage-for-old-partitions"
+        ]["Transitions"]
+        assert transition == {"StorageClass": storage_class, "TransitionInDays": "30"}
+
+
+def rule_holds(template: dict[str, Any], name: str, **parameters: str) -> bool:
+    rule = template["Rules"][name]
+    if not deployed(template, rule["RuleCondition"], **parameters):
+        return True
+    return all(deployed(template, a["Assert"], **parameters) for a in rule["Assertions"])
+
+
+def test_cloudformation_refuses_standard_ia_before_30_days(template) -> None:
+    rule = "StandardIaAfter30Days"
+    for days in range(1, 30):
+        assert not rule_holds(
+            template, rule, ArchiveStorageClass="STANDARD_IA", ArchiveTransitionDays=str(days)
+        ), days
+    for days in ("30", "31", "90", "365"):
+        assert rule_holds(
+            template, rule, ArchiveStorageClass="STANDARD_IA", ArchiveTransitionDays=days
+        )
+    for storage_class in ("GLACIER_IR", "INTELLIGENT_TIERING"):
+        assert rule_holds(
+            template, rule, ArchiveStorageClass=storage_class, ArchiveTransitionDays="1"
+        )
+    assert rule_holds(template, rule, ArchiveStorageClass="STANDARD_IA")  # the default 30 days
+    assert rule_holds(template, rule)
+    assert template["Rules"][rule]["Assertions"][0]["AssertDescription"]
+
+
+def test_archive_objects_expire_only_when_asked(template) -> None:
+    assert template["Parameters"]["ArchiveExpirationDays"]["Default"] == 0
+    for rules in (lifecycle(template), lifecycle(template, ArchiveExpirationDays="0")):
+        assert "expire-old-partitions" not in rules
+        assert not any(
+            "ExpirationInDays" in r and r.get("Prefix") == "events/" for r in rules.values()
+        )
+    rules = lifecycle(template, ArchiveExpirationDays="400", ArchivePrefix="archive/")
+    assert rules["expire-old-partitions"] == {
+        "Id": "expire-old-partitions",
+        "Status": "Enabled",
+        "Prefix": "archive/",
+        "ExpirationInDays": "400",
+    }
+    # Sooner than the transition is valid too: its own rule, where deletion wins over moving.
+    assert "ExpirationInDays" not in rules["colder-storage-for-old-partitions"]
+
+
+def test_dead_letters_expire_after_a_year_unless_kept_and_never_move(template) -> None:
+    assert template["Parameters"]["ErrorsExpirationDays"]["Default"] == 365
+    rules = lifecycle(template)
+    assert rules["expire-dead-letters"] == {
+        "Id": "expire-dead-letters",
+        "Status": "Enabled",
+        "Prefix": ERRORS_PREFIX,
+        "ExpirationInDays": "365",
+    }
+    assert "expire-dead-letters" not in lifecycle(template, ErrorsExpirationDays="0")
+    assert (
+        lifecycle(template, ErrorsExpirationDays="30")["expire-dead-letters"]["ExpirationInDays"]
+        == "30"
+    )
+    # No transition reaches errors/ (under the default ArchivePrefix).
+    assert not any(
+        "Transitions" in r and ERRORS_PREFIX.startswith(r.get("Prefix", "")) for r in rules.values()
+    )
+
+
+def test_versioning_is_off_by_default_and_noncurrent_versions_expire_when_on(template) -> None:
+    parameter = template["Parameters"]["ArchiveVersioning"]
+    assert parameter["AllowedValues"] == ["Disabled", "Enabled", "Suspended"]
+    assert parameter["Default"] == "Disabled"
+    bucket = deployed(template, props(template, "ArchiveBucket"))
+    assert "VersioningConfiguration" not in bucket
+    assert "expire-noncurrent-versions" not in lifecycle(template)
+    for status in ("Enabled", "Suspended"):
+        bucket = deployed(template, props(template, "ArchiveBucket"), ArchiveVersioning=status)
+        assert bucket["VersioningConfiguration"] == {"Status": status}
+        # The whole bucket: the compactor's deletes and the expirations leave noncurrent versions.
+        assert lifecycle(template, ArchiveVersioning=status)["expire-noncurrent-versions"] == {
+            "Id": "expire-noncurrent-versions",
+            "Status": "Enabled",
+            "NoncurrentVersionExpiration": {"NoncurrentDays": 30},
+            "ExpiredObjectDeleteMarker": True,
+        }
+
+
+def test_the_lifecycle_parameters_are_asked_with_the_archive(template) -> None:
+    groups = template["Metadata"]["AWS::CloudFormation::Interface"]["ParameterGroups"]
+    [archive] = [g for g in groups if g["Label"]["default"] == "Consumer and archive"]
+    new = ["ArchiveExpirationDays", "ErrorsExpirationDays", "ArchiveVersioning"]
+    assert set(new) <= set(archive["Parameters"]) <= set(template["Parameters"])
