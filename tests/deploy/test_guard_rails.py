@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
+
 from shared import metrics
 from shared.archive import ERRORS_PREFIX
 from shared.settings import Settings
@@ -40,10 +42,13 @@ def test_scheduled_runs_are_not_retried_and_failures_go_to_the_topic(template) -
     assert template["Parameters"]["AlarmTopicArn"]["Default"] == ""
 
 
-def test_the_consumer_keeps_its_concurrency(template) -> None:
-    reserved = props(template, "ConsumerFunction")["ReservedConcurrentExecutions"]
-    assert reserved == {"Ref": "ConsumerReservedConcurrency"}
-    assert template["Parameters"]["ConsumerReservedConcurrency"]["MinValue"] >= 1
+@pytest.mark.parametrize("name", SCHEDULED)
+def test_scheduled_functions_keep_their_concurrency(template, name) -> None:
+    """An ingest spike cannot take every execution: the backlog would fill (consumer) or the
+    archive go uncompacted (compactor)."""
+    parameter = name.replace("Function", "ReservedConcurrency")
+    assert props(template, name)["ReservedConcurrentExecutions"] == {"Ref": parameter}
+    assert template["Parameters"][parameter]["MinValue"] >= 1
 
 
 def test_the_api_throttles_and_logs_json_without_keys(template) -> None:
