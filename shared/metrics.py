@@ -27,7 +27,8 @@ import redis
 from prometheus_client import CollectorRegistry, Counter, Histogram, multiprocess
 from prometheus_client.core import GaugeMetricFamily, Metric
 
-from shared.status import StreamStatus, read_status
+from shared.settings import Settings
+from shared.status import StreamStatus, read_stream_status
 
 PREFIX = "event_ingest_"
 CONTENT_TYPE = prometheus_client.CONTENT_TYPE_LATEST
@@ -136,12 +137,12 @@ class StreamCollector:
     """The stream's state as gauges, read from Redis at each scrape. If Redis does not
     answer, `event_ingest_redis_up` is 0 and the other gauges are absent (not stale)."""
 
-    def __init__(self, client: redis.Redis, key: str, max_len: int) -> None:
-        self.client, self.key, self.max_len = client, key, max_len
+    def __init__(self, client: redis.Redis, settings: Settings) -> None:
+        self.client, self.settings = client, settings
 
     def collect(self) -> Iterator[Metric]:
         try:
-            status = read_status(self.client, self.key, self.max_len)
+            status = read_stream_status(self.client, self.settings)
         except redis.RedisError:
             yield _gauge("redis_up", "1 when Redis answered this scrape.", 0)
             return

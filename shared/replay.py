@@ -32,7 +32,7 @@ import redis
 from shared import codec, events
 from shared.archive import ObjectStore, columns, reading
 from shared.settings import Settings
-from shared.stream import BacklogFull, EventStream, ReplicationShortfall
+from shared.stream import BacklogFull, EventStream, ReplicationShortfall, ShardedStream, producer
 
 MARK = "replayedAt"
 EVENTS_PER_ENTRY = 500
@@ -64,7 +64,7 @@ class Replayer:
         self,
         store: ObjectStore,
         prefix: str,
-        producer: EventStream,
+        producer: EventStream | ShardedStream,
         dedup_window_h: int,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
@@ -75,9 +75,8 @@ class Replayer:
     @classmethod
     def from_settings(cls, settings: Settings, into: str | None = None) -> Replayer:
         target = dataclasses.replace(settings, stream_key=into or settings.stream_key)
-        producer = EventStream.from_settings(target)
         store = ObjectStore.from_settings(settings, attempts=4)
-        return cls(store, settings.s3_prefix, producer, settings.dedup_window_h)
+        return cls(store, settings.s3_prefix, producer(target), settings.dedup_window_h)
 
     def place_key(self, hours: reading.HourRange) -> str:
         scope = f"{hours.start}|{hours.end}|{self.prefix}"
@@ -207,8 +206,9 @@ class Replayer:
         key = self.producer.key
         if isinstance(exc, ReplicationShortfall):
             return "no replica confirmed the last entry"
+        shard = self.producer.shards[0] if isinstance(self.producer, ShardedStream) else None
         try:
-            consumed = bool(self.producer.client.xinfo_groups(key))
+            consumed = bool(self.producer.client.xinfo_groups(shard.key if shard else key))
         except redis.ResponseError:
             consumed = False
         if consumed:

@@ -126,6 +126,10 @@ class Settings:
     # Out of repr: the URL may carry a password.
     redis_url: str = _var("REDIS_URL", "redis://127.0.0.1:6379/0", _redis_url, repr=False)
     stream_key: str = _var("STREAM_KEY", "events", _text)
+    # The stream as this many keys, spread over a Redis Cluster's primaries (shared/shards.py).
+    stream_shards: int = _var("STREAM_SHARDS", 1, _positive_int)
+    # REDIS_URL names any node of a Redis Cluster (ElastiCache or MemoryDB cluster mode).
+    redis_cluster: bool = _var("REDIS_CLUSTER", False, _flag)
     consumer_group: str = _var("CONSUMER_GROUP", "archiver", _text)
     # Unset: a name unique to this process. Set it only if each process gets its own value.
     consumer_name: str | None = _var("CONSUMER_NAME", None, _optional_text)

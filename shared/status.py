@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import redis
 
+from shared import shards
+from shared.settings import Settings
 from shared.stream import dead_letter_key
 
 # Entries whose event counts are read; a longer backlog's event count is estimated from them.
@@ -72,11 +74,68 @@ class StreamStatus:
     groups: tuple[GroupStatus, ...]
     dead_letters: int
     redis_version: str
+    # For a sharded stream (STREAM_SHARDS): each key's own status; the fields above are totals.
+    shards: tuple[StreamStatus, ...] = ()
 
     @property
     def freshness_s(self) -> float:
         """The stalest group's freshness: how far behind the archive is."""
         return max((group.freshness_s for group in self.groups), default=0.0)
+
+
+def read_stream_status(client: redis.Redis, settings: Settings) -> StreamStatus:
+    """The logical stream's status: STREAM_KEY's own, or the totals over every key of a
+    sharded stream (shared/shards.py), each key's status kept in `shards`."""
+    keys = shards.keys_to_drain(client, settings.stream_key, settings.stream_shards)
+    statuses = [read_status(client, key, settings.stream_max_len) for key in keys]
+    if keys == [settings.stream_key]:
+        return statuses[0]
+    return combined(settings.stream_key, statuses)
+
+
+def combined(key: str, statuses: list[StreamStatus]) -> StreamStatus:
+    """Totals over shards: lengths, bounds, backlogs and dead letters add up; a group's
+    freshness is its stalest shard's; a consumer's pending entries add up over the shards, and
+    its idle time is the shortest."""
+    groups: dict[str, list[GroupStatus]] = {}
+    for status in statuses:
+        for group in status.groups:
+            groups.setdefault(group.name, []).append(group)
+    return StreamStatus(
+        key=key,
+        length=sum(s.length for s in statuses),
+        max_len=sum(s.max_len for s in statuses),
+        last_generated_id=max(
+            (s.last_generated_id for s in statuses if s.last_generated_id), key=_ms, default=None
+        ),
+        groups=tuple(_combined_group(name, parts) for name, parts in groups.items()),
+        dead_letters=sum(s.dead_letters for s in statuses),
+        redis_version=min(s.redis_version for s in statuses),
+        shards=tuple(statuses),
+    )
+
+
+def _combined_group(name: str, parts: list[GroupStatus]) -> GroupStatus:
+    consumers: dict[str, list[ConsumerStatus]] = {}
+    for part in parts:
+        for consumer in part.consumers:
+            consumers.setdefault(consumer.name, []).append(consumer)
+    oldest_pending = [p.oldest_pending_s for p in parts if p.oldest_pending_s is not None]
+    return GroupStatus(
+        name=name,
+        last_delivered_id=max((p.last_delivered_id for p in parts), key=_ms),
+        pending=sum(p.pending for p in parts),
+        undelivered=sum(p.undelivered for p in parts),
+        undelivered_exact=all(p.undelivered_exact for p in parts),
+        backlog_events=sum(p.backlog_events for p in parts),
+        backlog_events_exact=all(p.backlog_events_exact for p in parts),
+        freshness_s=max(p.freshness_s for p in parts),
+        oldest_pending_s=max(oldest_pending, default=None),
+        consumers=tuple(
+            ConsumerStatus(consumer, sum(c.pending for c in same), min(c.idle_s for c in same))
+            for consumer, same in consumers.items()
+        ),
+    )
 
 
 def read_status(client: redis.Redis, key: str, max_len: int) -> StreamStatus:

@@ -9,8 +9,11 @@ is full, so consumers can always drain and free memory.
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import logging
 import os
+import random
 import secrets
 import socket
 from collections.abc import Iterable
@@ -21,6 +24,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from shared import secrets as shared_secrets
+from shared import shards as shards_module
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -46,12 +50,28 @@ class ReplicationShortfall(Exception):
         self.wanted = wanted
 
 
-def connect(settings: Settings) -> redis.Redis:
+Client = redis.Redis | redis.RedisCluster
+
+
+def connect(settings: Settings) -> Client:
     """A client that fails fast: bounded timeouts and a single immediate retry, on a broken
     connection only (a pooled socket may be stale after a Redis restart), never on a timeout,
     after which the command may have run. Its pool holds at most REDIS_MAX_CONNECTIONS; a caller
     finding none free waits up to REDIS_TIMEOUT_S, then gets a ConnectionError. redis-py uses
-    hiredis to parse replies."""
+    hiredis to parse replies.
+
+    With REDIS_CLUSTER, redis-py's cluster client: it follows MOVED and ASK redirections and,
+    after a failover, asks the cluster for its new slot map; every command here names one key
+    (or keys of one slot)."""
+    if settings.redis_cluster:
+        return redis.RedisCluster.from_url(
+            settings.redis_url,
+            max_connections=settings.redis_max_connections,
+            socket_timeout=settings.redis_timeout_s,
+            socket_connect_timeout=settings.redis_timeout_s,
+            health_check_interval=30,
+            credential_provider=_credentials(settings),
+        )
     pool = redis.BlockingConnectionPool.from_url(
         settings.redis_url,
         max_connections=settings.redis_max_connections,
@@ -126,7 +146,7 @@ class EventStream:
     (Redis's WAIT, like Kafka's acks=all), so a failover to a replica cannot lose it.
     """
 
-    client: redis.Redis
+    client: Client
     key: str
     max_len: int
     wait_replicas: int = 0
@@ -136,7 +156,7 @@ class EventStream:
         self._add_if_room = self.client.register_script(_ADD_IF_ROOM)
 
     @classmethod
-    def from_settings(cls, settings: Settings, client: redis.Redis | None = None) -> EventStream:
+    def from_settings(cls, settings: Settings, client: Client | None = None) -> EventStream:
         return cls(
             client or connect(settings),
             settings.stream_key,
@@ -161,9 +181,11 @@ class EventStream:
 
     def _add_and_wait(self, args: list) -> EntryId | None:
         """The append and WAIT in one pipeline: one round trip, and on one connection, which
-        WAIT needs, since it counts only the writes of the connection it is sent on."""
+        WAIT needs, since it counts only the writes of the connection it is sent on (on a
+        cluster, a connection to the primary that owns the key)."""
         for attempt in range(2):
-            pipe = self.client.pipeline(transaction=False)
+            node = self._primary_of_key()
+            pipe = node.pipeline(transaction=False)
             pipe.evalsha(self._add_if_room.sha, 1, self.key, *args)
             pipe.wait(self.wait_replicas, self.wait_timeout_ms)
             try:
@@ -172,12 +194,73 @@ class EventStream:
                 if attempt:
                     raise
                 # A restarted or promoted Redis has no scripts cached; nothing was written.
-                self.client.script_load(_ADD_IF_ROOM)
+                node.script_load(_ADD_IF_ROOM)
+                continue
+            except (redis.exceptions.MovedError, redis.exceptions.ClusterDownError):
+                if attempt or not isinstance(self.client, redis.RedisCluster):
+                    raise
+                # The slot moved (a failover promoted a replica): nothing was written there.
+                self.client.nodes_manager.initialize()
                 continue
             if entry_id is not None and confirmed < self.wait_replicas:
                 raise ReplicationShortfall(entry_id, confirmed, self.wait_replicas)
             return entry_id
         raise AssertionError("unreachable")
+
+    def _primary_of_key(self) -> redis.Redis:
+        if not isinstance(self.client, redis.RedisCluster):
+            return self.client
+        return self.client.get_redis_connection(self.client.get_node_from_key(self.key))
+
+
+class ShardedStream:
+    """The producer's view of STREAM_SHARDS keys. Each request's entry goes whole to one shard,
+    taking turns; a full shard passes it to the next, so a client is refused (`BacklogFull`)
+    only when every shard holds STREAM_MAX_LEN entries. An entry written but short of its
+    replicas (`ReplicationShortfall`) is never tried again elsewhere."""
+
+    def __init__(self, key: str, shards: list[EventStream]) -> None:
+        self.shards = shards
+        self.client = shards[0].client
+        self.key = key  # the logical stream's name (STREAM_KEY), which no entry is written to
+        self.registry = shards_module.registry_key(key)
+        self._turns = itertools.count(random.randrange(len(shards)))
+        self._registered = False
+
+    def add(self, fields: Fields) -> EntryId:
+        self._register()
+        start = next(self._turns)
+        for offset in range(len(self.shards)):
+            shard = self.shards[(start + offset) % len(self.shards)]
+            try:
+                return shard.add(fields)
+            except BacklogFull:
+                continue
+        raise BacklogFull(f"all {len(self.shards)} shards hold {self.shards[0].max_len} entries")
+
+    def is_full(self) -> bool:
+        return all(shard.is_full() for shard in self.shards)
+
+    def _register(self) -> None:
+        """List this process's shard keys in the registry, once, so that consumers drain them
+        even after STREAM_SHARDS changes. Until it succeeds, each request tries again."""
+        if not self._registered:
+            self.client.sadd(self.registry, *(shard.key for shard in self.shards))
+            self._registered = True
+
+
+def producer(settings: Settings, client: Client | None = None) -> EventStream | ShardedStream:
+    """What ingest (and replay, and redrive) append entries with: STREAM_KEY itself, or its
+    STREAM_SHARDS shards."""
+    client = client or connect(settings)
+    keys = shards_module.shard_keys(settings.stream_key, settings.stream_shards)
+    streams = [
+        EventStream.from_settings(dataclasses.replace(settings, stream_key=key), client)
+        for key in keys
+    ]
+    if len(streams) == 1:
+        return streams[0]
+    return ShardedStream(settings.stream_key, streams)
 
 
 @dataclass

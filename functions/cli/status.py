@@ -49,12 +49,12 @@ def status(as_json: bool, max_freshness: float | None, inactive_after: float) ->
     import redis
 
     from shared.settings import ConfigError, Settings
-    from shared.status import read_status
+    from shared.status import read_stream_status
     from shared.stream import connect
 
     try:
         settings = Settings.from_env()
-        current = read_status(connect(settings), settings.stream_key, settings.stream_max_len)
+        current = read_stream_status(connect(settings), settings)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
     except redis.RedisError as exc:

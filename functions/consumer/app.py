@@ -12,10 +12,10 @@ from typing import Any
 
 import redis
 
-from functions.consumer.drain import Drainer
+from functions.consumer.drain import ShardedDrainer
 from shared import metrics
 from shared.settings import Settings
-from shared.status import read_status
+from shared.status import read_stream_status
 
 _emf = metrics.EmfEmitter()
 
@@ -27,9 +27,9 @@ class IncompleteDrain(Exception):
 
 
 @functools.cache
-def drainer() -> Drainer:
+def drainer() -> ShardedDrainer:
     """One per process, built from the environment at the first call and reused when warm."""
-    return Drainer.from_settings(Settings.from_env())
+    return ShardedDrainer.from_settings(Settings.from_env())
 
 
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
@@ -44,14 +44,13 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     return summary.as_dict()
 
 
-def _stream_gauges(consumer: Drainer) -> Iterator[metrics.Metric] | None:
+def _stream_gauges(consumer: ShardedDrainer) -> Iterator[metrics.Metric] | None:
     """On Lambda nothing scrapes the ingest function's /metrics: each invocation also reports
     the stream's backlog and freshness, so that an alarm sees them."""
     if not _emf.enabled:
         return None
-    reader = consumer.reader
     try:
-        status = read_status(reader.client, reader.key, consumer.settings.stream_max_len)
+        status = read_stream_status(consumer.client, consumer.settings)
     except redis.RedisError:
         return None
     return metrics.stream_gauges(status)

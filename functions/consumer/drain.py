@@ -19,13 +19,13 @@ import logging
 import random
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass
 
 import redis
 from botocore.exceptions import BotoCoreError, ClientError
 
-from shared import codec, metrics, stream
+from shared import codec, metrics, shards, stream
 from shared.archive import (
     Buffer,
     ObjectStore,
@@ -68,6 +68,58 @@ class Summary:
     def as_dict(self) -> dict[str, int | str]:
         return asdict(self)
 
+    @classmethod
+    def total(cls, summaries: list[Summary]) -> Summary:
+        """One invocation's tallies over every shard it drained."""
+        total = cls(consumer=summaries[0].consumer)
+        for summary in summaries:
+            for name, value in asdict(summary).items():
+                if isinstance(value, int):
+                    setattr(total, name, getattr(total, name) + value)
+        return total
+
+
+class ShardedDrainer:
+    """Drains every key of the logical stream (shared/shards.py: the STREAM_SHARDS shards, and
+    any key a previous STREAM_SHARDS wrote): one Drainer per key, all side by side within the
+    same budget, so that one shard's backlog never waits behind another's. Every consumer
+    drains every shard; the group on each shard shares its entries among them, and claims
+    from those that went away, exactly as on a single stream. With one key it is that key's
+    Drainer alone, as before shards existed."""
+
+    def __init__(self, settings: Settings, client: stream.Client, store: ObjectStore) -> None:
+        self.settings = settings
+        self.client = client
+        self.store = store
+        self.consumer = settings.consumer_name or stream.unique_consumer_name()
+        self.drainers: dict[str, Drainer] = {}
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ShardedDrainer:
+        return cls(settings, stream.connect(settings), ObjectStore.from_settings(settings))
+
+    def drain(self, remaining_ms: RemainingMs) -> Summary:
+        keys = shards.keys_to_drain(
+            self.client, self.settings.stream_key, self.settings.stream_shards
+        )
+        drainers = [self._drainer(key) for key in keys]
+        if len(drainers) == 1:
+            return drainers[0].drain(remaining_ms)
+        with ThreadPoolExecutor(len(drainers), thread_name_prefix="shard") as pool:
+            runs = [pool.submit(drainer.drain, remaining_ms) for drainer in drainers]
+            wait(runs)
+        failed = [run.exception() for run in runs if run.exception() is not None]
+        if failed:  # the other shards were drained; the failed one's entries stay pending
+            raise failed[0]
+        return Summary.total([run.result() for run in runs])
+
+    def _drainer(self, key: str) -> Drainer:
+        if key not in self.drainers:
+            self.drainers[key] = Drainer.for_key(
+                self.settings, self.client, self.store, key, self.consumer
+            )
+        return self.drainers[key]
+
 
 class Drainer:
     """Moves entries from the consumer group into the archive. Reused across invocations."""
@@ -77,17 +129,32 @@ class Drainer:
         self.reader = reader
         self.store = store
         self.sleep = time.sleep
+        # A shard's entry IDs may equal another shard's: its objects' names carry its key.
+        self.object_salt = "" if reader.key == settings.stream_key else reader.key
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Drainer:
+        return cls.for_key(
+            settings,
+            stream.connect(settings),
+            ObjectStore.from_settings(settings),
+            settings.stream_key,
+            settings.consumer_name or stream.unique_consumer_name(),
+        )
+
+    @classmethod
+    def for_key(
+        cls, settings: Settings, client: stream.Client, store: ObjectStore, key: str, name: str
+    ) -> Drainer:
+        """The drainer of one key of the logical stream (a shard), as consumer `name`."""
         reader = stream.GroupReader(
-            client=stream.connect(settings),
-            key=settings.stream_key,
+            client=client,
+            key=key,
             group=settings.consumer_group,
-            consumer=settings.consumer_name or stream.unique_consumer_name(),
+            consumer=name,
             dead_letter_max_len=settings.dead_letter_max_len,
         )
-        return cls(settings, reader, ObjectStore.from_settings(settings))
+        return cls(settings, reader, store)
 
     def drain(self, remaining_ms: RemainingMs) -> Summary:
         self.reader.ensure_group()
@@ -121,6 +188,7 @@ class _Run:
         self.reader = drainer.reader
         self.store = drainer.store
         self.sleep = drainer.sleep
+        self.object_salt = drainer.object_salt
         self.remaining_ms = remaining_ms
         self.margin_ms = min(STOP_MARGIN_MS, remaining_ms() // 4)
         self.summary = Summary(consumer=self.reader.consumer)
@@ -133,7 +201,7 @@ class _Run:
         self.next_keep_alive_at = 0.0
 
     def new_buffer(self) -> Buffer:
-        return Buffer(format=self.settings.archive_format)
+        return Buffer(format=self.settings.archive_format, salt=self.object_salt)
 
     # --- recovery ---------------------------------------------------------------------------
 

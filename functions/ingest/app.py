@@ -31,7 +31,7 @@ from functions.ingest.instrumentation import instrument, request_id
 from functions.ingest.sdk_settings import analytics_js_settings, rudderstack_source_config
 from shared import codec, events, logs, metrics
 from shared.settings import Settings
-from shared.stream import BacklogFull, EventStream, ReplicationShortfall
+from shared.stream import BacklogFull, ReplicationShortfall, producer
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ class Ingest:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.stream = EventStream.from_settings(settings)
+        self.stream = producer(settings)
         self._write_keys = write_keys_of(settings)
 
     @property
@@ -148,8 +148,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     ingest = Ingest(settings)
-    stream = ingest.stream
-    collector = metrics.StreamCollector(stream.client, stream.key, stream.max_len)
+    collector = metrics.StreamCollector(ingest.stream.client, settings)
     instrument(app, collector if settings.metrics_enabled else None, settings.metrics_token)
     if not ingest.write_keys.required:
         log.warning(

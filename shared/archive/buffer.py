@@ -27,6 +27,9 @@ class Buffer:
     staged in `format` (`ARCHIVE_FORMAT`: a module of `shared.archive.formats`)."""
 
     format: str = "ndjson"
+    # Mixed into the objects' names: the key of the shard the entries came from, since two
+    # shards may hold the same entry IDs. Empty for STREAM_KEY itself (names as before shards).
+    salt: str = ""
     entry_ids: list[bytes] = field(default_factory=list)
     events: int = 0
     bytes: int = 0  # uncompressed, as the format counts it
@@ -65,7 +68,7 @@ class Buffer:
         root in `prefix`; store each body as `content_type`."""
         root = prefix + RAW_ROOTS[self.format]
         for path, partition in self._partitions.items():
-            key = object_key(root, path, partition.entry_ids, self._format.SUFFIX)
+            key = object_key(root, path, partition.entry_ids, self._format.SUFFIX, self.salt)
             yield key, self._format.encode(partition.staged, level), partition.events
 
     def __len__(self) -> int:

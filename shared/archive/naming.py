@@ -21,13 +21,19 @@ ROOTS = (*RAW_ROOTS.values(), COMPACTED_ROOT)
 _json_encoder = msgspec.json.Encoder()
 
 
-def object_key(prefix: str, partition: str, entry_ids: list[bytes], suffix: str) -> str:
+def object_key(
+    prefix: str, partition: str, entry_ids: list[bytes], suffix: str, salt: str = ""
+) -> str:
     """`<prefix><partition><first>_<last>_<digest><suffix>`.
 
     First and last ID sort objects in stream order; the digest of every ID keeps two
-    different sets of entries with the same ends from overwriting each other.
+    different sets of entries with the same ends from overwriting each other, and with a
+    `salt` (a shard's key), two shards' entries with the same IDs.
     """
-    digest = hashlib.blake2b(b",".join(entry_ids), digest_size=8).hexdigest()
+    ids = b",".join(entry_ids)
+    digest = hashlib.blake2b(
+        salt.encode() + b"\n" + ids if salt else ids, digest_size=8
+    ).hexdigest()
     first, last = entry_ids[0].decode(), entry_ids[-1].decode()
     return f"{prefix}{partition}{first}_{last}_{digest}{suffix}"
 

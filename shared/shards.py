@@ -1,0 +1,67 @@
+"""The logical stream as STREAM_SHARDS stream keys, spread over a Redis Cluster's slots.
+
+With one shard the stream is STREAM_KEY itself, as it always was. With N, it is N keys
+`STREAM_KEY:{tag}`, whose hash tags are chosen (not left to chance) so that shard i's slot
+lies in the middle of the i-th of N equal slices of the 16,384 slots: on a cluster whose
+primaries own equal slot ranges, as `redis-cli --cluster create` and ElastiCache assign them,
+every primary holds N/M shards (N a multiple of the M primaries), and never none while N >= M.
+A shard's other keys (its dead letters) carry the same tag, so they live on its node.
+
+Every key ever written is listed in the registry set `STREAM_KEY:shards`, which ingest adds
+its keys to when it starts: consumers drain every key listed (and STREAM_KEY itself, which
+a single-shard release wrote without registering), so changing STREAM_SHARDS never strands
+the entries of a key no longer written.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
+
+# Candidate tags tried per shard: more than enough to land within a few slots of the target.
+_CANDIDATES = 4096
+
+
+def shard_keys(stream_key: str, shards: int) -> list[str]:
+    """The stream keys ingest writes: STREAM_KEY itself for one shard."""
+    if shards < 1:
+        raise ValueError(f"shards must be 1 or more, got {shards}")
+    if shards == 1:
+        return [stream_key]
+    return [f"{stream_key}:{{{tag}}}" for tag in _tags(shards)]
+
+
+def registry_key(stream_key: str) -> str:
+    """The set of every stream key of this logical stream that ingest has written."""
+    return f"{stream_key}:shards"
+
+
+def slot_of(key: str) -> int:
+    return key_slot(key.encode())
+
+
+@functools.cache
+def _tags(shards: int) -> tuple[str, ...]:
+    width = REDIS_CLUSTER_HASH_SLOTS / shards
+    tags = []
+    for index in range(shards):
+        middle = (index + 0.5) * width
+        candidates = (f"{index}.{attempt}" for attempt in range(_CANDIDATES))
+        tags.append(min(candidates, key=lambda tag: abs(key_slot(tag.encode()) - middle)))
+    return tuple(tags)
+
+
+def keys_to_drain(client: Any, stream_key: str, shards: int) -> list[str]:
+    """Every key of the logical stream that may hold entries: the current shards, every key
+    ingest ever registered, and STREAM_KEY itself if it exists (a single-shard release wrote it
+    without registering). Current shards first, in order; the rest sorted."""
+    current = shard_keys(stream_key, shards)
+    others = {
+        key.decode() if isinstance(key, bytes) else key
+        for key in client.smembers(registry_key(stream_key))
+    }
+    if stream_key not in current and client.exists(stream_key):
+        others.add(stream_key)
+    return current + sorted(others - set(current))

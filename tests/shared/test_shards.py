@@ -1,0 +1,161 @@
+"""STREAM_SHARDS on one Redis (shards are just keys): the keys and their slots, the producer
+taking turns and passing a full shard's entry on, the registry that keeps retired keys
+drained, and a sharded drain archiving everything once under names that never collide."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import pytest
+from redis.crc import REDIS_CLUSTER_HASH_SLOTS
+
+from functions.consumer.drain import ShardedDrainer
+from shared import codec, events, shards, stream
+from shared.archive import ObjectStore
+from shared.status import read_stream_status
+from tests.conftest import archived_events, archived_keys
+
+
+class Budget:
+    def __init__(self, seconds: float) -> None:
+        self.deadline = time.monotonic() + seconds
+
+    def __call__(self) -> int:
+        return max(0, int((self.deadline - time.monotonic()) * 1000))
+
+
+def entry(count: int = 2) -> dict[bytes, bytes]:
+    raw = [{"type": "track", "userId": "u", "event": "E"} for _ in range(count)]
+    return codec.encode_entry(events.prepare(raw, events.received_at_now()))
+
+
+# --- keys --------------------------------------------------------------------------------------
+
+
+def test_one_shard_is_the_stream_key_itself() -> None:
+    assert shards.shard_keys("events", 1) == ["events"]
+
+
+@pytest.mark.parametrize("count", [2, 3, 6, 12, 16])
+def test_shard_i_lies_in_the_ith_slice_of_the_slots(count) -> None:
+    keys = shards.shard_keys("events", count)
+    assert len(set(keys)) == count and all(key.startswith("events:{") for key in keys)
+    width = REDIS_CLUSTER_HASH_SLOTS / count
+    for index, key in enumerate(keys):
+        assert index * width <= shards.slot_of(key) < (index + 1) * width, key
+        # Its dead letters live in the same slot: same node, same hash tag.
+        assert shards.slot_of(stream.dead_letter_key(key)) == shards.slot_of(key)
+
+
+@pytest.mark.parametrize(("count", "primaries"), [(3, 3), (6, 3), (6, 2), (12, 4), (4, 3)])
+def test_every_primary_of_an_evenly_split_cluster_holds_shards(count, primaries) -> None:
+    width = REDIS_CLUSTER_HASH_SLOTS // primaries
+    owners = {min(shards.slot_of(k) // width, primaries - 1) for k in shards.shard_keys("e", count)}
+    assert owners == set(range(primaries))
+
+
+def test_the_keys_are_the_same_in_every_process() -> None:
+    assert shards.shard_keys("events", 6) == [
+        "events:{0.2752}", "events:{1.628}", "events:{2.567}",
+        "events:{3.297}", "events:{4.3825}", "events:{5.1915}",
+    ]  # fmt: skip
+
+
+# --- producing ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def sharded(settings):
+    return dataclasses.replace(settings, stream_shards=3, stream_max_len=2)
+
+
+def test_entries_take_turns_over_the_shards_and_are_registered(sharded, redis_client) -> None:
+    producer = stream.producer(sharded, redis_client)
+    for _ in range(6):
+        producer.add(entry())
+    keys = shards.shard_keys(sharded.stream_key, 3)
+    assert [redis_client.xlen(key) for key in keys] == [2, 2, 2]
+    assert not redis_client.exists(sharded.stream_key)  # nothing goes to the logical name
+    registered = {
+        k.decode() for k in redis_client.smembers(shards.registry_key(sharded.stream_key))
+    }
+    assert registered == set(keys)
+
+
+def test_a_full_shard_passes_the_entry_on_and_all_full_refuse(sharded, redis_client) -> None:
+    producer = stream.producer(sharded, redis_client)
+    first = shards.shard_keys(sharded.stream_key, 3)[0]
+    redis_client.xadd(first, {"x": "1"})
+    redis_client.xadd(first, {"x": "2"})  # the first shard is full
+    for _ in range(3):
+        producer.add(entry())
+    assert not producer.is_full()
+    producer.add(entry())  # the last room, wherever the turn was
+    with pytest.raises(stream.BacklogFull, match="all 3 shards"):
+        producer.add(entry())
+    assert producer.is_full()
+    # The bound in total: every shard at STREAM_MAX_LEN.
+    status = read_stream_status(redis_client, sharded)
+    assert status.length == status.max_len == 6
+
+
+# --- draining ----------------------------------------------------------------------------------
+
+
+def drainer(settings, s3) -> ShardedDrainer:
+    client = stream.connect(settings)
+    consumer = ShardedDrainer(settings, client, ObjectStore(s3, settings.s3_bucket))
+    return consumer
+
+
+def test_a_sharded_drain_archives_every_event_once(settings, s3, redis_client) -> None:
+    sharded = dataclasses.replace(settings, stream_shards=3)
+    producer = stream.producer(sharded, redis_client)
+    sent = []
+    for _ in range(30):
+        fields = entry(3)
+        producer.add(fields)
+        sent += [e["messageId"] for e in codec.decode_entry(fields)]
+    summary = drainer(sharded, s3).drain(Budget(3))
+    archived = archived_events(s3, settings.s3_bucket)
+    assert sorted(e["messageId"] for e in archived) == sorted(sent)
+    assert summary.entries_read == 30 and summary.events_archived == 90
+    status = read_stream_status(redis_client, sharded)
+    assert status.length == 0 and status.groups[0].backlog_entries == 0
+    assert len(status.shards) == 3
+
+
+def test_two_shards_with_the_same_entry_ids_write_different_objects(settings, s3, redis_client):
+    sharded = dataclasses.replace(settings, stream_shards=2)
+    for key in shards.shard_keys(sharded.stream_key, 2):
+        redis_client.xadd(key, entry(1), id="1700000000000-0")
+    drainer(sharded, s3).drain(Budget(2))
+    assert len(archived_keys(s3, settings.s3_bucket)) == 2
+    assert len(archived_events(s3, settings.s3_bucket)) == 2
+
+
+def test_keys_no_longer_written_are_still_drained(settings, s3, redis_client) -> None:
+    """From one key to 3 shards and back to 2: the consumer drains STREAM_KEY (the single-shard
+    release registered nothing) and every registered shard, whatever STREAM_SHARDS is now."""
+    stream.producer(settings, redis_client).add(entry())  # STREAM_SHARDS=1
+    stream.producer(dataclasses.replace(settings, stream_shards=3), redis_client).add(entry())
+    now = dataclasses.replace(settings, stream_shards=2)
+    keys = shards.keys_to_drain(redis_client, settings.stream_key, 2)
+    assert keys[:2] == shards.shard_keys(settings.stream_key, 2)
+    assert set(keys) == {settings.stream_key} | set(
+        shards.shard_keys(settings.stream_key, 3)
+    ) | set(shards.shard_keys(settings.stream_key, 2))
+    summary = drainer(now, s3).drain(Budget(3))
+    assert summary.events_archived == 4
+    assert len(archived_events(s3, settings.s3_bucket)) == 4
+
+
+def test_one_shard_drains_and_names_objects_as_before(settings, s3, redis_client) -> None:
+    stream.producer(settings, redis_client).add(entry())
+    assert shards.keys_to_drain(redis_client, settings.stream_key, 1) == [settings.stream_key]
+    assert not redis_client.exists(shards.registry_key(settings.stream_key))
+    drainer(settings, s3).drain(Budget(2))
+    (key,) = archived_keys(s3, settings.s3_bucket)
+    (entry_id,) = [e for e in key.rsplit("/", 1)[1].split("_")[:1]]
+    assert key.endswith(".ndjson.gz") and entry_id.count("-") == 1
