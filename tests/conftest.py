@@ -129,6 +129,8 @@ def settings_env(settings: Settings, **overrides: str) -> dict[str, str]:
         "FLUSH_INTERVAL_S": str(settings.flush_interval_s),
         "CLAIM_IDLE_MS": str(settings.claim_idle_ms),
         "ARCHIVE_FORMAT": settings.archive_format,
+        "STREAM_SHARDS": str(settings.stream_shards),
+        "REDIS_CLUSTER": str(settings.redis_cluster).lower(),
     }
     if settings.s3_endpoint_url:
         env["S3_ENDPOINT_URL"] = settings.s3_endpoint_url

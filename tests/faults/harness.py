@@ -15,6 +15,7 @@ batches through any fault, a trap inside the S3 endpoint, and the final accounti
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -36,9 +37,12 @@ from moto.s3.models import S3Backend
 from moto.server import ThreadedMotoServer
 
 from local import stack
+from local.redis_cluster import LocalCluster
 from local.redis_server import RedisServer
 from local.s3 import start_moto_server
+from shared import shards as shards_module
 from shared.settings import Settings
+from shared.stream import dead_letter_key
 from tests.conftest import archived_events, free_port, settings_env, wait_until
 
 BATCH_SIZES = (10, 20)
@@ -55,7 +59,7 @@ class Pipeline:
     """Every process of one scenario; nothing is shared with other tests."""
 
     settings: Settings
-    redis_server: RedisServer
+    redis_server: RedisServer | LocalCluster
     moto: ThreadedMotoServer
     gunicorn: subprocess.Popen
     url: str
@@ -67,12 +71,14 @@ class Pipeline:
     def start(
         cls,
         data_dir: Path,
-        redis_server: RedisServer | None = None,
+        redis_server: RedisServer | LocalCluster | None = None,
         redis_url: str | None = None,
+        shards: int = 1,
         **env: str,
     ) -> Pipeline:
-        """Its own redis-server, unless given one (then reached at `redis_url`, if given:
-        through a proxy, say); it is killed with the pipeline either way."""
+        """Its own redis-server, unless given one, or a cluster (then reached at `redis_url`,
+        if given: through a proxy, say); it is killed with the pipeline either way. `shards`:
+        STREAM_SHARDS."""
         redis_server = redis_server or RedisServer(free_port(), data_dir / "redis").start()
         try:
             moto, endpoint = start_moto_server(free_port())
@@ -80,7 +86,7 @@ class Pipeline:
             redis_server.kill()
             raise
         try:
-            return cls._start_ingest(redis_server, redis_url, moto, endpoint, env)
+            return cls._start_ingest(redis_server, redis_url, moto, endpoint, shards, env)
         except BaseException:
             moto.stop()
             redis_server.kill()
@@ -89,15 +95,18 @@ class Pipeline:
     @classmethod
     def _start_ingest(
         cls,
-        redis_server: RedisServer,
+        redis_server: RedisServer | LocalCluster,
         redis_url: str | None,
         moto: ThreadedMotoServer,
         endpoint: str,
+        shards: int,
         env: dict,
     ) -> Pipeline:
         settings = Settings(
             redis_url=redis_url or redis_server.url,
+            redis_cluster=isinstance(redis_server, LocalCluster),
             stream_key="events",
+            stream_shards=shards,
             consumer_group="archiver",
             s3_bucket=f"faults-{uuid.uuid4().hex[:10]}",
             s3_prefix="events/",
@@ -132,8 +141,16 @@ class Pipeline:
         return settings_env(self.settings, **self.extra_env)
 
     @property
-    def redis(self) -> redis.Redis:
+    def redis(self) -> redis.Redis | redis.RedisCluster:
+        if self.settings.redis_cluster:
+            return redis.RedisCluster.from_url(self.settings.redis_url, socket_timeout=5)
         return redis.Redis.from_url(self.settings.redis_url, socket_timeout=5)
+
+    def stream_keys(self, client: redis.Redis | redis.RedisCluster) -> list[str]:
+        """Every key of the logical stream: STREAM_KEY, or its shards (shared/shards.py)."""
+        return shards_module.keys_to_drain(
+            client, self.settings.stream_key, self.settings.stream_shards
+        )
 
     @property
     def s3(self) -> Any:
@@ -171,18 +188,19 @@ class Pipeline:
     def events_pending_on(self, pid: int) -> int:
         """Events in the entries the consumer run by process `pid` left unacknowledged: what a
         crash of that consumer may duplicate at most."""
-        client, key, group = self.redis, self.settings.stream_key, self.settings.consumer_group
-        try:
-            consumers = client.xinfo_consumers(key, group)
-        except redis.ResponseError:  # no group yet: the runner died before it made one
-            return 0
-        names = [c["name"] for c in consumers if c["name"].decode().split("-")[-2] == str(pid)]
+        client, group = self.redis, self.settings.consumer_group
         events = 0
-        for name in names:
-            for pending in client.xpending_range(key, group, "-", "+", 100_000, name):
-                entry_id = pending["message_id"]
-                for _, fields in client.xrange(key, entry_id, entry_id):
-                    events += int(fields.get(b"n", b"0"))
+        for key in self.stream_keys(client):
+            try:
+                consumers = client.xinfo_consumers(key, group)
+            except redis.ResponseError:  # no group yet: the runner died before it made one
+                continue
+            names = [c["name"] for c in consumers if c["name"].decode().split("-")[-2] == str(pid)]
+            for name in names:
+                for pending in client.xpending_range(key, group, "-", "+", 100_000, name):
+                    entry_id = pending["message_id"]
+                    for _, fields in client.xrange(key, entry_id, entry_id):
+                        events += int(fields.get(b"n", b"0"))
         return events
 
     def stop(self) -> None:
@@ -203,25 +221,31 @@ class Pipeline:
     # --- what the stream holds ---
 
     def pending(self) -> int:
-        try:
-            return self.redis.xpending(self.settings.stream_key, self.settings.consumer_group)[
-                "pending"
-            ]
-        except redis.ResponseError:
-            return 0
+        client, total = self.redis, 0
+        for key in self.stream_keys(client):
+            with contextlib.suppress(redis.ResponseError):  # no group yet
+                total += client.xpending(key, self.settings.consumer_group)["pending"]
+        return total
 
     def undelivered(self) -> int | None:
-        """Entries no consumer has read yet (None: no consumer group yet)."""
-        client, key = self.redis, self.settings.stream_key
-        groups = {g["name"].decode(): g for g in client.xinfo_groups(key)}
-        group = groups.get(self.settings.consumer_group)
-        if group is None:
-            return None
-        last = group["last-delivered-id"]
-        return len(client.xrange(key, f"({last.decode()}", "+"))
+        """Entries no consumer has read yet (None: a key without the consumer group yet)."""
+        client, total = self.redis, 0
+        for key in self.stream_keys(client):
+            groups = {g["name"].decode(): g for g in client.xinfo_groups(key)}
+            group = groups.get(self.settings.consumer_group)
+            if group is None:
+                return None
+            last = group["last-delivered-id"]
+            total += len(client.xrange(key, f"({last.decode()}", "+"))
+        return total
 
     def dead_letters(self) -> list[tuple[bytes, dict[bytes, bytes]]]:
-        return self.redis.xrange(f"{self.settings.stream_key}:dead")
+        client = self.redis
+        return [
+            letter
+            for key in self.stream_keys(client)
+            for letter in client.xrange(dead_letter_key(key))
+        ]
 
 
 # --- the client -----------------------------------------------------------------------------
