@@ -430,10 +430,10 @@ def dead_letter_key(stream_key: str) -> str:
     return f"{stream_key}:dead"
 
 
-def redrive(producer: EventStream, dead_id: EntryId) -> EntryId:
+def redrive(producer: EventStream | ShardedStream, dead_key: str, dead_id: EntryId) -> EntryId:
     """Put a dead letter's original entry back on the stream (as a new entry, subject to
-    admission control) and remove the dead letter."""
-    dead_key = dead_letter_key(producer.key)
+    admission control) and remove the dead letter from `dead_key`, the dead-letter stream of
+    the key (shard) it came from."""
     [(_, record)] = producer.client.xrange(dead_key, min=dead_id, max=dead_id) or [(None, None)]
     if record is None:
         raise KeyError(f"no dead letter {dead_id!r} in {dead_key}")

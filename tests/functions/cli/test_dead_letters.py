@@ -8,7 +8,7 @@ import json
 from click.testing import CliRunner
 
 from functions.cli import main
-from shared import codec, stream
+from shared import codec, shards, stream
 from shared.settings import Settings
 from tests.conftest import free_port, settings_env
 from tests.functions.cli.errors import assert_one_error_line
@@ -103,3 +103,23 @@ def test_an_unreachable_redis_is_one_line(settings):
     url = f"redis://127.0.0.1:{free_port()}/0"
     result = dead_letters(settings, "list", REDIS_URL=url, REDIS_TIMEOUT_S="0.3")
     assert_one_error_line(result, "cannot use Redis at redis://127.0.0.1:")
+
+
+def test_a_sharded_streams_dead_letters_name_their_shard(settings, redis_client):
+    """One dead-letter stream per shard, whose IDs may be the same in two shards: listed
+    with their shard, shown and re-driven by shard when an ID is ambiguous."""
+    sharded = dataclasses.replace(settings, stream_shards=2)
+    keys = shards.shard_keys(settings.stream_key, 2)
+    letter = {b"original_id": b"1-1", b"reason": b"poison", b"field:n": b"1", b"field:v": b"1"}
+    for key in keys:
+        redis_client.xadd(stream.dead_letter_key(key), letter, id="1700000000000-0")
+    rows = json.loads(dead_letters(sharded, "list", "--json").stdout)
+    assert sorted(row["shard"] for row in rows) == keys
+    ambiguous = dead_letters(sharded, "show", "1700000000000-0")
+    assert ambiguous.exit_code == 1 and "--shard" in ambiguous.output
+    shown = dead_letters(sharded, "show", "1700000000000-0", "--shard", keys[1])
+    assert json.loads(shown.stdout)["shard"] == keys[1]
+    redriven = dead_letters(sharded, "redrive", "--all")
+    assert redriven.exit_code == 0, redriven.output
+    assert not any(redis_client.xlen(stream.dead_letter_key(key)) for key in keys)
+    assert sum(redis_client.xlen(key) for key in keys) == 2  # back on the shards
