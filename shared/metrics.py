@@ -206,6 +206,31 @@ def stream_gauges(status: StreamStatus) -> Iterator[Metric]:
         for group in status.groups:
             family.add_metric([group.name], value(group))
         yield family
+    if status.shards:
+        yield from _shard_gauges(status.shards)
+
+
+def _shard_gauges(shards: tuple[StreamStatus, ...]) -> Iterator[Metric]:
+    """A sharded stream's gauges above are totals; these say which shard holds what."""
+    entries = GaugeMetricFamily(
+        f"{PREFIX}shard_entries", "Entries in each shard's stream key.", labels=["shard"]
+    )
+    backlog = GaugeMetricFamily(
+        f"{PREFIX}shard_backlog_entries",
+        "Entries of each shard not yet acknowledged by the group.",
+        labels=["group", "shard"],
+    )
+    freshness = GaugeMetricFamily(
+        f"{PREFIX}shard_freshness_seconds",
+        "Age of each shard's oldest entry not yet acknowledged by the group.",
+        labels=["group", "shard"],
+    )
+    for shard in shards:
+        entries.add_metric([shard.key], shard.length)
+        for group in shard.groups:
+            backlog.add_metric([group.name, shard.key], group.backlog_entries)
+            freshness.add_metric([group.name, shard.key], group.freshness_s)
+    yield from (entries, backlog, freshness)
 
 
 def _gauge(name: str, help_text: str, value: float) -> GaugeMetricFamily:

@@ -86,6 +86,10 @@ def _as_dict(current: Any, inactive: list[str]) -> dict[str, Any]:
         group["backlog_entries"] = source.backlog_entries
         group["last_active_s"] = source.last_active_s
         group["inactive"] = source.name in inactive
+    if current.shards:
+        document["shards"] = [_as_dict(shard, inactive) for shard in current.shards]
+    else:
+        del document["shards"]  # a stream of one key reads as it always did
     return document
 
 
@@ -113,6 +117,9 @@ def _print_tables(current: Any, inactive: list[str], inactive_after: float) -> N
     if consumers:
         click.echo("")
         table(consumers)
+    if current.shards:
+        click.echo(f"\n{len(current.shards)} shards (the figures above are their totals):")
+        table([_shard_row(shard, group) for shard in current.shards for group in shard.groups])
     for name in inactive:
         click.echo(
             f"\ngroup {name} has a backlog and no consumer has read for over "
@@ -133,6 +140,17 @@ def _group_row(group: Any) -> dict[str, str]:
         "oldest pending": _duration(group.oldest_pending_s),
         "last delivered": group.last_delivered_id,
         "consumers": str(len(group.consumers)),
+    }
+
+
+def _shard_row(shard: Any, group: Any) -> dict[str, str]:
+    return {
+        "shard": shard.key,
+        "group": group.name,
+        "entries": f"{shard.length:,}",
+        "backlog entries": f"{group.backlog_entries:,}",
+        "freshness": _duration(group.freshness_s),
+        "dead letters": f"{shard.dead_letters:,}",
     }
 
 

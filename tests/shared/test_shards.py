@@ -159,3 +159,26 @@ def test_one_shard_drains_and_names_objects_as_before(settings, s3, redis_client
     (key,) = archived_keys(s3, settings.s3_bucket)
     (entry_id,) = [e for e in key.rsplit("/", 1)[1].split("_")[:1]]
     assert key.endswith(".ndjson.gz") and entry_id.count("-") == 1
+
+
+def test_metrics_give_totals_and_each_shard(settings, redis_client) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from shared import metrics
+
+    sharded = dataclasses.replace(settings, stream_shards=3)
+    producer = stream.producer(sharded, redis_client)
+    for _ in range(3):
+        producer.add(entry())
+
+    def samples(which) -> dict[str, list]:
+        text = metrics.exposition(metrics.StreamCollector(redis_client, which)).decode()
+        return {f.name: f.samples for f in text_string_to_metric_families(text)}
+
+    exposed = samples(sharded)
+    assert exposed["event_ingest_stream_entries"][0].value == 3
+    per_shard = {s.labels["shard"]: s.value for s in exposed["event_ingest_shard_entries"]}
+    assert per_shard == dict.fromkeys(shards.shard_keys(settings.stream_key, 3), 1)
+    # One key, never sharded: no shard gauges (once sharded, retired shards still show).
+    alone = dataclasses.replace(settings, stream_key=f"{settings.stream_key}-alone")
+    assert "event_ingest_shard_entries" not in samples(alone)

@@ -3,12 +3,14 @@ against what XINFO and XPENDING say."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import redis
 from click.testing import CliRunner
 
 from functions.cli import main
+from shared import shards
 from shared.settings import Settings
 from shared.stream import GroupReader, dead_letter_key
 from tests.conftest import free_port, settings_env
@@ -100,3 +102,21 @@ def test_an_unreachable_redis_is_one_line_without_its_password(settings: Setting
 
 def test_bad_configuration_is_one_line(settings: Settings) -> None:
     assert_one_error_line(status(settings, STREAM_MAX_LEN="lots"), "STREAM_MAX_LEN")
+
+
+def test_a_sharded_stream_shows_totals_then_each_shard(settings: Settings, redis_client) -> None:
+    sharded = dataclasses.replace(settings, stream_shards=3)
+    keys = shards.shard_keys(settings.stream_key, 3)
+    for count, key in zip((1, 2, 3), keys, strict=True):
+        add_aged(redis_client, key, count, age_s=60 * count)
+        GroupReader(redis_client, key, "archiver", "c1").ensure_group()
+    document = json.loads(status(sharded, "--json").stdout)
+    assert document["length"] == 6 and document["max_len"] == 3 * settings.stream_max_len
+    (group,) = document["groups"]
+    assert group["backlog_entries"] == 6 and 179 <= group["freshness_s"] < 190  # the stalest
+    assert [shard["key"] for shard in document["shards"]] == keys
+    assert [shard["length"] for shard in document["shards"]] == [1, 2, 3]
+    text = status(sharded).stdout
+    assert "3 shards" in text and all(key in text for key in keys)
+    # A stream of one key reads as it always did: no shards at all.
+    assert "shards" not in json.loads(status(settings, "--json").stdout)
