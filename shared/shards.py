@@ -10,7 +10,9 @@ A shard's other keys (its dead letters) carry the same tag, so they live on its 
 Every key ever written is listed in the registry set `STREAM_KEY:shards`, which ingest adds
 its keys to when it starts: consumers drain every key listed (and STREAM_KEY itself, which
 a single-shard release wrote without registering), so changing STREAM_SHARDS never strands
-the entries of a key no longer written.
+the entries of a key no longer written. Such a retired key is removed by a consumer once it
+is drained (empty, nothing pending, no dead letters) and nothing was written to it for
+RETIRE_AFTER_S: by then no ingest process of the previous STREAM_SHARDS is left.
 """
 
 from __future__ import annotations
@@ -22,6 +24,30 @@ from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 
 # Candidate tags tried per shard: more than enough to land within a few slots of the target.
 _CANDIDATES = 4096
+# A retired key is removed only after a day without writes: long after every ingest process of
+# the previous configuration (a Lambda environment, a container of the previous deploy) ended.
+RETIRE_AFTER_S = 24 * 3600
+
+# Delete the stream key if it is drained and was last written before ARGV[1] (ms): checked and
+# done in one step, so that an entry added meanwhile is never deleted with it.
+_DELETE_IF_DRAINED = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 1 end
+if redis.call('XLEN', KEYS[1]) > 0 then return 0 end
+for _, group in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
+  for i = 1, #group, 2 do
+    if group[i] == 'pending' and group[i + 1] > 0 then return 0 end
+  end
+end
+local last = redis.call('XINFO', 'STREAM', KEYS[1])
+for i = 1, #last, 2 do
+  if last[i] == 'last-generated-id' then
+    local ms = tonumber(string.match(last[i + 1], '^(%d+)'))
+    if ms >= tonumber(ARGV[1]) then return 0 end
+  end
+end
+redis.call('DEL', KEYS[1])
+return 1
+"""
 
 
 def shard_keys(stream_key: str, shards: int) -> list[str]:
@@ -65,3 +91,18 @@ def keys_to_drain(client: Any, stream_key: str, shards: int) -> list[str]:
     if stream_key not in current and client.exists(stream_key):
         others.add(stream_key)
     return current + sorted(others - set(current))
+
+
+def retire_if_drained(client: Any, stream_key: str, shards: int, key: str) -> bool:
+    """Remove `key`, a key of the logical stream that STREAM_SHARDS no longer writes, if it is
+    drained, has no dead letters and was not written for RETIRE_AFTER_S; True if removed."""
+    if key in shard_keys(stream_key, shards):
+        return False
+    if client.xlen(f"{key}:dead"):  # its dead letters stay listed, with it, until handled
+        return False
+    seconds, micros = client.time()
+    before_ms = seconds * 1000 + micros // 1000 - RETIRE_AFTER_S * 1000
+    if not client.register_script(_DELETE_IF_DRAINED)(keys=[key], args=[before_ms]):
+        return False
+    client.srem(registry_key(stream_key), key)
+    return True

@@ -111,7 +111,17 @@ class ShardedDrainer:
         failed = [run.exception() for run in runs if run.exception() is not None]
         if failed:  # the other shards were drained; the failed one's entries stay pending
             raise failed[0]
+        self._retire(keys)
         return Summary.total([run.result() for run in runs])
+
+    def _retire(self, keys: list[str]) -> None:
+        """Remove the keys a previous STREAM_SHARDS wrote, once they are done with."""
+        for key in keys:
+            if shards.retire_if_drained(
+                self.client, self.settings.stream_key, self.settings.stream_shards, key
+            ):
+                log.info("removed %s: drained, and no longer written", key)
+                self.drainers.pop(key, None)
 
     def _drainer(self, key: str) -> Drainer:
         if key not in self.drainers:

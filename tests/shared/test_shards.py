@@ -182,3 +182,29 @@ def test_metrics_give_totals_and_each_shard(settings, redis_client) -> None:
     # One key, never sharded: no shard gauges (once sharded, retired shards still show).
     alone = dataclasses.replace(settings, stream_key=f"{settings.stream_key}-alone")
     assert "event_ingest_shard_entries" not in samples(alone)
+
+
+def test_a_retired_key_is_removed_once_drained_and_silent(settings, s3, redis_client) -> None:
+    """Back from 3 shards to 1: the shards are drained, then removed once nothing was written
+    to them for RETIRE_AFTER_S (here, entries written two days ago), except a shard written
+    recently (an ingest process of the old configuration may still run) and one with dead
+    letters waiting."""
+    old_ms = int(time.time() * 1000) - 2 * 24 * 3600 * 1000
+    first, recent, poisoned = shards.shard_keys(settings.stream_key, 3)
+    redis_client.sadd(shards.registry_key(settings.stream_key), first, recent, poisoned)
+    for key in (first, poisoned):
+        redis_client.xadd(key, entry(), id=f"{old_ms}-0")
+    redis_client.xadd(recent, entry())
+    redis_client.xadd(stream.dead_letter_key(poisoned), {b"reason": b"poison"})
+    summary = drainer(settings, s3).drain(Budget(2))
+    assert summary.events_archived == 6  # all drained, the old ones too
+    registered = {
+        k.decode() for k in redis_client.smembers(shards.registry_key(settings.stream_key))
+    }
+    assert registered == {recent, poisoned}
+    assert not redis_client.exists(first)
+    assert redis_client.exists(recent) and redis_client.exists(poisoned)
+    assert shards.keys_to_drain(redis_client, settings.stream_key, 1) == [
+        settings.stream_key,
+        *sorted([recent, poisoned]),
+    ]
