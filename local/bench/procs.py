@@ -23,6 +23,7 @@ from pathlib import Path
 
 from local import stack
 from local.bench import cpu
+from local.redis_cluster import LocalCluster, free_ports
 from local.redis_server import RedisServer
 from local.s3 import FAKE_CREDENTIALS, ensure_bucket, start_moto_server
 from local.stack import free_port
@@ -71,6 +72,7 @@ class Stack:
         self.env = {**os.environ, **FAKE_CREDENTIALS, **env}
         self.redis: RedisServer | None = None
         self.replica: RedisServer | None = None
+        self.cluster: LocalCluster | None = None
         self.s3: subprocess.Popen | None = None
         self.servers: dict[str, tuple[subprocess.Popen, int]] = {}
         self._stoppers: list = []
@@ -101,6 +103,12 @@ class Stack:
         self.replica = RedisServer(free_port(), self.run_dir / "replica", *args)
         self._stoppers.append(self.replica.stop)
         self.replica.start().wait_replicating()
+
+    def start_cluster(self, primaries: int) -> LocalCluster:
+        """A Redis Cluster of `primaries` primaries on loopback (its CPU is counted as Redis's)."""
+        self.cluster = LocalCluster(free_ports(primaries), self.run_dir / "cluster", primaries)
+        self._stoppers.append(self.cluster.kill)
+        return self.cluster.start()
 
     # --- HTTP servers ----------------------------------------------------------------------
 
@@ -162,7 +170,7 @@ class Stack:
         return cpu.tree(process.pid)
 
     def redis_pids(self) -> list[int]:
-        servers = (self.redis, self.replica)
+        servers = [self.redis, self.replica, *(self.cluster.servers if self.cluster else [])]
         return [server.process.pid for server in servers if server and server.process]
 
     def s3_pids(self) -> list[int]:

@@ -260,6 +260,13 @@ def table(results: dict) -> str:
         lines += [ingest_line(row) for row in results["metrics"]]
         lines += metrics_cost_lines(results["metrics"])
         lines += [metrics_in_process_line(row) for row in results.get("metrics_in_process", [])]
+    if results.get("cluster"):
+        lines += [
+            "",
+            "Redis Cluster: 3 local primaries, ingest with 1 shard and with 6, runs taking turns"
+            " (cores: redis = all 3 primaries)",
+        ]
+        lines += [ingest_line(row) for row in results["cluster"]]
     checks = targets(results)
     if checks:
         lines += ["", "targets (issue 6)"]

@@ -16,7 +16,9 @@
    is measured beside ingest without it (same Redis, same replica, runs taking turns), at
    saturation and at 100 requests/s of 10 events;
 8. the cost of the metrics: ingest with METRICS_ENABLED on and off, runs taking turns, compared
-   by server CPU per request.
+   by server CPU per request;
+9. Redis Cluster: a local cluster of 3 primaries, ingest with STREAM_SHARDS=1 beside
+   STREAM_SHARDS=6 (REDIS_CLUSTER=1), at saturation, runs taking turns.
 
 Phases 1, 2 and 5 also measure the previous server configuration (gunicorn's gthread worker,
 4 threads and 8 connections per worker), so both stand side by side in one run.
@@ -54,6 +56,7 @@ from local.bench import (
 from local.bench.crowd import Crowd, crowd_of, normal_requests
 from local.bench.procs import GUNICORN_CONF, ROOT, Stack, stop
 from local.server_limits import raise_open_files_limit
+from shared import shards
 from shared.archive import ObjectStore
 from shared.settings import Settings
 
@@ -80,6 +83,8 @@ PREVIOUS_SERVER_ENV = {
 CROWD_IDLE, CROWD_SLOW, CROWD_REQUESTS = 500, 100, 20
 WAIT_ONE = {"REDIS_WAIT_REPLICAS": "1"}
 METRICS_OFF = {"METRICS_ENABLED": "false"}
+# Shards on the 3-primary cluster: two per primary.
+CLUSTER_SHARDS = 6
 # (consumer processes, ARCHIVE_FORMAT) of each drain run, on the same backlog.
 DRAIN_RUNS = ((1, "ndjson"), (2, "ndjson"), (1, "parquet"))
 
@@ -134,6 +139,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             "archive",
             "replication",
             "metrics",
+            "cluster",
         ],
     )
     return parser.parse_args(argv)
@@ -166,6 +172,7 @@ def main(argv: list[str] | None = None) -> int:
         "archive": None,
         "replication": {"saturation": [], "fixed_rate": []},
         "metrics": [],
+        "cluster": [],
         "notes": [],
     }
     env = dict(BENCH_ENV)
@@ -194,6 +201,8 @@ def main(argv: list[str] | None = None) -> int:
             bench.replication_phase()
         if "metrics" not in args.skip:
             bench.metrics_phase()
+        if "cluster" not in args.skip:
+            bench.cluster_phase()
     finally:
         bench.stack.close()
         _remove_redis_data(run_dir)
@@ -334,7 +343,7 @@ class Bench:
             _say(report.ingest_line(row))
 
     def _saturate_once(self, server: str, port: int, bodies: payloads.Bodies) -> dict:
-        self.client.delete(STREAM_KEY)
+        self._empty_stream(server)
         master, _ = self.stack.servers[server]
         workers = [pid for pid in cpu.tree(master.pid) if pid != master.pid]
         workers_before = {pid: cpu.process_cpu_s(pid) for pid in workers}
@@ -582,6 +591,30 @@ class Bench:
         self.results["metrics_in_process"] = in_process
         for row in in_process:
             _say(report.metrics_in_process_line(row))
+
+    # --- phase 9: Redis Cluster --------------------------------------------------------------
+
+    def cluster_phase(self) -> None:
+        _say(f"\n== Redis Cluster of 3 primaries: STREAM_SHARDS=1 beside {CLUSTER_SHARDS}")
+        cluster = self.stack.start_cluster(3)
+        self.cluster_client = redis.RedisCluster.from_url(cluster.url)
+        on_cluster = {"REDIS_URL": cluster.url, "REDIS_CLUSTER": "true"}
+        servers = tuple(
+            (f"cluster, {n} shard{'s' if n > 1 else ''}", f"ingest-cluster-{n}",
+             {**on_cluster, "STREAM_SHARDS": str(n)})
+            for n in (1, CLUSTER_SHARDS)
+        )  # fmt: skip
+        self.side_by_side(servers, self.results["cluster"])
+        self.stop_servers(servers)
+
+    def _empty_stream(self, server: str) -> None:
+        """Each run starts from an empty stream: the stack's key, or the cluster's shards."""
+        if not server.startswith("ingest-cluster-"):
+            self.client.delete(STREAM_KEY)
+            return
+        count = int(server.rpartition("-")[2])
+        for key in shards.shard_keys(STREAM_KEY, count):
+            self.cluster_client.delete(key)
 
     # --- phase 5: a crowd of idle and slow connections --------------------------------------
 
