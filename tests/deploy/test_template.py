@@ -409,3 +409,14 @@ def test_a_deployed_stack_is_queryable_in_athena_at_once(template: dict[str, Any
     for table in ("events_ndjson", "events_parquet", "events_compacted"):
         assert f"FROM {table}" in view
     assert "PARTITION BY message_id ORDER BY received_at" in view
+
+
+def test_cluster_mode_and_shards_are_parameters(template: dict[str, Any]) -> None:
+    shared = template["Globals"]["Function"]["Environment"]["Variables"]
+    assert shared["REDIS_CLUSTER"] == {"Ref": "RedisClusterMode"}
+    assert shared["STREAM_SHARDS"] == {"Ref": "StreamShards"}
+    mode, count = template["Parameters"]["RedisClusterMode"], template["Parameters"]["StreamShards"]
+    assert mode["Default"] == "false" and count["Default"] == 1  # one Redis, one key: as before
+    settings = Settings.from_env({"REDIS_CLUSTER": "true", "STREAM_SHARDS": "6"})
+    assert settings.redis_cluster and settings.stream_shards == 6
+    assert Settings.from_env({"REDIS_CLUSTER": mode["Default"]}).redis_cluster is False
