@@ -243,10 +243,17 @@ class ShardedStream:
 
     def _register(self) -> None:
         """List this process's shard keys in the registry, once, so that consumers drain them
-        even after STREAM_SHARDS changes. Until it succeeds, each request tries again."""
-        if not self._registered:
+        even after STREAM_SHARDS changes. Until it succeeds, each request tries again; a
+        failure does not fail the request: while STREAM_SHARDS is unchanged, consumers drain
+        these keys whether they are listed or not."""
+        if self._registered:
+            return
+        try:
             self.client.sadd(self.registry, *(shard.key for shard in self.shards))
-            self._registered = True
+        except redis.RedisError as exc:
+            log.warning("could not list the shards in %s yet: %s", self.registry, exc)
+            return
+        self._registered = True
 
 
 def producer(settings: Settings, client: Client | None = None) -> EventStream | ShardedStream:

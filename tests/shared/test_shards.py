@@ -208,3 +208,13 @@ def test_a_retired_key_is_removed_once_drained_and_silent(settings, s3, redis_cl
         settings.stream_key,
         *sorted([recent, poisoned]),
     ]
+
+
+def test_a_registry_that_cannot_be_written_does_not_refuse_requests(sharded, redis_client):
+    registry = shards.registry_key(sharded.stream_key)
+    redis_client.set(registry, "not a set")  # SADD now fails with WRONGTYPE
+    producer = stream.producer(sharded, redis_client)
+    producer.add(entry())
+    redis_client.delete(registry)
+    producer.add(entry())  # tried again, and listed this time
+    assert len(redis_client.smembers(registry)) == 3
