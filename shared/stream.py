@@ -239,7 +239,18 @@ class ShardedStream:
         raise BacklogFull(f"all {len(self.shards)} shards hold {self.shards[0].max_len} entries")
 
     def is_full(self) -> bool:
-        return all(shard.is_full() for shard in self.shards)
+        """True while no shard would take an entry. A shard that does not answer (its primary
+        failing over) takes none, but the others may: only when none answers is that raised."""
+        failures: list[redis.RedisError] = []
+        for shard in self.shards:
+            try:
+                if not shard.is_full():
+                    return False
+            except redis.RedisError as exc:
+                failures.append(exc)
+        if len(failures) == len(self.shards):
+            raise failures[0]
+        return True
 
     def _register(self) -> None:
         """List this process's shard keys in the registry, once, so that consumers drain them

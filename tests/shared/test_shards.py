@@ -8,7 +8,10 @@ import dataclasses
 import time
 
 import pytest
+import redis
+from redis.backoff import NoBackoff
 from redis.crc import REDIS_CLUSTER_HASH_SLOTS
+from redis.retry import Retry
 
 from functions.consumer.drain import ShardedDrainer
 from shared import codec, events, shards, stream
@@ -218,3 +221,18 @@ def test_a_registry_that_cannot_be_written_does_not_refuse_requests(sharded, red
     redis_client.delete(registry)
     producer.add(entry())  # tried again, and listed this time
     assert len(redis_client.smembers(registry)) == 3
+
+
+def test_readiness_holds_while_one_shard_does_not_answer(sharded, redis_client) -> None:
+    producer = stream.producer(sharded, redis_client)
+    unreachable = redis.Redis(port=1, socket_connect_timeout=0.2, retry=Retry(NoBackoff(), 0))
+    down = stream.EventStream(unreachable, "k", 2)
+    producer.shards[0] = down  # its primary is failing over
+    assert not producer.is_full()
+    for shard in producer.shards[1:]:
+        for _ in range(2):
+            shard.add(entry())
+    assert producer.is_full()  # the answering ones are full: nothing would be accepted
+    producer.shards[1:] = [down, down]
+    with pytest.raises(redis.ConnectionError):
+        producer.is_full()
