@@ -24,7 +24,7 @@ FIELD_PREFIX = b"field:"
 def dead_letters() -> None:
     """Inspect and re-drive the entries the consumer could not archive.
 
-    Reads REDIS_URL and STREAM_KEY like the functions do.
+    Reads REDIS_URL, REDIS_CLUSTER, STREAM_KEY and STREAM_SHARDS like the functions do.
     """
 
 

@@ -36,7 +36,7 @@ def replay(start: str, end: str, into: str | None, restart: bool) -> None:
     where it stopped (the place is kept in Redis beside the target stream for
     7 days), repeating at most the entry in flight.
 
-    Reads REDIS_URL, STREAM_KEY, STREAM_MAX_LEN, S3_BUCKET, S3_PREFIX,
+    Reads REDIS_URL, REDIS_CLUSTER, STREAM_KEY, STREAM_SHARDS, STREAM_MAX_LEN, S3_BUCKET, S3_PREFIX,
     S3_ENDPOINT_URL, DEDUP_WINDOW and the AWS credentials like the functions do.
     """
     import redis

@@ -44,7 +44,8 @@ def status(as_json: bool, max_freshness: float | None, inactive_after: float) ->
     ingest ends up answering 503. It is never removed automatically
     (`redis-cli XGROUP DESTROY STREAM GROUP` does, if nobody will read it).
 
-    Reads REDIS_URL, STREAM_KEY and STREAM_MAX_LEN like the functions do.
+    Reads REDIS_URL, REDIS_CLUSTER, STREAM_KEY, STREAM_SHARDS and STREAM_MAX_LEN like the
+    functions do.
     """
     import redis
 
