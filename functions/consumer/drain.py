@@ -20,7 +20,7 @@ import random
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import redis
 from botocore.exceptions import BotoCoreError, ClientError
@@ -79,6 +79,24 @@ class Summary:
         return total
 
 
+# The least a shard's share of FLUSH_MAX_BYTES may be: objects smaller than this cost more in
+# requests than they save in memory.
+MIN_SHARE_BYTES = 1024 * 1024
+
+
+def buffering_share(settings: Settings, keys: int) -> Settings:
+    """Each of `keys` drainers' buffering hints: FLUSH_MAX_BYTES and FLUSH_MAX_EVENTS shared
+    out, so that a consumer's buffers together stay within what one stream's would hold (the
+    function's memory is sized for one), down to MIN_SHARE_BYTES each."""
+    return replace(
+        settings,
+        flush_max_bytes=max(
+            settings.flush_max_bytes // keys, min(settings.flush_max_bytes, MIN_SHARE_BYTES)
+        ),
+        flush_max_events=max(settings.flush_max_events // keys, 1),
+    )
+
+
 class ShardedDrainer:
     """Drains every key of the logical stream (shared/shards.py: the STREAM_SHARDS shards, and
     any key a previous STREAM_SHARDS wrote): one Drainer per key, all side by side within the
@@ -105,6 +123,9 @@ class ShardedDrainer:
         drainers = [self._drainer(key) for key in keys]
         if len(drainers) == 1:
             return drainers[0].drain(remaining_ms)
+        shared_hints = buffering_share(self.settings, len(drainers))
+        for drainer in drainers:
+            drainer.settings = shared_hints
         with ThreadPoolExecutor(len(drainers), thread_name_prefix="shard") as pool:
             runs = [pool.submit(drainer.drain, remaining_ms) for drainer in drainers]
             wait(runs)

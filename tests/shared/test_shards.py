@@ -236,3 +236,19 @@ def test_readiness_holds_while_one_shard_does_not_answer(sharded, redis_client) 
     producer.shards[1:] = [down, down]
     with pytest.raises(redis.ConnectionError):
         producer.is_full()
+
+
+def test_drainers_share_the_buffering_hints(settings, s3, redis_client) -> None:
+    """A consumer's buffers together hold what one stream's would: its memory is sized for
+    one (Lambda's MemorySize), whatever the number of shards."""
+    from functions.consumer.drain import MIN_SHARE_BYTES, buffering_share
+
+    big = dataclasses.replace(settings, flush_max_bytes=12 * 1024 * 1024, flush_max_events=900)
+    shared = buffering_share(big, 3)
+    assert (shared.flush_max_bytes, shared.flush_max_events) == (4 * 1024 * 1024, 300)
+    assert buffering_share(big, 64).flush_max_bytes == MIN_SHARE_BYTES  # not below
+    sharded = dataclasses.replace(big, stream_shards=3)
+    consumer = drainer(sharded, s3)
+    stream.producer(sharded, redis_client).add(entry())
+    consumer.drain(Budget(1))
+    assert {d.settings.flush_max_bytes for d in consumer.drainers.values()} == {4 * 1024 * 1024}
