@@ -87,6 +87,22 @@ class LocalCluster:
                 ports.append(server.port)
         return ports
 
+    def add_replica(self, primary_port: int, timeout_s: float = 30.0) -> RedisServer:
+        """A new node, on a new port, joining as a replica of the primary on `primary_port`:
+        as ElastiCache replaces a failed node (with another address)."""
+        (port,) = free_ports(1)
+        args = self.servers[0].extra_args
+        node = RedisServer(port, self.servers[0].data_dir.parent / str(port), *args).start()
+        self.servers.append(node)
+        client = redis.Redis(port=port, decode_responses=True)
+        client.execute_command("CLUSTER MEET", "127.0.0.1", primary_port)
+        primary = redis.Redis(port=primary_port, decode_responses=True)
+        primary_id = primary.execute_command("CLUSTER MYID")
+        self._wait(lambda: primary_id in str(_nodes(client)), timeout_s)
+        client.execute_command("CLUSTER REPLICATE", primary_id)
+        node.wait_replicating(timeout_s)
+        return node
+
     def server_on(self, port: int) -> RedisServer:
         return next(server for server in self.servers if server.port == port)
 

@@ -23,12 +23,12 @@ import time
 from collections.abc import Callable, Iterator
 
 import prometheus_client
-import redis
 from prometheus_client import CollectorRegistry, Counter, Histogram, multiprocess
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 from shared.settings import Settings
 from shared.status import StreamStatus, read_stream_status
+from shared.stream import REDIS_ERRORS, Client
 
 PREFIX = "event_ingest_"
 CONTENT_TYPE = prometheus_client.CONTENT_TYPE_LATEST
@@ -137,13 +137,13 @@ class StreamCollector:
     """The stream's state as gauges, read from Redis at each scrape. If Redis does not
     answer, `event_ingest_redis_up` is 0 and the other gauges are absent (not stale)."""
 
-    def __init__(self, client: redis.Redis, settings: Settings) -> None:
-        self.client, self.settings = client, settings
+    def __init__(self, client: Callable[[], Client], settings: Settings) -> None:
+        self.client, self.settings = client, settings  # `client()`: made at the first scrape
 
     def collect(self) -> Iterator[Metric]:
         try:
-            status = read_stream_status(self.client, self.settings)
-        except redis.RedisError:
+            status = read_stream_status(self.client(), self.settings)
+        except REDIS_ERRORS:
             yield _gauge("redis_up", "1 when Redis answered this scrape.", 0)
             return
         yield _gauge("redis_up", "1 when Redis answered this scrape.", 1)

@@ -31,12 +31,24 @@ class SecretError(RuntimeError):
     """A secret could not be read; the message names it, never its value."""
 
 
+# Secrets Manager unreachable (no VPC endpoint, say) must cost a request seconds, not the
+# minutes of botocore's default timeouts and retries.
+SECRETS_MANAGER_TIMEOUT_S = 2
+SECRETS_MANAGER_ATTEMPTS = 2
+
+
 def fetch_from_secrets_manager(secret_id: str) -> str:
     import boto3  # lazily: only a deployment with secrets pays for botocore's import
+    from botocore.config import Config
     from botocore.exceptions import BotoCoreError, ClientError
 
+    config = Config(
+        connect_timeout=SECRETS_MANAGER_TIMEOUT_S,
+        read_timeout=SECRETS_MANAGER_TIMEOUT_S,
+        retries={"max_attempts": SECRETS_MANAGER_ATTEMPTS, "mode": "standard"},
+    )
     try:
-        answer = boto3.client("secretsmanager").get_secret_value(SecretId=secret_id)
+        answer = boto3.client("secretsmanager", config=config).get_secret_value(SecretId=secret_id)
     except ClientError as exc:
         code = exc.response.get("Error", {}).get("Code", "error")
         raise SecretError(f"secret {secret_id}: {code}") from None
@@ -66,15 +78,22 @@ class CachedSecret:
         self._read_at = 0.0
 
     def value(self) -> str:
-        if self._value is not None and self._clock() - self._read_at < self.max_age_s:
+        if self._value is None:
+            with self._lock:  # the first read: everyone waits for it, its errors propagate
+                if self._value is None:
+                    self._value = self._fetch(self.secret_id)
+                    self._read_at = self._clock()
             return self._value
-        with self._lock:  # one refresh at a time; the others keep the current value
-            if self._value is None:
-                self._value = self._fetch(self.secret_id)  # at start: errors propagate
-                self._read_at = self._clock()
-            elif self._clock() - self._read_at >= self.max_age_s:
-                self._refresh()
+        if self._stale() and self._lock.acquire(blocking=False):
+            try:  # one thread refreshes; the others go on with the current value meanwhile
+                if self._stale():
+                    self._refresh()
+            finally:
+                self._lock.release()
         return self._value
+
+    def _stale(self) -> bool:
+        return self._clock() - self._read_at >= self.max_age_s
 
     def _refresh(self) -> None:
         self._read_at = self._clock()  # failed or not: the next try waits max_age_s
@@ -117,10 +136,16 @@ def redis_credentials(value: str) -> tuple[str, ...]:
 
 class RedisCredentials(CredentialProvider):
     """redis-py's credential provider: each new connection authenticates with the secret's
-    current value (connections already open stay authenticated)."""
+    current value (connections already open stay authenticated). A new value that holds no
+    token is refused with a warning, and the token in use stays."""
 
     def __init__(self, secret: CachedSecret) -> None:
         self.secret = secret
+        self._credentials = redis_credentials(secret.value())
 
     def get_credentials(self) -> tuple[str, ...]:
-        return redis_credentials(self.secret.value())
+        try:
+            self._credentials = redis_credentials(self.secret.value())
+        except SecretError as exc:
+            log.warning("%s (secret %s); keeping the token in use", exc, self.secret.secret_id)
+        return self._credentials

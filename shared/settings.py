@@ -114,6 +114,17 @@ def parse_write_keys(name: str, raw: str) -> tuple[tuple[str, str], ...]:
     return tuple(pairs)
 
 
+def write_keys_from_secret(raw: str) -> tuple[tuple[str, str], ...]:
+    """WRITE_KEYS_SECRET's value: WRITE_KEYS's form, but never empty. Unset WRITE_KEYS means
+    anonymous on purpose; a secret emptied by mistake must not open the endpoint."""
+    pairs = parse_write_keys("WRITE_KEYS_SECRET", raw)
+    if not pairs:
+        raise ConfigError(
+            "WRITE_KEYS_SECRET holds no source:key pair: none would accept anonymous requests"
+        )
+    return pairs
+
+
 def _var(env: str, default: Any, parse: Callable[[str, str], Any], **options: Any) -> Any:
     """A settings field read from the environment variable `env`, checked by `parse`."""
     return field(default=default, metadata={"env": env, "parse": parse}, **options)
@@ -227,7 +238,7 @@ def _read_secrets(values: dict[str, Any]) -> None:
     try:
         if keys_secret:
             raw = secrets.cached(keys_secret, values["secrets_refresh_s"]).value()
-            values["write_keys"] = parse_write_keys("WRITE_KEYS_SECRET", raw)
+            values["write_keys"] = write_keys_from_secret(raw)
         if auth_secret:
             secrets.redis_credentials(
                 secrets.cached(auth_secret, values["secrets_refresh_s"]).value()

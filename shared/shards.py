@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 from typing import Any
 
+import redis
 from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 
 # Candidate tags tried per shard: more than enough to land within a few slots of the target.
@@ -28,9 +29,11 @@ _CANDIDATES = 4096
 # the previous configuration (a Lambda environment, a container of the previous deploy) ended.
 RETIRE_AFTER_S = 24 * 3600
 
-# Delete the stream key if it is drained and was last written before ARGV[1] (ms): checked and
-# done in one step, so that an entry added meanwhile is never deleted with it.
+# Delete the stream key if it is drained and was last written before ARGV[1] (ms), and its
+# dead-letter stream KEYS[2] (when given) is empty: checked and done in one step, so that an
+# entry or a dead letter added meanwhile is never left behind.
 _DELETE_IF_DRAINED = """
+if KEYS[2] and redis.call('XLEN', KEYS[2]) > 0 then return 0 end
 if redis.call('EXISTS', KEYS[1]) == 0 then return 1 end
 if redis.call('XLEN', KEYS[1]) > 0 then return 0 end
 for _, group in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
@@ -98,11 +101,16 @@ def retire_if_drained(client: Any, stream_key: str, shards: int, key: str) -> bo
     drained, has no dead letters and was not written for RETIRE_AFTER_S; True if removed."""
     if key in shard_keys(stream_key, shards):
         return False
-    if client.xlen(f"{key}:dead"):  # its dead letters stay listed, with it, until handled
+    # Its dead letters stay listed, with it, until handled. A shard's share its slot, so the
+    # script checks them; STREAM_KEY's (no hash tag) live elsewhere on a cluster.
+    dead = f"{key}:dead"
+    together = not isinstance(client, redis.RedisCluster) or slot_of(dead) == slot_of(key)
+    if not together and client.xlen(dead):
         return False
     seconds, micros = client.time()
     before_ms = seconds * 1000 + micros // 1000 - RETIRE_AFTER_S * 1000
-    if not client.register_script(_DELETE_IF_DRAINED)(keys=[key], args=[before_ms]):
+    keys = [key, dead] if together else [key]
+    if not client.register_script(_DELETE_IF_DRAINED)(keys=keys, args=[before_ms]):
         return False
     client.srem(registry_key(stream_key), key)
     return True

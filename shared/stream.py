@@ -16,6 +16,7 @@ import os
 import random
 import secrets
 import socket
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -51,6 +52,12 @@ class ReplicationShortfall(Exception):
 
 
 Client = redis.Redis | redis.RedisCluster
+# What a Redis that cannot answer raises: redis-py's cluster client raises some errors (no node
+# reachable, a slot no node serves) outside RedisError.
+REDIS_ERRORS: tuple[type[Exception], ...] = (
+    redis.RedisError,
+    redis.exceptions.RedisClusterException,
+)
 
 
 def connect(settings: Settings) -> Client:
@@ -62,7 +69,9 @@ def connect(settings: Settings) -> Client:
 
     With REDIS_CLUSTER, redis-py's cluster client: it follows MOVED and ASK redirections and,
     after a failover, asks the cluster for its new slot map; every command here names one key
-    (or keys of one slot)."""
+    (or keys of one slot). It retries once, at once, after a broken connection or a timeout
+    (having refreshed its slot map), not the ten times with backoff it would by default: a
+    request must fail fast. It contacts the cluster when it is made."""
     if settings.redis_cluster:
         return redis.RedisCluster.from_url(
             settings.redis_url,
@@ -71,6 +80,7 @@ def connect(settings: Settings) -> Client:
             socket_connect_timeout=settings.redis_timeout_s,
             health_check_interval=30,
             credential_provider=_credentials(settings),
+            retry=Retry(NoBackoff(), 1),
         )
     pool = redis.BlockingConnectionPool.from_url(
         settings.redis_url,
@@ -202,6 +212,12 @@ class EventStream:
                 # The slot moved (a failover promoted a replica): nothing was written there.
                 self.client.nodes_manager.initialize()
                 continue
+            except (redis.ConnectionError, redis.TimeoutError, redis.exceptions.AskError):
+                # The key's primary died, or its slot is migrating. This pipeline went around
+                # the cluster client, which would have refreshed its slot map: do it here, so
+                # the next request finds the promoted replica. Not retried: it may have run.
+                self._refresh_slot_map()
+                raise
             if entry_id is not None and confirmed < self.wait_replicas:
                 raise ReplicationShortfall(entry_id, confirmed, self.wait_replicas)
             return entry_id
@@ -211,6 +227,19 @@ class EventStream:
         if not isinstance(self.client, redis.RedisCluster):
             return self.client
         return self.client.get_redis_connection(self.client.get_node_from_key(self.key))
+
+    def _refresh_slot_map(self) -> None:
+        if isinstance(self.client, redis.RedisCluster):
+            try:
+                self.client.nodes_manager.initialize()
+            except REDIS_ERRORS as exc:  # no node answers yet: the next request tries again
+                log.warning("could not refresh the cluster's slot map: %s", exc)
+
+
+# How often a producer lists its shards again (well within shards.RETIRE_AFTER_S), and how
+# soon after a failure it tries again.
+REGISTER_EVERY_S = 3600.0
+REGISTER_RETRY_S = 30.0
 
 
 class ShardedStream:
@@ -225,46 +254,52 @@ class ShardedStream:
         self.key = key  # the logical stream's name (STREAM_KEY), which no entry is written to
         self.registry = shards_module.registry_key(key)
         self._turns = itertools.count(random.randrange(len(shards)))
-        self._registered = False
+        self._register_at = 0.0  # monotonic time of the next registration
 
     def add(self, fields: Fields) -> EntryId:
-        self._register()
         start = next(self._turns)
         for offset in range(len(self.shards)):
             shard = self.shards[(start + offset) % len(self.shards)]
             try:
-                return shard.add(fields)
+                entry_id = shard.add(fields)
             except BacklogFull:
                 continue
+            self._register()
+            return entry_id
         raise BacklogFull(f"all {len(self.shards)} shards hold {self.shards[0].max_len} entries")
 
     def is_full(self) -> bool:
         """True while no shard would take an entry. A shard that does not answer (its primary
         failing over) takes none, but the others may: only when none answers is that raised."""
-        failures: list[redis.RedisError] = []
+        failures: list[Exception] = []
         for shard in self.shards:
             try:
                 if not shard.is_full():
                     return False
-            except redis.RedisError as exc:
+            except REDIS_ERRORS as exc:
                 failures.append(exc)
         if len(failures) == len(self.shards):
             raise failures[0]
         return True
 
     def _register(self) -> None:
-        """List this process's shard keys in the registry, once, so that consumers drain them
-        even after STREAM_SHARDS changes. Until it succeeds, each request tries again; a
-        failure does not fail the request: while STREAM_SHARDS is unchanged, consumers drain
-        these keys whether they are listed or not."""
-        if self._registered:
+        """List this process's shard keys in the registry, so that consumers drain them even
+        after STREAM_SHARDS changes; again every REGISTER_EVERY_S, since a key no longer listed
+        (retired after a day of silence) may be written again by a process that was idle.
+        After the append, never before: a key retired in between is listed again once it
+        holds the entry, so nothing is left unlisted. A failure never fails the request (while
+        STREAM_SHARDS is unchanged, consumers drain these keys, listed or not); it is tried
+        again REGISTER_RETRY_S later."""
+        now = time.monotonic()
+        if now < self._register_at:
             return
         try:
             self.client.sadd(self.registry, *(shard.key for shard in self.shards))
-        except redis.RedisError as exc:
+        except REDIS_ERRORS as exc:
             log.warning("could not list the shards in %s yet: %s", self.registry, exc)
+            self._register_at = now + REGISTER_RETRY_S
             return
-        self._registered = True
+        self._register_at = now + REGISTER_EVERY_S
 
 
 def producer(settings: Settings, client: Client | None = None) -> EventStream | ShardedStream:

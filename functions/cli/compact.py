@@ -61,12 +61,12 @@ def compact(
     Reads REDIS_URL, STREAM_KEY, S3_BUCKET, S3_PREFIX, S3_ENDPOINT_URL and the AWS
     credentials like the functions do. Progress goes to stderr on a terminal only.
     """
-    import redis
     from botocore.exceptions import BotoCoreError, ClientError
 
     from shared.archive import reading
     from shared.compaction import Compactor, parse_hour
     from shared.settings import ConfigError, Settings
+    from shared.stream import REDIS_ERRORS
 
     fmt = fmt or ("table" if sys.stdout.isatty() else "json")
     try:
@@ -94,7 +94,7 @@ def compact(
         raise click.ClickException(str(exc)) from None
     except (BotoCoreError, ClientError) as exc:
         raise archive_error(settings, exc) from None
-    except redis.RedisError as exc:
+    except REDIS_ERRORS as exc:
         raise redis_error(settings, exc, ", which holds the compaction locks") from None
     _print_summary(summary, fmt)
     failed = [h for h in summary.hours if h.state == "failed"]

@@ -118,11 +118,9 @@ def redrive(dead_ids: tuple[str, ...], everything: bool, shard: str | None) -> N
 def _stream() -> Iterator[tuple[Any, list[str], Any]]:
     """The Redis client, every key of the logical stream (its shards) and a producer;
     configuration and Redis errors become one line."""
-    import redis
-
     from shared import shards
     from shared.settings import ConfigError, Settings
-    from shared.stream import producer
+    from shared.stream import REDIS_ERRORS, producer
 
     try:
         settings = Settings.from_env()
@@ -132,7 +130,7 @@ def _stream() -> Iterator[tuple[Any, list[str], Any]]:
         writer = producer(settings)
         keys = shards.keys_to_drain(writer.client, settings.stream_key, settings.stream_shards)
         yield writer.client, keys, writer
-    except redis.RedisError as exc:
+    except REDIS_ERRORS as exc:
         raise redis_error(settings, exc) from None
 
 

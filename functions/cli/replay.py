@@ -39,12 +39,12 @@ def replay(start: str, end: str, into: str | None, restart: bool) -> None:
     Reads REDIS_URL, REDIS_CLUSTER, STREAM_KEY, STREAM_SHARDS, STREAM_MAX_LEN, S3_BUCKET, S3_PREFIX,
     S3_ENDPOINT_URL, DEDUP_WINDOW and the AWS credentials like the functions do.
     """
-    import redis
     from botocore.exceptions import BotoCoreError, ClientError
 
     from shared.archive import reading
     from shared.replay import Replayer
     from shared.settings import ConfigError, Settings
+    from shared.stream import REDIS_ERRORS
 
     try:
         hours = reading.HourRange(reading.parse_bound(start), reading.parse_bound(end, end=True))
@@ -58,7 +58,7 @@ def replay(start: str, end: str, into: str | None, restart: bool) -> None:
         raise click.ClickException(str(exc)) from None
     except (BotoCoreError, ClientError) as exc:
         raise archive_error(settings, exc) from None
-    except redis.RedisError as exc:
+    except REDIS_ERRORS as exc:
         raise redis_error(settings, exc) from None
     document = dataclasses.asdict(summary)
     if sys.stdout.isatty():

@@ -47,18 +47,17 @@ def status(as_json: bool, max_freshness: float | None, inactive_after: float) ->
     Reads REDIS_URL, REDIS_CLUSTER, STREAM_KEY, STREAM_SHARDS and STREAM_MAX_LEN like the
     functions do.
     """
-    import redis
 
     from shared.settings import ConfigError, Settings
     from shared.status import read_stream_status
-    from shared.stream import connect
+    from shared.stream import REDIS_ERRORS, connect
 
     try:
         settings = Settings.from_env()
         current = read_stream_status(connect(settings), settings)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
-    except redis.RedisError as exc:
+    except REDIS_ERRORS as exc:
         raise redis_error(settings, exc) from None
     inactive = [g.name for g in current.groups if _inactive(g, inactive_after)]
     if as_json:

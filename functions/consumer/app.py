@@ -10,12 +10,11 @@ import functools
 from collections.abc import Iterator
 from typing import Any
 
-import redis
-
 from functions.consumer.drain import ShardedDrainer
 from shared import metrics
 from shared.settings import Settings
 from shared.status import read_stream_status
+from shared.stream import REDIS_ERRORS
 
 _emf = metrics.EmfEmitter()
 
@@ -51,6 +50,6 @@ def _stream_gauges(consumer: ShardedDrainer) -> Iterator[metrics.Metric] | None:
         return None
     try:
         status = read_stream_status(consumer.client, consumer.settings)
-    except redis.RedisError:
+    except REDIS_ERRORS:
         return None
     return metrics.stream_gauges(status)

@@ -87,7 +87,9 @@ MIN_SHARE_BYTES = 1024 * 1024
 def buffering_share(settings: Settings, keys: int) -> Settings:
     """Each of `keys` drainers' buffering hints: FLUSH_MAX_BYTES and FLUSH_MAX_EVENTS shared
     out, so that a consumer's buffers together stay within what one stream's would hold (the
-    function's memory is sized for one), down to MIN_SHARE_BYTES each."""
+    function's memory is sized for one), down to MIN_SHARE_BYTES each. One key: unchanged."""
+    if keys == 1:
+        return settings
     return replace(
         settings,
         flush_max_bytes=max(
@@ -121,19 +123,34 @@ class ShardedDrainer:
             self.client, self.settings.stream_key, self.settings.stream_shards
         )
         drainers = [self._drainer(key) for key in keys]
+        hints = buffering_share(self.settings, len(drainers))  # for this call's keys
+        for drainer in drainers:
+            drainer.settings = hints
         if len(drainers) == 1:
             return drainers[0].drain(remaining_ms)
-        shared_hints = buffering_share(self.settings, len(drainers))
-        for drainer in drainers:
-            drainer.settings = shared_hints
         with ThreadPoolExecutor(len(drainers), thread_name_prefix="shard") as pool:
-            runs = [pool.submit(drainer.drain, remaining_ms) for drainer in drainers]
-            wait(runs)
-        failed = [run.exception() for run in runs if run.exception() is not None]
+            runs = dict(
+                zip(keys, (pool.submit(d.drain, remaining_ms) for d in drainers), strict=True)
+            )
+            wait(runs.values())
+        failed = [
+            run.exception()
+            for key, run in runs.items()
+            if run.exception() is not None and not self._retired_meanwhile(key, run.exception())
+        ]
         if failed:  # the other shards were drained; the failed one's entries stay pending
             raise failed[0]
         self._retire(keys)
-        return Summary.total([run.result() for run in runs])
+        return Summary.total([run.result() for run in runs.values() if run.exception() is None])
+
+    def _retired_meanwhile(self, key: str, error: BaseException) -> bool:
+        """Another consumer removed this retired key while this one drained it: nothing was
+        left in it, so its error (NOGROUP) is no failure."""
+        current = shards.shard_keys(self.settings.stream_key, self.settings.stream_shards)
+        if key in current or "NOGROUP" not in str(error) or self.client.exists(key):
+            return False
+        self.drainers.pop(key, None)
+        return True
 
     def _retire(self, keys: list[str]) -> None:
         """Remove the keys a previous STREAM_SHARDS wrote, once they are done with."""

@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
 import msgspec
-import redis
 from apig_wsgi import make_lambda_handler
 from flask import Flask, Response, g, request
 from werkzeug.exceptions import HTTPException, NotFound, RequestEntityTooLarge, Unauthorized
@@ -31,7 +31,14 @@ from functions.ingest.instrumentation import instrument, request_id
 from functions.ingest.sdk_settings import analytics_js_settings, rudderstack_source_config
 from shared import codec, events, logs, metrics
 from shared.settings import Settings
-from shared.stream import BacklogFull, ReplicationShortfall, producer
+from shared.stream import (
+    REDIS_ERRORS,
+    BacklogFull,
+    EventStream,
+    ReplicationShortfall,
+    ShardedStream,
+    producer,
+)
 
 log = logging.getLogger(__name__)
 
@@ -81,8 +88,20 @@ class Ingest:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.stream = producer(settings)
+        self._stream: EventStream | ShardedStream | None = None
+        self._stream_lock = threading.Lock()
         self._write_keys = write_keys_of(settings)
+
+    @property
+    def stream(self) -> EventStream | ShardedStream:
+        """Made at the first request that needs it, not at start: a Redis Cluster client
+        contacts the cluster when it is made, and a cluster away at start must get clients
+        503s, as one Redis away does, not a server that cannot start."""
+        if self._stream is None:
+            with self._stream_lock:
+                if self._stream is None:
+                    self._stream = producer(self.settings)
+        return self._stream
 
     @property
     def write_keys(self) -> WriteKeys:
@@ -148,7 +167,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     ingest = Ingest(settings)
-    collector = metrics.StreamCollector(ingest.stream.client, settings)
+    collector = metrics.StreamCollector(lambda: ingest.stream.client, settings)
     instrument(app, collector if settings.metrics_enabled else None, settings.metrics_token)
     if not ingest.write_keys.required:
         log.warning(
@@ -295,12 +314,14 @@ def _register_error_handlers(app: Flask) -> None:
         retry_after = {"Retry-After": RETRY_AFTER_UNAVAILABLE_S}
         return error_response(503, "replication_timeout", message, retry_after)
 
-    @app.errorhandler(redis.RedisError)
-    def stream_unavailable(exc: redis.RedisError) -> Response:
+    def stream_unavailable(exc: Exception) -> Response:
         log.warning("stream unavailable: %s", exc)
         message = "event buffer unavailable, retry later"
         retry_after = {"Retry-After": RETRY_AFTER_UNAVAILABLE_S}
         return error_response(503, "unavailable", message, retry_after)
+
+    for unavailable in REDIS_ERRORS:
+        app.register_error_handler(unavailable, stream_unavailable)
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> Response:

@@ -21,7 +21,7 @@ from werkzeug.exceptions import Unauthorized
 
 from shared import secrets
 from shared.secrets import CachedSecret
-from shared.settings import ConfigError, Settings, parse_write_keys
+from shared.settings import ConfigError, Settings, write_keys_from_secret
 
 log = logging.getLogger(__name__)
 
@@ -68,14 +68,14 @@ class RotatingWriteKeys:
     def __init__(self, secret: CachedSecret) -> None:
         self._secret = secret
         self._raw = secret.value()
-        self._keys = WriteKeys(parse_write_keys("WRITE_KEYS_SECRET", self._raw))
+        self._keys = WriteKeys(write_keys_from_secret(self._raw))
 
     def __call__(self) -> WriteKeys:
         raw = self._secret.value()
         if raw is not self._raw:  # the same object until a refresh: one comparison
             self._raw = raw
             try:
-                self._keys = WriteKeys(parse_write_keys("WRITE_KEYS_SECRET", raw))
+                self._keys = WriteKeys(write_keys_from_secret(raw))
             except ConfigError as exc:
                 log.warning("%s; keeping the write keys in use", exc)
         return self._keys

@@ -35,6 +35,7 @@ import redis
 import urllib3
 from moto.s3.models import S3Backend
 from moto.server import ThreadedMotoServer
+from redis.cluster import ClusterNode
 
 from local import stack
 from local.redis_cluster import LocalCluster
@@ -142,8 +143,13 @@ class Pipeline:
 
     @property
     def redis(self) -> redis.Redis | redis.RedisCluster:
-        if self.settings.redis_cluster:
-            return redis.RedisCluster.from_url(self.settings.redis_url, socket_timeout=5)
+        if isinstance(self.redis_server, LocalCluster):  # any live node: one may be killed
+            nodes = [
+                ClusterNode("127.0.0.1", server.port)
+                for server in self.redis_server.servers
+                if server.process is not None and server.process.poll() is None
+            ]
+            return redis.RedisCluster(startup_nodes=nodes, socket_timeout=5)
         return redis.Redis.from_url(self.settings.redis_url, socket_timeout=5)
 
     def stream_keys(self, client: redis.Redis | redis.RedisCluster) -> list[str]:

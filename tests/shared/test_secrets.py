@@ -227,3 +227,57 @@ def test_ingest_follows_a_rotated_write_key(secretsmanager, settings, caplog) ->
             what="the malformed value refused",
         )
     assert "leaked-value" not in caplog.text
+
+
+def test_an_empty_write_keys_secret_never_opens_the_endpoint(secretsmanager, settings, caplog):
+    name = new_secret(secretsmanager, " , ")
+    with pytest.raises(ConfigError, match="anonymous"):
+        Settings.from_env({"WRITE_KEYS_SECRET": name})
+    # Emptied after start: refused, and the keys in use stay.
+    name = new_secret(secretsmanager, "web:the-key")
+    rotating = dataclasses.replace(
+        settings, write_keys=(), write_keys_secret=name, secrets_refresh_s=0.2
+    )
+    client = create_app(rotating).test_client()
+    secretsmanager.put_secret_value(SecretId=name, SecretString=" , ")
+    with caplog.at_level(logging.WARNING):
+        wait_until(
+            lambda: post(client, "the-key") == 202 and "holds no" in caplog.text, timeout_s=5
+        )
+    body = {"batch": [{"type": "track", "userId": "u", "event": "E"}]}
+    assert client.post("/batch", json=body).status_code == 401  # still no anonymous request
+
+
+def test_a_refresh_in_progress_keeps_others_on_the_current_value() -> None:
+    import threading
+
+    clock, started, release = Clock(), threading.Event(), threading.Event()
+    answers = iter(["first", "second"])
+
+    def fetch(secret_id: str) -> str:
+        value = next(answers)
+        if value == "second":
+            started.set()
+            release.wait(5)  # Secrets Manager is slow to answer
+        return value
+
+    secret = CachedSecret("keys", 60, fetch, clock)
+    assert secret.value() == "first"
+    clock.now = 61
+    refresher = threading.Thread(target=secret.value)
+    refresher.start()
+    assert started.wait(5)
+    assert secret.value() == "first"  # at once, not after the slow refresh
+    release.set()
+    refresher.join(5)
+    assert secret.value() == "second"
+
+
+def test_a_redis_secret_rotated_to_garbage_keeps_the_token_in_use(caplog) -> None:
+    clock, answers = Clock(), iter([TOKEN, json.dumps({"username": "no password"})])
+    secret = CachedSecret("redis", 60, lambda _id: next(answers), clock)
+    credentials = secrets.RedisCredentials(secret)
+    clock.now = 61
+    with caplog.at_level(logging.WARNING):
+        assert credentials.get_credentials() == (TOKEN,)
+    assert "keeping the token in use" in caplog.text and "no password" not in caplog.text

@@ -175,7 +175,7 @@ def test_metrics_give_totals_and_each_shard(settings, redis_client) -> None:
         producer.add(entry())
 
     def samples(which) -> dict[str, list]:
-        text = metrics.exposition(metrics.StreamCollector(redis_client, which)).decode()
+        text = metrics.exposition(metrics.StreamCollector(lambda: redis_client, which)).decode()
         return {f.name: f.samples for f in text_string_to_metric_families(text)}
 
     exposed = samples(sharded)
@@ -213,13 +213,30 @@ def test_a_retired_key_is_removed_once_drained_and_silent(settings, s3, redis_cl
     ]
 
 
-def test_a_registry_that_cannot_be_written_does_not_refuse_requests(sharded, redis_client):
+def test_a_registry_that_cannot_be_written_does_not_refuse_requests(
+    sharded, redis_client, monkeypatch
+):
+    monkeypatch.setattr(stream, "REGISTER_RETRY_S", 0.0)  # try again at the next request
     registry = shards.registry_key(sharded.stream_key)
     redis_client.set(registry, "not a set")  # SADD now fails with WRONGTYPE
     producer = stream.producer(sharded, redis_client)
     producer.add(entry())
     redis_client.delete(registry)
     producer.add(entry())  # tried again, and listed this time
+    assert len(redis_client.smembers(registry)) == 3
+
+
+def test_shards_are_listed_again_after_a_while(sharded, redis_client, monkeypatch) -> None:
+    """A key retired while this process was idle comes back on its next write: listed again
+    after the append, so the consumers drain it."""
+    producer = stream.producer(sharded, redis_client)
+    producer.add(entry())
+    registry = shards.registry_key(sharded.stream_key)
+    redis_client.delete(registry)  # retired meanwhile
+    producer.add(entry())
+    assert not redis_client.exists(registry)  # not at every request...
+    producer._register_at = 0.0  # ...but once REGISTER_EVERY_S has passed
+    producer.add(entry())
     assert len(redis_client.smembers(registry)) == 3
 
 
@@ -252,3 +269,27 @@ def test_drainers_share_the_buffering_hints(settings, s3, redis_client) -> None:
     stream.producer(sharded, redis_client).add(entry())
     consumer.drain(Budget(1))
     assert {d.settings.flush_max_bytes for d in consumer.drainers.values()} == {4 * 1024 * 1024}
+
+
+def test_a_key_retired_by_another_consumer_meanwhile_is_no_failure(settings, s3) -> None:
+    consumer = drainer(dataclasses.replace(settings, stream_shards=2), s3)
+    gone = f"{settings.stream_key}:{{old}}"
+    nogroup = redis.ResponseError("NOGROUP No such key or consumer group")
+    assert consumer._retired_meanwhile(gone, nogroup)
+    current = shards.shard_keys(settings.stream_key, 2)[0]
+    assert not consumer._retired_meanwhile(current, nogroup)  # a current shard: a real error
+    assert not consumer._retired_meanwhile(gone, redis.ConnectionError("refused"))
+
+
+def test_object_names_of_one_shard_are_as_before() -> None:
+    """Pinned: a consumer of this release re-flushing what an older one left pending must
+    write the same object, so STREAM_KEY's names never change."""
+    from shared.archive.naming import object_key
+
+    ids = [b"1700000000000-0", b"1700000000001-3"]
+    assert object_key("events/", "dt=2023-11-14/hour=22/", ids, ".ndjson.gz") == (
+        "events/dt=2023-11-14/hour=22/1700000000000-0_1700000000001-3_38d9b395edf62406.ndjson.gz"
+    )
+    salted = object_key("events/", "dt=2023-11-14/hour=22/", ids, ".ndjson.gz", "events:{0.1}")
+    assert salted.startswith("events/dt=2023-11-14/hour=22/1700000000000-0_1700000000001-3_")
+    assert not salted.endswith("38d9b395edf62406.ndjson.gz")

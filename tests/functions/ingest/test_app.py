@@ -141,6 +141,23 @@ def test_livez_answers_without_asking_redis(settings) -> None:
     assert client.get("/readyz").get_json()["error"] == "unavailable"
 
 
+def test_a_redis_cluster_away_at_start_gets_503s_not_a_server_that_cannot_start(settings):
+    """redis-py's cluster client contacts the cluster when it is made, and its errors are not
+    all RedisErrors: the app starts anyway, and every answer that needs Redis is a 503."""
+    away = dataclasses.replace(
+        settings,
+        redis_cluster=True,
+        stream_shards=6,
+        redis_url=f"redis://127.0.0.1:{free_port()}/0",
+        redis_timeout_s=0.2,
+    )
+    client = create_app(away).test_client()
+    assert client.get("/livez").status_code == 200
+    for answer in (client.post("/batch", json={"batch": [TRACK]}), client.get("/readyz")):
+        assert answer.status_code == 503 and answer.get_json()["error"] == "unavailable"
+    assert b"event_ingest_redis_up 0.0" in client.get("/metrics").data
+
+
 def test_readyz_says_whether_a_request_would_be_accepted(settings, redis_client) -> None:
     client = create_app(dataclasses.replace(settings, stream_max_len=2)).test_client()
     assert client.get("/readyz").get_json() == {"status": "ready"}
