@@ -181,16 +181,6 @@ class Drainer:
         self.object_salt = "" if reader.key == settings.stream_key else reader.key
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> Drainer:
-        return cls.for_key(
-            settings,
-            stream.connect(settings),
-            ObjectStore.from_settings(settings),
-            settings.stream_key,
-            settings.consumer_name or stream.unique_consumer_name(),
-        )
-
-    @classmethod
     def for_key(
         cls, settings: Settings, client: stream.Client, store: ObjectStore, key: str, name: str
     ) -> Drainer:
