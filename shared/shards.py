@@ -8,11 +8,12 @@ every primary holds N/M shards (N a multiple of the M primaries), and never none
 A shard's other keys (its dead letters) carry the same tag, so they live on its node.
 
 Every key ever written is listed in the registry set `STREAM_KEY:shards`, which ingest adds
-its keys to when it starts: consumers drain every key listed (and STREAM_KEY itself, which
-a single-shard release wrote without registering), so changing STREAM_SHARDS never strands
-the entries of a key no longer written. Such a retired key is removed by a consumer once it
-is drained (empty, nothing pending, no dead letters) and nothing was written to it for
-RETIRE_AFTER_S: by then no ingest process of the previous STREAM_SHARDS is left.
+its keys to after its appends (again every hour): consumers drain every key listed (and
+STREAM_KEY itself, which a single-shard release wrote without registering), so changing
+STREAM_SHARDS never strands the entries of a key no longer written. Such a retired key is
+removed by a consumer once it is drained (empty, nothing pending, no dead letters) and nothing
+was written to it for RETIRE_AFTER_S: by then no ingest process of the previous STREAM_SHARDS
+is left.
 """
 
 from __future__ import annotations
@@ -62,6 +63,11 @@ def shard_keys(stream_key: str, shards: int) -> list[str]:
     return [f"{stream_key}:{{{tag}}}" for tag in _tags(shards)]
 
 
+def dead_letter_key(stream_key: str) -> str:
+    """Where a stream key's dead letters go: a shard's share its hash tag, so its node."""
+    return f"{stream_key}:dead"
+
+
 def registry_key(stream_key: str) -> str:
     """The set of every stream key of this logical stream that ingest has written."""
     return f"{stream_key}:shards"
@@ -103,7 +109,7 @@ def retire_if_drained(client: Any, stream_key: str, shards: int, key: str) -> bo
         return False
     # Its dead letters stay listed, with it, until handled. A shard's share its slot, so the
     # script checks them; STREAM_KEY's (no hash tag) live elsewhere on a cluster.
-    dead = f"{key}:dead"
+    dead = dead_letter_key(key)
     together = not isinstance(client, redis.RedisCluster) or slot_of(dead) == slot_of(key)
     if not together and client.xlen(dead):
         return False

@@ -27,6 +27,7 @@ from redis.retry import Retry
 from shared import secrets as shared_secrets
 from shared import shards as shards_module
 from shared.settings import Settings
+from shared.shards import dead_letter_key
 
 log = logging.getLogger(__name__)
 
@@ -477,10 +478,6 @@ class GroupReader:
             else:
                 floors.append(_next_id(group["last-delivered-id"]))
         return min(floors, key=_id_key) if floors else None
-
-
-def dead_letter_key(stream_key: str) -> str:
-    return f"{stream_key}:dead"
 
 
 def redrive(producer: EventStream | ShardedStream, dead_key: str, dead_id: EntryId) -> EntryId:
