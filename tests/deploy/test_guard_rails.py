@@ -13,6 +13,7 @@ import pytest
 from shared import metrics
 from shared.archive import ERRORS_PREFIX
 from shared.settings import Settings
+from shared.status import GroupStatus, StreamStatus
 from tests.deploy.test_template import props
 
 SCHEDULED = ("ConsumerFunction", "CompactorFunction")
@@ -93,9 +94,14 @@ def test_the_freshness_alarm_reads_what_the_consumer_emits(template) -> None:
     assert alarm["Dimensions"] == [{"Name": "group", "Value": Settings().consumer_group}]
     lines: list[str] = []
     emitter = metrics.EmfEmitter(lines.append, enabled=True)
-    family = metrics.GaugeMetricFamily(alarm["MetricName"], "", labels=["group"])
-    family.add_metric([Settings().consumer_group], 42.0)
-    emitter.emit(iter([family]))
+    # What the consumer function emits: the stream's gauges, from a status with a stale group.
+    group = GroupStatus(
+        name=Settings().consumer_group, last_delivered_id="0-0", pending=0, undelivered=3,
+        undelivered_exact=True, backlog_events=9, backlog_events_exact=True, freshness_s=42.0,
+        oldest_pending_s=None, consumers=(),
+    )  # fmt: skip
+    status = StreamStatus("events", 3, 100_000, "1-0", (group,), 0, "7.0.15")
+    emitter.emit(metrics.stream_gauges(status))
     [line] = [json.loads(line) for line in lines if alarm["MetricName"] in line]
     assert line["group"] == "archiver" and line[alarm["MetricName"]] == 42.0
     [directive] = line["_aws"]["CloudWatchMetrics"]

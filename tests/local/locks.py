@@ -40,6 +40,17 @@ def pins(path: Path) -> dict[str, str]:
     return found
 
 
+def pins_here(path: Path) -> dict[str, str]:
+    """The pins of a lock that apply to this interpreter: a line's marker
+    (`; python_full_version < '3.11.3'`) is evaluated here."""
+    applicable = set()
+    for line in requirement_lines(path):
+        requirement = Requirement(line.split(" --hash")[0])
+        if requirement.marker is None or requirement.marker.evaluate():
+            applicable.add(canonicalize_name(requirement.name))
+    return {name: version for name, version in pins(path).items() if name in applicable}
+
+
 def hashed(path: Path) -> dict[str, bool]:
     """name -> whether its line carries at least one --hash."""
     return {
