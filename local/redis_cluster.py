@@ -10,7 +10,6 @@ ADDSLOTSRANGE).
 from __future__ import annotations
 
 import random
-import socket
 import time
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import redis
 from redis.crc import REDIS_CLUSTER_HASH_SLOTS
 
 from local.redis_server import RedisServer
+from local.stack import port_free
 
 # How long a primary may be unreachable before the cluster fails over to its replica.
 NODE_TIMEOUT_MS = 2000
@@ -30,18 +30,9 @@ def free_ports(count: int) -> list[int]:
     ports: list[int] = []
     while len(ports) < count:
         port = random.randrange(20_000, 45_000)
-        if port not in ports and all(_free(p) for p in (port, port + BUS_OFFSET)):
+        if port not in ports and all(port_free(p) for p in (port, port + BUS_OFFSET)):
             ports.append(port)
     return ports
-
-
-def _free(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 class LocalCluster:
@@ -80,7 +71,7 @@ class LocalCluster:
         """The ports of the nodes that are primaries now (a failover changes them)."""
         ports = []
         for server in self.servers:
-            if server.process is None or server.process.poll() is not None:
+            if not server.running:
                 continue
             info = redis.Redis(port=server.port, socket_timeout=1).info("replication")
             if info["role"] == "master":
@@ -108,7 +99,7 @@ class LocalCluster:
 
     def wait_healthy(self, timeout_s: float = 30.0) -> None:
         """Until every live node says the cluster is ok (all slots served)."""
-        live = [s for s in self.servers if s.process and s.process.poll() is None]
+        live = [s for s in self.servers if s.running]
         clients = [redis.Redis(port=s.port, decode_responses=True) for s in live]
         self._wait(lambda: all(self._ok(c) for c in clients), timeout_s)
 

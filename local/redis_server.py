@@ -96,6 +96,10 @@ class RedisServer:
             time.sleep(0.05)
         raise TimeoutError(f"redis-server on port {self.port} not replicating in {timeout_s}s")
 
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
     def kill(self) -> None:
         """SIGKILL: what a crash does. The AOF keeps what was fsynced."""
         if self.process and self.process.poll() is None:

@@ -87,13 +87,12 @@ def run(budget_s: float, once: bool, stop: threading.Event) -> None:
             log.info("invocation done %s", json.dumps(summary))
         except ConfigError:
             raise
-        except IncompleteDrain as exc:  # storage was down: said plainly, no traceback
+        except Exception as exc:
             failures += 1
-            log.error("invocation failed: %s", exc)
-            stop.wait(min(30.0, 0.5 * 2**failures))
-        except Exception:
-            failures += 1
-            log.exception("invocation failed; entries stay pending and are retried")
+            if isinstance(exc, IncompleteDrain):  # storage was down: said plainly, no traceback
+                log.error("invocation failed: %s", exc)
+            else:
+                log.exception("invocation failed; entries stay pending and are retried")
             stop.wait(min(30.0, 0.5 * 2**failures))
         if once:
             return

@@ -132,13 +132,13 @@ class Stack:
     def _start_s3(self) -> None:
         explicit = os.environ.get("MOTO_PORT")
         port = int(explicit) if explicit else _free_or_other(5000)
-        if explicit and not _port_free(port):
+        if explicit and not port_free(port):
             raise StartFailure(
                 f"MOTO_PORT {port} is in use: set MOTO_PORT to a free port, or unset it"
             )
         moto, endpoint = start_moto_server(port)
         self.stoppers.append(moto.stop)
-        if not _listening(port, timeout_s=10):
+        if not listening(port, timeout_s=10):
             raise StartFailure(f"the S3 emulator (moto) did not listen on port {port}")
         self.env.update({**FAKE_CREDENTIALS, **self.env, "S3_ENDPOINT_URL": endpoint})
         self.saved_archive = (endpoint, self.settings.s3_bucket)
@@ -172,7 +172,7 @@ def main() -> int:
         print(f"make run: bad configuration: {exc}", file=sys.stderr)
         return 2
     _stop_leftovers()
-    if not _port_free(_port_of(env["BIND"])):
+    if not port_free(_port_of(env["BIND"])):
         print(
             f"make run: {env['BIND']} is in use (the ingest address); stop what holds it, or set"
             " BIND=127.0.0.1:PORT",
@@ -219,7 +219,7 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _port_free(port: int) -> bool:
+def port_free(port: int) -> bool:
     """Nothing listens on it. SO_REUSEADDR as servers bind: connections of an earlier run in
     TIME_WAIT do not make it busy."""
     with socket.socket() as sock:
@@ -233,16 +233,20 @@ def _port_free(port: int) -> bool:
 
 def _free_or_other(port: int) -> int:
     """`port` when nothing holds it, else any free one: an internal service may move."""
-    return port if _port_free(port) else free_port()
+    return port if port_free(port) else free_port()
 
 
 def _port_of(bind: str) -> int:
     return int(bind.rpartition(":")[2])
 
 
-def _listening(port: int, timeout_s: float) -> bool:
+def listening(port: int, timeout_s: float, process: subprocess.Popen | None = None) -> bool:
+    """Whether something listens on `port` within `timeout_s`; False at once if `process`,
+    which should, exits meanwhile."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            return False
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.2):
                 return True

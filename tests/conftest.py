@@ -24,15 +24,10 @@ from moto import mock_aws
 from local import stack
 from local.redis_server import RedisServer
 from local.s3 import FAKE_CREDENTIALS, start_moto_server
+from local.stack import free_port
 from shared.settings import Settings
 
 os.environ.update(FAKE_CREDENTIALS)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wait_until(predicate, timeout_s: float = 20.0, interval_s: float = 0.05, what: str = ""):

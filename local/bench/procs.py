@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,7 +25,7 @@ from local.bench import cpu
 from local.redis_cluster import LocalCluster, free_ports
 from local.redis_server import RedisServer
 from local.s3 import FAKE_CREDENTIALS, ensure_bucket, start_moto_server
-from local.stack import free_port
+from local.stack import free_port, listening
 from local.stack import stop_process as stop
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -52,15 +51,10 @@ def output_to(path: Path) -> Iterator[None]:
 
 
 def wait_listening(port: int, process: subprocess.Popen, timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"{process.args} exited with {process.returncode} at start")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
+    if listening(port, timeout_s, process):
+        return
+    if process.poll() is not None:
+        raise RuntimeError(f"{process.args} exited with {process.returncode} at start")
     raise TimeoutError(f"nothing listens on port {port} after {timeout_s}s")
 
 

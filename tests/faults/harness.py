@@ -147,7 +147,7 @@ class Pipeline:
             nodes = [
                 ClusterNode("127.0.0.1", server.port)
                 for server in self.redis_server.servers
-                if server.process is not None and server.process.poll() is None
+                if server.running
             ]
             return redis.RedisCluster(startup_nodes=nodes, socket_timeout=5)
         return redis.Redis.from_url(self.settings.redis_url, socket_timeout=5)
