@@ -41,6 +41,16 @@ class BuildError(Exception):
     """The build cannot go on; the message says what to do."""
 
 
+def function_of(logical_id: str) -> str:
+    """The function a template resource builds: IngestFunction -> ingest."""
+    return logical_id.removesuffix("Function").lower()
+
+
+def handler_module(function: str) -> str:
+    """The module holding the function's Lambda handler."""
+    return f"functions.{function}.app"
+
+
 def requirements_file(function: str) -> Path:
     return ROOT / "functions" / function / "requirements.txt"
 

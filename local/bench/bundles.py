@@ -20,11 +20,6 @@ from pathlib import Path
 from local import lambda_build
 
 ROUNDS = 7
-HANDLERS = {
-    "ingest": "functions.ingest.app",
-    "consumer": "functions.consumer.app",
-    "compactor": "functions.compactor.app",
-}
 # What a cold start adds where a handler reads its secrets (shared/secrets.py).
 SECRETS_CLIENT = "import boto3; boto3.client('secretsmanager', region_name='us-east-1')"
 
@@ -65,7 +60,7 @@ def measure(function: str, python: str, work: Path) -> dict[str, float]:
     bundle = work / function
     lambda_build.build(function, bundle, "x86_64")
     bare = without_bytecode(bundle, work / f"{function}-no-bytecode")
-    handler = f"import {HANDLERS[function]}"
+    handler = f"import {lambda_build.handler_module(function)}"
     row = {
         "unzipped_mb": tree_bytes(bundle) / 1e6,
         "zipped_mb": zipped_bytes(bundle, work / f"{function}.zip") / 1e6,
@@ -81,7 +76,7 @@ def main() -> int:
     python = lambda_build.runtime_python()
     print(f"runtime Python: {python}; median of {ROUNDS} cold imports each")
     with tempfile.TemporaryDirectory(prefix="bundles-") as work:
-        for function in HANDLERS:
+        for function in lambda_build.FUNCTIONS:
             row = measure(function, python, Path(work))
             cells = "  ".join(f"{name} {value:.2f}" for name, value in row.items())
             print(f"{function:<10} {cells}")

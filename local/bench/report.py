@@ -261,10 +261,11 @@ def table(results: dict) -> str:
         lines += metrics_cost_lines(results["metrics"])
         lines += [metrics_in_process_line(row) for row in results.get("metrics_in_process", [])]
     if results.get("cluster"):
+        layout = results["cluster_layout"]
         lines += [
             "",
-            "Redis Cluster: 3 local primaries, ingest with 1 shard and with 6, runs taking turns"
-            " (cores: redis = all 3 primaries)",
+            f"Redis Cluster: {layout['primaries']} local primaries, ingest with 1 shard and with"
+            f" {layout['shards']}, runs taking turns (cores: redis = all the primaries)",
         ]
         lines += [ingest_line(row) for row in results["cluster"]]
     checks = targets(results)

@@ -83,8 +83,9 @@ PREVIOUS_SERVER_ENV = {
 CROWD_IDLE, CROWD_SLOW, CROWD_REQUESTS = 500, 100, 20
 WAIT_ONE = {"REDIS_WAIT_REPLICAS": "1"}
 METRICS_OFF = {"METRICS_ENABLED": "false"}
-# Shards on the 3-primary cluster: two per primary.
-CLUSTER_SHARDS = 6
+# The cluster phase: its primaries, and shards two per primary.
+CLUSTER_PRIMARIES = 3
+CLUSTER_SHARDS = 2 * CLUSTER_PRIMARIES
 # (consumer processes, ARCHIVE_FORMAT) of each drain run, on the same backlog.
 DRAIN_RUNS = ((1, "ndjson"), (2, "ndjson"), (1, "parquet"))
 
@@ -248,6 +249,8 @@ class Bench:
         self.stack, self.plan, self.loadgen, self.results = stack, plan, loadgen, results
         self.client: redis.Redis | None = None
         self.noop_eps: dict[int, float] = {}
+        # Servers whose stream is not the stack's STREAM_KEY: their client and stream keys.
+        self.streams: dict[str, tuple[redis.RedisCluster, list[str]]] = {}
 
     # --- phase 1: ingest at saturation ------------------------------------------------------
 
@@ -595,26 +598,28 @@ class Bench:
     # --- phase 9: Redis Cluster --------------------------------------------------------------
 
     def cluster_phase(self) -> None:
-        _say(f"\n== Redis Cluster of 3 primaries: STREAM_SHARDS=1 beside {CLUSTER_SHARDS}")
-        cluster = self.stack.start_cluster(3)
-        self.cluster_client = redis.RedisCluster.from_url(cluster.url)
+        _say(
+            f"\n== Redis Cluster of {CLUSTER_PRIMARIES} primaries: "
+            f"STREAM_SHARDS=1 beside {CLUSTER_SHARDS}"
+        )
+        cluster = self.stack.start_cluster(CLUSTER_PRIMARIES)
+        self.results["cluster_layout"] = {"primaries": CLUSTER_PRIMARIES, "shards": CLUSTER_SHARDS}
+        client = redis.RedisCluster.from_url(cluster.url)
         on_cluster = {"REDIS_URL": cluster.url, "REDIS_CLUSTER": "true"}
-        servers = tuple(
-            (f"cluster, {n} shard{'s' if n > 1 else ''}", f"ingest-cluster-{n}",
-             {**on_cluster, "STREAM_SHARDS": str(n)})
-            for n in (1, CLUSTER_SHARDS)
-        )  # fmt: skip
+        servers = []
+        for count in (1, CLUSTER_SHARDS):
+            name = f"ingest-cluster-{count}"
+            self.streams[name] = (client, shards.shard_keys(STREAM_KEY, count))
+            label = f"cluster, {count} shard{'s' if count > 1 else ''}"
+            servers.append((label, name, {**on_cluster, "STREAM_SHARDS": str(count)}))
         self.side_by_side(servers, self.results["cluster"])
         self.stop_servers(servers)
 
     def _empty_stream(self, server: str) -> None:
-        """Each run starts from an empty stream: the stack's key, or the cluster's shards."""
-        if not server.startswith("ingest-cluster-"):
-            self.client.delete(STREAM_KEY)
-            return
-        count = int(server.rpartition("-")[2])
-        for key in shards.shard_keys(STREAM_KEY, count):
-            self.cluster_client.delete(key)
+        """Each run starts from an empty stream: the server's keys (the stack's by default)."""
+        client, keys = self.streams.get(server, (self.client, [STREAM_KEY]))
+        for key in keys:
+            client.delete(key)
 
     # --- phase 5: a crowd of idle and slow connections --------------------------------------
 

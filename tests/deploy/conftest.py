@@ -53,8 +53,7 @@ def function_packages(
     for name, resource in serverless_functions(template).items():
         assert resource.get("Metadata", {}).get("BuildMethod") == "makefile", name
         artifacts = tmp_path_factory.mktemp("sam-build") / name
-        function = name.removesuffix("Function").lower()
-        lambda_build.build(function, artifacts, "x86_64", code_only=True)
+        lambda_build.build(lambda_build.function_of(name), artifacts, "x86_64", code_only=True)
         packages[name] = artifacts
     return packages
 

@@ -313,7 +313,7 @@ def test_sam_build_recipe_targets_the_runtime_and_architecture(
         text=True,
         check=True,
     ).stdout
-    short = name.removesuffix("Function").lower()
+    short = lambda_build.function_of(name)
     assert f'-m local.lambda_build {short} "/artifacts" --architecture x86_64' in recipe
     assert function["Runtime"] == f"python{lambda_build.RUNTIME_VERSION}"
     # The architecture is a parameter, x86_64 unless the user picks arm64 (and builds for it).

@@ -29,7 +29,6 @@ from tests.local.locks import (
     top_level_requirements,
 )
 
-HANDLERS = {f: f"functions.{f}.app" for f in FUNCTIONS}
 ELF_MACHINES = {"x86_64": 62, "arm64": 183}  # e_machine: EM_X86_64, EM_AARCH64
 
 
@@ -155,7 +154,7 @@ def distributions_of(import_names: set[str]) -> set[str]:
 
 @pytest.mark.parametrize("function", FUNCTIONS)
 def test_a_function_requires_exactly_what_its_code_imports(function) -> None:
-    imported = distributions_of(third_party_imports(HANDLERS[function]))
+    imported = distributions_of(third_party_imports(lambda_build.handler_module(function)))
     required = {canonicalize_name(r.name) for r in top_level_requirements(function)}
     # A module the code imports comes from a requirement, or from what a requirement needs.
     assert imported <= set(pins(requirements_file(function))), imported
@@ -247,9 +246,9 @@ print(json.dumps({{"magic": importlib.util.MAGIC_NUMBER.hex(), "stdlib": stdlib,
 @pytest.mark.parametrize("function", FUNCTIONS)
 def test_the_handler_imports_from_its_bundle_with_the_runtimes_python(bundles, function) -> None:
     bundle = bundles[function]
+    report_imports = IMPORT_REPORT.format(handler=lambda_build.handler_module(function))
     result = subprocess.run(
-        [runtime_python(), "-I", "-S", "-B", "-c", IMPORT_REPORT.format(handler=HANDLERS[function]),
-         str(bundle)],
+        [runtime_python(), "-I", "-S", "-B", "-c", report_imports, str(bundle)],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
