@@ -60,7 +60,9 @@ def fetch_from_secrets_manager(secret_id: str) -> str:
 
 
 class CachedSecret:
-    """One secret's value, re-read when older than `max_age_s`."""
+    """One secret's value, as `parse` makes it of the secret's string, re-read when older than
+    `max_age_s`. The first read raises what fetching or parsing raises; a later one that fails
+    either way (a value rotated to garbage, say) keeps the value in use, with a warning."""
 
     def __init__(
         self,
@@ -68,20 +70,22 @@ class CachedSecret:
         max_age_s: float,
         fetch: Fetch = fetch_from_secrets_manager,
         clock: Callable[[], float] = time.monotonic,
+        parse: Callable[[str], Any] = str,
     ) -> None:
         self.secret_id = secret_id
         self.max_age_s = max_age_s
         self._fetch = fetch
         self._clock = clock
+        self._parse = parse
         self._lock = threading.Lock()
-        self._value: str | None = None
+        self._value: Any = None
         self._read_at = 0.0
 
-    def value(self) -> str:
+    def value(self) -> Any:
         if self._value is None:
             with self._lock:  # the first read: everyone waits for it, its errors propagate
                 if self._value is None:
-                    self._value = self._fetch(self.secret_id)
+                    self._value = self._parse(self._fetch(self.secret_id))
                     self._read_at = self._clock()
             return self._value
         if self._stale() and self._lock.acquire(blocking=False):
@@ -98,20 +102,19 @@ class CachedSecret:
     def _refresh(self) -> None:
         self._read_at = self._clock()  # failed or not: the next try waits max_age_s
         try:
-            self._value = self._fetch(self.secret_id)
-        except SecretError as exc:
-            log.warning("could not refresh %s; keeping its current value", exc)
+            self._value = self._parse(self._fetch(self.secret_id))
+        except (SecretError, ValueError) as exc:  # messages never quote the value
+            log.warning("secret %s: %s; keeping the value in use", self.secret_id, exc)
 
 
 _cache: dict[str, CachedSecret] = {}
 
 
-def cached(
-    secret_id: str, max_age_s: float, fetch: Fetch = fetch_from_secrets_manager
-) -> CachedSecret:
-    """The process's one cache of `secret_id`, shared by everything that reads it."""
+def cached(secret_id: str, max_age_s: float, parse: Callable[[str], Any] = str) -> CachedSecret:
+    """The process's one cache of `secret_id` (parsed by `parse`: each secret has one use),
+    shared by everything that reads it."""
     if secret_id not in _cache:
-        _cache[secret_id] = CachedSecret(secret_id, max_age_s, fetch)
+        _cache[secret_id] = CachedSecret(secret_id, max_age_s, parse=parse)
     return _cache[secret_id]
 
 
@@ -136,16 +139,11 @@ def redis_credentials(value: str) -> tuple[str, ...]:
 
 class RedisCredentials(CredentialProvider):
     """redis-py's credential provider: each new connection authenticates with the secret's
-    current value (connections already open stay authenticated). A new value that holds no
-    token is refused with a warning, and the token in use stays."""
+    current credentials (`cached(..., parse=redis_credentials)`); connections already open
+    stay authenticated."""
 
     def __init__(self, secret: CachedSecret) -> None:
         self.secret = secret
-        self._credentials = redis_credentials(secret.value())
 
     def get_credentials(self) -> tuple[str, ...]:
-        try:
-            self._credentials = redis_credentials(self.secret.value())
-        except SecretError as exc:
-            log.warning("%s (secret %s); keeping the token in use", exc, self.secret.secret_id)
-        return self._credentials
+        return self.secret.value()

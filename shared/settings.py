@@ -100,7 +100,7 @@ def _positive_float(name: str, raw: str) -> float:
     return value
 
 
-def parse_write_keys(name: str, raw: str) -> tuple[tuple[str, str], ...]:
+def _write_keys(name: str, raw: str) -> tuple[tuple[str, str], ...]:
     """`source:key,source:key` pairs. Errors never quote the value: it holds secrets."""
     pairs = []
     for position, item in enumerate(filter(None, (part.strip() for part in raw.split(","))), 1):
@@ -117,7 +117,7 @@ def parse_write_keys(name: str, raw: str) -> tuple[tuple[str, str], ...]:
 def write_keys_from_secret(raw: str) -> tuple[tuple[str, str], ...]:
     """WRITE_KEYS_SECRET's value: WRITE_KEYS's form, but never empty. Unset WRITE_KEYS means
     anonymous on purpose; a secret emptied by mistake must not open the endpoint."""
-    pairs = parse_write_keys("WRITE_KEYS_SECRET", raw)
+    pairs = _write_keys("WRITE_KEYS_SECRET", raw)
     if not pairs:
         raise ConfigError(
             "WRITE_KEYS_SECRET holds no source:key pair: none would accept anonymous requests"
@@ -175,7 +175,7 @@ class Settings:
     # Dead letters kept in Redis (every one is also stored under errors/ in the bucket).
     dead_letter_max_len: int = _var("DEAD_LETTER_MAX_LEN", 10_000, _positive_int)
     # Ingest only. Empty: anonymous requests are accepted (and the service says so loudly).
-    write_keys: tuple[tuple[str, str], ...] = _var("WRITE_KEYS", (), parse_write_keys, repr=False)
+    write_keys: tuple[tuple[str, str], ...] = _var("WRITE_KEYS", (), _write_keys, repr=False)
     # Above what any SDK sends: RudderStack's JS SDK batches up to 512 KiB, its Android SDK
     # events up to 64 KiB (Segment's own limits are 500 KB and 32 KB).
     max_body_bytes: int = _var("MAX_BODY_BYTES", 1024 * 1024, _positive_int)
@@ -236,13 +236,12 @@ def _read_secrets(values: dict[str, Any]) -> None:
     if auth_secret and urlparse(values["redis_url"]).password is not None:
         raise ConfigError("REDIS_URL carries a password and REDIS_AUTH_SECRET is set: keep one")
     try:
+        refresh_s = values["secrets_refresh_s"]
         if keys_secret:
-            raw = secrets.cached(keys_secret, values["secrets_refresh_s"]).value()
-            values["write_keys"] = write_keys_from_secret(raw)
+            keys = secrets.cached(keys_secret, refresh_s, write_keys_from_secret)
+            values["write_keys"] = keys.value()
         if auth_secret:
-            secrets.redis_credentials(
-                secrets.cached(auth_secret, values["secrets_refresh_s"]).value()
-            )
+            secrets.cached(auth_secret, refresh_s, secrets.redis_credentials).value()
     except secrets.SecretError as exc:
         raise ConfigError(f"cannot read a secret: {exc}") from None
 

@@ -100,7 +100,9 @@ def _credentials(settings: Settings) -> shared_secrets.RedisCredentials | None:
     """REDIS_AUTH_SECRET's token, read again as it ages, for each new connection."""
     if settings.redis_auth_secret is None:
         return None
-    secret = shared_secrets.cached(settings.redis_auth_secret, settings.secrets_refresh_s)
+    secret = shared_secrets.cached(
+        settings.redis_auth_secret, settings.secrets_refresh_s, shared_secrets.redis_credentials
+    )
     return shared_secrets.RedisCredentials(secret)
 
 

@@ -14,16 +14,13 @@ import base64
 import binascii
 import hashlib
 import hmac
-import logging
 from collections.abc import Callable
 
 from werkzeug.exceptions import Unauthorized
 
 from shared import secrets
 from shared.secrets import CachedSecret
-from shared.settings import ConfigError, Settings, write_keys_from_secret
-
-log = logging.getLogger(__name__)
+from shared.settings import Settings, write_keys_from_secret
 
 
 class WriteKeys:
@@ -62,22 +59,17 @@ class WriteKeys:
 
 class RotatingWriteKeys:
     """The write keys of WRITE_KEYS_SECRET, rebuilt when the secret's value changes (it is
-    read again as it ages: shared/secrets.py). A new value that is malformed is refused with a
-    warning, and the keys in use stay."""
+    read again as it ages, and a malformed new value is refused: shared/secrets.py)."""
 
     def __init__(self, secret: CachedSecret) -> None:
         self._secret = secret
-        self._raw = secret.value()
-        self._keys = WriteKeys(write_keys_from_secret(self._raw))
+        self._pairs = secret.value()
+        self._keys = WriteKeys(self._pairs)
 
     def __call__(self) -> WriteKeys:
-        raw = self._secret.value()
-        if raw is not self._raw:  # the same object until a refresh: one comparison
-            self._raw = raw
-            try:
-                self._keys = WriteKeys(write_keys_from_secret(raw))
-            except ConfigError as exc:
-                log.warning("%s; keeping the write keys in use", exc)
+        pairs = self._secret.value()
+        if pairs is not self._pairs:  # the same object until a refresh: one comparison
+            self._pairs, self._keys = pairs, WriteKeys(pairs)
         return self._keys
 
 
@@ -86,7 +78,10 @@ def write_keys_of(settings: Settings) -> Callable[[], WriteKeys]:
     if settings.write_keys_secret is None:
         fixed = WriteKeys(settings.write_keys)
         return lambda: fixed
-    return RotatingWriteKeys(secrets.cached(settings.write_keys_secret, settings.secrets_refresh_s))
+    secret = secrets.cached(
+        settings.write_keys_secret, settings.secrets_refresh_s, write_keys_from_secret
+    )
+    return RotatingWriteKeys(secret)
 
 
 def _digest(key: bytes) -> bytes:

@@ -222,7 +222,7 @@ def test_ingest_follows_a_rotated_write_key(secretsmanager, settings, caplog) ->
     secretsmanager.put_secret_value(SecretId=name, SecretString="web:leaked-value,broken")
     with caplog.at_level(logging.WARNING):
         wait_until(
-            lambda: post(client, "new-key") == 202 and "keeping the write keys" in caplog.text,
+            lambda: post(client, "new-key") == 202 and "keeping the value in use" in caplog.text,
             timeout_s=5,
             what="the malformed value refused",
         )
@@ -275,9 +275,10 @@ def test_a_refresh_in_progress_keeps_others_on_the_current_value() -> None:
 
 def test_a_redis_secret_rotated_to_garbage_keeps_the_token_in_use(caplog) -> None:
     clock, answers = Clock(), iter([TOKEN, json.dumps({"username": "no password"})])
-    secret = CachedSecret("redis", 60, lambda _id: next(answers), clock)
+    secret = CachedSecret("redis", 60, lambda _id: next(answers), clock, secrets.redis_credentials)
     credentials = secrets.RedisCredentials(secret)
+    assert credentials.get_credentials() == (TOKEN,)  # at start
     clock.now = 61
     with caplog.at_level(logging.WARNING):
         assert credentials.get_credentials() == (TOKEN,)
-    assert "keeping the token in use" in caplog.text and "no password" not in caplog.text
+    assert "keeping the value in use" in caplog.text and "no password" not in caplog.text
