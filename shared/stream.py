@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 
 EntryId = bytes
 Fields = dict[bytes, bytes]
+# A dead letter keeps its entry's fields under this prefix, beside its own fields.
+FIELD_PREFIX = b"field:"
 # A pending entry whose data was trimmed away comes back with no fields.
 Entry = tuple[EntryId, Fields | None]
 
@@ -447,7 +449,7 @@ class GroupReader:
         the entry would stop trimming and keep Redis full. A crash in between leaves the
         entry pending, to be dead-lettered again (a duplicate, never a loss)."""
         record: Fields = {b"original_id": entry_id, b"reason": reason.encode()}
-        record.update({b"field:" + name: value for name, value in (fields or {}).items()})
+        record.update({FIELD_PREFIX + name: value for name, value in (fields or {}).items()})
         try:
             # Exact: dead letters are rare, and an approximate bound trims nothing below ~100.
             self.client.xadd(
@@ -482,6 +484,15 @@ class GroupReader:
         return min(floors, key=_id_key) if floors else None
 
 
+def original_fields(record: Fields) -> Fields:
+    """The fields of the entry a dead letter holds (stored as `field:<name>`)."""
+    return {
+        name[len(FIELD_PREFIX) :]: value
+        for name, value in record.items()
+        if name.startswith(FIELD_PREFIX)
+    }
+
+
 def redrive(producer: EventStream | ShardedStream, dead_key: str, dead_id: EntryId) -> EntryId:
     """Put a dead letter's original entry back on the stream (as a new entry, subject to
     admission control) and remove the dead letter from `dead_key`, the dead-letter stream of
@@ -489,11 +500,7 @@ def redrive(producer: EventStream | ShardedStream, dead_key: str, dead_id: Entry
     [(_, record)] = producer.client.xrange(dead_key, min=dead_id, max=dead_id) or [(None, None)]
     if record is None:
         raise KeyError(f"no dead letter {dead_id!r} in {dead_key}")
-    prefix = b"field:"
-    original = {
-        name[len(prefix) :]: value for name, value in record.items() if name.startswith(prefix)
-    }
-    new_id = producer.add(original)
+    new_id = producer.add(original_fields(record))
     producer.client.xdel(dead_key, dead_id)
     return new_id
 

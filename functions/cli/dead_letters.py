@@ -17,8 +17,6 @@ import click
 
 from functions.cli.terminal import redis_error, table
 
-FIELD_PREFIX = b"field:"
-
 
 @click.group("dead-letters", context_settings={"max_content_width": 100})
 def dead_letters() -> None:
@@ -62,10 +60,11 @@ def show(dead_id: str, shard: str | None) -> None:
     """One dead letter in full, as JSON: its events decoded if they can be, else its raw
     fields in base64."""
     from shared import codec
+    from shared.stream import original_fields
 
     with _stream() as (client, keys, _):
         key, record = _find(client, keys, dead_id.encode(), shard)
-    fields = _original_fields(record)
+    fields = original_fields(record)
     document: dict[str, Any] = _summary(dead_id.encode(), record, key if len(keys) > 1 else None)
     try:
         document["events"] = codec.decode_entry(fields)
@@ -159,16 +158,10 @@ def _dead_key(key: str) -> str:
     return dead_letter_key(key)
 
 
-def _original_fields(record: dict[bytes, bytes]) -> dict[bytes, bytes]:
-    return {
-        name[len(FIELD_PREFIX) :]: value
-        for name, value in record.items()
-        if name.startswith(FIELD_PREFIX)
-    }
-
-
 def _summary(dead_id: bytes, record: dict[bytes, bytes], shard: str | None) -> dict[str, Any]:
-    fields = _original_fields(record)
+    from shared.stream import original_fields
+
+    fields = original_fields(record)
     return {
         **({"shard": shard} if shard else {}),
         "id": _text(dead_id),
