@@ -16,6 +16,7 @@ import tempfile
 from pathlib import Path
 
 from local.server_limits import BodyDeadline, raise_open_files_limit
+from shared.logs import json_wanted
 
 bind = os.environ.get("BIND", "127.0.0.1:8000")
 # Request handling is CPU-bound Python with one short Redis round trip: a process per core.
@@ -33,7 +34,7 @@ timeout = 30
 accesslog = None
 errorlog = "-"
 loglevel = os.environ.get("LOG_LEVEL", "info").lower()
-if os.environ.get("LOG_FORMAT", "").strip().lower() == "json":
+if json_wanted():
     # gunicorn's own lines (start, worker exits) as JSON too, in the app's format.
     logconfig_dict = {
         "version": 1,

@@ -94,17 +94,11 @@ class ArchiveChanging(QueryError):
 
 
 def hour_range(start: str | None, end: str | None) -> HourRange:
-    """The hours `--from start --to end` name (both included; None is open on that side)."""
+    """reading.hour_range, its errors as the query's own (BadRange)."""
     try:
-        hours = HourRange(
-            reading.parse_bound(start) if start else None,
-            reading.parse_bound(end, end=True) if end else None,
-        )
+        return reading.hour_range(start, end)
     except ValueError as exc:
         raise BadRange(str(exc)) from None
-    if hours.start and hours.end and hours.start > hours.end:
-        raise BadRange(f"--from {start} is after --to {end}")
-    return hours
 
 
 def check(sql: str) -> None:

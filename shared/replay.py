@@ -31,6 +31,7 @@ import redis
 
 from shared import codec, events
 from shared.archive import ObjectStore, columns, reading
+from shared.compaction import hour_label, parse_hour
 from shared.settings import Settings
 from shared.stream import BacklogFull, EventStream, ReplicationShortfall, ShardedStream, producer
 
@@ -69,7 +70,7 @@ class Replayer:
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.store, self.prefix, self.producer = store, prefix, producer
-        self.dedup_window_h = dedup_window_h
+        self.window = timedelta(hours=dedup_window_h)  # DEDUP_WINDOW
         self.sleep = sleep
 
     @classmethod
@@ -95,13 +96,14 @@ class Replayer:
         place = _decode_place(client.hgetall(place_key))
         summary = Summary(into=self.producer.key, resumed_after=place and place[0])
         recent: deque[tuple[datetime, set[str]]] = deque()
-        window = timedelta(hours=self.dedup_window_h)
+        resume = parse_hour(place[0]) if place else None
         for hour, items in self._hours(hours):
-            label = hour.strftime("%Y-%m-%dT%H")
-            if place and label < place[0] and hour + window < _hour_of(place[0]):
+            label = hour_label(hour)
+            done = resume is not None and hour < resume
+            if done and hour + self.window < resume:
                 continue  # replayed before, and too early to hold copies of what is left
             rows, dropped = self._once(self._read_hour(hour, items), hour, recent)
-            if place and label < place[0]:
+            if done:
                 continue  # replayed before: read only for the messageIds it holds
             summary.hours += 1
             summary.duplicates_dropped += dropped
@@ -142,7 +144,7 @@ class Replayer:
     ) -> tuple[list[dict[str, Any]], int]:
         """The hour's rows, each messageId once (the earliest copy), without those seen in the
         window before, in (received_at, message_id) order."""
-        while recent and (hour - recent[0][0]).total_seconds() > self.dedup_window_h * 3600:
+        while recent and hour - recent[0][0] > self.window:
             recent.popleft()
         earlier = set().union(*(ids for _, ids in recent)) if recent else set()
         ordered = table.sort_by([("received_at", "ascending"), ("message_id", "ascending")])
@@ -176,15 +178,13 @@ class Replayer:
             entry = codec.encode_entry([columns.to_event(r) | {MARK: replayed_at} for r in batch])
             self._add(entry, label, summary, progress)
             last = batch[-1]
-            self.producer.client.hset(
-                place_key,
-                mapping={
-                    "hour": label,
-                    "received_at": _time_key(last),
-                    "message_id": last["message_id"] or "",
-                },
-            )
-            self.producer.client.expire(place_key, PLACE_TTL_S)
+            place = {
+                "hour": label,
+                "received_at": _time_key(last),
+                "message_id": last["message_id"] or "",
+            }
+            pipe = self.producer.client.pipeline(transaction=False)  # one round trip
+            pipe.hset(place_key, mapping=place).expire(place_key, PLACE_TTL_S).execute()
             summary.entries_added += 1
             summary.events_replayed += len(batch)
             if progress:
@@ -219,10 +219,6 @@ class Replayer:
 def _hour_then_key(item: reading.ArchivedObject) -> tuple:
     # Not by key alone: the roots (NDJSON, Parquet, compacted) each hold every hour.
     return item.dt, item.hour, item.key
-
-
-def _hour_of(label: str) -> datetime:
-    return datetime.strptime(label, "%Y-%m-%dT%H").replace(tzinfo=UTC)
 
 
 def _time_key(row: dict[str, Any]) -> str:

@@ -73,12 +73,7 @@ def compact(
         if hours and (start or end):
             raise ValueError("give --hour, or --from/--to, not both")
         named = sorted({parse_hour(text) for text in hours})
-        scope = reading.HourRange(
-            reading.parse_bound(start) if start else None,
-            reading.parse_bound(end, end=True) if end else None,
-        )
-        if scope.start and scope.end and scope.start > scope.end:
-            raise ValueError(f"--from {start} is after --to {end}")
+        scope = reading.hour_range(start, end)
         settings = Settings.from_env()
         compactor = Compactor.from_settings(settings)
         if dry_run:

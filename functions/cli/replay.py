@@ -47,9 +47,7 @@ def replay(start: str, end: str, into: str | None, restart: bool) -> None:
     from shared.stream import REDIS_ERRORS
 
     try:
-        hours = reading.HourRange(reading.parse_bound(start), reading.parse_bound(end, end=True))
-        if hours.start > hours.end:
-            raise ValueError(f"--from {start} is after --to {end}")
+        hours = reading.hour_range(start, end)
         settings = Settings.from_env()
         replayer = Replayer.from_settings(settings, into)
         with StatusLine(_progress) as progress:

@@ -90,6 +90,17 @@ def parse_bound(text: str, end: bool = False) -> datetime:
         ) from None
 
 
+def hour_range(start: str | None, end: str | None) -> HourRange:
+    """The hours `--from start --to end` name (both included; None is open on that side);
+    ValueError names what is wrong."""
+    hours = HourRange(
+        parse_bound(start) if start else None, parse_bound(end, end=True) if end else None
+    )
+    if hours.start and hours.end and hours.start > hours.end:
+        raise ValueError(f"--from {start} is after --to {end}")
+    return hours
+
+
 def list_objects(client, bucket: str, prefix: str, hours: HourRange) -> list[ArchivedObject]:
     """Every archived object in `hours`, under every root (each format's and the compacted
     one), in key order."""

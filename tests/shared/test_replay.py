@@ -36,13 +36,6 @@ def replayed(redis_client, key: str) -> list[dict[str, Any]]:
     return [event for _, fields in redis_client.xrange(key) for event in codec.decode_entry(fields)]
 
 
-def expected_ids(hours_filter=lambda event: True) -> list[str | None]:
-    return sorted(
-        (e["messageId"] or None for flush in archives.FLUSHES for _, es in flush for e in es),
-        key=str,
-    )
-
-
 @pytest.mark.usefixtures("archive")
 def test_the_whole_archive_goes_onto_another_stream_each_event_once(s3, redis_client, settings):
     into = f"{settings.stream_key}-replayed"

@@ -86,9 +86,8 @@ def test_redrive_of_an_unknown_id_fails_and_changes_nothing(settings, redis_clie
 
 def test_redrive_into_a_full_stream_keeps_the_dead_letter(settings, redis_client):
     dead_letter_one(settings, redis_client, codec.encode_entry([TRACK]))
-    full = dataclasses.replace(settings, stream_max_len=1)
     redis_client.xadd(settings.stream_key, {b"filler": b"1"})
-    result = dead_letters(full, "redrive", "--all", STREAM_MAX_LEN="1")
+    result = dead_letters(settings, "redrive", "--all", STREAM_MAX_LEN="1")
     assert_one_error_line(result, "STREAM_MAX_LEN")
     assert len(dead_ids(settings, redis_client)) == 1
 
