@@ -18,6 +18,8 @@ RUN python -m compileall -q shared functions local \
     && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin app
 
 USER 10001
+# Every interface: /metrics is then refused (403) until METRICS_TOKEN is set, and the
+# settings document is not publicly cacheable until PUBLIC_URL is.
 ENV BIND=0.0.0.0:8000
 EXPOSE 8000
 # The ingest function's liveness: /livez answers while the server does, whatever Redis's

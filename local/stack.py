@@ -7,7 +7,9 @@
   .data/s3 (unless S3_ENDPOINT_URL is set: then that one, and the bucket must exist or be
   creatable);
 - gunicorn serving the ingest function on BIND (127.0.0.1:8000): the public address, so if it
-  is taken `make run` stops at once, saying so;
+  is taken `make run` stops at once, saying so; while BIND is a loopback address, which no
+  other machine reaches, /metrics is open (METRICS_PUBLIC) and pages of any origin may reach
+  it across Chrome's Private Network Access check (PRIVATE_NETWORK_ORIGINS=*);
 - the loop runner driving the consumer function;
 - .data/stack.env, what a second terminal sources to reach all of it.
 
@@ -21,6 +23,7 @@ endpoint and Redis stop (Redis fsyncs its AOF on the way out).
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import shlex
 import signal
@@ -56,6 +59,11 @@ DEV_DEFAULTS = {
     "CLAIM_IDLE_MS": "30000",
     "WRITE_KEYS": f"local:{DEV_WRITE_KEY}",
 }
+# Only while serving on loopback. The metrics need no token there. Private Network Access is
+# asked only of a page on a less private address than ours (a deployed preview or a LAN page
+# posting to this machine; a page on localhost itself never is): loopback origins would allow
+# nothing, hence any origin, which unlocks only this stack.
+LOOPBACK_DEFAULTS = {"METRICS_PUBLIC": "true", "PRIVATE_NETWORK_ORIGINS": "*"}
 
 
 def start_gunicorn(env: dict[str, str], bind: str) -> subprocess.Popen:
@@ -166,6 +174,8 @@ def main() -> int:
     signal.signal(signal.SIGINT, _interrupt)
     env = {**DEV_DEFAULTS, **os.environ}
     env.setdefault("BIND", "127.0.0.1:8000")
+    if is_loopback(env["BIND"]):
+        env = {**LOOPBACK_DEFAULTS, **env}
     try:
         settings = Settings.from_env(env)
     except ConfigError as exc:
@@ -238,6 +248,15 @@ def _free_or_other(port: int) -> int:
 
 def _port_of(bind: str) -> int:
     return int(bind.rpartition(":")[2])
+
+
+def is_loopback(bind: str) -> bool:
+    """Whether `host:port` (`[::1]:port`) serves this machine only."""
+    host = bind.rpartition(":")[0].strip("[]")
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 def listening(port: int, timeout_s: float, process: subprocess.Popen | None = None) -> bool:
@@ -377,6 +396,12 @@ def _print_banner(env: dict[str, str], settings: Settings, archive_kept: bool) -
     dev_key = env["WRITE_KEYS"] == DEV_DEFAULTS["WRITE_KEYS"]
     key = DEV_WRITE_KEY if dev_key else "<one of your WRITE_KEYS>"
     kept = f"   (kept in {ARCHIVE_COPY} between runs)" if archive_kept else ""
+    if settings.metrics_token:
+        scrape = "   (with METRICS_TOKEN as a bearer token)"
+    elif not settings.metrics_public:
+        scrape = "   (closed: set METRICS_TOKEN or METRICS_PUBLIC=true)"
+    else:
+        scrape = ""
     print(
         f"""
   ingest      http://{bind}   (POST /batch, /events, /v1/*; GET /livez, /readyz)
@@ -386,7 +411,7 @@ def _print_banner(env: dict[str, str], settings: Settings, archive_kept: bool) -
   flushes     every {settings.flush_interval_s:g}s, {settings.flush_max_events} events or \
 {settings.flush_max_bytes} bytes, whichever comes first
   metrics     http://{bind}/metrics (ingest, and the stream's backlog and freshness),
-              http://127.0.0.1:{env["METRICS_PORT"]}/metrics (the consumer)
+              http://127.0.0.1:{env["METRICS_PORT"]}/metrics (the consumer){scrape}
 
   try:
     curl -i -u {key}: -X POST http://{bind}/batch -H 'Content-Type: application/json' \\

@@ -17,6 +17,25 @@ from typing import Any
 import msgspec
 
 FORMAT_VERSION = b"1"
+# The largest entry ingest writes is this many times MAX_BODY_BYTES (stamping and the batch's
+# context copied into each event make an entry larger than the body it came from). Readers
+# size their reads by it: consumers must be able to hold what ingest admits. Ingest's checks
+# (shared/events.py's check_stored_size) bound an entry by 9/4 of the body limit for the
+# events as sent, once more the limit for the batch's fields stored again in each event, and
+# 224 bytes of stamp for each of at most one event per 128 bytes of the limit (1.75 times
+# it, for source names of up to 32 bytes); ingest refuses whatever would exceed it.
+MAX_ENTRY_GROWTH = 5
+
+
+def max_entry_bytes(max_body_bytes: int) -> int:
+    """The most bytes (all fields of one entry) that ingest writes for one request."""
+    return MAX_ENTRY_GROWTH * max_body_bytes
+
+
+def entry_bytes(fields: dict[bytes, bytes]) -> int:
+    """An entry's size as `max_entry_bytes` counts it: its fields' names and values."""
+    return sum(len(name) + len(value) for name, value in fields.items())
+
 
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(list[dict[str, Any]])

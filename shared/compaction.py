@@ -1,26 +1,35 @@
 """Compaction: the objects of each closed hour merged into a few Parquet objects that hold every
 event once, sorted by time; then the merged objects removed.
 
-Which copy of an event stays (the rule `event-ingest query` applies when it reads):
-- within an hour, per `message_id`, the copy with the earliest `received_at`, then the first
-  object in key order, then the first row in its object; rows without a `message_id` all stay;
-- across hours, a copy is dropped when its `message_id` is already stored in a *compacted*
-  object of the DEDUP_WINDOW hours before (a client's retry across an hour boundary lands in
-  the next hour). Only compacted copies count: a raw one may still lose to an earlier copy of
-  its own hour, a compacted one never disappears without its event staying stored (compacting
-  again keeps it, or an earlier copy that made it redundant). So a later copy is dropped only
-  once an earlier one is safely stored, and by induction the earliest copy always survives.
-  The window is read, not remembered: each part reads the `message_id` column (alone, by
-  ranged GETs) of the parts of the window's compacted objects that can hold its IDs.
+Which copy of an event stays (the rule `event-ingest query` applies when it reads). Copies of
+one event share `DEDUP_KEY`: their `source` and `message_id`. An ID is unique only within the
+source that sent it: a source whose write key is public (a browser's) can send any ID, and must
+not make another source's events look like copies of its own. Events without a source
+(anonymous mode, NULL) are one source of their own, as SQL's `PARTITION BY` groups NULLs.
+- within an hour, per key, the copy with the earliest `received_at`, then the first object in
+  key order, then the first row in its object; rows without a `message_id` all stay;
+- across hours, a copy is dropped when its key is already stored in a *compacted* object of
+  the DEDUP_WINDOW hours before (a client's retry across an hour boundary lands in the next
+  hour). Only compacted copies count: a raw one may still lose to an earlier copy of its own
+  hour, a compacted one never disappears without its event staying stored (compacting again
+  keeps it, or an earlier copy that made it redundant). So a later copy is dropped only once
+  an earlier one is safely stored, and by induction the earliest copy always survives. The
+  window is read, not remembered: each part reads the key columns (alone, by ranged GETs) of
+  the parts of the window's compacted objects that can hold its IDs.
 
 An hour is closed COMPACT_GRACE_S after it ends. It becomes 2^k objects under the compacted
 root, `<prefix>compacted/dt=.../hour=.../compacted-<part>-of-<parts>-<digest>.parquet`
 (`columns.SCHEMA`, zstd, UTC microseconds, no partition columns inside, row groups sorted by
 `received_at`): one while the hour holds less than OBJECT_BYTES of objects, more by size. A
-row goes to the part a hash of its `message_id` names, so every copy of an event meets the
-others in one part, which is deduplicated on its own, in memory, in one step. The digest is of
-the object's bytes: the same rows always make the same name, and an unchanged part is never
-written again.
+row goes to the part a hash of its `message_id` names (the ID alone: the copies of an event
+share it, so every copy meets the others in one part), which is deduplicated on its own, in
+memory, in one step. The digest is of the object's bytes: the same rows always make the same
+name, and an unchanged part is never written again.
+
+Hours compacted by versions whose key was `message_id` alone stay valid: their objects hold
+each ID once, so each key once, in the part the ID's hash names, as now; a plan such a version
+left unfinished resumes with the same spills and parts. What it dropped as a copy of another
+source's event is gone.
 
 The steps of one hour, each resumable, all recorded under `<prefix>_compaction/` (outside
 every root's `dt=` partitions, in names no reader takes for archive objects):
@@ -29,9 +38,9 @@ every root's `dt=` partitions, in names no reader takes for archive objects):
 2. split (only for more than one part): read up to STEP_BYTES of inputs, cut their rows by
    part, and store them as one spill object with an index (Arrow IPC, a stream per part);
 3. merge, one per part: read the part's rows (its ranges of the spills, or the inputs
-   themselves), keep the first copies, drop the IDs already compacted in earlier hours, sort
+   themselves), keep the first copies, drop the keys already compacted in earlier hours, sort
    by time and store the compacted object, then a marker saying so;
-4. commit: ask later hours that are already compacted to check their IDs again (only if this
+4. commit: ask later hours that are already compacted to check their keys again (only if this
    plan merged new rows: see below), remove the inputs, then the answered requests and the
    plan, then the spills and markers.
 
@@ -39,7 +48,7 @@ A run killed anywhere finds the plan and resumes at the first step without its m
 step writes the same names with the same bytes when redone. Inputs are removed only in step
 4, after every compacted object of the plan is stored, so a query at any moment finds every
 event in a raw or a compacted object (in both at once in between: it deduplicates by
-`message_id`, and lists a partition again when an object vanished while it read). Rows
+`DEDUP_KEY`, and lists a partition again when an object vanished while it read). Rows
 without a `message_id` cannot be told from their copies, so such a query counts them twice
 in that moment; ingest gives every event one, so only objects written by other means have any.
 
@@ -47,8 +56,8 @@ Late objects (a consumer down for hours) make a closed hour pending again; its n
 merges them with its compacted objects. When they hold events that a later, already
 compacted hour also holds, the earlier copy now wins: step 4 leaves a request under
 `recheck/dt=.../hour=.../` for each compacted (or in-progress) hour of the window after it,
-which then reads only the `message_id` column of each part, and rewrites a part only if one
-of its IDs is now stored earlier.
+which then reads only the key columns of each part, and rewrites a part only if one of its
+keys is now stored earlier.
 
 Two compactions never work on one hour at once: an hour is locked in Redis (`SET NX PX` with a
 random token, renewed before every step and before removing anything, released only by its
@@ -114,6 +123,9 @@ LOCK_TTL_MS = 5 * 60_000
 STOP_MARGIN_MS = 60_000
 # The scheduled function looks back this far for hours to compact (late objects included).
 LOOKBACK_H = 7 * 24
+
+# What copies of one event share (see above); NULL sources group together, as in SQL.
+DEDUP_KEY = ("source", "message_id")
 
 STAGING = "_compaction/"
 ORDER = "_order"  # a row's input object (high 32 bits) and place in it: the tie-break
@@ -200,7 +212,8 @@ def parts_for(total_bytes: int, object_bytes: int = OBJECT_BYTES) -> int:
 
 def part_of_ids(ids: pa.ChunkedArray | pa.Array, count: int) -> list[int]:
     """Each row's part: CRC-32 of its `message_id` (stable across processes and versions)
-    modulo `count`, a power of two; rows without one go to part 0."""
+    modulo `count`, a power of two; rows without one go to part 0. The source is left out: the
+    copies of an event share their ID, and the hours compacted already were cut by it alone."""
     if count == 1:
         return [0] * len(ids)
     mask = count - 1
@@ -216,25 +229,37 @@ def with_order(rows: pa.Table, ordinal: int) -> pa.Table:
     return rows.append_column(ORDER, pa.array(range(base, base + rows.num_rows), pa.int64()))
 
 
-def first_copies(rows: pa.Table, drop: pa.Array | None = None) -> pa.Table:
-    """One row per `message_id` (the earliest `received_at`, then the lowest ORDER), and every
-    row without one; less the rows whose `message_id` is in `drop`; sorted by `received_at`,
-    then ORDER. The rows are copied once, by the final `take`: only the IDs are sorted."""
+def first_copies(rows: pa.Table, drop: pa.Table | None = None) -> pa.Table:
+    """One row per `DEDUP_KEY` (the earliest `received_at`, then the lowest ORDER), and every
+    row without a `message_id`; less the rows whose key is in `drop` (a table of the key's
+    columns); sorted by `received_at`, then ORDER. The rows are copied once, by the final
+    `take`: only the keys are sorted."""
     order = pc.sort_indices(rows, [("received_at", "ascending", "at_end"), (ORDER, "ascending")])
-    ids = rows["message_id"].take(order).combine_chunks()
-    keyed = pc.is_valid(ids)
-    positions = pa.array(range(len(ids)), pa.int64())
-    firsts = (
-        pa.table({"id": ids, "pos": positions})
-        .filter(keyed)
-        .group_by("id", use_threads=False)
-        .aggregate([("pos", "min")])["pos_min"]
-        .combine_chunks()
+    keys = rows.select(DEDUP_KEY).take(order)
+    positions = pa.array(range(keys.num_rows), pa.int64())
+    keep = pc.or_(
+        pc.is_in(positions, value_set=first_positions(keys, drop)),
+        pc.invert(pc.is_valid(keys["message_id"])),
     )
-    keep = pc.or_(pc.is_in(positions, value_set=firsts), pc.invert(keyed))
-    if drop is not None and len(drop):
-        keep = pc.and_(keep, pc.invert(pc.fill_null(pc.is_in(ids, value_set=drop), False)))
     return rows.take(order.filter(keep))
+
+
+def first_positions(keys: pa.Table, earlier: pa.Table | None = None) -> pa.Array:
+    """The place in `keys` (`DEDUP_KEY` columns, in order of precedence) of the first row of
+    each key with a `message_id`, except the keys `earlier` holds: those rank before every row,
+    so that no row of theirs is first."""
+    own = keys.select(DEDUP_KEY)
+    ranked = own.append_column("rank", pa.array(range(own.num_rows), pa.int64()))
+    if earlier is not None and earlier.num_rows:
+        stored = earlier.select(DEDUP_KEY).cast(own.schema)
+        stored = stored.append_column("rank", pa.repeat(pa.scalar(-1, pa.int64()), len(stored)))
+        ranked = pa.concat_tables([stored, ranked])
+    firsts = (
+        ranked.filter(pc.is_valid(ranked["message_id"]))
+        .group_by(list(DEDUP_KEY), use_threads=False)  # NULL sources form one group
+        .aggregate([("rank", "min")])["rank_min"]
+    )
+    return firsts.filter(pc.greater_equal(firsts, 0)).combine_chunks()
 
 
 def parquet_bytes(rows: pa.Table) -> bytes:
@@ -431,17 +456,17 @@ class _Bucket:
     def read_rows(self, item: ArchivedObject) -> pa.Table:
         return reading.read_object(self.client, self.store.bucket, item)
 
-    def read_ids(self, item: ArchivedObject) -> pa.Array:
-        """The `message_id` column of a Parquet object, without its other columns."""
+    def read_keys(self, item: ArchivedObject) -> pa.Table:
+        """The `DEDUP_KEY` columns of a Parquet object, without its other columns."""
         file = _RangedFile(self.client, self.store.bucket, item.key, item.size)
         try:
-            ids = pq.ParquetFile(file).read(columns=["message_id"])["message_id"]
+            keys = pq.ParquetFile(file).read(columns=list(DEDUP_KEY))
         except ObjectGone:
             raise
         except (OSError, pa.ArrowException):
             self.get(item.key, (0, 0))  # raises ObjectGone if that was the trouble
             raise
-        return ids.combine_chunks()
+        return keys.combine_chunks()
 
 
 def _parallel(function: Callable[[Any], T], items: list[Any]) -> list[T]:
@@ -908,7 +933,7 @@ class _HourRun:
             for batch, index in self.indexes(plan).items()
             if str(part) in index
         ]
-        earlier = self.earlier_ids(plan, part)
+        earlier = self.earlier_keys(plan, part)
         outcome = None
         if not ranges and len(direct) == 1 and compacted_part(plan.inputs[direct[0]]):
             outcome = self.unchanged(plan, direct[0], earlier)
@@ -925,7 +950,7 @@ class _HourRun:
         part: int,
         direct: list[int],
         ranges: list[tuple[str, list[int]]],
-        earlier: pa.Array | None,
+        earlier: pa.Table | None,
     ) -> dict[str, Any]:
         """The part's rows read, deduplicated, sorted and stored (unless stored already)."""
         tables = self.read_inputs(plan, direct) + _parallel(self.read_spill, ranges)
@@ -943,22 +968,24 @@ class _HourRun:
                 self.result.objects_written += 1
         return {"key": key, "rows_in": rows_in, "rows_out": kept.num_rows}
 
-    def unchanged(self, plan: Plan, index: int, earlier: pa.Array | None) -> dict | None:
-        """A part whose only input is its own compacted object, when none of its IDs is stored
-        earlier now: it stays as it is, read one column only."""
-        ids = self.bucket.read_ids(self.input(plan, index))
-        if earlier is not None and pc.any(pc.is_in(ids, value_set=earlier)).as_py():
+    def unchanged(self, plan: Plan, index: int, earlier: pa.Table | None) -> dict | None:
+        """A part whose only input is its own compacted object, when none of its keys is
+        stored earlier now (each of its rows with a `message_id` is still a first copy): it
+        stays as it is, its key columns read only."""
+        keys = self.bucket.read_keys(self.input(plan, index))
+        keyed = keys.num_rows - keys["message_id"].null_count
+        if len(first_positions(keys, earlier)) < keyed:
             return None
-        return {"key": plan.inputs[index], "rows_in": len(ids), "rows_out": len(ids)}
+        return {"key": plan.inputs[index], "rows_in": keys.num_rows, "rows_out": keys.num_rows}
 
     def read_spill(self, spill: tuple[str, list[int]]) -> pa.Table:
         key, (offset, length) = spill
         body = self.bucket.get(key, (offset, offset + length - 1))
         return pa.ipc.open_stream(pa.py_buffer(body)).read_all()
 
-    def earlier_ids(self, plan: Plan, part: int) -> pa.Array | None:
-        """The `message_id`s compacted in the window's earlier hours that may fall in `part`
-        (every ID of their parts that overlap it)."""
+    def earlier_keys(self, plan: Plan, part: int) -> pa.Table | None:
+        """The keys (`DEDUP_KEY`) compacted in the window's earlier hours that may fall in
+        `part` (every key of their parts that overlap it)."""
         for attempt in range(3):
             if self._earlier is None or attempt:
                 first = self.hour - plan.window_h * HOUR
@@ -970,12 +997,13 @@ class _HourRun:
                 if other.index % common == part % common:
                     overlapping.append(item)
             try:
-                arrays = _parallel(self.bucket.read_ids, overlapping)
+                tables = _parallel(self.bucket.read_keys, overlapping)
             except ObjectGone:  # that hour was compacted again meanwhile: list it again
                 continue
-            if not arrays:
+            if not tables:
                 return None
-            return pc.drop_null(pa.concat_arrays(arrays))
+            keys = pa.concat_tables(tables)
+            return keys.filter(pc.is_valid(keys["message_id"]))
         raise ObjectGone(f"the objects of the {plan.window_h} hours before kept changing")
 
     # --- 4. commit --------------------------------------------------------------------------

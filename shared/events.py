@@ -10,12 +10,17 @@ verbatim, except `writeKey` (a secret, never stored). The server adds:
 - `source`, the name of the write key that authenticated the request (a client's own
   `source` is dropped: the field is the server's);
 - the request's batch-level `context` and `integrations`, merged under the event's own keys.
-Validation checks only the envelope, never the payload.
+Validation checks only the envelope, never the payload. What a request stores is bounded
+before anything is stamped (`check_stored_size`, `max_stored_bytes`): a few bytes sent must
+not become megabytes in the stream.
 """
 
 from __future__ import annotations
 
+import gc
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -33,8 +38,25 @@ _REQUIRED_IDS_BY_TYPE: dict[str, tuple[str, ...]] = {
 # A request with thousands of bad events gets a readable answer, not a megabyte of errors.
 MAX_PROBLEMS_REPORTED = 100
 
+# A request may hold at most one event per this many bytes of MAX_BODY_BYTES (8,192 at 1 MiB).
+# The work and the stamp are per event: 1 MiB of 27-byte events would be 38,000 events to
+# validate, stamp and store (~150 bytes each). SDKs' events are 250 bytes and more.
+MIN_BYTES_PER_EVENT = 128
+# The batch's context and integrations are stored again in each event: these extra copies may
+# add at most this many times the body (and at most MAX_BODY_BYTES). SDKs put a ~50-byte
+# `library` context there, beside events of 250 bytes and more: copies of a fifth of the body.
+MAX_COPIES_PER_BODY = 3
+# The most one event grows when stamped (MsgPack bytes), beside its copies of the batch's
+# fields and its source's name: type 14, context and integrations keys 27, messageId 47,
+# receivedAt 36, source key 10, originalTimestamp and a new timestamp 43, map header 4.
+STAMP_BYTES = 192
+# MsgPack holds a JSON float of 3 characters ("1e1", and a comma) in 9 bytes; nothing else
+# it holds is larger than in JSON. So events' MsgPack is at most 9/4 of their JSON.
+_FLOAT_GROWTH = 9 / 4
+
 _json_decoder = msgspec.json.Decoder()
 _json_encoder = msgspec.json.Encoder()
+_msgpack_encoder = msgspec.msgpack.Encoder()
 
 
 @dataclass(frozen=True)
@@ -66,7 +88,12 @@ class InvalidRequest(Exception):
     """The request is rejected as a whole; nothing of it may enter the stream."""
 
     def __init__(self, problems: list[Problem]) -> None:
-        super().__init__("; ".join(f"[{p.index}] {p.field}: {p.message}" for p in problems))
+        # Only the reported problems: a batch of 8,192 bad events has 57,000 of them.
+        shown = "; ".join(
+            f"[{p.index}] {p.field}: {p.message}" for p in problems[:MAX_PROBLEMS_REPORTED]
+        )
+        more = len(problems) - MAX_PROBLEMS_REPORTED
+        super().__init__(f"{shown} (and {more} more)" if more > 0 else shown)
         self.problems = problems
 
     def summary(self) -> str:
@@ -82,6 +109,10 @@ class InvalidRequest(Exception):
         return {"problems": [asdict(p) for p in shown], "problemCount": len(self.problems)}
 
 
+class TooLarge(Exception):
+    """The request would store more than its size allows; nothing of it may enter the stream."""
+
+
 def request_problem(field: str, message: str) -> InvalidRequest:
     return InvalidRequest([Problem(None, field, message)])
 
@@ -89,13 +120,30 @@ def request_problem(field: str, message: str) -> InvalidRequest:
 def decode_json(body: bytes) -> Any:
     """Parse a request body; malformed JSON (or invalid UTF-8) is the client's error."""
     try:
-        return _json_decoder.decode(body)
+        with _collection_paused():
+            return _json_decoder.decode(body)
     except msgspec.DecodeError as exc:
         raise request_problem("body", f"not valid JSON: {exc}") from None
     except UnicodeDecodeError:
         raise request_problem("body", "not valid UTF-8") from None
     except RecursionError:
         raise request_problem("body", "JSON is nested too deeply") from None
+
+
+@contextmanager
+def _collection_paused() -> Iterator[None]:
+    """No cyclic garbage collection meanwhile. Decoding makes only new, acyclic containers,
+    yet every 700 of them start a collection, and the older generations' collections walk
+    them all again: 1 MiB of `[[]]` decodes in 160 ms with the collector, 55 ms without (as
+    msgpack-python advises for large messages). The decoder holds the GIL throughout."""
+    if not gc.isenabled():  # paused by a caller: leave it to them
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
 
 
 def batch_events(document: Any) -> list[Any]:
@@ -167,6 +215,64 @@ def _shared_size(envelope: Envelope) -> int:
     )
 
 
+def max_events(max_body_bytes: int) -> int:
+    """The most events one request may hold."""
+    return max(1, max_body_bytes // MIN_BYTES_PER_EVENT)
+
+
+def check_stored_size(count: int, envelope: Envelope, body_bytes: int, max_body_bytes: int) -> None:
+    """Raise `TooLarge` for a request that would store far more than it sent, before anything
+    is validated, stamped or encoded: more than `max_events` events, or a batch context that,
+    stored again in every event, adds more than `MAX_COPIES_PER_BODY` times the body or more
+    than MAX_BODY_BYTES. What passes stores at most `max_stored_bytes`."""
+    if count > max_events(max_body_bytes):
+        raise TooLarge(
+            f"the request holds {count} events, more than the {max_events(max_body_bytes)} "
+            f"one request may hold (one per {MIN_BYTES_PER_EVENT} bytes of the body limit); "
+            "send fewer events per request"
+        )
+    shared = _shared_stored_size(envelope)
+    copies = (count - 1) * shared
+    limit = min(max_body_bytes, MAX_COPIES_PER_BODY * body_bytes)
+    if copies > limit:
+        which = (
+            f"the body limit of {max_body_bytes} bytes"
+            if limit == max_body_bytes
+            else f"{MAX_COPIES_PER_BODY} times the body's {body_bytes}"
+        )
+        raise TooLarge(
+            f"the batch's context and integrations ({shared} bytes) are stored again in each "
+            f"of its {count} events, adding {copies} bytes: more than {which}; send fewer "
+            "events per request, or the context in the events"
+        )
+
+
+def max_stored_bytes(body_bytes: int, count: int, source: str | None) -> int:
+    """The most MsgPack bytes the events of a request that passed `check_stored_size` make:
+    K * body + S * events, K = 9/4 (the events and one copy of the batch's fields, as sent)
+    + MAX_COPIES_PER_BODY, S = STAMP_BYTES + the length of the source's name."""
+    growth = _FLOAT_GROWTH + MAX_COPIES_PER_BODY
+    stamp = STAMP_BYTES + len((source or "").encode())
+    return int(growth * body_bytes) + stamp * count
+
+
+def _shared_stored_size(envelope: Envelope) -> int:
+    """What one copy of the batch's context and integrations stores (they are copied only
+    when they are objects; anything else is refused by `prepare`)."""
+    return sum(
+        _stored_size(value)
+        for value in (envelope.context, envelope.integrations)
+        if isinstance(value, dict) and value
+    )
+
+
+def _stored_size(value: dict[str, Any]) -> int:
+    try:
+        return len(_msgpack_encoder.encode(value))
+    except OverflowError:  # an integer MsgPack cannot hold: refused once encoded, still counted
+        return len(_json_encoder.encode(value))
+
+
 def _stamp(
     event: dict[str, Any], envelope: Envelope, received_at: str, clock: _SkewCorrection
 ) -> None:
@@ -177,7 +283,9 @@ def _stamp(
         shared = getattr(envelope, name)
         if shared:
             own = event.get(name)
-            event[name] = {**shared, **own} if isinstance(own, dict) else dict(shared)
+            # The batch's own dict when the event adds nothing: events are only encoded once
+            # stamped, and a copy per event would be megabytes of dicts for a small body.
+            event[name] = {**shared, **own} if own else shared
     if "messageId" not in event:
         event["messageId"] = str(uuid.uuid4())
     event["receivedAt"] = received_at

@@ -56,13 +56,26 @@ EVENTS_ACCEPTED = Counter(
 REQUESTS_REFUSED = Counter(
     f"{PREFIX}requests_refused_total",
     "Event requests refused, by the answer's error code (invalid_request, unauthorized, "
-    "too_large, backlog_full, unavailable, replication_timeout, ...).",
+    "too_large, rate_limited, backlog_full, unavailable, replication_timeout, ...).",
     ["reason"],
 )
 EVENTS_REFUSED = Counter(
     f"{PREFIX}events_refused_total",
     "Events in refused requests, where the body could be read.",
     ["reason"],
+)
+# Labels from configuration only: the source's name (`anonymous` without WRITE_KEYS, `unknown`
+# when refused before the body holding its key was read) and which limit (`source`, `address`).
+RATE_LIMITED_REQUESTS = Counter(
+    f"{PREFIX}rate_limited_requests_total",
+    "Event requests answered 429 rate_limited, by source and by the limit they were over.",
+    ["source", "limit"],
+)
+RATE_LIMITED_EVENTS = Counter(
+    f"{PREFIX}rate_limited_events_total",
+    "Events in those requests, where the body was read (a request refused before its body "
+    "counts none).",
+    ["source", "limit"],
 )
 
 
@@ -160,6 +173,17 @@ def stream_gauges(status: StreamStatus) -> Iterator[Metric]:
         status.max_len,
     )
     yield _gauge(
+        "stream_bytes",
+        "Bytes of the entries in the stream (their fields' names and values), as admission "
+        "counts them.",
+        status.bytes,
+    )
+    yield _gauge(
+        "stream_max_bytes",
+        "STREAM_MAX_BYTES: at this many bytes of entries ingest answers 503.",
+        status.max_bytes,
+    )
+    yield _gauge(
         "dead_letters", "Dead letters waiting in the dead-letter stream.", status.dead_letters
     )
     per_group: list[tuple[str, str, Callable]] = [
@@ -215,6 +239,11 @@ def _shard_gauges(shards: tuple[StreamStatus, ...]) -> Iterator[Metric]:
     entries = GaugeMetricFamily(
         f"{PREFIX}shard_entries", "Entries in each shard's stream key.", labels=["shard"]
     )
+    held = GaugeMetricFamily(
+        f"{PREFIX}shard_bytes",
+        "Bytes of the entries in each shard's stream key (each takes up to STREAM_MAX_BYTES).",
+        labels=["shard"],
+    )
     backlog = GaugeMetricFamily(
         f"{PREFIX}shard_backlog_entries",
         "Entries of each shard not yet acknowledged by the group.",
@@ -227,10 +256,11 @@ def _shard_gauges(shards: tuple[StreamStatus, ...]) -> Iterator[Metric]:
     )
     for shard in shards:
         entries.add_metric([shard.key], shard.length)
+        held.add_metric([shard.key], shard.bytes)
         for group in shard.groups:
             backlog.add_metric([group.name, shard.key], group.backlog_entries)
             freshness.add_metric([group.name, shard.key], group.freshness_s)
-    yield from (entries, backlog, freshness)
+    yield from (entries, held, backlog, freshness)
 
 
 def _gauge(name: str, help_text: str, value: float) -> GaugeMetricFamily:

@@ -9,17 +9,20 @@ extension (httpfs) is needed, and the connection refuses to download one.
 Two views answer queries:
 
 - `raw_events`: every row of every object read, with `object_key`, the object it came from.
-- `events`: each non-NULL `message_id` once: the copy with the earliest `received_at`, then the
-  first in object key order, then the first in its object. Rows without a `message_id` all stay.
-  With a range, duplicates are resolved among what the range holds: a copy whose earlier twin
-  lies outside it counts.
+- `events`: each event once: of the rows sharing a `source` and a non-NULL `message_id`
+  (`compaction.DEDUP_KEY`; a NULL source, anonymous mode, is one source of its own), the copy
+  with the earliest `received_at`, then the first in object key order, then the first in its
+  object. Two sources' events with the same ID are two events: an ID is unique only within the
+  source that sent it, and a source whose key is public could otherwise hide another's events
+  by sending their IDs first. Rows without a `message_id` all stay. With a range, duplicates
+  are resolved among what the range holds: a copy whose earlier twin lies outside it counts.
 
-What the deduplication costs: `events` is a window (`row_number() OVER (PARTITION BY
+What the deduplication costs: `events` is a window (`row_number() OVER (PARTITION BY source,
 message_id ORDER BY received_at, position)`) over every row of the range. DuckDB hashes all
-rows by `message_id`, sorts each group, and keeps one, for every query that reads `events`
-(it is a view: nothing is paid by a query that reads only `raw_events`). Time and memory grow
-with the rows read, not with what the query asks for: roughly a group-by over `message_id` on
-top of the query itself. Filters on `dt`/`hour` in the query are not pushed below the window;
+rows by their key, sorts each group, and keeps one, for every query that reads `events` (it is
+a view: nothing is paid by a query that reads only `raw_events`). Time and memory grow with
+the rows read, not with what the query asks for: roughly a group-by over the key on top of the
+query itself. Filters on `dt`/`hour` in the query are not pushed below the window;
 bound the range with `--from`/`--to` instead. After compaction the archive stores each event
 once, and `raw_events` gives the same answers without the window.
 
@@ -51,6 +54,7 @@ import pyarrow as pa
 from shared.archive import columns, reading
 from shared.archive.reading import ArchivedObject, HourRange, ObjectGone
 from shared.archive.storage import ObjectStore
+from shared.compaction import DEDUP_KEY
 from shared.settings import Settings
 
 # How often a partition is listed again when its objects keep disappearing under a query
@@ -340,6 +344,7 @@ def _define_views(con: Any, rows: pa.Table, objects: pa.Table) -> None:
     con.register(_ARCHIVE, rows)
     con.register(_OBJECTS, objects)
     names = ", ".join(_quote(name) for name in (*columns.SCHEMA.names, "dt", "hour"))
+    key = ", ".join(_quote(name) for name in DEDUP_KEY)
     con.execute(
         f"""
 CREATE TEMP VIEW raw_events AS
@@ -357,7 +362,7 @@ WITH typed AS (
 SELECT {names} FROM typed
 WHERE message_id IS NOT NULL
 QUALIFY row_number() OVER (
-  PARTITION BY message_id ORDER BY received_at NULLS LAST, _position
+  PARTITION BY {key} ORDER BY received_at NULLS LAST, _position
 ) = 1
 UNION ALL
 SELECT {names} FROM typed WHERE message_id IS NULL

@@ -1,23 +1,25 @@
 """Replay: the archived events of a time range back onto a stream, each once, resumable.
 
 For re-processing downstream: a new consumer group, a warehouse loader reading another
-stream key. Events are read hour by hour, each hour's copies of a `messageId` reduced to the
-earliest (`received_at`, then key order), and copies already seen in the DEDUP_WINDOW hours
-before dropped, as compaction does. They keep their `messageId` and `receivedAt` and gain
-`replayedAt` (when they were replayed), so that a reader tells them from new events; back on the
-main stream they are archived into their original hours again, where compaction and queries
-keep one copy.
+stream key. Events are read hour by hour, each hour's copies of an event (the same `source` and
+`messageId`: `compaction.DEDUP_KEY`) reduced to the earliest (`received_at`, then key order),
+and copies already seen in the DEDUP_WINDOW hours before dropped, as compaction does. They keep
+their `messageId` and `receivedAt` and gain `replayedAt` (when they were replayed), so that a
+reader tells them from new events; back on the main stream they are archived into their
+original hours again, where compaction and queries keep one copy.
 
-Within an hour events go in (`receivedAt`, `messageId`) order, which no rewrite of the archive
-(compaction) changes, so the place reached, kept in Redis beside the target stream after each
-entry, means the same after a restart: a stopped replay resumes there and repeats at most the
-entry in flight. Entries go through admission control: at STREAM_MAX_LEN the replay waits.
+Within an hour events go in (`receivedAt`, `messageId`, `source`) order, which no rewrite of
+the archive (compaction) changes, so the place reached, kept in Redis beside the target stream
+after each entry, means the same after a restart: a stopped replay resumes there and repeats at
+most the entry in flight. Entries go through admission control: at STREAM_MAX_LEN the replay
+waits.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -31,7 +33,7 @@ import redis
 
 from shared import codec, events
 from shared.archive import ObjectStore, columns, reading
-from shared.compaction import hour_label, parse_hour
+from shared.compaction import DEDUP_KEY, hour_label, parse_hour
 from shared.settings import Settings
 from shared.stream import BacklogFull, EventStream, ReplicationShortfall, ShardedStream, producer
 
@@ -39,6 +41,13 @@ MARK = "replayedAt"
 EVENTS_PER_ENTRY = 500
 WAIT_S = 1.0
 PLACE_TTL_S = 7 * 24 * 3600
+# Where a place recorded without its event's source stands among the sources of its
+# (receivedAt, messageId): after all of them, as versions that kept one copy per messageId
+# recorded it.
+AFTER_EVERY_SOURCE = (2, "")
+
+EventKey = tuple[str | None, ...]  # a row's DEDUP_KEY values
+Place = tuple[tuple[bool, str], str, tuple[int, str]]  # (receivedAt, messageId, source)
 
 
 @dataclass
@@ -95,7 +104,7 @@ class Replayer:
             client.delete(place_key)
         place = _decode_place(client.hgetall(place_key))
         summary = Summary(into=self.producer.key, resumed_after=place and place[0])
-        recent: deque[tuple[datetime, set[str]]] = deque()
+        recent: deque[tuple[datetime, set[EventKey]]] = deque()
         resume = parse_hour(place[0]) if place else None
         for hour, items in self._hours(hours):
             label = hour_label(hour)
@@ -104,10 +113,10 @@ class Replayer:
                 continue  # replayed before, and too early to hold copies of what is left
             rows, dropped = self._once(self._read_hour(hour, items), hour, recent)
             if done:
-                continue  # replayed before: read only for the messageIds it holds
+                continue  # replayed before: read only for the events it holds
             summary.hours += 1
             summary.duplicates_dropped += dropped
-            after = place[1:] if place and label == place[0] else None
+            after = place[1] if place and label == place[0] else None
             self._replay_hour(label, rows, after, place_key, summary, progress)
             summary.hours_done.append(label)
         client.delete(place_key)  # finished: a later run with the same range starts over
@@ -140,24 +149,23 @@ class Replayer:
         raise RuntimeError(f"the objects of {day} hour {hour} keep changing; try again")
 
     def _once(
-        self, table: pa.Table, hour: datetime, recent: deque[tuple[datetime, set[str]]]
+        self, table: pa.Table, hour: datetime, recent: deque[tuple[datetime, set[EventKey]]]
     ) -> tuple[list[dict[str, Any]], int]:
-        """The hour's rows, each messageId once (the earliest copy), without those seen in the
-        window before, in (received_at, message_id) order."""
+        """The hour's rows, each event (DEDUP_KEY) once, the earliest copy, without those seen
+        in the window before, in the order `_order` gives."""
         while recent and hour - recent[0][0] > self.window:
             recent.popleft()
-        earlier = set().union(*(ids for _, ids in recent)) if recent else set()
-        ordered = table.sort_by([("received_at", "ascending"), ("message_id", "ascending")])
+        earlier = set().union(*(keys for _, keys in recent)) if recent else set()
         rows, seen = [], set()
-        for row in ordered.to_pylist():
-            message_id = row["message_id"]
-            if message_id is not None:  # an event archived without one cannot be matched
-                if message_id in seen or message_id in earlier:
+        for row in sorted(table.to_pylist(), key=_order):  # stable: ties stay in key order
+            if row["message_id"] is not None:  # an event archived without one cannot be matched
+                key = tuple(row[name] for name in DEDUP_KEY)
+                if key in seen or key in earlier:
                     continue
-                seen.add(message_id)
+                seen.add(key)
             rows.append(row)
         recent.append((hour, seen))
-        return rows, ordered.num_rows - len(rows)
+        return rows, table.num_rows - len(rows)
 
     # --- writing ----------------------------------------------------------------------------
 
@@ -165,13 +173,13 @@ class Replayer:
         self,
         label: str,
         rows: list[dict[str, Any]],
-        after: tuple[str, str] | None,
+        after: Place | None,
         place_key: str,
         summary: Summary,
         progress: Callable[[Progress], None] | None,
     ) -> None:
         if after is not None:
-            rows = [r for r in rows if (_time_key(r), r["message_id"] or "") > after]
+            rows = [r for r in rows if _order(r) > after]
         replayed_at = events.received_at_now()
         for start in range(0, len(rows), EVENTS_PER_ENTRY):
             batch = rows[start : start + EVENTS_PER_ENTRY]
@@ -182,6 +190,7 @@ class Replayer:
                 "hour": label,
                 "received_at": _time_key(last),
                 "message_id": last["message_id"] or "",
+                "source": json.dumps(last["source"]),  # null apart from every name
             }
             pipe = self.producer.client.pipeline(transaction=False)  # one round trip
             pipe.hset(place_key, mapping=place).expire(place_key, PLACE_TTL_S).execute()
@@ -212,8 +221,9 @@ class Replayer:
         except redis.ResponseError:
             consumed = False
         if consumed:
-            return f"{key} is at STREAM_MAX_LEN; waiting for its consumers"
-        return f"{key} is at STREAM_MAX_LEN and has no consumer group: nobody consumes it"
+            return f"{key} is at STREAM_MAX_LEN or STREAM_MAX_BYTES; waiting for its consumers"
+        full = "is at STREAM_MAX_LEN or STREAM_MAX_BYTES"
+        return f"{key} {full} and has no consumer group: nobody consumes it"
 
 
 def _hour_then_key(item: reading.ArchivedObject) -> tuple:
@@ -226,7 +236,26 @@ def _time_key(row: dict[str, Any]) -> str:
     return "" if moment is None else moment.isoformat(timespec="microseconds")
 
 
-def _decode_place(raw: dict[bytes, bytes]) -> tuple[str, str, str] | None:
+def _order(row: dict[str, Any]) -> Place:
+    """A row's place in its hour: the order events are replayed in, and compared with the
+    place a stopped replay reached. The source comes last, so that two sources' events with one
+    messageId and receivedAt have an order too."""
+    return _time_order(_time_key(row)), row["message_id"] or "", _source_order(row["source"])
+
+
+def _time_order(stamp: str) -> tuple[bool, str]:
+    return stamp == "", stamp  # without a receivedAt: last, as compaction sorts it
+
+
+def _source_order(source: str | None) -> tuple[int, str]:
+    return (0, "") if source is None else (1, source)  # NULL (anonymous) first
+
+
+def _decode_place(raw: dict[bytes, bytes]) -> tuple[str, Place] | None:
+    """The hour and the place in it a stopped replay reached; None if it has not started."""
     if not raw:
         return None
-    return raw[b"hour"].decode(), raw[b"received_at"].decode(), raw[b"message_id"].decode()
+    source = raw.get(b"source")
+    where = AFTER_EVERY_SOURCE if source is None else _source_order(json.loads(source))
+    stamp = _time_order(raw[b"received_at"].decode())
+    return raw[b"hour"].decode(), (stamp, raw[b"message_id"].decode(), where)

@@ -6,6 +6,7 @@ variable, so a misconfigured deployment fails before it accepts or reads anythin
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
@@ -125,6 +126,68 @@ def write_keys_from_secret(raw: str) -> tuple[tuple[str, str], ...]:
     return pairs
 
 
+def _networks(name: str, raw: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    """Comma-separated networks (`10.0.0.0/8,::1/128`); a bare address is its own /32 or /128."""
+    networks = []
+    for item in filter(None, (part.strip() for part in raw.split(","))):
+        try:
+            networks.append(ipaddress.ip_network(item, strict=False))
+        except ValueError:
+            raise ConfigError(f"{name}: {item!r} is not a network or an address") from None
+    return tuple(networks)
+
+
+def _origins(name: str, raw: str) -> tuple[str, ...]:
+    """Comma-separated origins as browsers send them (`https://app.example.com`), or `*`."""
+    origins = []
+    for item in filter(None, (part.strip() for part in raw.split(","))):
+        parts = urlparse(item)
+        if item != "*" and (
+            parts.scheme not in ("http", "https") or not parts.netloc or parts.path
+        ):
+            raise ConfigError(f"{name}: {item!r} is not an origin (scheme://host[:port])")
+        origins.append(item.lower())
+    return tuple(origins)
+
+
+def _public_url(name: str, raw: str) -> str | None:
+    """The scheme and host browsers reach the API at, without a trailing slash."""
+    url = _optional_text(name, raw)
+    if url is None:
+        return None
+    parts = urlparse(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
+        raise ConfigError(
+            f"{name} must be an http:// or https:// URL such as https://api.example.com"
+        )
+    return url.rstrip("/")
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    """A token bucket: `events_per_s` refill (0: no limit) up to `burst` events (0 in a
+    RATE_LIMIT_SOURCES entry: the default's seconds of burst)."""
+
+    events_per_s: int
+    burst: int
+
+
+def _source_rate_limits(name: str, raw: str) -> tuple[tuple[str, RateLimit], ...]:
+    """`source=events_per_s[/burst]` pairs, comma-separated; 0 lifts the source's limits."""
+    limits: dict[str, RateLimit] = {}
+    for item in filter(None, (part.strip() for part in raw.split(","))):
+        source, _, spec = item.partition("=")
+        rate, _, burst = spec.partition("/")
+        if not source.strip() or not rate.strip():
+            raise ConfigError(f"{name}: {item!r} is not of the form source=events_per_s[/burst]")
+        if source.strip() in limits:
+            raise ConfigError(f"{name}: {source.strip()!r} is given twice")
+        events_per_s = _count(name, rate)
+        burst_events = _positive_int(name, burst) if burst else 0
+        limits[source.strip()] = RateLimit(events_per_s, burst_events)
+    return tuple(limits.items())
+
+
 def _var(env: str, default: Any, parse: Callable[[str, str], Any], **options: Any) -> Any:
     """A settings field read from the environment variable `env`, checked by `parse`."""
     return field(default=default, metadata={"env": env, "parse": parse}, **options)
@@ -170,6 +233,15 @@ class Settings:
     redis_max_connections: int = _var("REDIS_MAX_CONNECTIONS", 50, _positive_int)
     # Admission control: ingest answers 503 while the stream holds this many entries.
     stream_max_len: int = _var("STREAM_MAX_LEN", 100_000, _positive_int)
+    # ... or this many bytes of entries (per shard: their fields' names and values), whatever
+    # their sizes: Redis fills by bytes. Redis needs up to ~1.3x this (allocator rounding), so
+    # 512 MiB leaves local/redis.conf's 1 GB room for dead letters, a consumer's read and the
+    # requests in flight. Keep (shards per node) x this x 1.3 to about half of maxmemory.
+    stream_max_bytes: int = _var("STREAM_MAX_BYTES", 512 * 1024 * 1024, _positive_int)
+    # Consumer only. One read of the stream holds at most this many bytes of entries: it takes
+    # this over the largest entry MAX_BODY_BYTES lets ingest write (at least one, at most 200),
+    # so the consumer must be given ingest's MAX_BODY_BYTES. Shared out among shards.
+    read_max_bytes: int = _var("READ_MAX_BYTES", 64 * 1024 * 1024, _positive_int)
     # An entry delivered more often than this without being archived is dead-lettered.
     max_deliveries: int = _var("MAX_DELIVERIES", 10, _positive_int)
     # Dead letters kept in Redis (every one is also stored under errors/ in the bucket).
@@ -183,8 +255,36 @@ class Settings:
     cors_allow_origin: str = _var("CORS_ALLOW_ORIGIN", "*", _text)
     # Ingest only. Off: no request metrics and no /metrics (the benchmark measures the cost).
     metrics_enabled: bool = _var("METRICS_ENABLED", True, _flag)
-    # Ingest only. When set, GET /metrics asks for it as a bearer token.
+    # Ingest and the loop runner. When set, GET /metrics asks for it as a bearer token.
     metrics_token: str | None = _var("METRICS_TOKEN", None, _optional_text, repr=False)
+    # Ingest and the loop runner. /metrics without METRICS_TOKEN is refused (403) unless this
+    # opens it on purpose (shared/metrics_access.py).
+    metrics_public: bool = _var("METRICS_PUBLIC", False, _flag)
+    # Ingest only. The scheme and host browsers reach (https://api.example.com, a path prefix
+    # kept): the settings document's apiHost and protocol. Unset: taken from the request, and
+    # the document is Cache-Control: private.
+    public_url: str | None = _var("PUBLIC_URL", None, _public_url)
+    # Ingest only. Origins whose pages may post to us across Chrome's Private Network Access
+    # check (a public page to a private address); none by default.
+    private_network_origins: tuple[str, ...] = _var("PRIVATE_NETWORK_ORIGINS", (), _origins)
+    # Ingest only. Proxies whose X-Forwarded-For is believed (networks), walked from the right
+    # (functions/ingest/client_address.py); none by default: the peer is the client.
+    trusted_proxies: tuple = _var("TRUSTED_PROXIES", (), _networks)
+    # Ingest only. Token buckets in Redis, counted in events (0: no limit), 10 s of burst each
+    # (functions/ingest/rate_limits.py). Per source: a browser source's key is public, and this
+    # bounds what anyone holding it (from however many addresses) takes from the others ...
+    rate_limit_events_per_s: int = _var("RATE_LIMIT_EVENTS_PER_S", 50_000, _count)
+    rate_limit_burst: int = _var("RATE_LIMIT_BURST", 500_000, _positive_int)
+    # ... with overrides per source (`web=200/2000,backend=0`; 0 lifts both limits: a server
+    # source's key is secret and one host sends all of its events from one address) ...
+    rate_limit_sources: tuple[tuple[str, RateLimit], ...] = _var(
+        "RATE_LIMIT_SOURCES", (), _source_rate_limits
+    )
+    # ... and per client address (an IPv6 /64 counts as one), a tenth of a source's: one holder
+    # of a public key cannot use up its source for the other visitors. Above a NAT's or a
+    # busy server's own traffic; below, lift the source (0) or raise this.
+    rate_limit_address_events_per_s: int = _var("RATE_LIMIT_ADDRESS_EVENTS_PER_S", 5_000, _count)
+    rate_limit_address_burst: int = _var("RATE_LIMIT_ADDRESS_BURST", 50_000, _positive_int)
     # Secrets Manager secrets (name or ARN), instead of plain variables: the write keys, in
     # WRITE_KEYS's form, and the Redis AUTH token (alone, or JSON with password and username).
     write_keys_secret: str | None = _var("WRITE_KEYS_SECRET", None, _optional_text)

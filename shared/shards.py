@@ -5,7 +5,10 @@ With one shard the stream is STREAM_KEY itself, as it always was. With N, it is 
 lies in the middle of the i-th of N equal slices of the 16,384 slots: on a cluster whose
 primaries own equal slot ranges, as `redis-cli --cluster create` and ElastiCache assign them,
 every primary holds N/M shards (N a multiple of the M primaries), and never none while N >= M.
-A shard's other keys (its dead letters) carry the same tag, so they live on its node.
+A shard's other keys (its dead letters) carry the same tag, so they live on its node. Each
+stream key has two companions in its own slot, which the stream's scripts update with it: its
+size hash (`size_key`: the bytes and events its entries hold, which admission checks against
+STREAM_MAX_BYTES) and its ledger (`ledger_key`: each entry's size, under the entry's ID).
 
 Every key ever written is listed in the registry set `STREAM_KEY:shards`, which ingest adds
 its keys to after its appends (again every hour): consumers drain every key listed (and
@@ -30,12 +33,16 @@ _CANDIDATES = 4096
 # the previous configuration (a Lambda environment, a container of the previous deploy) ended.
 RETIRE_AFTER_S = 24 * 3600
 
-# Delete the stream key if it is drained and was last written before ARGV[1] (ms), and its
-# dead-letter stream KEYS[2] (when given) is empty: checked and done in one step, so that an
-# entry or a dead letter added meanwhile is never left behind.
+# Delete the stream key KEYS[1] with its size hash and ledger (KEYS[2], KEYS[3]) if it is
+# drained and was last written before ARGV[1] (ms), and its dead-letter stream KEYS[4] (when
+# given) is empty: checked and done in one step, so that an entry or a dead letter added
+# meanwhile is never left behind.
 _DELETE_IF_DRAINED = """
-if KEYS[2] and redis.call('XLEN', KEYS[2]) > 0 then return 0 end
-if redis.call('EXISTS', KEYS[1]) == 0 then return 1 end
+if KEYS[4] and redis.call('XLEN', KEYS[4]) > 0 then return 0 end
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  redis.call('DEL', KEYS[2], KEYS[3])
+  return 1
+end
 if redis.call('XLEN', KEYS[1]) > 0 then return 0 end
 for _, group in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
   for i = 1, #group, 2 do
@@ -49,7 +56,7 @@ for i = 1, #last, 2 do
     if ms >= tonumber(ARGV[1]) then return 0 end
   end
 end
-redis.call('DEL', KEYS[1])
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
 return 1
 """
 
@@ -66,6 +73,49 @@ def shard_keys(stream_key: str, shards: int) -> list[str]:
 def dead_letter_key(stream_key: str) -> str:
     """Where a stream key's dead letters go: a shard's share its hash tag, so its node."""
     return f"{stream_key}:dead"
+
+
+def size_key(stream_key: str) -> str:
+    """The hash holding what a stream key's entries add up to: `bytes` (the lengths of their
+    fields' names and values) and `events` (their `n` fields). In the key's slot, so that one
+    script updates both."""
+    return _beside(stream_key, "size")
+
+
+def ledger_key(stream_key: str) -> str:
+    """A stream holding one small record per entry of the stream key, under the same ID: its
+    `b` bytes and `n` events. What an entry adds to `size_key` is read back from it when the
+    entry is removed, and the status counts events and finds IDs in it, never in the entries
+    (which may be megabytes each). In the key's slot, like `size_key`."""
+    return _beside(stream_key, "ledger")
+
+
+def _beside(stream_key: str, suffix: str) -> str:
+    """`STREAM_KEY:suffix` when that hashes to the stream key's slot (a shard's hash tag does
+    it), else the stream key as a hash tag: `{STREAM_KEY}:suffix`."""
+    for key in (f"{stream_key}:{suffix}", f"{{{stream_key}}}:{suffix}"):
+        if slot_of(key) == slot_of(stream_key):
+            return key
+    raise ValueError(f"no key beside {stream_key!r} shares its slot: use one without braces")
+
+
+def rate_bucket_key(stream_key: str, bucket: str) -> str:
+    """A token bucket guarding the stream key (shared/token_bucket.py), in its slot, so that
+    the append script checks and takes it: `STREAM_KEY:rate:` (or `{STREAM_KEY}:rate:`) and
+    the bucket's name."""
+    return _rate_bucket_prefix(stream_key) + bucket
+
+
+@functools.cache
+def _rate_bucket_prefix(stream_key: str) -> str:
+    """A prefix holding a hash tag of the stream key's slot, so that whatever follows it (a
+    bucket's name) the key hashes there: the key's own tag (a shard's), else the key as one."""
+    for prefix in (f"{stream_key}:rate:", f"{{{stream_key}}}:rate:"):
+        start = prefix.find("{")
+        tagged = start >= 0 and prefix.find("}", start + 1) > start + 1
+        if tagged and slot_of(prefix) == slot_of(stream_key):
+            return prefix
+    raise ValueError(f"no key beside {stream_key!r} shares its slot: use one without braces")
 
 
 def registry_key(stream_key: str) -> str:
@@ -115,7 +165,7 @@ def retire_if_drained(client: Any, stream_key: str, shards: int, key: str) -> bo
         return False
     seconds, micros = client.time()
     before_ms = seconds * 1000 + micros // 1000 - RETIRE_AFTER_S * 1000
-    keys = [key, dead] if together else [key]
+    keys = [key, size_key(key), ledger_key(key), *([dead] if together else [])]
     if not client.register_script(_DELETE_IF_DRAINED)(keys=keys, args=[before_ms]):
         return False
     client.srem(registry_key(stream_key), key)

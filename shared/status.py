@@ -1,10 +1,25 @@
-"""What a stream holds right now, read from Redis: for each consumer group its backlog, pending
-entries, data freshness and consumers, and the dead letters waiting.
+"""What a stream holds right now, read from Redis: its entries and their bytes against the
+bounds, for each consumer group its backlog, pending entries, data freshness and consumers, and
+the dead letters waiting.
 
 One read (`read_status`) serves `event-ingest status` and the gauges of the ingest function's
-`/metrics`, so the two never disagree. It only reads, costs a handful of round trips whatever
-the backlog, and never moves a whole entry over the network: the events in a backlog are
-counted by a script that returns each entry's event count (`n`) only.
+`/metrics`, so the two never disagree. It only reads, and its cost to Redis is fixed whatever
+the backlog and whatever the entries' sizes: a handful of commands per key and per group that
+return counters and IDs (XLEN, XINFO GROUPS and CONSUMERS, XPENDING's summary, the size hash),
+and entry IDs and event counts read from the key's ledger (shards.ledger_key: one small record
+per entry), at most EVENT_SAMPLE records. Never an entry itself: with entries of megabytes,
+reading them (even inside Redis, in Lua) blocked Redis for seconds per scrape.
+
+Exact: the stream's entries and bytes (the size hash), every group's pending entries; with one
+group, its backlog's events (the stream holds exactly its backlog: acknowledging deletes).
+Estimated, and said so: with several groups, a group's backlog events past EVENT_SAMPLE
+entries (the sample's mean times its entries), and on Redis 6.2 its undelivered entries.
+
+Entries written before the ledger existed (a release without it, or during a rolling deploy)
+have no record and are not in the size hash: their bytes are not counted until they drain.
+While the ledger does not account for every entry, the status reads that key as before the
+ledger: IDs and event counts from the entries themselves, which costs Redis in proportion to
+their sizes, until those entries drain.
 """
 
 from __future__ import annotations
@@ -15,13 +30,13 @@ import redis
 
 from shared import shards
 from shared.settings import Settings
-from shared.stream import dead_letter_key
+from shared.stream import accounting_keys, dead_letter_key
 
 # Entries whose event counts are read; a longer backlog's event count is estimated from them.
 EVENT_SAMPLE = 500
 
-# The ID and event count (field `n`) of up to ARGV[2] entries from ARGV[1] on: the backlog's
-# events are counted inside Redis, not by copying megabytes of entries to the client.
+# The event counts (field `n`) of up to ARGV[2] records from ARGV[1] on: of the ledger, whose
+# records are small; inside Redis, and without the ledger, from the entries themselves.
 _EVENT_COUNTS = """
 local counts = {}
 for _, entry in ipairs(redis.call('XRANGE', KEYS[1], ARGV[1], '+', 'COUNT', ARGV[2])) do
@@ -74,6 +89,8 @@ class StreamStatus:
     groups: tuple[GroupStatus, ...]
     dead_letters: int
     redis_version: str
+    bytes: int = 0  # of the entries' fields, as admission counts them (see module docstring)
+    max_bytes: int = 0
     # For a sharded stream (STREAM_SHARDS): each key's own status; the fields above are totals.
     shards: tuple[StreamStatus, ...] = ()
 
@@ -87,7 +104,9 @@ def read_stream_status(client: redis.Redis, settings: Settings) -> StreamStatus:
     """The logical stream's status: STREAM_KEY's own, or the totals over every key of a
     sharded stream (shared/shards.py), each key's status kept in `shards`."""
     keys = shards.keys_to_drain(client, settings.stream_key, settings.stream_shards)
-    statuses = [read_status(client, key, settings.stream_max_len) for key in keys]
+    statuses = [
+        read_status(client, key, settings.stream_max_len, settings.stream_max_bytes) for key in keys
+    ]
     if keys == [settings.stream_key]:
         return statuses[0]
     return combined(settings.stream_key, statuses)
@@ -105,6 +124,8 @@ def combined(key: str, statuses: list[StreamStatus]) -> StreamStatus:
         key=key,
         length=sum(s.length for s in statuses),
         max_len=sum(s.max_len for s in statuses),
+        bytes=sum(s.bytes for s in statuses),
+        max_bytes=sum(s.max_bytes for s in statuses),
         last_generated_id=max(
             (s.last_generated_id for s in statuses if s.last_generated_id), key=_ms, default=None
         ),
@@ -138,45 +159,86 @@ def _combined_group(name: str, parts: list[GroupStatus]) -> GroupStatus:
     )
 
 
-def read_status(client: redis.Redis, key: str, max_len: int) -> StreamStatus:
+def read_status(client: redis.Redis, key: str, max_len: int, max_bytes: int) -> StreamStatus:
     """The stream's status now. A stream that does not exist yet is empty, with no groups."""
     seconds, micros = client.time()
     now_ms = seconds * 1000 + micros // 1000
-    length = client.xlen(key)
-    groups_info = client.xinfo_groups(key) if length or client.exists(key) else []
-    last_id = client.xinfo_stream(key)["last-generated-id"] if groups_info or length else None
+    held = _read_held(client, key)
+    groups_info = client.xinfo_groups(key) if held.length or client.exists(key) else []
     groups = tuple(
-        _group_status(client, key, info, length, len(groups_info), now_ms) for info in groups_info
+        _group_status(client, held, info, len(groups_info), now_ms) for info in groups_info
     )
     return StreamStatus(
         key=key,
-        length=length,
+        length=held.length,
         max_len=max_len,
-        last_generated_id=_text(last_id),
+        last_generated_id=_last_generated_id(client, held) if groups_info or held.length else None,
         groups=groups,
         dead_letters=client.xlen(dead_letter_key(key)),
         redis_version=str(client.info("server")["redis_version"]),
+        bytes=held.bytes,
+        max_bytes=max_bytes,
     )
 
 
+@dataclass(frozen=True)
+class _Held:
+    """What one stream key holds, read at one instant."""
+
+    key: str
+    length: int
+    bytes: int
+    events: int
+    # Where entry IDs and event counts are read: the key's ledger when it has a record of
+    # every entry (its records are small), else the stream itself.
+    index: str
+
+    @property
+    def recorded(self) -> bool:
+        return self.index != self.key
+
+
+# The stream's length, its ledger's, and its size hash, read together (a script is atomic):
+# whether the ledger has a record of every entry is known only from lengths read at once.
+_HELD = """
+return {
+  redis.call('XLEN', KEYS[1]),
+  redis.call('XLEN', KEYS[3]),
+  tonumber(redis.call('HGET', KEYS[2], 'bytes')) or 0,
+  tonumber(redis.call('HGET', KEYS[2], 'events')) or 0,
+}
+"""
+
+
+def _read_held(client: redis.Redis, key: str) -> _Held:
+    keys = accounting_keys(key)
+    length, recorded, held_bytes, events = client.register_script(_HELD)(keys=keys)
+    return _Held(key, length, held_bytes, events, index=keys[2] if recorded == length else key)
+
+
+def _last_generated_id(client: redis.Redis, held: _Held) -> str | None:
+    """XINFO STREAM answers with the first and last entries whole: asked of the ledger, whose
+    records carry the same IDs, or of the stream when it is empty."""
+    source = held.index if held.length else held.key
+    return _text(client.xinfo_stream(source)["last-generated-id"])
+
+
 def _group_status(
-    client: redis.Redis, key: str, info: dict, length: int, group_count: int, now_ms: int
+    client: redis.Redis, held: _Held, info: dict, group_count: int, now_ms: int
 ) -> GroupStatus:
     name = _text(info["name"])
     last_delivered = _text(info["last-delivered-id"])
     pending = int(info["pending"])
-    undelivered, exact = _undelivered(
-        client, key, info, last_delivered, length, pending, group_count
-    )
-    summary = client.xpending(key, name) if pending else None
+    undelivered, exact = _undelivered(client, held, info, last_delivered, pending, group_count)
+    summary = client.xpending(held.key, name) if pending else None
     oldest_pending = _text(summary["min"]) if summary else None
-    first_undelivered = _first_id_after(client, key, last_delivered) if undelivered else None
+    first_undelivered = _first_id_after(client, held.index, last_delivered) if undelivered else None
     oldest = min(filter(None, (oldest_pending, first_undelivered)), key=_ms, default=None)
     backlog = pending + undelivered
-    events, events_exact = _backlog_events(client, key, oldest, backlog, group_count)
+    events, events_exact = _backlog_events(client, held, oldest, backlog, group_count)
     consumers = tuple(
         ConsumerStatus(_text(c["name"]), int(c["pending"]), int(c["idle"]) / 1000)
-        for c in client.xinfo_consumers(key, name)
+        for c in client.xinfo_consumers(held.key, name)
     )
     return GroupStatus(
         name=name,
@@ -194,10 +256,9 @@ def _group_status(
 
 def _undelivered(
     client: redis.Redis,
-    key: str,
+    held: _Held,
     info: dict,
     last_delivered: str,
-    length: int,
     pending: int,
     group_count: int,
 ) -> tuple[int, bool]:
@@ -208,15 +269,16 @@ def _undelivered(
     if lag is not None:
         return int(lag), True
     if group_count == 1:
-        return max(0, length - pending), True
-    if not _first_id_after(client, key, last_delivered):
+        return max(0, held.length - pending), True
+    if not _first_id_after(client, held.index, last_delivered):
         return 0, True
-    return length, False
+    return held.length, False
 
 
-def _first_id_after(client: redis.Redis, key: str, entry_id: str) -> str | None:
-    """The ID of the first entry after `entry_id`, without fetching its data."""
-    first = client.register_script(_ID_AFTER)(keys=[key], args=[f"({entry_id}"])
+def _first_id_after(client: redis.Redis, index: str, entry_id: str) -> str | None:
+    """The ID of the first entry after `entry_id`, from `index` (the ledger, or the stream),
+    without moving the record over the network."""
+    first = client.register_script(_ID_AFTER)(keys=[index], args=[f"({entry_id}"])
     return _text(first) if first else None
 
 
@@ -227,15 +289,18 @@ return first and first[1] or false
 
 
 def _backlog_events(
-    client: redis.Redis, key: str, oldest: str | None, backlog: int, group_count: int
+    client: redis.Redis, held: _Held, oldest: str | None, backlog: int, group_count: int
 ) -> tuple[int, bool]:
-    """Events in the group's backlog: summed when the whole backlog is in the sample and the
-    group is the stream's only one (so every entry from the oldest on is in its backlog);
-    else the sample's mean times the backlog's entries."""
+    """Events in the group's backlog: the size hash's count when the group is the stream's
+    only one and the stream holds exactly its backlog; else summed from the oldest entry on
+    when the whole backlog is in the sample and the group is the only one (so every entry from
+    the oldest on is in its backlog); else the sample's mean times the backlog's entries."""
     if oldest is None or not backlog:
         return 0, True
+    if held.recorded and group_count == 1 and backlog == held.length:
+        return held.events, True
     script = client.register_script(_EVENT_COUNTS)  # EVALSHA: the body is sent once per Redis
-    counts = [int(n) for n in script(keys=[key], args=[oldest, EVENT_SAMPLE])]
+    counts = [int(n) for n in script(keys=[held.index], args=[oldest, EVENT_SAMPLE])]
     if not counts:
         return 0, True
     if group_count == 1 and len(counts) < EVENT_SAMPLE:

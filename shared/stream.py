@@ -5,6 +5,13 @@ field maps (see `codec`). The ingest hot path (`EventStream.add`) is one round t
 its WAIT for replicas pipelined when REDIS_WAIT_REPLICAS is set; so is acknowledging.
 Commands that need memory (XADD, XGROUP CREATE) are kept off the consumer's path when Redis
 is full, so consumers can always drain and free memory.
+
+Admission counts bytes as well as entries: each stream key's size hash holds the bytes and
+events of its entries, and its ledger one small record per entry (shards.size_key,
+ledger_key). The scripts that add or remove entries update both in the same atomic step, so
+the hash is exact for every entry appended since the ledger exists; entries appended by an
+older release are not counted until they drain (the counters under-count, never over-count),
+and an emptied stream starts its counters over from zero.
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import logging
+import math
 import os
 import random
 import secrets
@@ -26,6 +34,7 @@ from redis.retry import Retry
 
 from shared import secrets as shared_secrets
 from shared import shards as shards_module
+from shared import token_bucket
 from shared.settings import Settings
 from shared.shards import dead_letter_key
 
@@ -40,7 +49,8 @@ Entry = tuple[EntryId, Fields | None]
 
 
 class BacklogFull(Exception):
-    """The stream holds STREAM_MAX_LEN entries: accept nothing until consumers catch up."""
+    """The stream holds STREAM_MAX_LEN entries or STREAM_MAX_BYTES bytes of them: accept
+    nothing until consumers catch up."""
 
 
 class ReplicationShortfall(Exception):
@@ -52,6 +62,18 @@ class ReplicationShortfall(Exception):
         self.entry_id = entry_id
         self.confirmed = confirmed
         self.wanted = wanted
+
+
+class RateLimited(Exception):
+    """A token bucket the request takes from holds too few tokens (shared/token_bucket.py):
+    nothing was written. It could pass in `wait_s`; `retry_after_s` is that in whole seconds
+    (at least 1), for HTTP's Retry-After."""
+
+    def __init__(self, bucket: token_bucket.Bucket, wait_s: float) -> None:
+        super().__init__(f"{bucket.name} is over its limit for {wait_s:.3f}s")
+        self.bucket = bucket
+        self.wait_s = wait_s
+        self.retry_after_s = max(1, math.ceil(wait_s))
 
 
 Client = redis.Redis | redis.RedisCluster
@@ -113,28 +135,131 @@ def unique_consumer_name() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
 
 
-# Check and append in one atomic step: a length check followed by a separate XADD would let
-# concurrent requests overshoot the bound. Capping by MAXLEN instead would delete unread entries.
-_ADD_IF_ROOM = """
-if redis.call('XLEN', KEYS[1]) >= tonumber(ARGV[1]) then return false end
-return redis.call('XADD', KEYS[1], '*', unpack(ARGV, 2))
+# Check and append in one atomic step: a check followed by a separate XADD would let concurrent
+# requests overshoot the bounds. Capping by MAXLEN instead would delete unread entries.
+# KEYS: the stream, its size hash and its ledger (shards.size_key, shards.ledger_key), then
+# the token buckets the request takes from (shards.rate_bucket_key), if any.
+# ARGV: STREAM_MAX_LEN, STREAM_MAX_BYTES, the request's events (what it takes from each
+# bucket), each bucket's rate and burst (token_bucket.bucket_args), then the entry's fields as
+# name, value pairs. A bucket short of tokens refuses first, with {'rate_limited', its index,
+# the wait in microseconds}; its tokens are taken only once the entry is in.
+# The entry's bytes are its fields' names and values; its events, its `n` field (codec). The
+# entry goes first: at maxmemory Redis refuses a script's first write, never a later one.
+# An empty stream holds nothing, so whatever its counters said was stale (entries removed
+# around these scripts): they start again from this entry.
+_ADD_IF_ROOM = (
+    token_bucket.LUA
+    + """
+local limited, cost = #KEYS - 3, tonumber(ARGV[3])
+local first_field = 4 + 2 * limited
+local now, buckets = 0, {}
+if limited > 0 then
+  local wait, which
+  now = buckets_now()
+  wait, which, buckets = buckets_check(3, 3, limited, cost, now)
+  if which > 0 then return {'rate_limited', which, wait} end
+end
+local length = redis.call('XLEN', KEYS[1])
+if length >= tonumber(ARGV[1]) then return false end
+if (tonumber(redis.call('HGET', KEYS[2], 'bytes')) or 0) >= tonumber(ARGV[2]) then
+  return false
+end
+local bytes, events = 0, 0
+for i = first_field, #ARGV, 2 do
+  bytes = bytes + #ARGV[i] + #ARGV[i + 1]
+  if ARGV[i] == 'n' and string.match(ARGV[i + 1], '^%d+$') and #ARGV[i + 1] < 16 then
+    events = tonumber(ARGV[i + 1])
+  end
+end
+local id = redis.call('XADD', KEYS[1], '*', unpack(ARGV, first_field))
+if length == 0 then redis.call('DEL', KEYS[2], KEYS[3]) end
+redis.call('XADD', KEYS[3], id, 'b', bytes, 'n', events)
+redis.call('HINCRBY', KEYS[2], 'bytes', bytes)
+redis.call('HINCRBY', KEYS[2], 'events', events)
+buckets_take(buckets, cost, now)
+return id
+"""
+)
+
+# What removes entries takes their ledger records too (KEYS: the stream, its size hash, its
+# ledger) and subtracts what those records added, so the size hash is always the sum of the
+# ledger: what the entries admitted through _ADD_IF_ROOM and still held add up to. Never an
+# entry's data: reading it into Lua would cost Redis time in proportion to its size. Once the
+# stream is empty, the counters and the ledger go (self-healing). Later writes of a script
+# are never refused at maxmemory, so consumers can still free memory when Redis is full.
+_SETTLE = """
+local function forget(ids)
+  local bytes, events = 0, 0
+  for _, id in ipairs(ids) do
+    local record = redis.call('XRANGE', KEYS[3], id, id)[1]
+    if record then
+      bytes = bytes + tonumber(record[2][2])
+      events = events + tonumber(record[2][4])
+      redis.call('XDEL', KEYS[3], id)
+    end
+  end
+  return bytes, events
+end
+local function settle(bytes, events)
+  if redis.call('XLEN', KEYS[1]) == 0 then
+    redis.call('DEL', KEYS[2], KEYS[3])
+    return
+  end
+  -- Never -0: Lua prints it as such, and HINCRBY refuses it.
+  if bytes ~= 0 then redis.call('HINCRBY', KEYS[2], 'bytes', 0 - bytes) end
+  if events ~= 0 then redis.call('HINCRBY', KEYS[2], 'events', 0 - events) end
+end
 """
 
 # Acknowledged entries are deleted at once when this group is the stream's only one, so the
 # stream's length is exactly its backlog: one consumer's stale pending entry cannot hold
 # thousands of acknowledged entries behind it (trimming by MINID stops at the oldest pending).
-_ACK_AND_DELETE = """
+# ARGV: the group, then the entry IDs.
+_ACK_AND_DELETE = (
+    _SETTLE
+    + """
 local acked = redis.call('XACK', KEYS[1], ARGV[1], unpack(ARGV, 2))
 local groups = redis.call('XINFO', 'GROUPS', KEYS[1])
 if #groups == 1 then
   local info = {}
   for i = 1, #groups[1], 2 do info[groups[1][i]] = groups[1][i + 1] end
-  if info['name'] == ARGV[1] then redis.call('XDEL', KEYS[1], unpack(ARGV, 2)) end
+  if info['name'] == ARGV[1] then
+    redis.call('XDEL', KEYS[1], unpack(ARGV, 2))
+    local ids = {}
+    for i = 2, #ARGV do ids[#ids + 1] = ARGV[i] end
+    settle(forget(ids))
+  end
 end
 return acked
 """
+)
 # Lua's unpack takes at most about 8,000 values: acknowledge in chunks well below that.
 ACK_CHUNK = 1000
+
+# Remove the entries below ARGV[1] (exact MINID), at most ARGV[2] ledger records' worth per
+# call, so that one call's work stays small; returns {entries removed, 1 if more remain}.
+_TRIM_BELOW = (
+    _SETTLE
+    + """
+local chunk = tonumber(ARGV[2])
+local records = redis.call('XRANGE', KEYS[3], '-', '(' .. ARGV[1], 'COUNT', chunk + 1)
+local limit, more = ARGV[1], 0
+if #records > chunk then
+  limit, more = records[#records][1], 1
+  records[#records] = nil
+end
+local bytes, events = 0, 0
+for _, record in ipairs(records) do
+  bytes = bytes + tonumber(record[2][2])
+  events = events + tonumber(record[2][4])
+end
+local removed = redis.call('XTRIM', KEYS[1], 'MINID', limit)
+redis.call('XTRIM', KEYS[3], 'MINID', limit)
+settle(bytes, events)
+return {removed, more}
+"""
+)
+TRIM_CHUNK = 1000
 
 # A consumer may be forgotten only while it holds nothing: deleting one with pending entries
 # would drop them from the group for good. Checked and done atomically, for every consumer
@@ -153,9 +278,18 @@ return deleted
 """
 
 
+def accounting_keys(stream_key: str) -> list[str]:
+    """The stream key and the keys that account for its entries, in the order the scripts
+    here take them as KEYS: the key, its size hash, its ledger."""
+    return [stream_key, shards_module.size_key(stream_key), shards_module.ledger_key(stream_key)]
+
+
 @dataclass
 class EventStream:
-    """The producer's view: append one entry per request, while there is room.
+    """The producer's view: append one entry per request, while there is room: fewer than
+    `max_len` entries and fewer than `max_bytes` bytes of them (so the stream holds at most
+    `max_bytes` plus one entry). The entry's size is added to the key's size hash and ledger
+    in the same step (shards.size_key, shards.ledger_key).
 
     With `wait_replicas` > 0, `add` returns only once that many replicas hold the entry
     (Redis's WAIT, like Kafka's acks=all), so a failover to a replica cannot lose it.
@@ -164,11 +298,13 @@ class EventStream:
     client: Client
     key: str
     max_len: int
+    max_bytes: int = Settings.stream_max_bytes
     wait_replicas: int = 0
     wait_timeout_ms: int = 0
 
     def __post_init__(self) -> None:
         self._add_if_room = self.client.register_script(_ADD_IF_ROOM)
+        self.keys = accounting_keys(self.key)
 
     @classmethod
     def from_settings(cls, settings: Settings, client: Client | None = None) -> EventStream:
@@ -176,32 +312,53 @@ class EventStream:
             client or connect(settings),
             settings.stream_key,
             settings.stream_max_len,
+            max_bytes=settings.stream_max_bytes,
             wait_replicas=settings.redis_wait_replicas,
             wait_timeout_ms=settings.redis_wait_timeout_ms,
         )
 
-    def add(self, fields: Fields) -> EntryId:
-        args = [self.max_len, *(part for pair in fields.items() for part in pair)]
+    def add(
+        self, fields: Fields, cost: int = 0, buckets: tuple[token_bucket.Bucket, ...] = ()
+    ) -> EntryId:
+        """Append the entry, taking `cost` events from each of `buckets` (in this key's slot,
+        checked by the same script): RateLimited if one holds too few, BacklogFull if there
+        is no room; either way nothing is written or taken."""
+        keys = self.keys + [shards_module.rate_bucket_key(self.key, b.name) for b in buckets]
+        args = [
+            self.max_len,
+            self.max_bytes,
+            cost,
+            *token_bucket.bucket_args(buckets),
+            *(part for pair in fields.items() for part in pair),
+        ]
         if self.wait_replicas:
-            entry_id = self._add_and_wait(args)
+            reply = self._add_and_wait(keys, args)
         else:
-            entry_id = self._add_if_room(keys=[self.key], args=args)
-        if entry_id is None:
-            raise BacklogFull(f"stream {self.key} holds {self.max_len} entries")
-        return entry_id
+            reply = self._add_if_room(keys=keys, args=args)
+        if reply is None:
+            raise BacklogFull(
+                f"stream {self.key} holds {self.max_len} entries or {self.max_bytes} bytes"
+            )
+        if isinstance(reply, list):  # ['rate_limited', the bucket's index, the wait in us]
+            raise RateLimited(buckets[reply[1] - 1], reply[2] / token_bucket.MICROS)
+        return reply
 
     def is_full(self) -> bool:
         """True while `add` would raise BacklogFull."""
-        return self.client.xlen(self.key) >= self.max_len
+        pipe = self.client.pipeline(transaction=False)  # one round trip: the keys share a slot
+        pipe.xlen(self.key)
+        pipe.hget(self.keys[1], "bytes")
+        length, held = pipe.execute()
+        return length >= self.max_len or int(held or 0) >= self.max_bytes
 
-    def _add_and_wait(self, args: list) -> EntryId | None:
+    def _add_and_wait(self, keys: list[str], args: list) -> EntryId | list | None:
         """The append and WAIT in one pipeline: one round trip, and on one connection, which
         WAIT needs, since it counts only the writes of the connection it is sent on (on a
         cluster, a connection to the primary that owns the key)."""
         for attempt in range(2):
             node = self._primary_of_key()
             pipe = node.pipeline(transaction=False)
-            pipe.evalsha(self._add_if_room.sha, 1, self.key, *args)
+            pipe.evalsha(self._add_if_room.sha, len(keys), *keys, *args)
             pipe.wait(self.wait_replicas, self.wait_timeout_ms)
             try:
                 entry_id, confirmed = pipe.execute()
@@ -223,7 +380,8 @@ class EventStream:
                 # the next request finds the promoted replica. Not retried: it may have run.
                 self._refresh_slot_map()
                 raise
-            if entry_id is not None and confirmed < self.wait_replicas:
+            written = isinstance(entry_id, bytes)  # not refused (None, or a rate limit's list)
+            if written and confirmed < self.wait_replicas:
                 raise ReplicationShortfall(entry_id, confirmed, self.wait_replicas)
             return entry_id
         raise AssertionError("unreachable")
@@ -261,12 +419,19 @@ class ShardedStream:
         self._turns = itertools.count(random.randrange(len(shards)))
         self._register_at = 0.0  # monotonic time of the next registration
 
-    def add(self, fields: Fields) -> EntryId:
+    def add(
+        self, fields: Fields, cost: int = 0, buckets: tuple[token_bucket.Bucket, ...] = ()
+    ) -> EntryId:
+        """As EventStream.add. Each shard keeps its own share of every bucket (rate and burst
+        over STREAM_SHARDS): requests take turns over the shards, so the shares add up to
+        the limit. A shard's bucket that refuses is final (`RateLimited` at once): trying
+        the other shards' would give a client STREAM_SHARDS times its limit."""
+        shares = tuple(bucket.share(len(self.shards)) for bucket in buckets)
         start = next(self._turns)
         for offset in range(len(self.shards)):
             shard = self.shards[(start + offset) % len(self.shards)]
             try:
-                entry_id = shard.add(fields)
+                entry_id = shard.add(fields, cost, shares)
             except BacklogFull:
                 continue
             self._register()
@@ -321,6 +486,33 @@ def producer(settings: Settings, client: Client | None = None) -> EventStream | 
     return ShardedStream(settings.stream_key, streams)
 
 
+# One entry's size, its fields' names and values, measured inside Redis: an entry too large
+# for the consumer is never sent to it. False if its data is gone. KEYS: the stream.
+_ENTRY_SIZE = """
+local entries = redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[1])
+if #entries == 0 then return false end
+local size = 0
+for _, part in ipairs(entries[1][2]) do size = size + #part end
+return size
+"""
+
+# Copy one entry into its dead-letter stream inside Redis, as `dead_letter` writes a dead letter
+# (original_id, reason, and its fields under FIELD_PREFIX): the consumer never holds its data.
+# KEYS: the stream, its dead-letter stream. ARGV: entry ID, reason, MAXLEN, FIELD_PREFIX.
+# Returns whether the entry was still there to copy.
+_COPY_TO_DEAD_LETTERS = """
+local entries = redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[1])
+if #entries == 0 then return 0 end
+local fields, record = entries[1][2], {'original_id', ARGV[1], 'reason', ARGV[2]}
+for i = 1, #fields, 2 do
+  record[#record + 1] = ARGV[4] .. fields[i]
+  record[#record + 1] = fields[i + 1]
+end
+redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[3], '*', unpack(record))
+return 1
+"""
+
+
 @dataclass
 class GroupReader:
     """One consumer's view of the stream through a consumer group."""
@@ -334,7 +526,11 @@ class GroupReader:
 
     def __post_init__(self) -> None:
         self._forget_idle = self.client.register_script(_DELETE_IDLE_EMPTY_CONSUMERS)
+        self._entry_size = self.client.register_script(_ENTRY_SIZE)
+        self._copy_to_dead_letters = self.client.register_script(_COPY_TO_DEAD_LETTERS)
         self._ack_and_delete = self.client.register_script(_ACK_AND_DELETE)
+        self._trim_below = self.client.register_script(_TRIM_BELOW)
+        self.keys = accounting_keys(self.key)
 
     def ensure_group(self) -> None:
         """Create the group at the start of the stream (not `$`), so entries written before
@@ -365,6 +561,42 @@ class GroupReader:
         )
         return reply[0][1] if reply else []
 
+    def pending_deliveries(self, after: EntryId, count: int) -> list[tuple[EntryId, int]]:
+        """Up to `count` of this consumer's own pending entries with IDs above `after`, in ID
+        order, each with how often it was delivered: IDs only (XPENDING), no data, so that
+        what to read, and how, is decided before anything is read."""
+        rows = self.client.xpending_range(
+            self.key, self.group, b"(" + after, "+", count, consumername=self.consumer
+        )
+        return [(row["message_id"], row["times_delivered"]) for row in rows]
+
+    def entry_size(self, entry_id: EntryId) -> int | None:
+        """The bytes of one entry's fields (names and values), measured inside Redis without
+        sending them; None if its data is gone."""
+        return self._entry_size(keys=[self.key], args=[entry_id])
+
+    def dead_letter_unread(self, entry_id: EntryId, reason: str) -> bool:
+        """`dead_letter` for an entry too large to read: Redis copies it into the dead-letter
+        stream itself, then it is acknowledged. Called, like `dead_letter`, once its record
+        (without the data) is under `errors/`. Returns whether the dead letter keeps the
+        data: not when Redis is too full for it, nor on a cluster where the dead-letter stream
+        lies in another slot than the stream (STREAM_KEY unsharded), since a script reaches
+        one slot only; the entry is dropped then, as it can never be archived anyway."""
+        dead_key = dead_letter_key(self.key)
+        one_slot = shards_module.slot_of(dead_key) == shards_module.slot_of(self.key)
+        if isinstance(self.client, redis.RedisCluster) and not one_slot:
+            self.dead_letter(entry_id, None, f"{reason}; its data was dropped")
+            return False
+        kept = True
+        try:
+            args = [entry_id, reason, self.dead_letter_max_len, FIELD_PREFIX]
+            self._copy_to_dead_letters(keys=[self.key, dead_key], args=args)
+        except redis.exceptions.OutOfMemoryError:
+            log.error("Redis is full: entry %s is dropped, its record is in the bucket", entry_id)
+            kept = False
+        self.ack([entry_id])
+        return kept
+
     def idle_consumers(self, min_idle_ms: int) -> list[bytes]:
         """Other consumers not seen for over `min_idle_ms` (crashed, or hung) that hold
         pending entries."""
@@ -376,8 +608,12 @@ class GroupReader:
                 idle.append(name)
         return idle
 
-    def claim_all_of(self, consumer: bytes, min_idle_ms: int) -> list[Entry]:
-        """Take over every pending entry of `consumer`, in ID order.
+    def claim_all_of(self, consumer: bytes, min_idle_ms: int) -> list[EntryId]:
+        """Take over every pending entry of `consumer`; returns their IDs, in ID order.
+
+        IDs only (JUSTID), not their data, which could be more than the claimer can hold:
+        they become its own pending entries, read like those (`read_pending`), a bounded
+        read at a time, which counts their delivery (JUSTID does not).
 
         All of them at once, not entry by entry as each passes the idle time: re-staged
         together, in the order their first owner read them, they are cut into the same
@@ -389,8 +625,10 @@ class GroupReader:
             self.key, self.group, "-", "+", 1_000_000, consumername=consumer
         )
         ids = [row["message_id"] for row in rows]
-        return (
-            self.client.xclaim(self.key, self.group, self.consumer, min_idle_ms, ids) if ids else []
+        if not ids:
+            return []
+        return self.client.xclaim(
+            self.key, self.group, self.consumer, min_idle_ms, ids, justid=True
         )
 
     def delivery_counts(self, ids: list[EntryId]) -> dict[EntryId, int]:
@@ -437,7 +675,7 @@ class GroupReader:
     def ack(self, ids: Iterable[EntryId]) -> int:
         ids = list(ids)
         return sum(
-            self._ack_and_delete(keys=[self.key], args=[self.group, *ids[i : i + ACK_CHUNK]])
+            self._ack_and_delete(keys=self.keys, args=[self.group, *ids[i : i + ACK_CHUNK]])
             for i in range(0, len(ids), ACK_CHUNK)
         )
 
@@ -472,7 +710,11 @@ class GroupReader:
         if floor is None:
             return 0
         # Exact, not approximate (~): the stream's length is what admission control counts.
-        return self.client.xtrim(self.key, minid=floor, approximate=False)
+        removed, more = 0, True
+        while more:
+            trimmed, more = self._trim_below(keys=self.keys, args=[floor, TRIM_CHUNK])
+            removed += trimmed
+        return removed
 
     def _oldest_needed_id(self) -> EntryId | None:
         floors = []

@@ -47,7 +47,8 @@ def compact(
     \b
     An hour is closed COMPACT_GRACE_S (default 900) seconds after it ends.
     Each becomes one Parquet object (more, by size: cut by a hash of
-    message_id), sorted by received_at. Of the copies of a message_id the
+    message_id), sorted by received_at. Copies of an event share a source and
+    a message_id (two sources' events with one ID are two events); of them the
     earliest received_at stays (then the first object in key order), as
     `event-ingest query` answers; a copy already compacted in the DEDUP_WINDOW
     (default 24) hours before is dropped. Late objects in a compacted hour are

@@ -16,6 +16,9 @@ import msgspec
 from functions.cli.terminal import StatusLine
 
 FORMATS = ("table", "csv", "json")
+# What makes a spreadsheet read a cell as a formula (OWASP's CSV injection list): an archived
+# field is written by whoever holds a write key, a browser's one being public.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 _json = msgspec.json.Encoder(decimal_format="number", enc_hook=str)
 
@@ -40,8 +43,9 @@ _json = msgspec.json.Encoder(decimal_format="number", enc_hook=str)
     type=click.Choice(FORMATS),
     default=None,
     help="table (for people: a long result shows its first and last rows and its count), "
-    "csv (a header, then one line per row) or json (an array of objects, JSON columns "
-    "embedded). Default: table on a terminal, csv when piped or redirected.",
+    "csv (RFC 4180: a header, then one line per row, CRLF line ends; formulas escaped, see "
+    "below) or json (an array of objects, JSON columns embedded). Default: table on a "
+    "terminal, csv when piped or redirected.",
 )
 @click.argument("sql")
 def query(start: str | None, end: str | None, fmt: str | None, sql: str) -> None:
@@ -49,10 +53,12 @@ def query(start: str | None, end: str | None, fmt: str | None, sql: str) -> None
 
     \b
     Tables:
-      events      each message_id once: the copy with the earliest received_at
-                  (then the first object in key order) among the hours read.
-                  The deduplication is a window over every row read, paid by
-                  each query that reads `events`.
+      events      each event once: of the rows sharing a source and a
+                  message_id, the copy with the earliest received_at (then the
+                  first object in key order) among the hours read; two sources'
+                  events with one ID are two events. The deduplication is a
+                  window over every row read, paid by each query that reads
+                  `events`.
       raw_events  every archived row, duplicates included, plus object_key:
                   cheaper, and exact after `event-ingest compact`.
 
@@ -66,6 +72,13 @@ def query(start: str | None, end: str | None, fmt: str | None, sql: str) -> None
     --from/--to bound the partitions read: nothing outside them is listed
     beyond its prefix or downloaded. Without them the whole archive is read,
     and held in memory while the query runs.
+
+    \b
+    CSV is safe to open in a spreadsheet: a text cell (a column name too)
+    starting with =, +, -, @, a tab or a carriage return gets a leading
+    single quote ('), so that it is not run as a formula; numbers are written
+    as they are (-5 stays -5). Cast a text value to a number in the SQL to get
+    it unquoted. A line break inside a cell (CR or LF) is quoted.
 
     \b
     Example:
@@ -119,10 +132,12 @@ def _write(result: Any, fmt: str) -> None:
 
 def _write_csv(result: Any) -> None:
     rows = result.rows()  # runs the query: an error comes before the header
-    writer = csv.writer(sys.stdout, lineterminator="\n")
-    writer.writerow(result.columns)
+    # RFC 4180's line end: csv then quotes a field holding a CR (with "\n" it quotes only LF),
+    # and a bare CR, which spreadsheets read as a line break, cannot start a row of its own.
+    writer = csv.writer(sys.stdout, lineterminator="\r\n")
+    writer.writerow([_unformula(name) for name in result.columns])  # a PIVOT names by data
     for row in rows:
-        writer.writerow([_csv_value(value) for value in row])
+        writer.writerow([_csv_cell(value) for value in row])
 
 
 def _write_json(result: Any) -> None:
@@ -150,6 +165,19 @@ def _json_value(value: Any, raw: bool) -> bytes:
     if raw and isinstance(value, str):
         return value.encode()
     return _json.encode(value)
+
+
+def _csv_cell(value: Any) -> str:
+    """A value as CSV text that no spreadsheet runs: numbers as they are (a number type's
+    text is only digits, a sign, a point, an exponent or inf/nan), any other text escaped."""
+    text = _csv_value(value)
+    return text if isinstance(value, int | float | Decimal) else _unformula(text)
+
+
+def _unformula(text: str) -> str:
+    """OWASP's rule for CSV injection: a cell a spreadsheet would take for a formula gets a
+    leading single quote, which spreadsheets show as text and do not display."""
+    return "'" + text if text.startswith(FORMULA_STARTS) else text
 
 
 def _csv_value(value: Any) -> str:

@@ -26,10 +26,11 @@ def replay(start: str, end: str, into: str | None, restart: bool) -> None:
 
     \b
     Hours are read by their receivedAt partition, the same range syntax as
-    `event-ingest query`. Each messageId goes once (its earliest copy), in
-    receivedAt order, keeping its messageId and receivedAt, marked with
-    `replayedAt`. Entries go through admission control: at STREAM_MAX_LEN the
-    replay waits (and says why) instead of dropping anything.
+    `event-ingest query`. Each event goes once: of the copies sharing a source
+    and a messageId, the earliest. In receivedAt order, keeping its messageId
+    and receivedAt, marked with `replayedAt`. Entries go through admission
+    control: at STREAM_MAX_LEN the replay waits (and says why) instead of
+    dropping anything.
 
     \b
     Safe to stop at any moment: run the same command again and it resumes

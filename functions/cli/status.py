@@ -32,6 +32,9 @@ from functions.cli.terminal import redis_error, table
 def status(as_json: bool, max_freshness: float | None, inactive_after: float) -> None:
     """Show the stream's backlog, freshness, consumers and dead letters.
 
+    The stream's entries and their bytes (fields' names and values) are shown against
+    STREAM_MAX_LEN and STREAM_MAX_BYTES: at either bound, ingest answers 503.
+
     \b
     For each consumer group:
       backlog      entries (one per request) and events not yet acknowledged:
@@ -44,8 +47,8 @@ def status(as_json: bool, max_freshness: float | None, inactive_after: float) ->
     ingest ends up answering 503. It is never removed automatically
     (`redis-cli XGROUP DESTROY STREAM GROUP` does, if nobody will read it).
 
-    Reads REDIS_URL, REDIS_CLUSTER, STREAM_KEY, STREAM_SHARDS and STREAM_MAX_LEN like the
-    functions do.
+    Reads REDIS_URL, REDIS_CLUSTER, STREAM_KEY, STREAM_SHARDS, STREAM_MAX_LEN and
+    STREAM_MAX_BYTES like the functions do.
     """
 
     from shared.settings import ConfigError, Settings
@@ -96,6 +99,7 @@ def _as_dict(current: Any, inactive: list[str]) -> dict[str, Any]:
 def _print_tables(current: Any, inactive: list[str], inactive_after: float) -> None:
     click.echo(
         f"stream {current.key}: {current.length:,} entries (bound {current.max_len:,}), "
+        f"{_size(current.bytes)} (bound {_size(current.max_bytes)}), "
         f"last ID {current.last_generated_id or '-'}, {current.dead_letters:,} dead letters, "
         f"Redis {current.redis_version}"
     )
@@ -148,10 +152,23 @@ def _shard_row(shard: Any, group: Any) -> dict[str, str]:
         "shard": shard.key,
         "group": group.name,
         "entries": f"{shard.length:,}",
+        "bytes": _size(shard.bytes),
         "backlog entries": f"{group.backlog_entries:,}",
         "freshness": _duration(group.freshness_s),
         "dead letters": f"{shard.dead_letters:,}",
     }
+
+
+def _size(count: int) -> str:
+    """Bytes for people: 512 B, 3.2 MiB, 1.0 GiB."""
+    if count < 1024:
+        return f"{count} B"
+    value = float(count)
+    for unit in ("KiB", "MiB", "GiB", "TiB"):
+        value /= 1024
+        if value < 1024 or unit == "TiB":
+            break
+    return f"{value:.1f} {unit}"
 
 
 def _duration(seconds: float | None) -> str:

@@ -8,6 +8,12 @@ One call of `Drainer.drain` is one invocation of the consumer function. It reads
    reached, claim again from time to time;
 3. finish: when the remaining time reaches the margin, stop reading, flush, return.
 
+Memory is bounded whatever the entries: a read holds at most READ_MAX_BYTES (`read_count`),
+the buffer a size hint (FLUSH_MAX_BYTES) and one entry more, and one flush is in flight.
+Entries read again (pending ones) are looked at before they are read: one delivered more than
+MAX_DELIVERIES times (it may kill the consumer) is dead-lettered, and never read at all if it
+is larger than READ_MAX_BYTES.
+
 An entry is acknowledged only after every object holding its events is stored. A crash at
 any point leaves unacknowledged entries pending, and step 1 (here or in another consumer)
 stages them again in the same order, so the retried flush produces the same object keys.
@@ -40,7 +46,8 @@ log = logging.getLogger(__name__)
 
 RemainingMs = Callable[[], int]
 
-# Entries per XREADGROUP; one entry is one HTTP request's events.
+# Most entries per XREADGROUP (fewer when they may be large: `read_count`); one entry is one
+# HTTP request's events.
 READ_COUNT = 200
 # Longest single blocking read, so the loop notices its deadline, flush age and stop signals.
 MAX_BLOCK_MS = 1000
@@ -79,15 +86,24 @@ class Summary:
         return total
 
 
+def read_count(settings: Settings) -> int:
+    """Entries per read, so that one read holds at most READ_MAX_BYTES. XREADGROUP counts
+    entries, not bytes: each may be the largest ingest writes (`codec.max_entry_bytes` of
+    MAX_BODY_BYTES). At least one, whatever READ_MAX_BYTES says; at most READ_COUNT."""
+    largest = codec.max_entry_bytes(settings.max_body_bytes)
+    return max(1, min(READ_COUNT, settings.read_max_bytes // largest))
+
+
 # The least a shard's share of FLUSH_MAX_BYTES may be: objects smaller than this cost more in
 # requests than they save in memory.
 MIN_SHARE_BYTES = 1024 * 1024
 
 
 def buffering_share(settings: Settings, keys: int) -> Settings:
-    """Each of `keys` drainers' buffering hints: FLUSH_MAX_BYTES and FLUSH_MAX_EVENTS shared
-    out, so that a consumer's buffers together stay within what one stream's would hold (the
-    function's memory is sized for one), down to MIN_SHARE_BYTES each. One key: unchanged."""
+    """Each of `keys` drainers' buffering hints and read bound: FLUSH_MAX_BYTES,
+    FLUSH_MAX_EVENTS and READ_MAX_BYTES shared out, so that a consumer's buffers and reads
+    together stay within what one stream's would hold (the function's memory is sized for
+    one), down to MIN_SHARE_BYTES of buffer and one entry per read each. One key: unchanged."""
     if keys == 1:
         return settings
     return replace(
@@ -96,6 +112,7 @@ def buffering_share(settings: Settings, keys: int) -> Settings:
             settings.flush_max_bytes // keys, min(settings.flush_max_bytes, MIN_SHARE_BYTES)
         ),
         flush_max_events=max(settings.flush_max_events // keys, 1),
+        read_max_bytes=max(settings.read_max_bytes // keys, 1),
     )
 
 
@@ -202,8 +219,8 @@ class Drainer:
                 run.recover()
                 while run.may_read():
                     run.claim_if_due()
-                    entries = self.reader.read_new(READ_COUNT, block_ms=run.block_ms())
-                    run.stage(entries)
+                    # Staged as read, kept in no variable: the next read never overlaps it.
+                    run.stage(self.reader.read_new(run.read_count, block_ms=run.block_ms()))
                     if flush_due(run.buffer, self.settings, time.monotonic()):
                         run.flush()
                 run.flush()
@@ -229,6 +246,7 @@ class _Run:
         self.object_salt = drainer.object_salt
         self.remaining_ms = remaining_ms
         self.margin_ms = min(STOP_MARGIN_MS, remaining_ms() // 4)
+        self.read_count = read_count(self.settings)
         self.summary = Summary(consumer=self.reader.consumer)
         self.counters = metrics.ConsumerCounters(self.summary)
         self.buffer = self.new_buffer()
@@ -245,10 +263,7 @@ class _Run:
 
     def recover(self) -> None:
         """Own pending entries first (this process failed to finish them before), then others'."""
-        after = b"0"
-        while not self.storage_down and (entries := self.reader.read_pending(after, READ_COUNT)):
-            self.stage(self._without_poison(entries))
-            after = entries[-1][0]
+        self.stage_held()
         self.flush()
         self.claim_if_due()
 
@@ -262,30 +277,80 @@ class _Run:
             # Our own buffer first, acknowledged, so that claimed entries never join it.
             self.flush()
         for consumer in idle:
-            entries = self.reader.claim_all_of(consumer, self.settings.claim_idle_ms)
-            if not entries or self.storage_down:
+            claimed = self.reader.claim_all_of(consumer, self.settings.claim_idle_ms)
+            if not claimed or self.storage_down:
                 continue
-            log.info("claimed %d entries of %s, which went away", len(entries), consumer)
-            self.summary.entries_claimed += len(entries)
-            # Into objects of their own, one consumer at a time, in the order it read them.
-            self.stage(self._without_poison(entries))
+            log.info("claimed %d entries of %s, which went away", len(claimed), consumer)
+            self.summary.entries_claimed += len(claimed)
+            # They are all this consumer holds now: into objects of their own, one consumer
+            # at a time, in the order it read them.
+            self.stage_held()
             self.flush()
         self.summary.consumers_removed += self.reader.forget_idle_consumers(
             self.settings.claim_idle_ms
         )
 
-    def _without_poison(self, entries: list[stream.Entry]) -> list[stream.Entry]:
-        """Dead-letter re-delivered entries that keep failing (say, they crash the consumer)."""
-        counts = self.reader.delivery_counts([entry_id for entry_id, _ in entries])
-        healthy = []
-        for entry_id, fields in entries:
-            deliveries = counts.get(entry_id, 0)
+    def stage_held(self) -> None:
+        """Stage every entry this consumer holds (its pending entries, left by a run that
+        failed, or just claimed), in ID order, one bounded read at a time.
+
+        Their delivery counts are looked at before they are read (XPENDING: IDs, no data).
+        An entry delivered more than MAX_DELIVERIES times keeps failing, and may kill the
+        consumer: it is dead-lettered alone (`_set_aside`). One at its last delivery is read
+        and stored alone (`_last_try`), so that the entries it was read with are archived
+        before it may kill the consumer again, and only it goes past the limit."""
+        after = b"0"
+        while not self.storage_down:
+            held = self.reader.pending_deliveries(after, self.read_count)
+            if not held:
+                return
+            entry_id, deliveries = held[0]
             if deliveries > self.settings.max_deliveries:
-                self.summary.entries_read += 1
-                self._dead_letter(entry_id, fields, f"delivered {deliveries} times, never archived")
+                self._set_aside(after, entry_id, deliveries)
+                after = entry_id
+            elif deliveries == self.settings.max_deliveries:
+                self._last_try(after)
+                after = entry_id
             else:
-                healthy.append((entry_id, fields))
-        return healthy
+                after = self._stage_batch(after, held)
+
+    def _stage_batch(
+        self, after: stream.EntryId, held: list[tuple[stream.EntryId, int]]
+    ) -> stream.EntryId:
+        """Read and stage the held entries up to the first at its delivery limit; returns the
+        last ID staged."""
+        limit = self.settings.max_deliveries
+        count = next((n for n, (_, d) in enumerate(held) if d >= limit), len(held))
+        entries = self.reader.read_pending(after, count)
+        self.stage(entries)
+        return entries[-1][0] if entries else held[count - 1][0]
+
+    def _last_try(self, after: stream.EntryId) -> None:
+        """Stage the next held entry in an object of its own, acknowledged before anything
+        else is read. Storing what was staged before it cuts objects where an earlier run may
+        not have: if that run stored them before it died, some events are stored twice (in
+        a crash loop only; compaction keeps one copy)."""
+        self.flush()
+        self.stage(self.reader.read_pending(after, 1))
+        self.flush()
+
+    def _set_aside(self, after: stream.EntryId, entry_id: stream.EntryId, deliveries: int) -> None:
+        """Dead-letter the next held entry, `entry_id`, delivered `deliveries` times: read
+        alone, if the consumer can hold it; if it is larger than READ_MAX_BYTES, never read
+        (its data goes to the dead-letter stream inside Redis, its record to the bucket)."""
+        size = self.reader.entry_size(entry_id)
+        if size is not None and size > self.settings.read_max_bytes:
+            reason = (
+                f"delivered {deliveries} times, never archived; {size} bytes, more than "
+                f"READ_MAX_BYTES ({self.settings.read_max_bytes}): not read"
+            )
+            self._dead_letter(entry_id, None, reason, unread=True)
+            return
+        for read_id, fields in self.reader.read_pending(after, 1):
+            if read_id == entry_id:  # else no longer held: nothing to do
+                self.summary.entries_read += 1
+                reason = f"delivered {deliveries + 1} times, never archived"  # this read too
+                self._dead_letter(entry_id, fields, reason)
 
     # --- reading and staging ----------------------------------------------------------------
 
@@ -317,16 +382,25 @@ class _Run:
                 self.flush(in_background=True)
 
     def _dead_letter(
-        self, entry_id: stream.EntryId, fields: stream.Fields | None, reason: str
+        self,
+        entry_id: stream.EntryId,
+        fields: stream.Fields | None,
+        reason: str,
+        unread: bool = False,
     ) -> None:
         """Set aside an entry that can never be archived, in the bucket's `errors/` and the
-        dead-letter stream, then acknowledge it, so that it stops blocking the rest."""
+        dead-letter stream, then acknowledge it, so that it stops blocking the rest. An
+        `unread` entry's record in the bucket has no data: Redis copies it to the
+        dead-letter stream."""
         log.error("dead-lettering entry %s: %s", entry_id.decode(), reason)
         self.wait_for_flush()  # one writer at a time keeps the tallies exact
         if not self._store_all([error_object(entry_id, fields, reason)], ERROR_CONTENT_TYPE):
             self.storage_down = True
             return
-        self.reader.dead_letter(entry_id, fields, reason)
+        if unread:
+            self.reader.dead_letter_unread(entry_id, reason)
+        else:
+            self.reader.dead_letter(entry_id, fields, reason)
         self.summary.entries_dead_lettered += 1
 
     # --- flushing -----------------------------------------------------------------------------

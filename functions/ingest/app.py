@@ -27,14 +27,21 @@ from werkzeug.exceptions import HTTPException, NotFound, RequestEntityTooLarge, 
 
 from functions.ingest.auth import WriteKeys, key_outside_body, write_keys_of
 from functions.ingest.body import read_body
+from functions.ingest.client_address import client_address
 from functions.ingest.instrumentation import instrument, request_id
-from functions.ingest.sdk_settings import analytics_js_settings, rudderstack_source_config
+from functions.ingest.rate_limits import UNKNOWN_SOURCE, RateLimits, metric_labels
+from functions.ingest.sdk_settings import (
+    analytics_js_settings,
+    api_location,
+    rudderstack_source_config,
+)
 from shared import codec, events, logs, metrics
 from shared.settings import Settings
 from shared.stream import (
     REDIS_ERRORS,
     BacklogFull,
     EventStream,
+    RateLimited,
     ReplicationShortfall,
     ShardedStream,
     producer,
@@ -54,11 +61,10 @@ SEGMENT_EVENT_PATHS = {name: name for name in sorted(events.EVENT_TYPES)} | {
 DEFAULT_ALLOWED_HEADERS = "Content-Type, Content-Encoding, Authorization, X-Retry-Count"
 # analytics.js fetches its settings at every page load; a key's settings change rarely.
 SETTINGS_MAX_AGE_S = 300
-# A stream entry may be at most this many times MAX_BODY_BYTES once its events are stamped.
-ENTRY_GROWTH_LIMIT = 8
 ERROR_CODES = {
     400: "invalid_request",
     401: "unauthorized",
+    403: "forbidden",
     404: "not_found",
     405: "method_not_allowed",
     408: "request_timeout",
@@ -91,6 +97,7 @@ class Ingest:
         self._stream: EventStream | ShardedStream | None = None
         self._stream_lock = threading.Lock()
         self._write_keys = write_keys_of(settings)
+        self.rate_limits = RateLimits(settings)
 
     @property
     def stream(self) -> EventStream | ShardedStream:
@@ -111,8 +118,12 @@ class Ingest:
         """Accept the current request; return how many events it added."""
         g.ingesting = True
         key = key_outside_body(request.headers.get("Authorization"), request.args.get("writeKey"))
-        if key is not None:  # refuse a bad key before spending anything on the body
-            self.write_keys.source_of(key)
+        source_known = key is not None or not self.write_keys.required  # anonymous: known
+        if source_known:  # refuse a bad key before spending anything on the body ...
+            g.source = self.write_keys.source_of(key)
+        # ... and a request whose address (or source, when known yet) was just over its limit.
+        address = client_address(request.environ, self.settings.trusted_proxies)
+        self.rate_limits.refuse_early(address, g.get("source"), source_known)
         body = read_body(request, self.settings.max_body_bytes, any_content_type=segment)
         g.body_bytes = len(body)
         document = self._decode(body, authenticated=key is not None)
@@ -128,6 +139,11 @@ class Ingest:
             integrations=None if single else fields.get("integrations"),
             default_type=default_type,
         )
+        max_body = self.settings.max_body_bytes
+        try:  # before any work per event: a few bytes must not make megabytes to stamp
+            events.check_stored_size(len(raw_events), envelope, len(body), max_body)
+        except events.TooLarge as exc:
+            raise RequestEntityTooLarge(str(exc)) from None
         # No event can be larger than the body holding it: skip measuring small bodies.
         max_event = self.settings.max_event_bytes
         prepared = events.prepare(
@@ -136,7 +152,14 @@ class Ingest:
             envelope,
             max_event_bytes=max_event if len(body) > max_event else None,
         )
-        self.stream.add(self._encode(prepared))
+        max_stored = events.max_stored_bytes(len(body), len(prepared), source)
+        entry = self._encode(prepared, max_stored)
+        buckets = self.rate_limits.buckets(source, address)
+        try:
+            self.stream.add(entry, cost=len(prepared), buckets=buckets)
+        except RateLimited as exc:
+            self.rate_limits.remember(exc)
+            raise
         return len(prepared)
 
     def _decode(self, body: bytes, authenticated: bool) -> Any:
@@ -149,15 +172,19 @@ class Ingest:
                 raise Unauthorized("a valid write key is required (HTTP Basic user name)") from None
             raise
 
-    def _encode(self, prepared: list[dict[str, Any]]) -> dict[bytes, bytes]:
+    def _encode(self, prepared: list[dict[str, Any]], max_stored: int) -> dict[bytes, bytes]:
+        """The stream entry of `prepared`, which may hold at most `max_stored` bytes of events
+        (what `events.check_stored_size` guarantees) and never more than readers expect."""
         try:
             entry = codec.encode_entry(prepared)
         except codec.UnencodableEvents as exc:
             message = "holds an integer outside the 64-bit range"
             problems = [events.Problem(i, "", message) for i in exc.indexes]
             raise events.InvalidRequest(problems) from None
-        # Stamping adds ~150 bytes per event: a body of tiny events grows several times over.
-        if len(entry[b"d"]) > ENTRY_GROWTH_LIMIT * self.settings.max_body_bytes:
+        # Both hold by construction (the entry cap for source names of up to 32 bytes); checked
+        # so that a mistake is a 413, never an entry larger than consumers size their reads for.
+        too_large = codec.entry_bytes(entry) > codec.max_entry_bytes(self.settings.max_body_bytes)
+        if too_large or len(entry[b"d"]) > max_stored:
             raise RequestEntityTooLarge("the events grow too large once stamped; send fewer")
         return entry
 
@@ -168,7 +195,12 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     ingest = Ingest(settings)
     collector = metrics.StreamCollector(lambda: ingest.stream.client, settings)
-    instrument(app, collector if settings.metrics_enabled else None, settings.metrics_token)
+    instrument(
+        app,
+        collector if settings.metrics_enabled else None,
+        settings.metrics_token,
+        settings.metrics_public,
+    )
     if not ingest.write_keys.required:
         log.warning(
             "WRITE_KEYS is unset: ACCEPTING ANONYMOUS REQUESTS from anyone who can reach us"
@@ -201,18 +233,33 @@ def create_app(settings: Settings | None = None) -> Flask:
         # settings we serve turn them off; a client configured otherwise is not refused.
         return json_response({"success": True}, 200)
 
+    # Where analytics.js sends events: PUBLIC_URL, not the request's Host, which a client
+    # chooses; a shared cache would keep one forged Host for every visitor of the page.
+    public_api = api_location(settings.public_url) if settings.public_url else None
+    if public_api is None:
+        log.warning(
+            "PUBLIC_URL is unset: the analytics.js settings document takes apiHost and protocol"
+            " from each request (its Host and scheme) and is sent Cache-Control: private, so no"
+            " shared cache keeps it; set PUBLIC_URL to the URL browsers reach"
+        )
+
     @app.get("/v1/projects/<write_key>/settings")
     def analytics_js_settings_document(write_key: str) -> Response:
         _known_key_or_404(ingest.write_keys, write_key)
-        document = analytics_js_settings(write_key, f"{request.host}/v1", request.scheme)
-        return _cacheable(json_response(document, 200))
+        if public_api is None:  # fit only for the browser that sent this Host
+            document = analytics_js_settings(write_key, f"{request.host}/v1", request.scheme)
+            return _cacheable(json_response(document, 200), shared=False)
+        document = analytics_js_settings(write_key, *public_api)
+        return _cacheable(json_response(document, 200), shared=True)
 
     @app.get("/sourceConfig")
     @app.get("/sourceConfig/")
     def rudderstack_source_config_document() -> Response:
         key = key_outside_body(request.headers.get("Authorization"), request.args.get("writeKey"))
         _known_key_or_404(ingest.write_keys, (key or b"").decode("utf-8", "replace"))
-        return _cacheable(json_response(rudderstack_source_config(), 200))
+        # Nothing of the request is in it, and it is the same for every key: a shared cache
+        # may serve it to anyone (even to a request it would have answered 404).
+        return _cacheable(json_response(rudderstack_source_config(), 200), shared=True)
 
     @app.before_request
     def segment_preflight() -> Response | None:
@@ -226,9 +273,15 @@ def create_app(settings: Settings | None = None) -> Flask:
             "Access-Control-Allow-Headers": requested or DEFAULT_ALLOWED_HEADERS,
             "Access-Control-Max-Age": "86400",
         }
-        # Chrome asks before a public page may post to a private address (a dev machine).
+        # Chrome asks before a public page may post to a private address (a dev machine): only
+        # pages of PRIVATE_NETWORK_ORIGINS may, or any site a visitor opens could reach us.
+        allowed = settings.private_network_origins
         if request.headers.get("Access-Control-Request-Private-Network") == "true":
-            headers["Access-Control-Allow-Private-Network"] = "true"
+            origin = (request.headers.get("Origin") or "").lower()
+            if "*" in allowed or origin in allowed:
+                headers["Access-Control-Allow-Private-Network"] = "true"
+        if allowed and "*" not in allowed:
+            headers["Vary"] = "Origin"  # the answer depends on it
         return Response(status=204, headers=headers)
 
     @app.after_request
@@ -249,7 +302,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     def readyz() -> Response:
         # Would a request be accepted now? For load balancers: send traffic elsewhere if not.
         if ingest.stream.is_full():
-            raise BacklogFull(f"stream {settings.stream_key} is at STREAM_MAX_LEN")
+            full = "is at STREAM_MAX_LEN or STREAM_MAX_BYTES"
+            raise BacklogFull(f"stream {settings.stream_key} {full}")
         return json_response({"status": "ready"}, 200)
 
     @app.get("/healthz")
@@ -284,8 +338,11 @@ def _known_key_or_404(write_keys: WriteKeys, key: str) -> None:
         raise NotFound("no source has this write key")
 
 
-def _cacheable(response: Response) -> Response:
-    response.headers["Cache-Control"] = f"public, max-age={SETTINGS_MAX_AGE_S}"
+def _cacheable(response: Response, shared: bool) -> Response:
+    """Kept SETTINGS_MAX_AGE_S by browsers, and by shared caches (CDNs, proxies) only if
+    `shared`: a browser's own cache holds only answers to the requests it sent itself."""
+    scope = "public" if shared else "private"
+    response.headers["Cache-Control"] = f"{scope}, max-age={SETTINGS_MAX_AGE_S}"
     return response
 
 
@@ -304,6 +361,19 @@ def _register_error_handlers(app: Flask) -> None:
         refusals.warn(exc)
         message = "too many events wait to be archived, retry later"
         return error_response(503, "backlog_full", message, {"Retry-After": RETRY_AFTER_BACKLOG_S})
+
+    limited = _Throttled(
+        log, "rate limiting: %s (%d requests answered 429 since the last such line; one per %ds)"
+    )
+
+    @app.errorhandler(RateLimited)
+    def rate_limited(exc: RateLimited) -> Response:
+        # Nothing was stored; Segment's SDKs wait Retry-After (or back off) and send again.
+        limited.warn(exc)
+        g.rate_limited = metric_labels(g.get("source", UNKNOWN_SOURCE), exc.bucket)
+        message = "too many events from this source or address, retry later"
+        retry_after = {"Retry-After": str(exc.retry_after_s)}
+        return error_response(429, "rate_limited", message, retry_after)
 
     @app.errorhandler(ReplicationShortfall)
     def replication_timeout(exc: ReplicationShortfall) -> Response:

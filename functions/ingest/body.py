@@ -1,7 +1,13 @@
 """Reading a request body safely: content type, content encoding, and size limits.
 
-Decompression is bounded: it stops one byte past the limit, so a small gzip body that would
-inflate to gigabytes costs no more memory than the limit before it is refused with 413.
+Decompression is bounded in memory, in time and in leverage:
+- it stops one byte past the limit, so a small gzip body that would inflate to gigabytes
+  costs no more memory than the limit before it is refused with 413;
+- its time is linear in the body: the compressed bytes are fed in chunks through a view, so
+  no member's end copies the rest of the body (zlib's `unused_data` would), and a body may
+  hold at most `MAX_MEMBERS` concatenated members;
+- a body may expand at most `MAX_EXPANSION` times beyond `EXPANSION_FLOOR` bytes, so a few
+  bytes sent never make the server parse, validate and store a megabyte.
 """
 
 from __future__ import annotations
@@ -15,6 +21,20 @@ from shared.events import InvalidRequest, request_problem
 
 # wbits for zlib: 16+15 reads a gzip wrapper; 15 a zlib (RFC 1950) wrapper; -15 raw deflate.
 _GZIP, _ZLIB, _RAW_DEFLATE = 31, 15, -15
+# SDKs send one gzip member; concatenated files (`cat a.gz b.gz`) make a few. Each member
+# costs a fresh decompressor, so thousands of empty ones are work for nothing.
+MAX_MEMBERS = 16
+# Real batches compress 4 to 40 times (a server SDK's about 6, an analytics.js session's 500
+# events 28 to 41 at level 9); 100 leaves a margin and still makes an attacker send 10 KB for
+# every megabyte parsed. Gzip itself reaches about 1,000.
+MAX_EXPANSION = 100
+# Below this many decompressed bytes the ratio is not checked: a small body (one event with a
+# long repeated property, a handful of identical test events) may compress very well, and a
+# body this small costs little whatever it holds.
+EXPANSION_FLOOR = 64 * 1024
+# Compressed bytes handed to zlib at once: a member's end leaves at most this much in
+# `unused_data`, which zlib copies.
+_CHUNK_BYTES = 16 * 1024
 
 
 def read_body(request: Request, max_bytes: int, any_content_type: bool) -> bytes:
@@ -56,17 +76,46 @@ def _check_content_type(mimetype: str) -> None:
 
 
 def inflate(data: bytes, wbits: int, max_bytes: int) -> bytes:
-    """Decompress at most `max_bytes + 1` bytes; concatenated gzip members are read too."""
+    """Decompress at most `max_bytes` bytes, and at most `MAX_EXPANSION` times `data` beyond
+    `EXPANSION_FLOOR`; up to `MAX_MEMBERS` concatenated members are read. Linear in `data`."""
+    limit = min(max_bytes, max(EXPANSION_FLOOR, MAX_EXPANSION * len(data)))
+    view = memoryview(data)
     out = bytearray()
-    while data:
-        decompressor = zlib.decompressobj(wbits)
+    offset = members = 0
+    while offset < len(view):
+        members += 1
+        if members > MAX_MEMBERS:
+            message = f"compressed body has more than {MAX_MEMBERS} members; send one"
+            raise request_problem("body", message)
+        offset = _inflate_member(view, offset, wbits, out, limit + 1)
+        if len(out) > limit:
+            raise _too_large(len(data), max_bytes, limit)
+    return bytes(out)
+
+
+def _inflate_member(view: memoryview, offset: int, wbits: int, out: bytearray, cap: int) -> int:
+    """Append the member starting at `offset` to `out`, stopping at `cap` bytes of output;
+    return the offset just past the member (or anywhere once `cap` is reached)."""
+    decompressor = zlib.decompressobj(wbits)
+    while not decompressor.eof:
+        if offset >= len(view):
+            raise request_problem("body", "compressed body is truncated")
+        chunk = view[offset : offset + _CHUNK_BYTES]
+        offset += len(chunk)
         try:
-            out += decompressor.decompress(data, max_bytes + 1 - len(out))
+            out += decompressor.decompress(chunk, cap - len(out))
         except zlib.error as exc:
             raise request_problem("body", f"corrupt compressed body: {exc}") from None
-        if len(out) > max_bytes:
-            raise RequestEntityTooLarge(f"body is larger than {max_bytes} bytes decompressed")
-        if not decompressor.eof:
-            raise request_problem("body", "compressed body is truncated")
-        data = decompressor.unused_data
-    return bytes(out)
+        if len(out) >= cap:
+            return offset
+    # What zlib read past the member's end belongs to the next one.
+    return offset - len(decompressor.unused_data)
+
+
+def _too_large(sent: int, max_bytes: int, limit: int) -> RequestEntityTooLarge:
+    if limit == max_bytes:
+        return RequestEntityTooLarge(f"body is larger than {max_bytes} bytes decompressed")
+    return RequestEntityTooLarge(
+        f"compressed body of {sent} bytes expands more than {MAX_EXPANSION} times (to over "
+        f"{limit} bytes); real batches compress far less: send it uncompressed"
+    )

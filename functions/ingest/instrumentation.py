@@ -2,29 +2,35 @@
 has the names and the exposition) and, at LOG_LEVEL=debug, an access line.
 
 The request path marks what it learned on `flask.g` (`Ingest` sets `ingesting`, `events`,
-`source` and `body_bytes`; `error_response` sets `error`); the hook below turns that into counts
-and the access line once the request is answered, so the request path itself stays free of
-metric and log calls.
+`source` and `body_bytes`; `error_response` sets `error`, a 429 also `rate_limited`); the hook
+below turns that into counts and the access line once the request is answered, so the request
+path itself stays free of metric and log calls.
 """
 
 from __future__ import annotations
 
-import hmac
 import logging
+import os
 import time
 import uuid
 from typing import Any
 
-from flask import Flask, Response, g, request
-from werkzeug.exceptions import Unauthorized
+from flask import Flask, Response, abort, g, request
 
-from shared import metrics
+from shared import metrics, metrics_access
 
+log = logging.getLogger(__name__)
 access_log = logging.getLogger("event_ingest.access")
 
 
-def instrument(app: Flask, collector: metrics.StreamCollector | None, token: str | None) -> None:
-    """Register the hooks; with a collector (METRICS_ENABLED), count and serve /metrics."""
+def instrument(
+    app: Flask,
+    collector: metrics.StreamCollector | None,
+    token: str | None,
+    public: bool,
+) -> None:
+    """Register the hooks; with a collector (METRICS_ENABLED), count and serve /metrics, to
+    scrapers with `token` as a bearer token, or to anyone if `public` (shared.metrics_access)."""
 
     @app.before_request
     def start_clock() -> None:
@@ -42,11 +48,17 @@ def instrument(app: Flask, collector: metrics.StreamCollector | None, token: str
 
     if collector is None:
         return
+    # On Lambda no scraper reaches /metrics (the API does not route it; counts leave as EMF):
+    # a notice there would only send operators after a token they do not need.
+    on_lambda = "AWS_LAMBDA_FUNCTION_NAME" in os.environ
+    if (notice := metrics_access.closed_notice(token, public)) and not on_lambda:
+        log.warning(notice)
 
     @app.get("/metrics")
     def prometheus() -> Response:
-        if token is not None and not _bearer_matches(token):
-            raise Unauthorized("/metrics needs METRICS_TOKEN as a bearer token")
+        refused = metrics_access.refusal(token, public, request.headers.get("Authorization"))
+        if refused is not None:
+            abort(refused.status, refused.message)
         return Response(metrics.exposition(collector), 200, mimetype=metrics.CONTENT_TYPE)
 
 
@@ -70,6 +82,9 @@ def _count(route: str, status: int, duration_s: float) -> None:
     reason = g.get("error", "internal")
     _child(metrics.REQUESTS_REFUSED, reason).inc()
     _child(metrics.EVENTS_REFUSED, reason).inc(events)
+    if "rate_limited" in g:  # (source, limit), set by the 429's handler
+        _child(metrics.RATE_LIMITED_REQUESTS, *g.rate_limited).inc()
+        _child(metrics.RATE_LIMITED_EVENTS, *g.rate_limited).inc(events)
 
 
 _children: dict[tuple, Any] = {}
@@ -97,8 +112,3 @@ def _log_access(route: str, status: int, duration_s: float) -> None:
         "error": g.get("error"),
     }
     access_log.debug("%s %s %d", request.method, route, status, extra=fields)
-
-
-def _bearer_matches(token: str) -> bool:
-    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-    return scheme.lower() == "bearer" and hmac.compare_digest(given.encode(), token.encode())

@@ -6,7 +6,9 @@
   with nothing changed but `cdnURL`: events come back to the host that served the settings.
   The document turns off all else analytics.js would load from Segment's CDN or send to Segment:
   any integration but `Segment.io` makes it download destination code, and its own usage
-  metrics go to Segment unless `metrics.sampleRate` is 0.
+  metrics go to Segment unless `metrics.sampleRate` is 0. Where the events go comes from
+  PUBLIC_URL (`api_location`); a document built from a request's `Host` instead must reach no
+  one but the browser that sent it (functions/ingest/app.py marks it private).
 - RudderStack's SDKs fetch `{configUrl}/sourceConfig` for their destinations; here there are
   none, so they send every event to the data plane URL they were given (this host).
 """
@@ -14,6 +16,7 @@
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlsplit
 
 
 def analytics_js_settings(write_key: str, api_host: str, protocol: str) -> dict[str, Any]:
@@ -29,6 +32,15 @@ def analytics_js_settings(write_key: str, api_host: str, protocol: str) -> dict[
         "middlewareSettings": {},
         "legacyVideoPluginsEnabled": False,
     }
+
+
+def api_location(public_url: str) -> tuple[str, str]:
+    """analytics.js's `apiHost` and `protocol` for the URL browsers reach this service at,
+    path prefix kept (an API Gateway stage): `https://events.example.com/Prod` gives
+    `("events.example.com/Prod/v1", "https")`; analytics.js posts to `https://` + apiHost +
+    `/t`, `/b`, ..."""
+    parts = urlsplit(public_url)
+    return f"{parts.netloc}{parts.path.rstrip('/')}/v1", parts.scheme
 
 
 def rudderstack_source_config() -> dict[str, Any]:

@@ -268,6 +268,13 @@ def table(results: dict) -> str:
             f" {layout['shards']}, runs taking turns (cores: redis = all the primaries)",
         ]
         lines += [ingest_line(row) for row in results["cluster"]]
+    if results.get("rate_limits"):
+        lines += [
+            "",
+            "the rate limits' cost: in process, no limits beside a source and an address limit,"
+            " rounds taking turns",
+        ]
+        lines += [rate_limits_line(row) for row in results["rate_limits"]]
     checks = targets(results)
     if checks:
         lines += ["", "targets (issue 6)"]
@@ -319,6 +326,16 @@ def metrics_cost_lines(rows: list[dict]) -> list[str]:
                 f" {on['rps'] / off['rps']:.0%} of the req/s"
             )
     return lines
+
+
+def rate_limits_line(row: dict) -> str:
+    return (
+        f"  /batch {row['events_per_request']}: {row['cost_us_per_request']:+} us per request,"
+        f" {row['cost_us_per_event']:+} us per event (the app's CPU {row['app_on_us']} vs"
+        f" {row['app_off_us']} us, {row['app_cost_share']:+.1%}; Redis's script"
+        f" {row['redis_on_us']} vs {row['redis_off_us']} us; least of {row['rounds']} x"
+        f" {row['requests']} requests)"
+    )
 
 
 def metrics_in_process_line(row: dict) -> str:

@@ -18,7 +18,13 @@
 8. the cost of the metrics: ingest with METRICS_ENABLED on and off, runs taking turns, compared
    by server CPU per request;
 9. Redis Cluster: a local cluster of 3 primaries, ingest with STREAM_SHARDS=1 beside
-   STREAM_SHARDS=6 (REDIS_CLUSTER=1), at saturation, runs taking turns.
+   STREAM_SHARDS=6 (REDIS_CLUSTER=1), at saturation, runs taking turns;
+10. the cost of the rate limits: in process, the app without limits beside the app with a
+   source and an address limit, by the app's CPU and Redis's script time, per request and
+   per event (local/bench/rate_limit_cost.py).
+
+Every server runs with the rate limits on (both buckets taken at each request), at rates far
+above what one load generator on loopback sends: the throughput measured is the deployed one.
 
 Phases 1, 2 and 5 also measure the previous server configuration (gunicorn's gthread worker,
 4 threads and 8 connections per worker), so both stand side by side in one run.
@@ -51,6 +57,7 @@ from local.bench import (
     instrumentation_cost,
     load,
     payloads,
+    rate_limit_cost,
     report,
 )
 from local.bench.crowd import Crowd, crowd_of, normal_requests
@@ -74,6 +81,9 @@ BENCH_ENV = {
     "LOG_LEVEL": "warning",
     "FLUSH_INTERVAL_S": FLUSH_INTERVAL_S,
     "CLAIM_IDLE_MS": "30000",
+    # The limits on, as deployed, but never reached: the load comes from one address and key.
+    "RATE_LIMIT_EVENTS_PER_S": str(rate_limit_cost.UNREACHED),
+    "RATE_LIMIT_ADDRESS_EVENTS_PER_S": str(rate_limit_cost.UNREACHED),
 }
 # The server configuration before the gevent worker, for comparison in the same run.
 PREVIOUS_SERVER = "ingest-gthread"
@@ -141,6 +151,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             "replication",
             "metrics",
             "cluster",
+            "rate-limits",
         ],
     )
     return parser.parse_args(argv)
@@ -174,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         "replication": {"saturation": [], "fixed_rate": []},
         "metrics": [],
         "cluster": [],
+        "rate_limits": [],
         "notes": [],
     }
     env = dict(BENCH_ENV)
@@ -204,6 +216,8 @@ def main(argv: list[str] | None = None) -> int:
             bench.metrics_phase()
         if "cluster" not in args.skip:
             bench.cluster_phase()
+        if "rate-limits" not in args.skip:
+            bench.rate_limits_phase()
     finally:
         bench.stack.close()
         _remove_redis_data(run_dir)
@@ -594,6 +608,16 @@ class Bench:
         self.results["metrics_in_process"] = in_process
         for row in in_process:
             _say(report.metrics_in_process_line(row))
+
+    # --- phase 10: the cost of the rate limits ----------------------------------------------
+
+    def rate_limits_phase(self) -> None:
+        _say("\n== the rate limits' cost: in process, no limits beside a source and an address")
+        requests = 2000 if self.plan.repeat > 1 else 500
+        rows = rate_limit_cost.measure(self.stack.env["REDIS_URL"], STREAM_KEY, requests)
+        self.results["rate_limits"] = rows
+        for row in rows:
+            _say(report.rate_limits_line(row))
 
     # --- phase 9: Redis Cluster --------------------------------------------------------------
 

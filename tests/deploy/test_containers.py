@@ -20,6 +20,7 @@ import signal
 import subprocess
 import sys
 import tomllib
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -407,6 +408,10 @@ def test_the_containers_run_from_the_image_files(
         )
         with urllib.request.urlopen(request, timeout=10) as response:
             assert response.status == 202
+        # It listens on every interface: its metrics are closed until METRICS_TOKEN is set.
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10)
+        assert refused.value.code == 403
 
         # The batch is the stream's only entry: once the group delivered anything, it is read.
         client = redis.Redis.from_url(settings.redis_url)

@@ -216,6 +216,28 @@ def test_cloudformation_refuses_standard_ia_before_30_days(template) -> None:
     assert template["Rules"][rule]["Assertions"][0]["AssertDescription"]
 
 
+REDIS_SECRET = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:redis/auth-AbC123"
+
+
+def test_cloudformation_refuses_a_redis_without_auth_unless_allowed(template) -> None:
+    """Evaluated here as CloudFormation does before it changes anything. cfn-lint checks the
+    rule's form (an Assert that is not a boolean fails it) but not its outcome: with
+    --parameters that break a rule it still reports nothing."""
+    rule = "RedisAuthRequired"
+    allow = template["Parameters"]["AllowUnauthenticatedRedis"]
+    assert allow["Default"] == "false" and set(allow["AllowedValues"]) == {"false", "true"}
+    assert template["Parameters"]["RedisAuthSecretArn"]["Default"] == ""
+    assert not rule_holds(template, rule)  # the defaults: no secret, not allowed
+    assert not rule_holds(template, rule, AllowUnauthenticatedRedis="false")
+    assert rule_holds(template, rule, RedisAuthSecretArn=REDIS_SECRET)
+    assert rule_holds(template, rule, AllowUnauthenticatedRedis="true")
+    assert rule_holds(
+        template, rule, RedisAuthSecretArn=REDIS_SECRET, AllowUnauthenticatedRedis="true"
+    )
+    description = template["Rules"][rule]["Assertions"][0]["AssertDescription"]
+    assert "RedisAuthSecretArn" in description and "AllowUnauthenticatedRedis" in description
+
+
 def test_archive_objects_expire_only_when_asked(template) -> None:
     assert template["Parameters"]["ArchiveExpirationDays"]["Default"] == 0
     for rules in (lifecycle(template), lifecycle(template, ArchiveExpirationDays="0")):

@@ -3,6 +3,7 @@ services export: the names are read from real expositions, not from a list kept 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -27,7 +28,7 @@ def exported(settings: Settings, redis_client) -> set[str]:
     one accepted and one refused request."""
     add_aged(redis_client, settings.stream_key, 2, age_s=1)
     GroupReader(redis_client, settings.stream_key, "archiver", "c").ensure_group()
-    client = create_app(settings).test_client()
+    client = create_app(dataclasses.replace(settings, metrics_public=True)).test_client()
     client.post("/batch", json={"batch": [{"type": "track", "userId": "u", "event": "E"}]})
     client.post("/batch", json={"batch": []})  # a refusal: labelled series exist once counted
     text = client.get("/metrics").text
@@ -71,3 +72,17 @@ def test_every_dashboard_panel_uses_exported_metrics(exported: set[str]) -> None
         assert used and used <= exported, f"{expr}: {sorted(used - exported)}"
     shown = {name for expr in exprs for name in METRIC.findall(expr)}
     assert "event_ingest_freshness_seconds" in shown and "event_ingest_dead_letters" in shown
+
+
+def test_every_scrape_sends_a_bearer_token_kept_out_of_the_config() -> None:
+    """/metrics is closed without METRICS_TOKEN (tests/abuse/test_metrics_access.py): the
+    sample configuration scrapes both servers with it, and loads the rules beside it."""
+    config = yaml.safe_load((MONITORING / "prometheus.yaml").read_text())
+    assert [(MONITORING / name).is_file() for name in config["rule_files"]] == [True]
+    jobs = config["scrape_configs"]
+    assert {job["job_name"] for job in jobs} == {"event-ingest", "event-ingest-consumer"}
+    for job in jobs:
+        authorization = job["authorization"]
+        assert authorization.get("type", "Bearer") == "Bearer", job["job_name"]
+        assert set(authorization) <= {"type", "credentials_file"}, job["job_name"]
+        assert authorization["credentials_file"].startswith("/"), job["job_name"]

@@ -19,6 +19,7 @@ from functions.ingest.app import BROWSER_PREFIXES, create_app
 from local import lambda_build
 from shared.archive import ERRORS_PREFIX, columns, partition_path
 from shared.archive.naming import COMPACTED_ROOT, RAW_ROOTS, ROOTS
+from shared.compaction import DEDUP_KEY
 from shared.settings import ENV_VARS, ConfigError, Settings
 from tests.deploy.conftest import ROOT, TEMPLATE, serverless_functions
 from tests.local.locks import top_level_requirements
@@ -196,6 +197,38 @@ def test_the_redis_url_carries_no_token_and_must_use_tls(template: dict[str, Any
     required = template["Parameters"]["RedisRequireTls"]["Default"]
     with pytest.raises(ConfigError, match="rediss://"):
         Settings.from_env({"REDIS_REQUIRE_TLS": required, "REDIS_URL": "redis://h:6379"})
+
+
+def test_the_public_url_is_a_parameter_the_settings_accept(template: dict[str, Any]) -> None:
+    """PUBLIC_URL cannot be the API's own URL: SAM's API names the ingest function, so the
+    function's environment naming the API would be a circular dependency."""
+    env = environment(template, "IngestFunction")
+    assert env["PUBLIC_URL"] == {
+        "Fn::If": ["HasPublicUrl", {"Ref": "PublicUrl"}, {"Ref": "AWS::NoValue"}]
+    }
+    assert "IngestApi" not in repr(env)
+    assert template["Conditions"]["HasPublicUrl"] == {
+        "Fn::Not": [{"Fn::Equals": [{"Ref": "PublicUrl"}, ""]}]
+    }
+    assert template["Parameters"]["PublicUrl"]["Default"] == ""  # unset: private documents
+    pattern = template["Parameters"]["PublicUrl"]["AllowedPattern"]
+    valid = [
+        "https://events.example.com",
+        "https://abc123.execute-api.eu-west-1.amazonaws.com",
+        "https://api.example.com:8443/Prod",
+    ]
+    for url in valid:
+        assert re.fullmatch(pattern, url), url
+        assert Settings.from_env({"PUBLIC_URL": url}).public_url == url
+    invalid = [
+        "http://events.example.com",
+        "https://events.example.com/",
+        "events.example.com",
+        "https://events.example.com/?a=b",
+        "https://user@events.example.com",
+    ]
+    for url in invalid:
+        assert not re.fullmatch(pattern, url), url
 
 
 def test_ingest_waits_for_a_replica_by_default(template: dict[str, Any]) -> None:
@@ -408,7 +441,8 @@ def test_a_deployed_stack_is_queryable_in_athena_at_once(template: dict[str, Any
     view = props(template, "EventsView")["QueryString"]
     for table in ("events_ndjson", "events_parquet", "events_compacted"):
         assert f"FROM {table}" in view
-    assert "PARTITION BY message_id ORDER BY received_at" in view
+    # The key `event-ingest query` and compaction deduplicate by (run in tests/abuse).
+    assert f"PARTITION BY {', '.join(DEDUP_KEY)} ORDER BY received_at" in view
 
 
 def test_cluster_mode_and_shards_are_parameters(template: dict[str, Any]) -> None:

@@ -17,7 +17,7 @@ import boto3
 import pytest
 import urllib3
 
-from local.stack import ROOT
+from local.stack import ROOT, is_loopback
 from tests.conftest import free_port, wait_until
 
 EVENT = b'{"batch": [{"type": "track", "userId": "u1", "event": "Signed Up"}]}'
@@ -139,6 +139,16 @@ def test_internal_ports_move_the_archive_survives_a_restart_and_nothing_is_left(
         }
         answer = urllib3.request("POST", f"http://{bind}/batch", body=EVENT, headers=headers)
         assert answer.status == 202
+        # On loopback, the metrics are open and pages of any origin pass Chrome's Private
+        # Network Access check (refused by default: tests/abuse).
+        assert urllib3.request("GET", f"http://{bind}/metrics").status == 200
+        preflight = {
+            "Origin": "https://preview.example.com",
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Private-Network": "true",
+        }
+        answer = urllib3.request("OPTIONS", f"http://{bind}/v1/t", headers=preflight)
+        assert answer.headers["Access-Control-Allow-Private-Network"] == "true"
         before = wait_until(lambda: archived_keys(values), timeout_s=30, what="an archived object")
     finally:
         code, out, _ = stop(stack)
@@ -155,6 +165,13 @@ def test_internal_ports_move_the_archive_survives_a_restart_and_nothing_is_left(
         code, out, _ = stop(again, signal.SIGTERM)
     assert code == 0 and "restored 1 archived objects" in out
     assert stack_processes(tmp_path) == []
+
+
+def test_only_a_loopback_address_opens_the_metrics_and_private_network_access():
+    for bind in ("127.0.0.1:8000", "127.0.0.2:80", "[::1]:8000", "localhost:8000"):
+        assert is_loopback(bind), bind
+    for bind in ("0.0.0.0:8000", "[::]:8000", "10.0.0.5:8000", "events.example.com:80"):
+        assert not is_loopback(bind), bind
 
 
 def test_a_taken_ingest_address_is_one_line_and_starts_nothing(tmp_path):

@@ -2,8 +2,8 @@
 
 Inputs are written by the real writers (`tests.archives`: gzip NDJSON through `Buffer` and
 `ObjectStore`, Parquet through `columns.to_rows`), with duplicates across objects, hours and
-days. `view` is what `event-ingest query` answers (each `message_id` once: the earliest
-`received_at`, then the first object in key order, then the first row), computed here in
+days. `view` is what `event-ingest query` answers (each `source` and `message_id` once: the
+earliest `received_at`, then the first object in key order, then the first row), computed here in
 Python so these tests do not need DuckDB, as the compactor does not.
 """
 
@@ -132,15 +132,16 @@ def essence(row: dict[str, Any]) -> tuple:
 
 def view(s3: Any, settings: Settings) -> Counter:
     """What `event-ingest query` answers over the whole archive, as a multiset of rows."""
-    first: dict[str, tuple] = {}
+    first: dict[tuple, tuple] = {}
     unkeyed = []
     for row in rows(s3, settings):
         if row["message_id"] is None:
             unkeyed.append(essence(row))
             continue
+        key = (row["source"], row["message_id"])
         rank = (row["received_at"], row["_key"], row["_place"])
-        if row["message_id"] not in first or rank < first[row["message_id"]][0]:
-            first[row["message_id"]] = (rank, essence(row))
+        if key not in first or rank < first[key][0]:
+            first[key] = (rank, essence(row))
     return Counter([e for _, e in first.values()] + unkeyed)
 
 
@@ -169,13 +170,21 @@ def store(s3: Any, settings: Settings) -> ObjectStore:
 # --- the rules --------------------------------------------------------------------------------
 
 
-def table(ordinal: int, *entries: tuple[str | None, str, int]) -> pa.Table:
+def table(ordinal: int, *entries: tuple[str | None, str, int], source: str | None = "web"):
     """An input object's rows, at `ordinal` in key order; `n` tells the copies apart."""
-    events = [ev(m, t, "e", "u", properties={"n": n}) for m, t, n in entries]
+    events = [ev(m, t, "e", "u", properties={"n": n}, source=source) for m, t, n in entries]
     for event in events:
         if event["messageId"] is None:
             del event["messageId"]
+        if event["source"] is None:
+            del event["source"]  # anonymous mode
     return compaction.with_order(columns.to_rows(events), ordinal)
+
+
+def keys(*pairs: tuple[str | None, str]) -> pa.Table:
+    """The `DEDUP_KEY` columns of copies stored before."""
+    sources, ids = zip(*pairs, strict=True)
+    return pa.table({"source": pa.array(sources, pa.string()), "message_id": pa.array(ids)})
 
 
 def numbers(rows_: pa.Table) -> list[int]:
@@ -196,7 +205,23 @@ def test_first_copies_earliest_then_order_and_every_row_without_an_id() -> None:
     assert kept["received_at"].to_pylist() == sorted(kept["received_at"].to_pylist())
     assert kept.schema == rows_.schema
     # What earlier hours already store goes, whichever copy would have won.
-    assert numbers(compaction.first_copies(rows_, drop=pa.array(["b", "x"]))) == [5, 3, 7, 4]
+    dropped = compaction.first_copies(rows_, drop=keys(("web", "b"), ("web", "x"), ("app", "a")))
+    assert numbers(dropped) == [5, 3, 7, 4]
+
+
+def test_first_copies_are_per_source_and_message_id() -> None:
+    rows_ = pa.concat_tables(
+        [
+            table(0, ("a", "13:05", 1), ("b", "13:05", 2), source="web"),
+            table(1, ("a", "13:10", 3), ("a", "13:20", 4), source="backend"),
+            table(2, ("a", "13:15", 5), ("a", "13:25", 6), ("b", "13:30", 7), source=None),
+        ]
+    )
+    # One copy of each (source, message_id): anonymous events are one source of their own.
+    assert numbers(compaction.first_copies(rows_)) == [1, 2, 3, 5, 7]
+    # A copy stored before drops its own source's copies only, an anonymous one too.
+    stored_before = keys(("backend", "a"), (None, "b"), ("other", "b"))
+    assert numbers(compaction.first_copies(rows_, drop=stored_before)) == [1, 2, 5]
 
 
 def test_parts_names_and_hashes() -> None:
@@ -351,6 +376,34 @@ def test_a_late_earlier_copy_wins_and_the_later_hour_drops_its_own(
     assert [r["_hour"] for r in rows(s3, settings) if r["message_id"] == "m20"] == ["2024-03-05T13"]
 
 
+def test_a_late_copy_of_an_id_from_another_source_leaves_the_later_hour_alone(
+    s3: Any, settings: Settings, store: ObjectStore
+) -> None:
+    # The backend's m20 compacted in hour 15; then a web event with the same ID arrives late in
+    # hour 13: another event, not an earlier copy, so hour 15 keeps its own.
+    backend = ev("m20", "15:10", "e", "u", source="backend")
+    archives.write_ndjson(store, settings.s3_prefix, [(b"2-0", [backend])])
+    compactor = make(settings, s3)
+    compactor.run()
+    web = ev("m20", "13:10", "e", "u", source="web")
+    archives.write_ndjson(store, settings.s3_prefix, [(b"1-0", [web])])
+    expected = view(s3, settings)
+    hour_15 = {k: v for k, v in objects(s3, settings).items() if "hour=15" in k}
+
+    summary = compactor.run()
+
+    assert [(h.hour, h.state) for h in summary.hours] == [
+        ("2024-03-05T13", "compacted"),
+        ("2024-03-05T15", "unchanged"),  # checked again, read its keys only
+    ]
+    assert {k: v for k, v in objects(s3, settings).items() if "hour=15" in k} == hour_15
+    assert_fully_compacted(s3, settings, expected)
+    assert sorted((r["_hour"], r["source"]) for r in rows(s3, settings)) == [
+        ("2024-03-05T13", "web"),
+        ("2024-03-05T15", "backend"),
+    ]
+
+
 def test_the_dedup_window(s3: Any, settings: Settings, store: ObjectStore) -> None:
     settings = dataclasses.replace(settings, dedup_window_h=2)
     for entry, hour in enumerate(["10", "12", "13"]):
@@ -374,7 +427,8 @@ SMALL = {"object_bytes": 2500, "step_bytes": 3000}
 
 def write_busy_hours(store: ObjectStore, prefix: str) -> None:
     """Hour 13: 8 objects of 30 events over 120 IDs (many copies, at times equal to the
-    minute); hour 14: copies of some of them (a retry across the boundary) and new ones."""
+    minute), from two sources that share IDs; hour 14: copies of some of them (a retry across
+    the boundary), new ones, and anonymous ones (no source) with the same IDs."""
     entry = itertools.count(1)
     for obj in range(8):
         events = [
@@ -384,6 +438,7 @@ def write_busy_hours(store: ObjectStore, prefix: str) -> None:
                 "e",
                 f"u{i % 5}",
                 properties={"o": obj, "i": i},
+                source="backend" if obj == 4 else "web",
             )
             for i in range(30)
         ]
@@ -400,6 +455,9 @@ def write_busy_hours(store: ObjectStore, prefix: str) -> None:
             )
             for i in range(20)
         ]
+        if obj == 2:
+            for event in events:
+                del event["source"]  # anonymous mode
         archives.write_ndjson(store, prefix, [(f"{next(entry):03d}-0".encode(), events)])
 
 

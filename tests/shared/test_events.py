@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import gc
 import re
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -342,6 +344,38 @@ def test_decode_json_rejects_absurd_nesting() -> None:
         decode_json(b"[" * depth + b"]" * depth)
     [problem] = excinfo.value.problems
     assert (problem.index, problem.field) == (None, "body")
+
+
+@pytest.mark.parametrize("body", [b'{"batch": [[], {}]}', b"[[[", b"\xff"])
+@pytest.mark.parametrize("collecting", [True, False])
+def test_decode_json_leaves_the_garbage_collector_as_it_found_it(
+    body: bytes, collecting: bool
+) -> None:
+    """Decoding pauses the cyclic collector (it would walk every new container over and
+    over) and restores it, also when the body is refused; a caller's own pause is kept."""
+    was = gc.isenabled()
+    (gc.enable if collecting else gc.disable)()
+    try:
+        with contextlib.suppress(InvalidRequest):
+            decode_json(body)
+        assert gc.isenabled() is collecting
+    finally:
+        (gc.enable if was else gc.disable)()
+
+
+def test_stored_size_counts_the_batch_fields_once_per_event() -> None:
+    """The copies of the batch's context may add at most 3 times the body, and at most the
+    body limit; one event more than that is refused, as is one event past the count."""
+    context = {"pad": "x" * 1000}  # 1,008 bytes as stored
+    envelope = events.Envelope(context=context)
+    events.check_stored_size(4, envelope, 1_010, 1024 * 1024)  # 3 copies: 3,024 bytes
+    with pytest.raises(events.TooLarge, match="adding 4032 bytes: more than 3 times"):
+        events.check_stored_size(5, envelope, 1_010, 1024 * 1024)
+    with pytest.raises(events.TooLarge, match="more than the body limit of 2000 bytes"):
+        events.check_stored_size(3, envelope, 1_010, 2_000)
+    events.check_stored_size(1000, events.Envelope(), 128_000, 128_000)
+    with pytest.raises(events.TooLarge, match="1001 events, more than the 1000"):
+        events.check_stored_size(1001, events.Envelope(), 128_000, 128_000)
 
 
 def test_batch_events_returns_the_list() -> None:

@@ -132,3 +132,64 @@ def test_settings_pick_the_main_stream_unless_told(settings):
     assert default.producer.key == settings.stream_key
     other = Replayer.from_settings(settings, into="warehouse-feed")
     assert other.producer.key == "warehouse-feed"
+
+
+# --- two sources, one messageId ---------------------------------------------------------------
+
+
+def write_shared_id(s3: Any, settings: Settings) -> None:
+    """Hour 13: two sources' events with one messageId at one receivedAt, then another."""
+    events = [
+        archives.ev("m", "13:05", "Order Completed", "u1", source="web"),
+        archives.ev("m", "13:05", "Order Completed", "u1", source="backend"),
+        archives.ev("n", "13:06", "Page Viewed", "u1", source="web"),
+    ]
+    store = ObjectStore(s3, settings.s3_bucket)
+    archives.write_ndjson(store, settings.s3_prefix, [(b"1-0", events)])
+
+
+def sources_of(events: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    return [(event["messageId"], event["source"]) for event in events]
+
+
+def test_a_stop_between_two_sources_events_with_one_id_resumes_between_them(
+    s3, redis_client, settings, monkeypatch
+):
+    write_shared_id(s3, settings)
+    monkeypatch.setattr(replay, "EVENTS_PER_ENTRY", 1)
+    into = f"{settings.stream_key}-replayed"
+
+    def stop_after_one(progress: replay.Progress) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        replayer(s3, redis_client, settings, into).run(WHOLE, progress=stop_after_one)
+    summary = replayer(s3, redis_client, settings, into).run(WHOLE)
+
+    # Two events, not copies: both replayed, each once, in (receivedAt, messageId, source) order.
+    assert summary.resumed_after == "2024-03-05T13" and summary.events_replayed == 2
+    assert sources_of(replayed(redis_client, into)) == [
+        ("m", "backend"),
+        ("m", "web"),
+        ("n", "web"),
+    ]
+
+
+def test_a_place_recorded_before_sources_counted_resumes_after_every_source(
+    s3, redis_client, settings
+):
+    write_shared_id(s3, settings)
+    into = f"{settings.stream_key}-replayed"
+    resumed = replayer(s3, redis_client, settings, into)
+    # What a version that kept one copy per messageId recorded after replaying m.
+    old_place = {
+        "hour": "2024-03-05T13",
+        "received_at": "2024-03-05T13:05:00.000000+00:00",
+        "message_id": "m",
+    }
+    redis_client.hset(resumed.place_key(WHOLE), mapping=old_place)
+
+    summary = resumed.run(WHOLE)
+
+    assert summary.resumed_after == "2024-03-05T13"
+    assert sources_of(replayed(redis_client, into)) == [("n", "web")]

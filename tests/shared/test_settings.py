@@ -36,6 +36,8 @@ def test_defaults_from_an_empty_environment() -> None:
     assert settings.max_event_bytes == 64 * 1024
     assert settings.cors_allow_origin == "*"
     assert settings.stream_max_len == 100_000
+    assert settings.stream_max_bytes == 512 * 1024 * 1024
+    assert settings.read_max_bytes == 64 * 1024 * 1024
     assert settings.max_deliveries == 10
     assert settings.gzip_level == 3
     assert settings.redis_wait_replicas == 0

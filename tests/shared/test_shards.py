@@ -182,6 +182,15 @@ def test_metrics_give_totals_and_each_shard(settings, redis_client) -> None:
     assert exposed["event_ingest_stream_entries"][0].value == 3
     per_shard = {s.labels["shard"]: s.value for s in exposed["event_ingest_shard_entries"]}
     assert per_shard == dict.fromkeys(shards.shard_keys(settings.stream_key, 3), 1)
+    held = {
+        key: sum(
+            len(name) + len(value) for _, f in redis_client.xrange(key) for name, value in f.items()
+        )
+        for key in shards.shard_keys(settings.stream_key, 3)
+    }
+    assert {s.labels["shard"]: s.value for s in exposed["event_ingest_shard_bytes"]} == held
+    assert exposed["event_ingest_stream_bytes"][0].value == sum(held.values()) > 0
+    assert exposed["event_ingest_stream_max_bytes"][0].value == 3 * settings.stream_max_bytes
     # One key, never sharded: no shard gauges (once sharded, retired shards still show).
     alone = dataclasses.replace(settings, stream_key=f"{settings.stream_key}-alone")
     assert "event_ingest_shard_entries" not in samples(alone)
@@ -205,7 +214,7 @@ def test_a_retired_key_is_removed_once_drained_and_silent(settings, s3, redis_cl
         k.decode() for k in redis_client.smembers(shards.registry_key(settings.stream_key))
     }
     assert registered == {recent, poisoned}
-    assert not redis_client.exists(first)
+    assert not redis_client.exists(first, shards.size_key(first), shards.ledger_key(first))
     assert redis_client.exists(recent) and redis_client.exists(poisoned)
     assert shards.keys_to_drain(redis_client, settings.stream_key, 1) == [
         settings.stream_key,
@@ -293,3 +302,34 @@ def test_object_names_of_one_shard_are_as_before() -> None:
     salted = object_key("events/", "dt=2023-11-14/hour=22/", ids, ".ndjson.gz", "events:{0.1}")
     assert salted.startswith("events/dt=2023-11-14/hour=22/1700000000000-0_1700000000001-3_")
     assert not salted.endswith("38d9b395edf62406.ndjson.gz")
+
+
+def test_retiring_a_key_removes_its_size_hash_and_ledger(settings, redis_client) -> None:
+    """Emptied around the scripts (or never written since this release), a retired key's
+    companions go with it, whether the stream key is left empty or is gone already."""
+    old_ms = int(time.time() * 1000) - 2 * 24 * 3600 * 1000
+    emptied, gone = (f"{settings.stream_key}:{{{tag}}}" for tag in ("emptied", "gone"))
+    for key in (emptied, gone):
+        redis_client.sadd(shards.registry_key(settings.stream_key), key)
+        redis_client.hset(shards.size_key(key), mapping={"bytes": 5, "events": 1})
+        redis_client.xadd(shards.ledger_key(key), {"b": 5, "n": 1}, id=f"{old_ms}-0")
+    redis_client.xadd(emptied, {"n": "1"}, id=f"{old_ms}-0")
+    redis_client.xgroup_create(emptied, "archiver", id="$")
+    redis_client.xtrim(emptied, maxlen=0)
+    for key in (emptied, gone):
+        assert shards.retire_if_drained(redis_client, settings.stream_key, 1, key)
+        assert not redis_client.exists(key, shards.size_key(key), shards.ledger_key(key))
+
+
+def test_a_shard_full_by_bytes_passes_the_entry_on(settings, redis_client) -> None:
+    sharded = dataclasses.replace(settings, stream_shards=3, stream_max_bytes=1)
+    producer = stream.producer(sharded, redis_client)
+    for _ in range(3):
+        producer.add(entry())  # one each: a shard below 1 byte takes one entry, whatever size
+    with pytest.raises(stream.BacklogFull, match="all 3 shards"):
+        producer.add(entry())
+    assert producer.is_full()
+    status = read_stream_status(redis_client, sharded)
+    assert [shard.length for shard in status.shards] == [1, 1, 1]
+    assert status.bytes == sum(shard.bytes for shard in status.shards) > 3 * 100
+    assert status.max_bytes == 3

@@ -5,13 +5,17 @@ from __future__ import annotations
 import dataclasses
 import signal
 import time
+from collections.abc import Iterator
 
 import pytest
 import redis
 
-from shared import stream
+from local.redis_cluster import LocalCluster, free_ports
+from local.redis_server import RedisServer
+from shared import shards, stream
 from shared.settings import Settings
 from shared.stream import EventStream, GroupReader
+from tests.conftest import free_port
 
 FIELDS = {b"v": b"1", b"n": b"1", b"d": b"payload"}
 
@@ -305,8 +309,9 @@ def test_ack(redis_client: redis.Redis, settings: Settings) -> None:
 # --- claiming -----------------------------------------------------------------------------
 
 
-def claim_idle(claimer: GroupReader, min_idle_ms: int) -> list[list[tuple]]:
-    """What the drain loop does: every idle consumer's entries, one consumer at a time."""
+def claim_idle(claimer: GroupReader, min_idle_ms: int) -> list[list[bytes]]:
+    """What the drain loop does: every idle consumer's entries (their IDs), one consumer at a
+    time."""
     return [
         claimer.claim_all_of(consumer, min_idle_ms)
         for consumer in claimer.idle_consumers(min_idle_ms)
@@ -326,13 +331,17 @@ def test_claim_takes_every_entry_of_a_consumer_gone_quiet(
 
     [claimed] = claim_idle(rescuer, 200)
 
-    assert ids_of(claimed) == ids[:5]
-    assert claimed[0][1][b"i"] == b"0"  # with their data
+    assert claimed == ids[:5]  # IDs only: the data is read a bounded read at a time
     assert pending_ids(redis_client, settings.stream_key, settings.consumer_group, "c1") == set(
         ids[:5]
     )
     # The claim reset their idle time: nobody takes them again right away.
     assert claim_idle(reader(redis_client, settings, "third"), 200) == []
+    # Read as the claimer's own pending entries, with their data; that read is the delivery.
+    assert set(rescuer.delivery_counts(ids[:5]).values()) == {1}
+    read_back = rescuer.read_pending(b"0", 10)
+    assert ids_of(read_back) == ids[:5] and read_back[0][1][b"i"] == b"0"
+    assert set(rescuer.delivery_counts(ids[:5]).values()) == {2}
     # The entry never delivered is still there for read_new.
     assert ids_of(rescuer.read_new(10, block_ms=None)) == ids[5:]
 
@@ -365,7 +374,7 @@ def test_a_consumer_keeping_its_entries_alive_is_not_claimed_from(
     # Its entries keep their delivery counts (they are not failing, storage is).
     assert set(slow.delivery_counts(ids).values()) == {1}
     time.sleep(0.25)  # then it really goes away
-    assert ids_of(claim_idle(me, 200)[0]) == ids
+    assert claim_idle(me, 200)[0] == ids
 
 
 def test_claim_ignores_acknowledged_entries_and_own_entries(
@@ -378,7 +387,7 @@ def test_claim_ignores_acknowledged_entries_and_own_entries(
     other.ack([ids[0]])
     me.read_new(1, block_ms=None)
     time.sleep(0.25)
-    assert [ids_of(group) for group in claim_idle(me, 200)] == [[ids[1]]]
+    assert claim_idle(me, 200) == [[ids[1]]]
 
 
 def test_claim_returns_one_list_per_consumer(redis_client: redis.Redis, settings: Settings) -> None:
@@ -389,7 +398,99 @@ def test_claim_returns_one_list_per_consumer(redis_client: redis.Redis, settings
     second.read_new(2, block_ms=None)
     time.sleep(0.25)
     claimed = claim_idle(reader(redis_client, settings), 200)
-    assert sorted(ids_of(group) for group in claimed) == [ids[:2], ids[2:]]
+    assert sorted(claimed) == [ids[:2], ids[2:]]
+
+
+# --- looking before reading ---------------------------------------------------------------
+
+
+def test_pending_deliveries_lists_own_entries_after_an_id_without_reading_them(
+    redis_client: redis.Redis, settings: Settings
+) -> None:
+    mine, theirs = reader(redis_client, settings), reader(redis_client, settings, "other")
+    mine.ensure_group()
+    ids = add_entries(redis_client, settings.stream_key, 5)
+    mine.read_new(3, block_ms=None)
+    theirs.read_new(2, block_ms=None)
+    mine.read_pending(ids[0], 10)  # ids[1] and ids[2] delivered again
+    assert mine.pending_deliveries(b"0", 10) == [(ids[0], 1), (ids[1], 2), (ids[2], 2)]
+    assert mine.pending_deliveries(ids[0], 1) == [(ids[1], 2)]
+    assert mine.pending_deliveries(ids[2], 10) == []
+    assert mine.pending_deliveries(b"0", 10)[0] == (ids[0], 1)  # looking delivers nothing
+
+
+def test_entry_size_is_measured_in_redis(redis_client: redis.Redis, settings: Settings) -> None:
+    consumer = reader(redis_client, settings)
+    consumer.ensure_group()
+    [entry_id, gone_id] = add_entries(redis_client, settings.stream_key, 2)
+    redis_client.xdel(settings.stream_key, gone_id)
+    expected = sum(len(name) + len(value) for name, value in {b"i": b"0", **FIELDS}.items())
+    assert consumer.entry_size(entry_id) == expected
+    assert consumer.entry_size(gone_id) is None
+
+
+def test_dead_letter_unread_copies_the_entry_inside_redis_and_acks_it(
+    redis_client: redis.Redis, settings: Settings
+) -> None:
+    consumer = reader(redis_client, settings)
+    consumer.ensure_group()
+    [entry_id, other_id] = add_entries(redis_client, settings.stream_key, 2)
+    consumer.read_new(10, block_ms=None)
+    assert consumer.dead_letter_unread(entry_id, "too large") is True
+    [(_, letter)] = redis_client.xrange(shards.dead_letter_key(settings.stream_key))
+    assert letter[b"original_id"] == entry_id and letter[b"reason"] == b"too large"
+    assert stream.original_fields(letter) == {b"i": b"0", **FIELDS}
+    assert pending_ids(redis_client, settings.stream_key, settings.consumer_group) == {other_id}
+    assert redis_client.xlen(settings.stream_key) == 1  # acknowledged, hence deleted
+
+
+def test_dead_letter_unread_in_a_full_redis_drops_the_entry(tmp_path, settings: Settings) -> None:
+    """Holding it would keep Redis full and stop ingest: its record in the bucket (written
+    first, by the consumer) is all that is left of it."""
+    server = RedisServer(free_port(), tmp_path).start()
+    try:
+        client = redis.Redis.from_url(server.url)
+        consumer = GroupReader(client, settings.stream_key, settings.consumer_group, "c1")
+        consumer.ensure_group()
+        [entry_id] = add_entries(client, settings.stream_key, 1)
+        consumer.read_new(1, block_ms=None)
+        client.config_set("maxmemory", 1)  # full: every write that needs memory is refused
+        with pytest.raises(redis.exceptions.OutOfMemoryError):
+            client.xadd("filler", {b"pad": b"x"})
+        assert consumer.dead_letter_unread(entry_id, "too large") is False
+        assert client.xlen(settings.stream_key) == 0
+        assert not client.exists(shards.dead_letter_key(settings.stream_key))
+    finally:
+        server.kill()
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    started = LocalCluster(free_ports(3), tmp_path_factory.mktemp("cluster")).start()
+    yield started
+    started.kill()
+
+
+@pytest.mark.parametrize("shard_count, kept", [(1, False), (2, True)])
+def test_on_a_cluster_dead_letter_unread_keeps_the_data_where_one_script_reaches_it(
+    cluster: LocalCluster, settings: Settings, shard_count: int, kept: bool
+) -> None:
+    """A shard's dead-letter stream shares its slot; STREAM_KEY's own does not, and a script
+    reaches one slot: there the letter says the data was dropped."""
+    on_cluster = dataclasses.replace(
+        settings, redis_url=cluster.url, redis_cluster=True, stream_shards=shard_count
+    )
+    client = stream.connect(on_cluster)
+    key = shards.shard_keys(settings.stream_key, shard_count)[0]
+    consumer = GroupReader(client, key, settings.consumer_group, "c1")
+    consumer.ensure_group()
+    entry_id = EventStream(client, key, max_len=10).add(FIELDS)
+    consumer.read_new(1, block_ms=None)
+    assert consumer.dead_letter_unread(entry_id, "too large") is kept
+    [(_, letter)] = client.xrange(shards.dead_letter_key(key))
+    assert letter[b"original_id"] == entry_id
+    assert stream.original_fields(letter) == (FIELDS if kept else {})
+    assert client.xlen(key) == 0
 
 
 # --- dead letters -------------------------------------------------------------------------
@@ -668,3 +769,232 @@ def test_ack_never_deletes_for_a_group_that_is_gone(redis_client: redis.Redis, s
     redis_client.xgroup_destroy(settings.stream_key, settings.consumer_group)
     assert ours.ack(ids) == 0
     assert redis_client.xlen(settings.stream_key) == 5
+
+
+# --- accounting: the bytes and events the stream holds ------------------------------------
+#
+# The size hash must always equal what the entries really add up to (every field's name and
+# value, and their `n` fields), through every path that adds or removes entries.
+
+
+def held(client: redis.Redis, key: str) -> tuple[int, int]:
+    """What the size hash says the stream holds: (bytes, events)."""
+    size = client.hgetall(shards.size_key(key))
+    return int(size.get(b"bytes", 0)), int(size.get(b"events", 0))
+
+
+def truth(client: redis.Redis, key: str) -> tuple[int, int]:
+    """What the stream's entries add up to, counted from their fields."""
+    entries = client.xrange(key)
+    return (
+        sum(len(name) + len(value) for _, fields in entries for name, value in fields.items()),
+        sum(int(fields[b"n"]) for _, fields in entries),
+    )
+
+
+def add_sized(client: redis.Redis, key: str, count: int, max_bytes: int = 1 << 40) -> list:
+    """Entries of different sizes and event counts, the ingest way."""
+    producer = EventStream(client, key, max_len=1_000_000, max_bytes=max_bytes)
+    return [
+        producer.add({b"v": b"1", b"n": b"%d" % (i % 7 + 1), b"d": b"x" * (100 + 37 * i)})
+        for i in range(count)
+    ]
+
+
+def assert_exact(client: redis.Redis, key: str) -> None:
+    assert held(client, key) == truth(client, key)
+    # One ledger record per entry, under its ID.
+    assert [i for i, _ in client.xrange(shards.ledger_key(key))] == stream_ids(client, key)
+
+
+def assert_nothing_held(client: redis.Redis, key: str) -> None:
+    assert client.xlen(key) == 0
+    assert not client.exists(shards.size_key(key), shards.ledger_key(key))
+
+
+def test_add_counts_each_entrys_bytes_and_events(redis_client: redis.Redis, settings) -> None:
+    key = settings.stream_key
+    ids = add_sized(redis_client, key, 20)
+    assert held(redis_client, key) == truth(redis_client, key)
+    assert truth(redis_client, key)[1] == sum(i % 7 + 1 for i in range(20)) > 0
+    [(_, record)] = redis_client.xrange(shards.ledger_key(key), ids[0], ids[0])
+    assert record == {b"b": b"%d" % (1 + 1 + 1 + 1 + 1 + 100), b"n": b"1"}  # v, n, d
+    assert_exact(redis_client, key)
+
+
+def test_the_accounting_keys_share_the_stream_keys_slot() -> None:
+    for key in ["events", "events-1a2b", *shards.shard_keys("events", 6)]:
+        slots = {shards.slot_of(k) for k in stream.accounting_keys(key)}
+        assert slots == {shards.slot_of(key)}, key
+    # A shard's hash tag already puts its companions beside it; a plain key becomes the tag.
+    assert shards.size_key("events:{0.2752}") == "events:{0.2752}:size"
+    assert shards.ledger_key("events") == "{events}:ledger"
+
+
+def test_admission_by_bytes_refuses_once_the_bytes_reach_the_bound(
+    redis_client: redis.Redis, settings: Settings
+) -> None:
+    key = settings.stream_key
+    entry = {b"v": b"1", b"n": b"1", b"d": b"x" * 1000}  # 1,005 bytes: names and values
+    producer = EventStream(redis_client, key, max_len=1_000_000, max_bytes=5_000)
+    for _ in range(5):  # 4 entries hold 4,020 bytes, below the bound: the fifth is admitted
+        producer.add(entry)
+    assert held(redis_client, key) == (5_025, 5) and producer.is_full()
+    with pytest.raises(stream.BacklogFull, match="5000 bytes"):
+        producer.add({b"v": b"1", b"n": b"1", b"d": b""})  # even a tiny one
+    assert redis_client.xlen(key) == 5 and held(redis_client, key) == (5_025, 5)
+    consumer = reader(redis_client, settings)
+    consumer.ensure_group()
+    consumer.ack(ids_of(consumer.read_new(1, block_ms=None)))
+    assert not producer.is_full()
+    producer.add(entry)  # room again
+    assert_exact(redis_client, key)
+
+
+def test_with_wait_replicas_add_counts_the_bytes_too(replicated) -> None:
+    primary, _replica, settings = replicated
+    producer = EventStream.from_settings(dataclasses.replace(settings, stream_max_bytes=20))
+    producer.add(FIELDS)
+    producer.add(FIELDS)
+    with pytest.raises(stream.BacklogFull):
+        producer.add(FIELDS)
+    assert held(primary, settings.stream_key) == truth(primary, settings.stream_key) == (24, 2)
+
+
+def test_one_group_ack_and_dead_letter_subtract_exactly(
+    redis_client: redis.Redis, settings: Settings
+) -> None:
+    key = settings.stream_key
+    consumer = reader(redis_client, settings)
+    consumer.ensure_group()
+    ids = add_sized(redis_client, key, 30)
+    read = consumer.read_new(30, block_ms=None)
+    consumer.ack(ids[3:10])
+    assert_exact(redis_client, key)
+    consumer.ack(ids[3:10])  # again: nothing is subtracted twice
+    assert_exact(redis_client, key)
+    bad_id, bad_fields = read[12]
+    consumer.dead_letter(bad_id, bad_fields, "poison")
+    assert_exact(redis_client, key)
+    assert redis_client.xlen(key) == 30 - 7 - 1
+    consumer.ack(ids)
+    assert_nothing_held(redis_client, key)
+    # And counting starts over from zero.
+    add_sized(redis_client, key, 3)
+    assert_exact(redis_client, key)
+
+
+def test_entries_of_no_events_or_no_bytes_are_removed_too(
+    redis_client: redis.Redis, settings: Settings
+) -> None:
+    """An entry without an `n` field (not ingest's: a poison one) adds bytes and no events."""
+    key = settings.stream_key
+    consumer = reader(redis_client, settings)
+    consumer.ensure_group()
+    producer = EventStream(redis_client, key, max_len=1_000_000)
+    poison = producer.add({b"v": b"99", b"d": b"junk"})
+    counted = add_sized(redis_client, key, 2)
+    consumer.read_new(10, block_ms=None)
+    consumer.dead_letter(poison, {b"v": b"99", b"d": b"junk"}, "unknown format")
+    assert_exact(redis_client, key)
+    consumer.ack(counted)
+    assert_nothing_held(redis_client, key)
+
+
+def test_two_groups_trim_subtracts_exactly(
+    redis_client: redis.Redis, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(stream, "TRIM_CHUNK", 7)  # several chunks per trim
+    key = settings.stream_key
+    leader = reader(redis_client, settings, "a", group="leader")
+    lagger = reader(redis_client, settings, "b", group="lagger")
+    leader.ensure_group()
+    lagger.ensure_group()
+    ids = add_sized(redis_client, key, 60)
+    leader.ack(ids_of(leader.read_new(60, block_ms=None)))
+    assert_exact(redis_client, key)  # acknowledged by one group only: all still held
+    read = lagger.read_new(50, block_ms=None)
+    lagger.ack(ids_of(read[:20]))
+    lagger.dead_letter(*read[20], "poison")
+    lagger.ack(ids_of(read[21:45]))  # read[45:50] stay pending, ids[50:] undelivered
+    assert leader.trim_acknowledged() == 45
+    assert_exact(redis_client, key)
+    assert stream_ids(redis_client, key) == ids[45:]
+    lagger.ack(ids_of(read[45:]) + ids_of(lagger.read_new(10, block_ms=None)))
+    assert lagger.trim_acknowledged() == 15
+    assert_nothing_held(redis_client, key)
+
+
+def test_entries_written_before_the_ledger_are_not_counted(
+    redis_client: redis.Redis, settings: Settings
+) -> None:
+    """An entry appended by an older release has no ledger record: it is not counted, and
+    removing it subtracts nothing, so the counters under-count until it is gone."""
+    key = settings.stream_key
+    consumer = reader(redis_client, settings)
+    consumer.ensure_group()
+    legacy = redis_client.xadd(key, {b"v": b"1", b"n": b"4", b"d": b"old" * 100})
+    counted = add_sized(redis_client, key, 5)
+    assert held(redis_client, key) == (
+        truth(redis_client, key)[0] - (1 + 1 + 1 + 1 + 1 + 300),
+        truth(redis_client, key)[1] - 4,
+    )
+    consumer.read_new(10, block_ms=None)
+    consumer.ack([legacy])
+    assert_exact(redis_client, key)
+    consumer.ack(counted)
+    assert_nothing_held(redis_client, key)
+
+
+def test_counters_that_went_wrong_heal_once_the_stream_is_empty(
+    redis_client: redis.Redis, settings: Settings
+) -> None:
+    key = settings.stream_key
+    consumer = reader(redis_client, settings)
+    consumer.ensure_group()
+    ids = add_sized(redis_client, key, 4)
+    redis_client.hset(shards.size_key(key), mapping={"bytes": 10**12, "events": 7})
+    consumer.read_new(10, block_ms=None)
+    consumer.ack(ids)
+    assert_nothing_held(redis_client, key)
+    # A stream emptied around the scripts (XTRIM by hand): the next add starts over.
+    add_sized(redis_client, key, 2)
+    redis_client.xtrim(key, maxlen=0)
+    add_sized(redis_client, key, 3)
+    assert_exact(redis_client, key)
+
+
+def test_at_maxmemory_acknowledging_still_frees_and_subtracts(tmp_path, settings) -> None:
+    """Redis refuses a script's first write at maxmemory, never a later one: the ack and
+    trim scripts (whose first writes free memory) still run, and still subtract."""
+    server = RedisServer(free_port(), tmp_path, "--maxmemory", "3mb").start()
+    try:
+        client = redis.Redis.from_url(server.url)
+        key = settings.stream_key
+        consumer, other = (GroupReader(client, key, group, "c1") for group in ("archiver", "bi"))
+        consumer.ensure_group()
+        other.ensure_group()
+        producer = EventStream(client, key, max_len=1_000_000, max_bytes=1 << 40)
+
+        def fill_until_refused() -> None:
+            with pytest.raises(redis.ResponseError, match="maxmemory"):
+                for _ in range(1000):
+                    producer.add({b"v": b"1", b"n": b"2", b"d": b"x" * 20_000})
+            assert_exact(client, key)  # the refused one is neither in the stream nor counted
+
+        fill_until_refused()  # two groups: acknowledged entries go by trimming
+        for reader_ in (consumer, other):
+            reader_.ack(ids_of(reader_.read_new(1000, block_ms=None)))
+        assert_exact(client, key)
+        assert consumer.trim_acknowledged() > 0
+        assert_nothing_held(client, key)
+
+        client.xgroup_destroy(key, "bi")
+        fill_until_refused()  # one group: acknowledging deletes
+        read = consumer.read_new(1000, block_ms=None)
+        consumer.ack(ids_of(read[:5]))
+        assert_exact(client, key)
+        consumer.ack(ids_of(read[5:]))
+        assert_nothing_held(client, key)
+    finally:
+        server.kill()

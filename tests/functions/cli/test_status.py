@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from functions.cli import main
 from shared import shards
 from shared.settings import Settings
-from shared.stream import GroupReader, dead_letter_key
+from shared.stream import EventStream, GroupReader, dead_letter_key
 from tests.conftest import free_port, settings_env
 from tests.functions.cli.errors import assert_one_error_line
 from tests.shared.test_status import add_aged
@@ -120,3 +120,16 @@ def test_a_sharded_stream_shows_totals_then_each_shard(settings: Settings, redis
     assert "3 shards" in text and all(key in text for key in keys)
     # A stream of one key reads as it always did: no shards at all.
     assert "shards" not in json.loads(status(settings, "--json").stdout)
+
+
+def test_the_bytes_held_are_shown_against_stream_max_bytes(settings: Settings, redis_client):
+    producer = EventStream.from_settings(settings, redis_client)
+    for size in (1000, 2000, 3000):
+        producer.add({b"v": b"1", b"n": b"1", b"d": b"x" * size})
+    held = 3 * (1 + 1 + 1 + 1 + 1) + 6000
+
+    document = json.loads(status(settings, "--json", STREAM_MAX_BYTES="3145728").stdout)
+    assert (document["bytes"], document["max_bytes"]) == (held, 3 * 1024 * 1024)
+
+    first_line = status(settings, STREAM_MAX_BYTES="3145728").stdout.splitlines()[0]
+    assert "3 entries" in first_line and "5.9 KiB (bound 3.0 MiB)" in first_line

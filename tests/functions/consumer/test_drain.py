@@ -15,7 +15,7 @@ import pytest
 import redis
 from botocore.exceptions import EndpointConnectionError
 
-from functions.consumer.drain import Drainer, _Run
+from functions.consumer.drain import READ_COUNT, Drainer, _Run, buffering_share, read_count
 from local.redis_server import RedisServer
 from shared import codec, events, stream
 from shared.archive import ObjectStore, columns
@@ -435,6 +435,128 @@ def test_claimed_entries_never_join_the_claimers_own_buffer(settings, s3, redis_
     objects = archived_keys(s3, settings.s3_bucket)
     assert [len(archived_events(s3, settings.s3_bucket, key)) for key in objects] == [15, 15]
     assert pending_count(redis_client, settings) == 0
+
+
+# --- reads bounded by bytes -----------------------------------------------------------------
+
+
+def test_a_read_holds_at_most_read_max_bytes_of_the_largest_entries(settings):
+    largest = codec.max_entry_bytes(settings.max_body_bytes)
+    assert read_count(dataclasses.replace(settings, read_max_bytes=10 * largest + 1)) == 10
+    assert read_count(dataclasses.replace(settings, read_max_bytes=largest - 1)) == 1  # at least
+    assert read_count(dataclasses.replace(settings, read_max_bytes=10**12)) == READ_COUNT
+    # Drainers of several shards read side by side: they share the bound.
+    assert buffering_share(settings, 4).read_max_bytes == settings.read_max_bytes // 4
+
+
+def bounded(settings: Settings, entries_per_read: int, **changes) -> Settings:
+    """Settings whose reads take `entries_per_read` entries (small MAX_BODY_BYTES, so that
+    the test's entries are large in comparison)."""
+    largest = codec.max_entry_bytes(1024)
+    return dataclasses.replace(
+        settings, max_body_bytes=1024, read_max_bytes=entries_per_read * largest, **changes
+    )
+
+
+def watch_reads(drainer: Drainer, kill_above: int | None = None) -> list[list[bytes]]:
+    """Record the IDs each read of the drainer returns; with `kill_above`, a read holding an
+    entry larger than that raises MemoryError once Redis has delivered it, as a consumer
+    killed by it would die."""
+    reads: list[list[bytes]] = []
+    real_read = drainer.reader._read
+
+    def read(start, count, block_ms):
+        entries = real_read(start, count, block_ms)
+        reads.append([entry_id for entry_id, _ in entries])
+        if kill_above is not None and any(
+            codec.entry_bytes(fields or {}) > kill_above for _, fields in entries
+        ):
+            raise MemoryError("killed by the entry it read")
+        return entries
+
+    drainer.reader._read = read
+    return reads
+
+
+def test_new_own_pending_and_claimed_entries_are_read_a_bounded_read_at_a_time(
+    settings, s3, redis_client
+):
+    settings = bounded(settings, 3)
+    ids = post(settings, redis_client, 7)
+    gone = stream.GroupReader(redis_client, settings.stream_key, "archiver", "gone")
+    gone.ensure_group()
+    assert len(gone.read_new(4, block_ms=1)) == 4
+    earlier_self = stream.GroupReader(redis_client, settings.stream_key, "archiver", "c1")
+    assert len(earlier_self.read_new(3, block_ms=1)) == 3  # then died
+    time.sleep(settings.claim_idle_ms / 1000 + 0.1)
+    ids += post(settings, redis_client, 5)
+
+    drainer = make_drainer(settings, s3, "c1")
+    reads = watch_reads(drainer)
+    summary = drainer.drain(Budget(1.5))
+
+    assert summary.entries_claimed == 4 and summary.entries_read == 12
+    # Every entry staged came through a read (a claim returns no data), of 3 entries at most.
+    assert sum(len(read) for read in reads) == 12
+    assert max(len(read) for read in reads) == 3
+    assert sorted(e["messageId"] for e in archived_events(s3, settings.s3_bucket)) == sorted(ids)
+    assert pending_count(redis_client, settings) == 0
+
+
+def test_an_entry_that_kills_the_consumer_is_dead_lettered_unread_past_its_limit(
+    settings, s3, redis_client
+):
+    """A consumer dies on every read holding an entry too large for it. At their last
+    delivery, the entries read with it are each tried alone and archived; it alone goes past
+    MAX_DELIVERIES, and is then dead-lettered without being read again."""
+    settings = bounded(settings, 4, max_deliveries=2)
+    ids = post(settings, redis_client, 2)
+    huge = {"type": "track", "userId": "u", "event": "Huge", "pad": "x" * settings.read_max_bytes}
+    poison = codec.encode_entry(events.prepare([huge], events.received_at_now()))
+    producer = stream.EventStream(redis_client, settings.stream_key, settings.stream_max_len)
+    poison_id = producer.add(poison)
+    ids += post(settings, redis_client, 2)
+
+    drainer = make_drainer(settings, s3)
+    reads = watch_reads(drainer, kill_above=settings.read_max_bytes)
+    deaths = 0
+    while deaths <= 10:
+        try:
+            summary = drainer.drain(Budget(1))
+            break
+        except MemoryError:
+            deaths += 1
+
+    assert deaths == settings.max_deliveries + 1
+    assert sum(poison_id in read for read in reads) == settings.max_deliveries + 1
+    assert summary.entries_dead_lettered == 1
+    archived = archived_events(s3, settings.s3_bucket, settings.s3_prefix)
+    assert sorted(e["messageId"] for e in archived) == sorted(ids)  # none dead-lettered with it
+    [(_, letter)] = redis_client.xrange(f"{settings.stream_key}:dead")
+    assert letter[b"original_id"] == poison_id
+    assert stream.original_fields(letter) == poison  # copied by Redis, whole
+    [error_key] = archived_keys(s3, settings.s3_bucket, "errors/")
+    record = json.loads(s3.get_object(Bucket=settings.s3_bucket, Key=error_key)["Body"].read())
+    assert record["fields"] == {}
+    assert f"{codec.entry_bytes(poison)} bytes" in record["reason"]
+    assert pending_count(redis_client, settings) == 0
+
+
+def test_entries_past_their_delivery_limit_are_read_one_at_a_time(settings, s3, redis_client):
+    settings = bounded(settings, 4, max_deliveries=1)
+    post(settings, redis_client, 3)
+    crashed = stream.GroupReader(redis_client, settings.stream_key, "archiver", "c1")
+    crashed.ensure_group()
+    crashed.read_new(10, block_ms=1)
+    crashed.read_pending(b"0", 10)  # twice delivered: past the limit
+
+    drainer = make_drainer(settings, s3)
+    reads = watch_reads(drainer)
+    summary = drainer.drain(Budget(1))
+
+    assert summary.entries_dead_lettered == 3
+    assert [len(read) for read in reads if read][:3] == [1, 1, 1]
+    assert len(archived_keys(s3, settings.s3_bucket, "errors/")) == 3
 
 
 # --- ARCHIVE_FORMAT=parquet -----------------------------------------------------------------

@@ -54,15 +54,19 @@ def test_the_loop_runner_serves_them_on_metrics_port(
     settings = dataclasses.replace(settings, s3_endpoint_url=moto_endpoint)
     post(settings, redis_client, 5)
     port = free_port()
-    runner = stack.start_runner(settings_env(settings, METRICS_PORT=str(port)), "--budget-s", "3")
+    env = settings_env(settings, METRICS_PORT=str(port), METRICS_TOKEN="scraper-token")
+    runner = stack.start_runner(env, "--budget-s", "3")
     url = f"http://127.0.0.1:{port}/metrics"
+    bearer = {"Authorization": "Bearer scraper-token"}
     try:
 
         def archived_all() -> dict | None:
             try:
-                found = samples(urllib3.request("GET", url, retries=False).data.decode())
+                answer = urllib3.request("GET", url, headers=bearer, retries=False)
             except urllib3.exceptions.HTTPError:
                 return None
+            assert answer.status == 200, answer.data
+            found = samples(answer.data.decode())
             return found if value(found, "event_ingest_consumer_events_archived_total") else None
 
         found = wait_until(archived_all, timeout_s=20, what="the runner's metrics")

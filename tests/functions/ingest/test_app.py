@@ -150,6 +150,7 @@ def test_a_redis_cluster_away_at_start_gets_503s_not_a_server_that_cannot_start(
         stream_shards=6,
         redis_url=f"redis://127.0.0.1:{free_port()}/0",
         redis_timeout_s=0.2,
+        metrics_public=True,
     )
     client = create_app(away).test_client()
     assert client.get("/livez").status_code == 200

@@ -304,6 +304,53 @@ def test_compressed_bodies_are_accepted(client, redis_client, small_limits, enco
     assert redis_client.xlen(small_limits.stream_key) == 1
 
 
+def browser_batch(count: int) -> bytes:
+    """An analytics.js session's batch: every event carries the same page context."""
+    context = {
+        "library": {"name": "analytics.js", "version": "next-1.70.0"},
+        "page": {"path": "/pricing", "referrer": "https://www.google.com/", "search": ""},
+        "userAgent": "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/537.36",
+        "locale": "en-US",
+        "timezone": "Europe/Paris",
+    }
+    batch = [
+        {
+            **GOOD_EVENT,
+            "anonymousId": "5c7e1c7e-0f0e-4b8e-9d3f-6a2b1c0d9e8f",
+            "messageId": f"ajs-next-{i:032x}",
+            "timestamp": f"2026-11-30T10:00:{i % 60:02d}.{i % 1000:03d}Z",
+            "properties": {"i": i},
+            "context": context,
+        }
+        for i in range(count)
+    ]
+    return json.dumps({"batch": batch, "sentAt": "2026-11-30T10:01:00.000Z"}).encode()
+
+
+@pytest.mark.parametrize(
+    "document, members",
+    [
+        (browser_batch(500), 1),  # 260 KB compressing 41 times: more than real batches do
+        (batch_bytes(*[GOOD_EVENT] * 1300), 1),  # 64 KB of one event: 230 times, but small
+        (batch_bytes(*[GOOD_EVENT] * 100), 16),  # concatenated members, up to the cap
+    ],
+    ids=["browser-batch", "small-but-repetitive", "sixteen-members"],
+)
+def test_compression_caps_leave_real_bodies_alone(settings, redis_client, document, members):
+    """The expansion cap (100 times, beyond 64 KiB) and the member cap (16) refuse no body a
+    client sends: real batches compress less, small ones are never measured."""
+    app = create_app(dataclasses.replace(settings, write_keys=(("test", KEY),)))
+    step = -(-len(document) // members)
+    parts = [document[i : i + step] for i in range(0, len(document), step)]
+    body = b"".join(gzip.compress(part, compresslevel=9) for part in parts)
+    assert len(parts) == members
+    response = app.test_client().post(
+        "/batch", data=body, content_type=JSON, headers={**AUTH, "Content-Encoding": "gzip"}
+    )
+    assert response.status_code == 202, response.get_json()
+    assert redis_client.xlen(settings.stream_key) == 1
+
+
 def test_odd_but_valid_json_is_archived_by_a_written_rule(client, redis_client, small_limits):
     """Duplicate keys: the last wins. Escaped control characters and a NUL are kept as
     characters (the archive's JSON escapes them again). Nesting that the decoder accepts is

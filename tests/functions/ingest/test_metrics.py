@@ -23,7 +23,7 @@ from functions.ingest.app import create_app
 from local import stack
 from shared import metrics
 from shared.settings import Settings
-from tests.conftest import free_port, settings_env, wait_until
+from tests.conftest import free_port, settings_env, stop_gunicorn, wait_until
 
 BATCH = {"batch": [{"type": "track", "userId": "u", "event": "E"}] * 3}
 
@@ -45,7 +45,8 @@ def value(found: dict, name: str, **labels: str) -> float:
 
 
 def test_accepted_and_refused_events_are_counted_by_route_and_reason(settings, redis_client):
-    client = create_app(dataclasses.replace(settings, stream_max_len=3)).test_client()
+    opened = dataclasses.replace(settings, stream_max_len=3, metrics_public=True)
+    client = create_app(opened).test_client()
     before = samples(client.get("/metrics").text)
 
     assert client.post("/batch", json=BATCH).status_code == 202
@@ -78,7 +79,9 @@ def test_accepted_and_refused_events_are_counted_by_route_and_reason(settings, r
 
 
 def test_unauthorized_and_too_large_are_reasons_too(settings):
-    keyed = dataclasses.replace(settings, write_keys=(("web", "k1"),), max_body_bytes=2000)
+    keyed = dataclasses.replace(
+        settings, write_keys=(("web", "k1"),), max_body_bytes=2000, metrics_public=True
+    )
     client = create_app(keyed).test_client()
     before = samples(client.get("/metrics").text)
     assert client.post("/batch", json=BATCH, auth=("wrong", "")).status_code == 401
@@ -109,7 +112,10 @@ def test_metrics_can_be_turned_off(settings):
 
 def test_without_redis_the_counters_still_answer_and_redis_up_is_0(settings):
     gone = dataclasses.replace(
-        settings, redis_url=f"redis://127.0.0.1:{free_port()}/0", redis_timeout_s=0.2
+        settings,
+        redis_url=f"redis://127.0.0.1:{free_port()}/0",
+        redis_timeout_s=0.2,
+        metrics_public=True,
     )
     answer = create_app(gone).test_client().get("/metrics")
     assert answer.status_code == 200
@@ -147,8 +153,12 @@ def test_on_lambda_each_invocation_prints_its_counts_as_emf(settings):
 # --- through gunicorn, two workers ------------------------------------------------------------
 
 
+METRICS_TOKEN = "scraper-token"
+
+
 def scrape(http: urllib3.PoolManager, url: str) -> dict:
-    answer = http.request("GET", f"{url}/metrics")
+    bearer = {"Authorization": f"Bearer {METRICS_TOKEN}"}
+    answer = http.request("GET", f"{url}/metrics", headers=bearer)
     assert answer.status == 200
     return samples(answer.data.decode())
 
@@ -163,15 +173,19 @@ def gunicorn_process(
     settings: Settings, metrics_dir: Path
 ) -> Iterator[tuple[subprocess.Popen, str]]:
     port = free_port()
-    env = settings_env(settings, WEB_CONCURRENCY="2", PROMETHEUS_MULTIPROC_DIR=str(metrics_dir))
+    env = settings_env(
+        settings,
+        WEB_CONCURRENCY="2",
+        PROMETHEUS_MULTIPROC_DIR=str(metrics_dir),
+        METRICS_TOKEN=METRICS_TOKEN,
+    )
     process = stack.start_gunicorn(env, f"127.0.0.1:{port}")
     url = f"http://127.0.0.1:{port}"
     try:
         wait_until(lambda: len(worker_pids(process)) == 2 and _answers(url), what="gunicorn")
         yield process, url
     finally:
-        process.terminate()
-        process.wait(timeout=20)
+        stop_gunicorn(process)
 
 
 def _answers(url: str) -> bool:

@@ -403,7 +403,12 @@ def test_cors_preflight_and_headers(keyed_settings):
 
 
 @pytest.mark.parametrize("path", ["/v1/t", "/v1/projects/wk/settings", "/beacon/v1/batch"])
-def test_preflights_allow_what_sdks_send_and_private_network_access(client, path):
+def test_preflights_allow_what_sdks_send_and_private_network_access(keyed_settings, path):
+    # Private Network Access for an origin PRIVATE_NETWORK_ORIGINS names (any other: refused,
+    # tests/abuse/test_private_network.py).
+    origins = ("https://shop.example.com",)
+    client = create_app(dataclasses.replace(keyed_settings, private_network_origins=origins))
+    client = client.test_client()
     requested = "authorization, content-type, x-retry-count, anonymousid, sentat"
     preflight = client.options(
         path,
