@@ -12,6 +12,7 @@ operator whose scraper gets it, not from an attacker, who learns nothing from ei
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 from dataclasses import dataclass
 
@@ -51,6 +52,12 @@ def closed_notice(token: str | None, public: bool) -> str | None:
 
 
 def bearer_matches(authorization: str, token: str) -> bool:
-    """`Authorization: Bearer <token>`, compared in constant time."""
+    """`Authorization: Bearer <token>`, compared in constant time as SHA-256 digests, as write
+    keys are (functions/ingest/auth.py): compared as they are, a wrong length would answer
+    sooner, telling the token's length."""
     scheme, _, given = authorization.partition(" ")
-    return scheme.lower() == "bearer" and hmac.compare_digest(given.encode(), token.encode())
+    return scheme.lower() == "bearer" and hmac.compare_digest(_digest(given), _digest(token))
+
+
+def _digest(text: str) -> bytes:
+    return hashlib.sha256(text.encode()).digest()

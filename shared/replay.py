@@ -220,10 +220,10 @@ class Replayer:
             consumed = bool(self.producer.client.xinfo_groups(shard.key if shard else key))
         except redis.ResponseError:
             consumed = False
+        full = f"{key} is at STREAM_MAX_LEN or STREAM_MAX_BYTES"
         if consumed:
-            return f"{key} is at STREAM_MAX_LEN or STREAM_MAX_BYTES; waiting for its consumers"
-        full = "is at STREAM_MAX_LEN or STREAM_MAX_BYTES"
-        return f"{key} {full} and has no consumer group: nobody consumes it"
+            return f"{full}; waiting for its consumers"
+        return f"{full} and has no consumer group: nobody consumes it"
 
 
 def _hour_then_key(item: reading.ArchivedObject) -> tuple:

@@ -436,7 +436,10 @@ class ShardedStream:
                 continue
             self._register()
             return entry_id
-        raise BacklogFull(f"all {len(self.shards)} shards hold {self.shards[0].max_len} entries")
+        first = self.shards[0]
+        raise BacklogFull(
+            f"all {len(self.shards)} shards hold {first.max_len} entries or {first.max_bytes} bytes"
+        )
 
     def is_full(self) -> bool:
         """True while no shard would take an entry. A shard that does not answer (its primary

@@ -158,7 +158,7 @@ class Ingest:
         try:
             self.stream.add(entry, cost=len(prepared), buckets=buckets)
         except RateLimited as exc:
-            self.rate_limits.remember(exc)
+            self.rate_limits.remember(exc, len(prepared))
             raise
         return len(prepared)
 

@@ -25,12 +25,12 @@ is no secret from someone holding Redis, who could test every IPv4 address; a ke
 would need a secret every ingest process shares and Redis does not hold, which anonymous mode
 does not have.
 
-Refusing early: when Redis refuses a request, this process remembers that bucket until the
-refused request could have passed (its Retry-After). Another request naming it meanwhile, by
-its address, or by a source known from a header, is refused before its body is read, so a
-flood from one address or key costs the server little more than reading its headers. It may
-refuse a request smaller than the one Redis refused a little early; never one Redis has not
-found over its limit first.
+Refusing early: when Redis refuses a request, this process remembers that bucket until a
+request of one event could pass. Another request naming it meanwhile, by its address, or by a
+source known from a header, is refused before its body is read, so a flood from one address or
+key costs the server little more than reading its headers. Never a request Redis would admit:
+a refused request takes no tokens, so remembering a large one's own wait would let anyone
+holding a public key keep a source's small requests out at no cost of their own.
 """
 
 from __future__ import annotations
@@ -114,14 +114,26 @@ class RateLimits:
         """Set to 0 in RATE_LIMIT_SOURCES: a server source, which no bucket limits."""
         return source in self._sources and self._sources[source] is None
 
-    def remember(self, refused: RateLimited) -> None:
-        """Refuse early, until it could pass, what Redis just refused."""
+    def remember(self, refused: RateLimited, events: int) -> None:
+        """Refuse early the bucket Redis just refused a request of `events` from, until one
+        event could pass."""
+        wait_s = _wait_for_one_event(refused, events)
+        if wait_s <= 0:
+            return
         now = time.monotonic()
         if len(self._refused) >= MAX_REMEMBERED:
             self._refused = {name: kept for name, kept in self._refused.items() if kept[0] > now}
             if len(self._refused) >= MAX_REMEMBERED:
                 self._refused.clear()
-        self._refused[refused.bucket.name] = (now + refused.wait_s, refused.bucket)
+        self._refused[refused.bucket.name] = (now + wait_s, refused.bucket)
+
+
+def _wait_for_one_event(refused: RateLimited, events: int) -> float:
+    """How long until the refused bucket holds what one event needs: a request of n events
+    waits for min(n, burst) tokens (shared/token_bucket.py), gained at `events_per_s`."""
+    bucket = refused.bucket
+    needed, least = min(events, bucket.burst), min(1, bucket.burst)
+    return refused.wait_s - (needed - least) / bucket.events_per_s
 
 
 @functools.lru_cache(maxsize=4096)  # a client sends many requests; the digest is the cost

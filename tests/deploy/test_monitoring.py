@@ -25,12 +25,19 @@ METRIC = re.compile(r"\bevent_ingest_[a-z_]+\b")
 def exported(settings: Settings, redis_client) -> set[str]:
     """Every sample name the ingest function's /metrics shows (its counters, the stream's
     gauges, and, in this one process, the consumer's counters too) with a group present, after
-    one accepted and one refused request."""
+    one accepted, one invalid and one rate-limited request."""
     add_aged(redis_client, settings.stream_key, 2, age_s=1)
     GroupReader(redis_client, settings.stream_key, "archiver", "c").ensure_group()
-    client = create_app(dataclasses.replace(settings, metrics_public=True)).test_client()
-    client.post("/batch", json={"batch": [{"type": "track", "userId": "u", "event": "E"}]})
-    client.post("/batch", json={"batch": []})  # a refusal: labelled series exist once counted
+    # One event a second: the first batch passes and leaves its source 9 s in debt.
+    limited = dataclasses.replace(
+        settings, metrics_public=True, rate_limit_events_per_s=1, rate_limit_burst=1
+    )
+    client = create_app(limited).test_client()
+    event = {"type": "track", "userId": "u", "event": "E"}
+    assert client.post("/batch", json={"batch": [event] * 10}).status_code == 202
+    # Refusals: labelled series exist once counted.
+    assert client.post("/batch", json={"batch": []}).status_code == 400
+    assert client.post("/batch", json={"batch": [event]}).status_code == 429
     text = client.get("/metrics").text
     return {s.name for f in text_string_to_metric_families(text) for s in f.samples}
 
@@ -52,6 +59,7 @@ def test_every_alert_uses_exported_metrics_and_says_what_to_do(exported: set[str
         "EventIngestArchiveBehind",
         "EventIngestFlushesFailing",
         "EventIngestRefusingEvents",
+        "EventIngestBacklogBytesNearBound",
     } <= names
     for rule in rules:
         used = set(METRIC.findall(rule["expr"]))
@@ -72,6 +80,7 @@ def test_every_dashboard_panel_uses_exported_metrics(exported: set[str]) -> None
         assert used and used <= exported, f"{expr}: {sorted(used - exported)}"
     shown = {name for expr in exprs for name in METRIC.findall(expr)}
     assert "event_ingest_freshness_seconds" in shown and "event_ingest_dead_letters" in shown
+    assert {"event_ingest_stream_bytes", "event_ingest_rate_limited_events_total"} <= shown
 
 
 def test_every_scrape_sends_a_bearer_token_kept_out_of_the_config() -> None:

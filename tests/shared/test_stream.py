@@ -151,14 +151,19 @@ def test_a_replica_that_stops_answering_makes_a_shortfall(replicated_redis, repl
     assert producer.add(FIELDS)
 
 
-def test_with_wait_replicas_a_full_backlog_still_refuses_and_writes_nothing(replicated) -> None:
+@pytest.mark.parametrize("bound", [{"stream_max_len": 2}, {"stream_max_bytes": 20}])
+def test_with_wait_replicas_a_full_backlog_still_refuses_and_writes_nothing(
+    replicated, bound: dict[str, int]
+) -> None:
+    """Full by entries, or by bytes (two entries of 12 bytes are past 20), and counted."""
     primary, _replica, settings = replicated
-    producer = EventStream.from_settings(dataclasses.replace(settings, stream_max_len=2))
+    producer = EventStream.from_settings(dataclasses.replace(settings, **bound))
     producer.add(FIELDS)
     producer.add(FIELDS)
     with pytest.raises(stream.BacklogFull):
         producer.add(FIELDS)
     assert primary.xlen(settings.stream_key) == 2
+    assert held(primary, settings.stream_key) == truth(primary, settings.stream_key) == (24, 2)
 
 
 def test_with_wait_replicas_a_redis_without_the_script_cached_loads_it(replicated) -> None:
@@ -812,6 +817,14 @@ def assert_nothing_held(client: redis.Redis, key: str) -> None:
     assert not client.exists(shards.size_key(key), shards.ledger_key(key))
 
 
+@pytest.fixture
+def consumer(redis_client: redis.Redis, settings: Settings) -> GroupReader:
+    """A consumer of the test's stream, its group created."""
+    grouped = reader(redis_client, settings)
+    grouped.ensure_group()
+    return grouped
+
+
 def test_add_counts_each_entrys_bytes_and_events(redis_client: redis.Redis, settings) -> None:
     key = settings.stream_key
     ids = add_sized(redis_client, key, 20)
@@ -832,7 +845,7 @@ def test_the_accounting_keys_share_the_stream_keys_slot() -> None:
 
 
 def test_admission_by_bytes_refuses_once_the_bytes_reach_the_bound(
-    redis_client: redis.Redis, settings: Settings
+    redis_client: redis.Redis, settings: Settings, consumer: GroupReader
 ) -> None:
     key = settings.stream_key
     entry = {b"v": b"1", b"n": b"1", b"d": b"x" * 1000}  # 1,005 bytes: names and values
@@ -843,30 +856,16 @@ def test_admission_by_bytes_refuses_once_the_bytes_reach_the_bound(
     with pytest.raises(stream.BacklogFull, match="5000 bytes"):
         producer.add({b"v": b"1", b"n": b"1", b"d": b""})  # even a tiny one
     assert redis_client.xlen(key) == 5 and held(redis_client, key) == (5_025, 5)
-    consumer = reader(redis_client, settings)
-    consumer.ensure_group()
     consumer.ack(ids_of(consumer.read_new(1, block_ms=None)))
     assert not producer.is_full()
     producer.add(entry)  # room again
     assert_exact(redis_client, key)
 
 
-def test_with_wait_replicas_add_counts_the_bytes_too(replicated) -> None:
-    primary, _replica, settings = replicated
-    producer = EventStream.from_settings(dataclasses.replace(settings, stream_max_bytes=20))
-    producer.add(FIELDS)
-    producer.add(FIELDS)
-    with pytest.raises(stream.BacklogFull):
-        producer.add(FIELDS)
-    assert held(primary, settings.stream_key) == truth(primary, settings.stream_key) == (24, 2)
-
-
 def test_one_group_ack_and_dead_letter_subtract_exactly(
-    redis_client: redis.Redis, settings: Settings
+    redis_client: redis.Redis, settings: Settings, consumer: GroupReader
 ) -> None:
     key = settings.stream_key
-    consumer = reader(redis_client, settings)
-    consumer.ensure_group()
     ids = add_sized(redis_client, key, 30)
     read = consumer.read_new(30, block_ms=None)
     consumer.ack(ids[3:10])
@@ -885,12 +884,10 @@ def test_one_group_ack_and_dead_letter_subtract_exactly(
 
 
 def test_entries_of_no_events_or_no_bytes_are_removed_too(
-    redis_client: redis.Redis, settings: Settings
+    redis_client: redis.Redis, settings: Settings, consumer: GroupReader
 ) -> None:
     """An entry without an `n` field (not ingest's: a poison one) adds bytes and no events."""
     key = settings.stream_key
-    consumer = reader(redis_client, settings)
-    consumer.ensure_group()
     producer = EventStream(redis_client, key, max_len=1_000_000)
     poison = producer.add({b"v": b"99", b"d": b"junk"})
     counted = add_sized(redis_client, key, 2)
@@ -926,13 +923,11 @@ def test_two_groups_trim_subtracts_exactly(
 
 
 def test_entries_written_before_the_ledger_are_not_counted(
-    redis_client: redis.Redis, settings: Settings
+    redis_client: redis.Redis, settings: Settings, consumer: GroupReader
 ) -> None:
     """An entry appended by an older release has no ledger record: it is not counted, and
     removing it subtracts nothing, so the counters under-count until it is gone."""
     key = settings.stream_key
-    consumer = reader(redis_client, settings)
-    consumer.ensure_group()
     legacy = redis_client.xadd(key, {b"v": b"1", b"n": b"4", b"d": b"old" * 100})
     counted = add_sized(redis_client, key, 5)
     assert held(redis_client, key) == (
@@ -947,11 +942,9 @@ def test_entries_written_before_the_ledger_are_not_counted(
 
 
 def test_counters_that_went_wrong_heal_once_the_stream_is_empty(
-    redis_client: redis.Redis, settings: Settings
+    redis_client: redis.Redis, settings: Settings, consumer: GroupReader
 ) -> None:
     key = settings.stream_key
-    consumer = reader(redis_client, settings)
-    consumer.ensure_group()
     ids = add_sized(redis_client, key, 4)
     redis_client.hset(shards.size_key(key), mapping={"bytes": 10**12, "events": 7})
     consumer.read_new(10, block_ms=None)

@@ -109,7 +109,7 @@ def test_a_source_given_twice_is_refused_at_start() -> None:
 def test_a_bucket_redis_refused_is_refused_early_until_it_could_pass() -> None:
     chosen = limits()
     address_bucket = chosen.buckets("web", V4)[1]
-    chosen.remember(RateLimited(address_bucket, 0.05))
+    chosen.remember(RateLimited(address_bucket, 0.05), events=1)
 
     with pytest.raises(RateLimited) as early:
         chosen.refuse_early(V4, None, known=False)
@@ -120,9 +120,27 @@ def test_a_bucket_redis_refused_is_refused_early_until_it_could_pass() -> None:
     chosen.refuse_early(V4, None, known=False)  # it could pass now
 
 
+def test_a_refusal_is_remembered_until_one_event_could_pass() -> None:
+    """10 events a second: a refused request of 11 events that waits 2 s leaves 1 s for one
+    event (it needs 10 tokens fewer); one of 21 events, 0 s: nothing to remember."""
+    chosen = limits(RATE_LIMIT_SOURCES="web=10/100")
+    web = chosen.buckets("web", None)[0]
+    chosen.remember(RateLimited(web, 2.0), events=21)
+    chosen.refuse_early(None, "web", known=True)
+    chosen.remember(RateLimited(web, 2.0), events=11)
+    with pytest.raises(RateLimited) as early:
+        chosen.refuse_early(None, "web", known=True)
+    assert 0.9 < early.value.wait_s <= 1.0
+    # Past the burst, a request waits for a full bucket: as one of 100 events would.
+    chosen.remember(RateLimited(web, 12.0), events=500)
+    with pytest.raises(RateLimited) as early:
+        chosen.refuse_early(None, "web", known=True)
+    assert 2.0 < early.value.wait_s <= 2.1
+
+
 def test_a_source_is_refused_early_only_when_known_before_the_body() -> None:
     chosen = limits()
-    chosen.remember(RateLimited(chosen.buckets("web", None)[0], 5))
+    chosen.remember(RateLimited(chosen.buckets("web", None)[0], 5), events=1)
     chosen.refuse_early(V4, "web", known=False)
     with pytest.raises(RateLimited):
         chosen.refuse_early(V4, "web", known=True)
@@ -131,7 +149,7 @@ def test_a_source_is_refused_early_only_when_known_before_the_body() -> None:
 
 def test_a_lifted_source_is_never_refused_early_by_its_address() -> None:
     chosen = limits(RATE_LIMIT_SOURCES="backend=0")
-    chosen.remember(RateLimited(chosen.buckets("web", V4)[1], 5))  # web traffic from V4
+    chosen.remember(RateLimited(chosen.buckets("web", V4)[1], 5), events=1)  # web, from V4
     chosen.refuse_early(V4, "backend", known=True)
     with pytest.raises(RateLimited):
         chosen.refuse_early(V4, "web", known=True)
@@ -142,10 +160,10 @@ def test_remembered_refusals_stay_bounded() -> None:
     chosen = limits()
     addresses = [ipaddress.ip_address(0x0A000000 + i) for i in range(rate_limits.MAX_REMEMBERED)]
     for address in addresses:
-        chosen.remember(RateLimited(chosen.buckets("web", address)[1], 60))
+        chosen.remember(RateLimited(chosen.buckets("web", address)[1], 60), events=1)
     with pytest.raises(RateLimited):
         chosen.refuse_early(addresses[0], "web", known=False)
-    chosen.remember(RateLimited(chosen.buckets("web", V4)[1], 60))
+    chosen.remember(RateLimited(chosen.buckets("web", V4)[1], 60), events=1)
     chosen.refuse_early(addresses[0], "web", known=False)
     with pytest.raises(RateLimited):
         chosen.refuse_early(V4, "web", known=False)
@@ -202,6 +220,20 @@ def test_once_refused_a_request_is_refused_before_its_body_is_read(web_limited) 
     assert client.post("/batch", data=b"{not json", auth=("wk", "")).status_code == 429
     # The key in the body: the source is not known before it, the address was not refused.
     assert client.post("/batch", data=b"{not json").status_code == 401
+
+
+def test_a_large_refused_request_does_not_shut_out_the_small_ones_redis_admits(
+    web_limited, redis_client
+) -> None:
+    """A refused request takes no tokens: were a 5-event refusal remembered for its own wait,
+    anyone holding a public key could keep a source's small requests out of a process, at no
+    cost of their own, while Redis would admit them."""
+    client = create_app(web_limited).test_client()
+    assert client.post("/batch", json=batch(2), auth=("wk", "")).status_code == 202  # 3 left
+    assert client.post("/batch", json=batch(5), auth=("wk", "")).status_code == 429
+    # 3 tokens are there for this one: Redis takes it, nothing in the process stands in between.
+    assert client.post("/batch", json=batch(1), auth=("wk", "")).status_code == 202
+    assert redis_client.xlen(web_limited.stream_key) == 2
 
 
 def test_a_flood_from_one_address_is_refused_by_its_address(settings, redis_client) -> None:
