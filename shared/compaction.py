@@ -15,7 +15,9 @@ not make another source's events look like copies of its own. Events without a s
   keeps it, or an earlier copy that made it redundant). So a later copy is dropped only once
   an earlier one is safely stored, and by induction the earliest copy always survives. The
   window is read, not remembered: each part reads the key columns (alone, by ranged GETs) of
-  the parts of the window's compacted objects that can hold its IDs.
+  the parts of the window's compacted objects that can hold its IDs, one object after another
+  (downloaded KEYS_AHEAD ahead, compressed), decoded a batch at a time and looked up in the
+  part's own keys, so that memory never holds the window's keys at once, however busy it was.
 
 An hour is closed COMPACT_GRACE_S after it ends. It becomes 2^k objects under the compacted
 root, `<prefix>compacted/dt=.../hour=.../compacted-<part>-of-<parts>-<digest>.parquet`
@@ -40,6 +42,10 @@ every root's `dt=` partitions, in names no reader takes for archive objects):
 3. merge, one per part: read the part's rows (its ranges of the spills, or the inputs
    themselves), keep the first copies, drop the keys already compacted in earlier hours, sort
    by time and store the compacted object, then a marker saying so;
+   (an input that cannot all be decoded, read in step 2 or 3, gives the rows that do decode,
+   and is first copied to `<prefix>_unreadable/<its key>` with `<its key>.reason.json`: step
+   4 removes it with the other inputs, so whenever a run dies its bytes are in one place or
+   both, and a redone step copies the same bytes again;)
 4. commit: ask later hours that are already compacted to check their keys again (only if this
    plan merged new rows: see below), remove the inputs, then the answered requests and the
    plan, then the spills and markers.
@@ -59,11 +65,20 @@ compacted hour also holds, the earlier copy now wins: step 4 leaves a request un
 which then reads only the key columns of each part, and rewrites a part only if one of its
 keys is now stored earlier.
 
-Two compactions never work on one hour at once: an hour is locked in Redis (`SET NX PX` with a
-random token, renewed before every step and before removing anything, released only by its
-holder), under `<STREAM_KEY>:compaction-lock:<bucket>/<prefix>dt=.../hour=...`. A run that
-finds the lock taken skips the hour and reports it busy; the lock of a killed run expires
-after LOCK_TTL_MS. Different hours are compacted in parallel by different runs.
+Two compactions never work on one hour at once: an hour is locked in Redis, under
+`<STREAM_KEY>:compaction-lock:<bucket>/<prefix>dt=.../hour=...`, by a lease of COMPACT_LEASE_S
+(redis-py's `Lock`: `SET NX PX` with a random token; extended and released only by its holder).
+A thread renews it every third of the lease while the run lives, so a step may take longer
+than the lease; the run also renews it, checking that it still holds it, before every step and
+before removing anything. A run that finds the lock taken skips the hour and reports it busy,
+with the time the lease ends unless renewed; the lease of a killed run ends within
+COMPACT_LEASE_S. Different hours are compacted in parallel by different runs.
+
+An error in one hour, of whatever type, fails that hour only: the run goes on with the others,
+and its Summary lists each failed hour with its reason (the CLI exits non-zero, the function's
+invocation ends in an error). A run over every hour it looks after (`run(report=True)`) also
+leaves a report in Redis (`shared.status.CompactionReport`: its lag, failed hours and the
+unreadable objects set aside) for `event-ingest status` and /metrics, which read only Redis.
 
 Sizing. A step holds about OBJECT_BYTES (or STEP_BYTES) of stored input in memory, decoded:
 at the peak about twice the decoded rows, 1 to 3 GB for 128 MiB depending on how well the
@@ -79,31 +94,41 @@ under an hour per hour).
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import hashlib
 import io
 import json
 import logging
 import re
-import secrets
+import threading
 import time
 import zlib
-from collections.abc import Callable, Iterable
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, timedelta
+from itertools import islice
 from typing import Any, TypeVar
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import redis
-from botocore.exceptions import BotoCoreError, ClientError
+import redis.lock
 
-from shared import stream
+from shared import status, stream
 from shared.archive import columns, reading
 from shared.archive.formats import parquet
-from shared.archive.naming import COMPACTED_ROOT, ROOTS
-from shared.archive.reading import ArchivedObject, HourRange, ObjectGone
+from shared.archive.naming import (
+    COMPACTED_ROOT,
+    REASON_SUFFIX,
+    ROOTS,
+    UNREADABLE_ROOT,
+    unreadable_key,
+)
+from shared.archive.reading import ArchivedObject, Damage, HourRange, ObjectGone
 from shared.archive.storage import ObjectStore
 from shared.settings import Settings
 
@@ -117,8 +142,14 @@ STEP_BYTES = 128 * 2**20
 MAX_PARTS = 4096
 # Downloads in flight at once within a step.
 READ_THREADS = 8
-# How long a lock outlives its holder; renewed before every step, each far shorter.
-LOCK_TTL_MS = 5 * 60_000
+# The DEDUP_WINDOW check reads the key columns of earlier compacted objects one at a time,
+# downloading (not decoding) up to this many ahead, so that S3's latency overlaps the
+# decoding (each more costs an object's compressed keys, about 20 bytes a row), in batches of
+# at least this many rows.
+KEYS_AHEAD = 2
+KEY_BATCH_ROWS = 16_384
+# A Parquet footer is read with this much of the object's end (Arrow's first read of it too).
+FOOTER_BYTES = 64 * 1024
 # No step starts with less than this left of the budget (or a quarter of it, when smaller).
 STOP_MARGIN_MS = 60_000
 # The scheduled function looks back this far for hours to compact (late objects included).
@@ -128,6 +159,8 @@ LOOKBACK_H = 7 * 24
 DEDUP_KEY = ("source", "message_id")
 
 STAGING = "_compaction/"
+# Where objects that cannot be decoded are set aside, each with a `.reason.json` beside it.
+UNREADABLE = UNREADABLE_ROOT
 ORDER = "_order"  # a row's input object (high 32 bits) and place in it: the tie-break
 HOUR = timedelta(hours=1)
 
@@ -138,8 +171,6 @@ _COMPACTED = re.compile(
 _PARTITION = re.compile(r"dt=(\d{4}-\d{2}-\d{2})/hour=(\d{2})/")
 _SPILL_SCHEMA = columns.SCHEMA.append(pa.field(ORDER, pa.int64()))
 _IPC = pa.ipc.IpcWriteOptions(compression="zstd")
-# Errors that fail one hour (reported, the others go on); a rerun resumes it.
-HOUR_ERRORS = (BotoCoreError, ClientError, redis.RedisError, ObjectGone, OSError, pa.ArrowException)
 
 T = TypeVar("T")
 RemainingMs = Callable[[], int]
@@ -229,37 +260,79 @@ def with_order(rows: pa.Table, ordinal: int) -> pa.Table:
     return rows.append_column(ORDER, pa.array(range(base, base + rows.num_rows), pa.int64()))
 
 
-def first_copies(rows: pa.Table, drop: pa.Table | None = None) -> pa.Table:
+# Given a table of `DEDUP_KEY` columns, the places in it of the rows whose key is stored
+# before (in the DEDUP_WINDOW's compacted hours), in any order.
+StoredBefore = Callable[[pa.Table], pa.Array]
+
+
+def first_copies(
+    rows: pa.Table, drop: pa.Table | None = None, *, stored_before: StoredBefore | None = None
+) -> pa.Table:
     """One row per `DEDUP_KEY` (the earliest `received_at`, then the lowest ORDER), and every
-    row without a `message_id`; less the rows whose key is in `drop` (a table of the key's
-    columns); sorted by `received_at`, then ORDER. The rows are copied once, by the final
-    `take`: only the keys are sorted."""
+    row without a `message_id`; less the rows whose key is stored before: in `drop` (a table of
+    the key's columns) or where `stored_before` says. Sorted by `received_at`, then ORDER. The
+    rows are copied once, by the final `take`: only the keys are sorted."""
     order = pc.sort_indices(rows, [("received_at", "ascending", "at_end"), (ORDER, "ascending")])
     keys = rows.select(DEDUP_KEY).take(order)
     positions = pa.array(range(keys.num_rows), pa.int64())
-    keep = pc.or_(
-        pc.is_in(positions, value_set=first_positions(keys, drop)),
-        pc.invert(pc.is_valid(keys["message_id"])),
-    )
+    firsts = first_positions(keys, drop, stored_before=stored_before)
+    keep = pc.or_(pc.is_in(positions, value_set=firsts), pc.invert(pc.is_valid(keys["message_id"])))
     return rows.take(order.filter(keep))
 
 
-def first_positions(keys: pa.Table, earlier: pa.Table | None = None) -> pa.Array:
+def first_positions(
+    keys: pa.Table, earlier: pa.Table | None = None, *, stored_before: StoredBefore | None = None
+) -> pa.Array:
     """The place in `keys` (`DEDUP_KEY` columns, in order of precedence) of the first row of
-    each key with a `message_id`, except the keys `earlier` holds: those rank before every row,
-    so that no row of theirs is first."""
+    each key with a `message_id`, except the keys stored before (in `earlier`, or where
+    `stored_before` places them): no row of theirs is first."""
     own = keys.select(DEDUP_KEY)
     ranked = own.append_column("rank", pa.array(range(own.num_rows), pa.int64()))
-    if earlier is not None and earlier.num_rows:
-        stored = earlier.select(DEDUP_KEY).cast(own.schema)
-        stored = stored.append_column("rank", pa.repeat(pa.scalar(-1, pa.int64()), len(stored)))
-        ranked = pa.concat_tables([stored, ranked])
     firsts = (
         ranked.filter(pc.is_valid(ranked["message_id"]))
         .group_by(list(DEDUP_KEY), use_threads=False)  # NULL sources form one group
         .aggregate([("rank", "min")])["rank_min"]
+        .combine_chunks()
     )
-    return firsts.filter(pc.greater_equal(firsts, 0)).combine_chunks()
+    del ranked
+    if earlier is not None:
+        stored_before = functools.partial(stored_positions, stored=earlier)
+    if stored_before is None or not len(firsts):
+        return firsts
+    stored = stored_before(own)
+    return firsts.filter(pc.invert(pc.is_in(firsts, value_set=stored)))
+
+
+def stored_positions(keys: pa.Table, stored: pa.Table) -> pa.Array:
+    """The places in `keys` of the rows whose key (`DEDUP_KEY`) `stored` holds; a row without a
+    `message_id` is never stored. Matched by `message_id` first (a hash set of `stored`'s IDs),
+    then exactly, NULL sources matching each other, among the few rows whose ID is there."""
+    stored_ids = stored["message_id"].cast(pa.string())
+    maybe = pc.is_in(keys["message_id"], value_set=stored_ids, skip_nulls=True)
+    places = pc.indices_nonzero(maybe.fill_null(False)).cast(pa.int64())
+    if not len(places):
+        return places
+    near = keys.select(DEDUP_KEY).take(places)
+    twins = stored.filter(pc.is_in(stored_ids, value_set=near["message_id"].combine_chunks()))
+    found = (
+        _exact_keys(near)
+        .append_column("place", places)
+        .join(_exact_keys(twins), keys=["source", "anonymous", "message_id"], join_type="left semi")
+    )
+    return found["place"].combine_chunks()
+
+
+def _exact_keys(keys: pa.Table) -> pa.Table:
+    """`DEDUP_KEY` as join keys without NULLs, so that a join matches NULL sources together,
+    as the group-by does: the source (empty when NULL) and whether it is NULL."""
+    source = keys["source"].cast(pa.string())
+    return pa.table(
+        {
+            "source": source.fill_null(""),
+            "anonymous": source.is_null(),
+            "message_id": keys["message_id"].cast(pa.string()),
+        }
+    )
 
 
 def parquet_bytes(rows: pa.Table) -> bytes:
@@ -277,53 +350,84 @@ def _ipc_bytes(rows: pa.Table) -> bytes:
 
 # --- the lock -------------------------------------------------------------------------------
 
-_RENEW = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
-return 0
-"""
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
-
 
 class HourLocks:
-    """Locks on hours in Redis: `SET key token NX PX ttl`; renewed and released only by the
-    holder of the token (compare-and-set in Lua), so an expired holder cannot free or extend a
-    lock another run took meanwhile."""
+    """Leases on hours in Redis: redis-py's `Lock` (`SET key token NX PX lease`), extended and
+    released only by the holder of the token (compare-and-set in Lua), so an expired holder
+    can neither free nor extend a lock another run took meanwhile."""
 
-    def __init__(self, client: redis.Redis, namespace: str, ttl_ms: int = LOCK_TTL_MS) -> None:
+    def __init__(self, client: redis.Redis, namespace: str, lease_s: float) -> None:
         self.client = client
         self.namespace = namespace
-        self.ttl_ms = ttl_ms
-        self._renew = client.register_script(_RENEW)
-        self._release = client.register_script(_RELEASE)
+        self.lease_s = lease_s
 
     def key(self, hour: datetime) -> str:
         return f"{self.namespace}{partition_of(hour)}"
 
     def acquire(self, hour: datetime) -> HourLock | None:
-        token = secrets.token_hex(16)
-        if self.client.set(self.key(hour), token, nx=True, px=self.ttl_ms):
-            return HourLock(self, self.key(hour), token)
-        return None
+        """The hour's lease, renewed until released; None when another run holds it."""
+        # Not thread-local: the renewing thread uses the token the acquiring thread got.
+        lock = self.client.lock(
+            self.key(hour), timeout=self.lease_s, blocking=False, thread_local=False
+        )
+        return HourLock(lock, self.lease_s) if lock.acquire() else None
+
+    def held_until(self, hour: datetime) -> datetime | None:
+        """When the lease on `hour` ends unless its holder renews it, to the second rounded
+        up; None when nobody holds it (by this machine's clock, with Redis's time to live)."""
+        left_ms = self.client.pttl(self.key(hour))
+        if left_ms < 0:
+            return None
+        ends = datetime.now(UTC) + timedelta(milliseconds=left_ms)
+        return ends.replace(microsecond=0) + timedelta(seconds=1 if ends.microsecond else 0)
 
 
-@dataclass
 class HourLock:
-    locks: HourLocks
-    key: str
-    token: str
+    """A held lease, renewed by a thread of its own every third of the lease until released,
+    so that a step may last longer than the lease while its run lives."""
+
+    def __init__(self, lock: redis.lock.Lock, lease_s: float) -> None:
+        self.lock = lock
+        self.key = lock.name
+        self.lease_s = lease_s
+        self._guard = threading.Lock()  # one Redis call on the lease at a time
+        self._released = threading.Event()
+        self._lost: str | None = None
+        self._renewer = threading.Thread(target=self._keep, name=f"lease {self.key}", daemon=True)
+        self._renewer.start()
 
     def renew(self) -> None:
-        if not self.locks._renew(keys=[self.key], args=[self.token, self.locks.ttl_ms]):
-            raise LockLost(f"the lock {self.key} expired; another run may hold it")
+        """Extend the lease to a whole one now; LockLost if it ran out meanwhile."""
+        with self._guard:
+            if self._lost is None and not self._released.is_set():
+                try:
+                    self.lock.reacquire()
+                except redis.exceptions.LockNotOwnedError:
+                    self._lost = f"the lease {self.key} ran out; another run may hold it"
+            if self._lost is not None:
+                raise LockLost(self._lost)
 
     def release(self) -> None:
-        try:
-            self.locks._release(keys=[self.key], args=[self.token])
-        except redis.RedisError:
-            log.warning("could not release %s; it expires by itself", self.key, exc_info=True)
+        self._released.set()
+        with self._guard:
+            try:
+                if self._lost is None:
+                    self.lock.release()
+            except redis.exceptions.LockNotOwnedError:
+                pass  # it ran out: nothing of ours to free
+            except redis.RedisError:
+                log.warning("could not release %s; it ends by itself", self.key, exc_info=True)
+        self._renewer.join()
+
+    def _keep(self) -> None:
+        while not self._released.wait(self.lease_s / 3):
+            try:
+                self.renew()
+            except LockLost:
+                return  # the run finds out at its next `renew`, before it changes anything
+            except redis.RedisError:
+                # Two more tries before the lease runs out.
+                log.warning("could not renew %s; trying again", self.key, exc_info=True)
 
 
 # --- objects in the bucket ------------------------------------------------------------------
@@ -331,12 +435,20 @@ class HourLock:
 
 class _RangedFile(io.RawIOBase):
     """A stored object as a seekable file whose reads are ranged GETs, so that reading one
-    Parquet column downloads the footer and that column only."""
+    Parquet column downloads the footer and that column only; or served from the byte ranges
+    `fetch` downloaded beforehand."""
 
     def __init__(self, client: Any, bucket: str, key: str, size: int) -> None:
         super().__init__()
         self.client, self.bucket, self.key, self.size = client, bucket, key, size
         self.position = 0
+        self.fetched: list[tuple[int, bytes]] = []  # (offset, bytes)
+
+    def fetch(self, start: int, end: int) -> None:
+        """Download bytes `start` to `end` (excluded) now, for reads to come."""
+        start, end = max(0, start), min(end, self.size)
+        if start < end:
+            self.fetched.append((start, _get(self.client, self.bucket, self.key, (start, end - 1))))
 
     def readable(self) -> bool:
         return True
@@ -353,13 +465,27 @@ class _RangedFile(io.RawIOBase):
         return self.position
 
     def readinto(self, buffer: Any) -> int:
-        end = min(self.position + len(buffer), self.size)
-        if end <= self.position:
-            return 0
-        body = _get(self.client, self.bucket, self.key, (self.position, end - 1))
+        body = self.read_buffer(len(buffer))
         buffer[: len(body)] = body
-        self.position += len(body)
         return len(body)
+
+    def read_buffer(self, size: int) -> bytes | memoryview:
+        """The next `size` bytes, not copied when fetched already (pyarrow reads through this
+        when a file has it, without `read`'s copies)."""
+        end = min(self.position + size, self.size)
+        if end <= self.position:
+            return b""
+        body = self._fetched(self.position, end)
+        if body is None:
+            body = _get(self.client, self.bucket, self.key, (self.position, end - 1))
+        self.position += len(body)
+        return body
+
+    def _fetched(self, start: int, end: int) -> memoryview | None:
+        for offset, body in self.fetched:
+            if offset <= start and end <= offset + len(body):
+                return memoryview(body)[start - offset : end - offset]
+        return None
 
 
 def _get(client: Any, bucket: str, key: str, byte_range: tuple[int, int] | None = None) -> bytes:
@@ -417,6 +543,11 @@ class _Bucket:
             keys += [item["Key"] for item in page.get("Contents", [])]
         return sorted(keys)
 
+    def count_unreadable(self, prefix: str) -> int:
+        """The objects set aside under `<prefix>_unreadable/` (their reasons not counted)."""
+        keys = self.keys_under(f"{prefix}{UNREADABLE}")
+        return sum(1 for key in keys if not key.endswith(".reason.json"))
+
     def list(self, prefix: str, hours: HourRange) -> list[ArchivedObject]:
         """Every archived object of `hours`, raw and compacted, in key order: each root
         (`naming.ROOTS`) listed as an archive of its own, so that none is missed however
@@ -453,8 +584,76 @@ class _Bucket:
             day += timedelta(days=1)
         return found
 
-    def read_rows(self, item: ArchivedObject) -> pa.Table:
-        return reading.read_object(self.client, self.store.bucket, item)
+    def read_rows(self, item: ArchivedObject) -> tuple[pa.Table, Damage | None]:
+        """The object's rows that decode, and what did not (`reading.read_salvaging`)."""
+        return reading.read_salvaging(self.client, self.store.bucket, item)
+
+    def copy(self, source: str, target: str) -> None:
+        """Copy an object within the bucket (server-side: its bytes do not pass through here)."""
+        try:
+            self.client.copy_object(
+                Bucket=self.store.bucket,
+                Key=target,
+                CopySource={"Bucket": self.store.bucket, "Key": source},
+            )
+        except self.client.exceptions.NoSuchKey:
+            raise ObjectGone(source) from None
+
+    def key_batches(self, items: list[ArchivedObject], rows: int) -> Iterator[pa.Table]:
+        """The `DEDUP_KEY` columns of `items` (Parquet), object after object, in batches of
+        about `rows` rows: decoded a batch at a time, downloaded up to KEYS_AHEAD objects
+        ahead (compressed, as stored: S3's latency is paid once per KEYS_AHEAD objects)."""
+        pool = ThreadPoolExecutor(KEYS_AHEAD, thread_name_prefix="compact-keys")
+        try:
+            upcoming = iter(items)
+            ahead = deque(
+                pool.submit(self.key_columns, item) for item in islice(upcoming, KEYS_AHEAD)
+            )
+            while ahead:
+                file, key = ahead.popleft().result()
+                for item in islice(upcoming, 1):
+                    ahead.append(pool.submit(self.key_columns, item))
+                yield from self._decoded(file, key, rows)
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def key_columns(self, item: ArchivedObject) -> tuple[pq.ParquetFile, str]:
+        """A Parquet object's footer and `DEDUP_KEY` column chunks downloaded (a GET each),
+        not decoded; and its key."""
+        file = _RangedFile(self.client, self.store.bucket, item.key, item.size)
+        try:
+            file.fetch(item.size - FOOTER_BYTES, item.size)
+            parquet_file = pq.ParquetFile(file)
+            meta = parquet_file.metadata
+            names = [meta.schema.column(index).name for index in range(meta.num_columns)]
+            for group in range(meta.num_row_groups):
+                for name in DEDUP_KEY:
+                    chunk = meta.row_group(group).column(names.index(name))
+                    start = chunk.data_page_offset
+                    if chunk.has_dictionary_page and chunk.dictionary_page_offset:
+                        start = min(start, chunk.dictionary_page_offset)
+                    file.fetch(start, start + chunk.total_compressed_size)
+        except ObjectGone:
+            raise
+        except (OSError, ValueError, pa.ArrowException) as exc:
+            raise self._why_unread(item.key, exc) from exc
+        return parquet_file, item.key
+
+    def _decoded(self, file: pq.ParquetFile, key: str, rows: int) -> Iterator[pa.Table]:
+        batches = file.iter_batches(batch_size=rows, columns=list(DEDUP_KEY), use_threads=False)
+        try:
+            for batch in batches:
+                yield pa.Table.from_batches([batch])
+        except ObjectGone:
+            raise
+        except (OSError, pa.ArrowException) as exc:
+            raise self._why_unread(key, exc) from exc
+
+    def _why_unread(self, key: str, exc: Exception) -> Exception:
+        """Why a Parquet object's keys could not be read: it is gone (ObjectGone), the bucket
+        does not answer (the GET that checks it raises), or its bytes are bad (Unreadable)."""
+        self.get(key, (0, 0))
+        return reading.Unreadable(key, Damage(f"its keys cannot be read: {_one_line(exc)}", 0))
 
     def read_keys(self, item: ArchivedObject) -> pa.Table:
         """The `DEDUP_KEY` columns of a Parquet object, without its other columns."""
@@ -555,6 +754,10 @@ class HourResult:
     objects_removed: int = 0
     steps: int = 0
     error: str | None = None
+    # busy: when the other run's lease ends unless it renews it (ISO 8601, UTC)
+    busy_until: str | None = None
+    # The inputs this run set aside under `_unreadable/` (their rows that decode were merged).
+    unreadable: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -570,9 +773,31 @@ class Summary:
     hours: list[HourResult] = field(default_factory=list)
     hours_left: int = 0  # not started: the budget ran out first
     out_of_time: bool = False
+    # Objects that could not be decoded, set aside under `_unreadable/` by this run.
+    unreadable_objects: int = 0
+    # `run` only (it surveys the hours after its work): since the oldest closed hour of its
+    # range not yet compacted closed (0 when none is left), and that hour.
+    lag_s: float | None = None
+    oldest_hour: str | None = None
+    report: status.CompactionReport | None = None  # built (and left in Redis) by run(report=True)
 
     def count(self, state: str) -> int:
         return sum(1 for result in self.hours if result.state == state)
+
+    def failures(self) -> list[str]:
+        """`<hour>: <why>` for each hour that failed, or set unreadable objects aside (it is
+        compacted, but someone must look at them): what makes the run a failure."""
+        found = []
+        for r in self.hours:
+            if r.state == "failed":
+                found.append(f"{r.hour}: {r.error}")
+            elif r.unreadable:
+                others = f" and {len(r.unreadable) - 1} more" if len(r.unreadable) > 1 else ""
+                found.append(
+                    f"{r.hour}: unreadable objects set aside under {UNREADABLE} (their reasons "
+                    f"beside them; what decoded was compacted): {r.unreadable[0]}{others}"
+                )
+        return found
 
     def as_dict(self) -> dict[str, Any]:
         read = sum(r.events_read for r in self.hours)
@@ -591,7 +816,10 @@ class Summary:
             "objects_removed": sum(r.objects_removed for r in self.hours),
             "steps": sum(r.steps for r in self.hours),
             "out_of_time": self.out_of_time,
-            "errors": [f"{r.hour}: {r.error}" for r in self.hours if r.error],
+            "errors": self.failures(),
+            "unreadable_objects": self.unreadable_objects,
+            "lag_s": self.lag_s,
+            "oldest_hour": self.oldest_hour,
         }
 
 
@@ -622,15 +850,15 @@ class Compactor:
         *,
         object_bytes: int = OBJECT_BYTES,
         step_bytes: int = STEP_BYTES,
-        lock_ttl_ms: int = LOCK_TTL_MS,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
         self.bucket = _Bucket(store)
         self.prefix = settings.s3_prefix
         self.staging = f"{settings.s3_prefix}{STAGING}"
+        self.redis = redis_client
         namespace = f"{settings.stream_key}:compaction-lock:{store.bucket}/{settings.s3_prefix}"
-        self.locks = HourLocks(redis_client, namespace, lock_ttl_ms)
+        self.locks = HourLocks(redis_client, namespace, settings.compact_lease_s)
         self.object_bytes = object_bytes
         self.step_bytes = step_bytes
         self.clock = clock
@@ -692,24 +920,55 @@ class Compactor:
         hours: HourRange | None = None,
         remaining_ms: RemainingMs | None = None,
         progress: Callable[[Progress], None] | None = None,
+        *,
+        report: bool = False,
     ) -> Summary:
         """Compact every closed hour in `hours` (default: all) that needs it, oldest first;
-        then, while time is left, the hours that this asked to check again."""
+        then, while time is left, the hours that this asked to check again. The hours that
+        still need it after that give the lag. With `report` (a run over every hour its
+        caller looks after), the lag, failed hours and unreadable objects go to Redis."""
         budget = _Budget(remaining_ms)
         summary = Summary()
         tried: set[datetime] = set()
-        while not summary.out_of_time:
-            pending = [s.hour for s in self.survey(hours) if s.hour not in tried]
-            if not pending:
+        while True:
+            # Surveyed after the last batch too (the lag), out of time or not.
+            left = [s.hour for s in self.survey(hours)]
+            pending = [hour for hour in left if hour not in tried]
+            if not pending or summary.out_of_time:
                 break
             self._compact(pending, budget, progress, summary)
             tried.update(pending)
+        if left:
+            summary.oldest_hour = hour_label(left[0])
+        summary.lag_s = (self.now() - self.closes_at(left[0])).total_seconds() if left else 0.0
+        if report:
+            self.write_report(summary, hours or HourRange())
         return summary
 
     def run_scheduled(self, remaining_ms: RemainingMs) -> Summary:
         """What the scheduled function does: the closed hours of the last LOOKBACK_H hours."""
         start = self.now().replace(minute=0, second=0, microsecond=0) - LOOKBACK_H * HOUR
-        return self.run(HourRange(start=start), remaining_ms)
+        return self.run(HourRange(start=start), remaining_ms, report=True)
+
+    def write_report(self, summary: Summary, hours: HourRange) -> None:
+        """The run's report (`summary.report`), for `event-ingest status` and /metrics, which
+        read only Redis. Failing to leave it fails nothing: the last one stays until it
+        expires, and the warning is logged."""
+        try:
+            summary.report = status.CompactionReport(
+                finished_at=datetime.now(UTC).isoformat(timespec="seconds"),
+                scope=_scope(hours),
+                lag_s=summary.lag_s or 0.0,
+                oldest_hour=summary.oldest_hour,
+                hours_compacted=summary.count("compacted"),
+                failed=tuple(
+                    status.FailedHour(r.hour, r.error) for r in summary.hours if r.state == "failed"
+                ),
+                unreadable_objects=self.bucket.count_unreadable(self.prefix),
+            )
+            status.write_compaction_report(self.redis, self.settings.stream_key, summary.report)
+        except Exception:  # the run's own outcome stands; this is its echo
+            log.warning("could not leave the compaction report in Redis", exc_info=True)
 
     def compact(
         self,
@@ -753,16 +1012,18 @@ class Compactor:
             lock = self.locks.acquire(hour)
             if lock is None:
                 result.state = "busy"
+                until = self.locks.held_until(hour)
+                result.busy_until = until and until.isoformat(timespec="seconds")
                 report("busy", done=done + 1)
                 continue
             try:
-                _HourRun(self, hour, lock, budget, result, report).run()
+                _HourRun(self, hour, lock, budget, summary, result, report).run()
             except OutOfTime:
                 result.state = "partial"
                 summary.hours_left = len(hours) - done - 1
                 summary.out_of_time = True
                 break
-            except (LockLost, *HOUR_ERRORS) as exc:
+            except Exception as exc:  # whatever it is, it fails this hour only
                 log.warning("compacting %s failed: %s", result.hour, exc, exc_info=True)
                 result.state, result.error = "failed", _one_line(exc)
             finally:
@@ -779,6 +1040,14 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
+def _scope(hours: HourRange) -> str:
+    """The hours a run looked after, in words."""
+    if hours.start is None and hours.end is None:
+        return "every closed hour"
+    first = hour_label(hours.start) if hours.start else "the first"
+    return f"closed hours from {first} to {hour_label(hours.end) if hours.end else 'now'}"
+
+
 class _HourRun:
     """One run's work on one locked hour: plan (or find the plan), then its steps."""
 
@@ -788,6 +1057,7 @@ class _HourRun:
         hour: datetime,
         lock: HourLock,
         budget: _Budget,
+        summary: Summary,
         result: HourResult,
         report: Callable[[str], None],
     ) -> None:
@@ -796,12 +1066,14 @@ class _HourRun:
         self.hour = hour
         self.lock = lock
         self.budget = budget
+        self.summary = summary  # the run's: what it counts for the whole run (unreadable objects)
         self.result = result
         self.report = report
         self.work = f"{compactor.staging}work/{partition_of(hour)}"
         self._earlier: list[ArchivedObject] | None = None
         self._indexes: dict[int, dict[str, list[int]]] | None = None
         self._merged: dict[int, dict[str, Any]] = {}
+        self._tally = threading.Lock()  # inputs are read, and set aside, by several threads
 
     def run(self) -> None:
         plan_key = f"{self.work}plan.json"
@@ -890,10 +1162,40 @@ class _HourRun:
         return _archived(plan.inputs[index], plan.sizes[index])
 
     def read_inputs(self, plan: Plan, indexes: list[int]) -> list[pa.Table]:
+        """The inputs' rows that decode, with their ORDER. An input that cannot all be decoded
+        is set aside first (its rows that decode are merged like any others)."""
+
         def read(index: int) -> pa.Table:
-            return with_order(self.bucket.read_rows(self.input(plan, index)), index)
+            item = self.input(plan, index)
+            rows, damage = self.bucket.read_rows(item)
+            if damage is not None:
+                self.set_aside(item, damage)
+            return with_order(rows, index)
 
         return _parallel(read, indexes)
+
+    def set_aside(self, item: ArchivedObject, damage: Damage) -> None:
+        """Copy an input that cannot all be decoded to `<prefix>_unreadable/`, its reason
+        beside it, before the commit removes it with the other inputs: whenever a run dies,
+        its bytes are in one place or both. A redone step writes the same two objects again."""
+        target = unreadable_key(self.c.prefix, item.key)
+        self.bucket.copy(item.key, target)
+        reason = {
+            "key": item.key,
+            "format": item.format,
+            "bytes": item.size,
+            "reason": damage.reason,
+            "failed_lines": list(damage.lines),
+            "failed_line_count": damage.lines_failed,
+            "failed_row_groups": list(damage.row_groups),
+            "rows_read": damage.rows_read,
+            "rows_kept_by": f"compaction of {hour_label(self.hour)}",
+        }
+        self.bucket.put_json(target + REASON_SUFFIX, reason)
+        log.warning("set %s aside as %s: %s", item.key, target, damage.reason)
+        with self._tally:
+            self.summary.unreadable_objects += 1
+            self.result.unreadable.append(item.key)
 
     # --- 2. split ---------------------------------------------------------------------------
 
@@ -933,12 +1235,15 @@ class _HourRun:
             for batch, index in self.indexes(plan).items()
             if str(part) in index
         ]
-        earlier = self.earlier_keys(plan, part)
+
+        def stored_before(keys: pa.Table) -> pa.Array:
+            return self.stored_earlier(plan, part, keys)
+
         outcome = None
         if not ranges and len(direct) == 1 and compacted_part(plan.inputs[direct[0]]):
-            outcome = self.unchanged(plan, direct[0], earlier)
+            outcome = self.unchanged(plan, direct[0], stored_before)
         if outcome is None:
-            outcome = self.rewrite(plan, part, direct, ranges, earlier)
+            outcome = self.rewrite(plan, part, direct, ranges, stored_before)
         self.result.events_read += outcome["rows_in"]
         self.result.events_written += outcome["rows_out"]
         self.bucket.put_json(self.marker(plan, self.merge, part), outcome)
@@ -950,14 +1255,14 @@ class _HourRun:
         part: int,
         direct: list[int],
         ranges: list[tuple[str, list[int]]],
-        earlier: pa.Table | None,
+        stored_before: StoredBefore,
     ) -> dict[str, Any]:
         """The part's rows read, deduplicated, sorted and stored (unless stored already)."""
         tables = self.read_inputs(plan, direct) + _parallel(self.read_spill, ranges)
         rows = pa.concat_tables(tables) if tables else _SPILL_SCHEMA.empty_table()
         del tables
         rows_in = rows.num_rows
-        kept = first_copies(rows, drop=earlier)
+        kept = first_copies(rows, stored_before=stored_before)
         del rows  # before encoding: the peak is the inputs and their first copies, once
         key = None
         if kept.num_rows:
@@ -968,13 +1273,16 @@ class _HourRun:
                 self.result.objects_written += 1
         return {"key": key, "rows_in": rows_in, "rows_out": kept.num_rows}
 
-    def unchanged(self, plan: Plan, index: int, earlier: pa.Table | None) -> dict | None:
+    def unchanged(self, plan: Plan, index: int, stored_before: StoredBefore) -> dict | None:
         """A part whose only input is its own compacted object, when none of its keys is
         stored earlier now (each of its rows with a `message_id` is still a first copy): it
         stays as it is, its key columns read only."""
-        keys = self.bucket.read_keys(self.input(plan, index))
+        try:
+            keys = self.bucket.read_keys(self.input(plan, index))
+        except (OSError, pa.ArrowException):  # rewritten: reading it whole tells why
+            return None
         keyed = keys.num_rows - keys["message_id"].null_count
-        if len(first_positions(keys, earlier)) < keyed:
+        if len(first_positions(keys, stored_before=stored_before)) < keyed:
             return None
         return {"key": plan.inputs[index], "rows_in": keys.num_rows, "rows_out": keys.num_rows}
 
@@ -983,9 +1291,13 @@ class _HourRun:
         body = self.bucket.get(key, (offset, offset + length - 1))
         return pa.ipc.open_stream(pa.py_buffer(body)).read_all()
 
-    def earlier_keys(self, plan: Plan, part: int) -> pa.Table | None:
-        """The keys (`DEDUP_KEY`) compacted in the window's earlier hours that may fall in
-        `part` (every key of their parts that overlap it)."""
+    def stored_earlier(self, plan: Plan, part: int, keys: pa.Table) -> pa.Array:
+        """The places in `keys` (`DEDUP_KEY` columns) of the keys that a compacted object of
+        the window's earlier hours stores (one that may hold `part`'s IDs). Their key columns
+        are read one object at a time, a batch of at least `keys`' length at a time, so that
+        memory holds `keys` and a batch, however many events the window holds; and each key
+        of the window is looked up once, in a hash set of the batch's IDs."""
+        batch_rows = max(KEY_BATCH_ROWS, keys.num_rows)
         for attempt in range(3):
             if self._earlier is None or attempt:
                 first = self.hour - plan.window_h * HOUR
@@ -996,15 +1308,28 @@ class _HourRun:
                 common = min(other.count, plan.parts)
                 if other.index % common == part % common:
                     overlapping.append(item)
+            found = [pa.array([], pa.int64())]
             try:
-                tables = _parallel(self.bucket.read_keys, overlapping)
+                for stored in self.bucket.key_batches(overlapping, batch_rows):
+                    found.append(stored_positions(keys, stored))
             except ObjectGone:  # that hour was compacted again meanwhile: list it again
                 continue
-            if not tables:
-                return None
-            keys = pa.concat_tables(tables)
-            return keys.filter(pc.is_valid(keys["message_id"]))
+            except reading.Unreadable as exc:
+                raise self.salvage_later(exc) from exc
+            return pa.concat_arrays(found)
         raise ObjectGone(f"the objects of the {plan.window_h} hours before kept changing")
+
+    def salvage_later(self, unreadable: reading.Unreadable) -> reading.Unreadable:
+        """An earlier hour's compacted object whose keys cannot be read fails this hour (the
+        keys it holds are unknown), and asks its own hour to be compacted again: that reads
+        it whole, keeps what decodes and sets it aside, after which this hour goes through."""
+        hour = hour_in(unreadable.key)
+        digest = hashlib.blake2b(unreadable.key.encode(), digest_size=8).hexdigest()
+        request = f"{self.c.staging}recheck/{partition_of(hour)}unreadable-{digest}.json"
+        self.bucket.put_json(request, {"hour": hour_label(hour), "unreadable": unreadable.key})
+        reason = f"{unreadable.damage.reason}; the next run compacts its hour again"
+        damage = dataclasses.replace(unreadable.damage, reason=reason)
+        return reading.Unreadable(unreadable.key, damage)
 
     # --- 4. commit --------------------------------------------------------------------------
 

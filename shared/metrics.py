@@ -9,7 +9,8 @@ consumer name, a key or anything a client chooses.
   `/metrics` on any worker adds up all of them.
 - The gauges operators alarm on (backlog, freshness, dead letters) are not recorded by anyone:
   `StreamCollector` reads them from Redis at scrape time (`shared.status`), so they are right
-  even when every consumer is down.
+  even when every consumer is down. Compaction's (lag, failed hours, unreadable objects) come
+  from the report its last run left in Redis: a scrape never reads the archive.
 - On Lambda nothing scrapes: `EmfEmitter` prints the counters' increments of each invocation
   as CloudWatch Embedded Metric Format lines, with the same names.
 """
@@ -27,7 +28,12 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, multiproces
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 from shared.settings import Settings
-from shared.status import StreamStatus, read_stream_status
+from shared.status import (
+    CompactionReport,
+    StreamStatus,
+    read_compaction_report,
+    read_stream_status,
+)
 from shared.stream import REDIS_ERRORS, Client
 
 PREFIX = "event_ingest_"
@@ -121,6 +127,58 @@ class ConsumerCounters:
                     self.seen[field] = now
 
 
+# --- the compactor function ------------------------------------------------------------------
+
+# Each is a field of a compaction Summary's `as_dict()`, added once per run (count_compaction).
+COMPACTION_COUNTERS = {
+    field: Counter(f"{PREFIX}compaction_{name}_total", help_text)
+    for field, name, help_text in (
+        ("hours_compacted", "hours_compacted", "Hours compacted (merged, inputs removed)."),
+        ("hours_failed", "hours_failed", "Hours whose compaction failed (the next run retries)."),
+        ("events_read", "events_read", "Events compaction read, copies included."),
+        ("events_written", "events_written", "Events compaction stored, each once."),
+        (
+            "unreadable_objects",
+            "objects_set_aside",
+            "Objects compaction could not decode and set aside under _unreadable/.",
+        ),
+    )
+}
+
+
+def count_compaction(summary: object) -> None:
+    """Add a compaction run's Summary to the counters."""
+    totals = summary.as_dict()
+    for field, counter in COMPACTION_COUNTERS.items():
+        counter.inc(totals[field])
+
+
+def compaction_gauges(report: CompactionReport) -> Iterator[Metric]:
+    """A compaction report (shared.status) as gauges: what the last full run found, and since
+    when. The compactor emits them itself through EMF; /metrics reads them from Redis."""
+    yield _gauge(
+        "compaction_lag_seconds",
+        "Since the oldest closed hour not yet compacted closed (COMPACT_GRACE_S after it "
+        "ended), as the last compaction run found it; 0 when every closed hour was compacted.",
+        report.lag_s,
+    )
+    yield _gauge(
+        "compaction_failed_hours",
+        "Hours whose compaction failed in the last run (event-ingest status says why).",
+        len(report.failed),
+    )
+    yield _gauge(
+        "compaction_unreadable_objects",
+        "Objects set aside as unreadable under _unreadable/, waiting for someone to look.",
+        report.unreadable_objects,
+    )
+    yield _gauge(
+        "compaction_report_age_seconds",
+        "Since the last compaction run that reported finished.",
+        report.age_s(),
+    )
+
+
 # --- the Prometheus exposition ---------------------------------------------------------------
 
 
@@ -156,11 +214,14 @@ class StreamCollector:
     def collect(self) -> Iterator[Metric]:
         try:
             status = read_stream_status(self.client(), self.settings)
+            compaction = read_compaction_report(self.client(), self.settings.stream_key)
         except REDIS_ERRORS:
             yield _gauge("redis_up", "1 when Redis answered this scrape.", 0)
             return
         yield _gauge("redis_up", "1 when Redis answered this scrape.", 1)
         yield from stream_gauges(status)
+        if compaction is not None:  # absent: no compaction run reported lately
+            yield from compaction_gauges(compaction)
 
 
 def stream_gauges(status: StreamStatus) -> Iterator[Metric]:

@@ -33,6 +33,11 @@ Columns of both (see `shared.archive.columns`): `message_id`, `type`, `event`, `
 top-level field the client sent), `dt` (DATE) and `hour` (TINYINT) from the object's partition.
 
 Memory: the rows of the range are held decoded, as Arrow, while the query runs.
+
+An object that cannot be decoded (`reading.Unreadable`: corrupt or truncated gzip, a line that
+is not a JSON object, bad Parquet) fails the query with `UnreadableObject`, naming it; with
+`skip_unreadable` it is left out and named in `Archive.skipped` instead. Compaction sets such
+objects aside under `_unreadable/`, which no query reads.
 """
 
 from __future__ import annotations
@@ -95,6 +100,14 @@ class ArchiveUnreachable(QueryError):
 
 class ArchiveChanging(QueryError):
     """A partition's objects kept disappearing between listing and reading."""
+
+
+class UnreadableObject(QueryError):
+    """An object of the range cannot be decoded (`reading.Unreadable`)."""
+
+    def __init__(self, unreadable: reading.Unreadable) -> None:
+        super().__init__(f"cannot read {unreadable.key}: {unreadable.damage.reason}")
+        self.key = unreadable.key
 
 
 def hour_range(start: str | None, end: str | None) -> HourRange:
@@ -163,6 +176,8 @@ class Archive:
     connection: Any  # duckdb.DuckDBPyConnection
     objects: list[ArchivedObject] = field(default_factory=list)
     rows: int = 0
+    # Objects left out because they cannot be decoded (`skip_unreadable`), and why.
+    skipped: list[reading.Unreadable] = field(default_factory=list)
 
     def run(self, sql: str) -> Result | None:
         """Run every statement of `sql`; the result of the last one, None if it returns none."""
@@ -183,7 +198,11 @@ class Archive:
 
 
 def open_from_settings(
-    settings: Settings, hours: HourRange = EVERY_HOUR, progress: Progress | None = None
+    settings: Settings,
+    hours: HourRange = EVERY_HOUR,
+    progress: Progress | None = None,
+    *,
+    skip_unreadable: bool = False,
 ) -> Archive:
     """`open_archive` over the bucket and prefix the functions use (`S3_*` variables)."""
     try:
@@ -200,6 +219,7 @@ def open_from_settings(
         hours,
         progress=progress,
         endpoint=settings.s3_endpoint_url,
+        skip_unreadable=skip_unreadable,
     )
 
 
@@ -212,14 +232,20 @@ def open_archive(
     progress: Progress | None = None,
     workers: int = DOWNLOAD_WORKERS,
     endpoint: str | None = None,
+    skip_unreadable: bool = False,
 ) -> Archive:
     """List the objects of `hours`, read them, and return a DuckDB with `events` and
-    `raw_events` over their rows. `endpoint` only names the endpoint in error messages."""
+    `raw_events` over their rows. `endpoint` only names the endpoint in error messages. An
+    object that cannot be decoded raises UnreadableObject, or with `skip_unreadable` is left
+    out (`Archive.skipped`)."""
+    skipped: dict[ArchivedObject, reading.Unreadable] | None = {} if skip_unreadable else None
     try:
         listed = reading.list_objects(client, bucket, prefix, hours)
-        tables = _read_all(client, bucket, prefix, listed, progress, workers)
+        tables = _read_all(client, bucket, prefix, listed, progress, workers, skipped)
     except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
         raise ArchiveUnreachable(_storage_error(exc, bucket, endpoint)) from None
+    except reading.Unreadable as exc:
+        raise UnreadableObject(exc) from None
     objects = sorted(tables)
     con = duckdb.connect(":memory:", config=_CONFIG)
     try:
@@ -228,7 +254,8 @@ def open_archive(
     except BaseException:
         con.close()
         raise
-    return Archive(con, objects, rows.num_rows)
+    left_out = [skipped[item] for item in sorted(skipped or {})]
+    return Archive(con, objects, rows.num_rows, left_out)
 
 
 # --- reading --------------------------------------------------------------------------------
@@ -241,10 +268,12 @@ def _read_all(
     listed: list[ArchivedObject],
     progress: Progress | None,
     workers: int,
+    unreadable: dict[ArchivedObject, reading.Unreadable] | None,
 ) -> dict[ArchivedObject, pa.Table]:
-    """Every listed object's rows. When an object is gone (a compaction merged it and removed
-    it after the listing), everything read from its partition is dropped and the partition is
-    listed and read again, so no event is counted twice nor missed."""
+    """Every listed object's rows. An object that cannot be decoded raises Unreadable, or with
+    `unreadable` given, is left out and put there. When an object is gone (a compaction merged
+    it and removed it after the listing), everything read from its partition is dropped and
+    the partition is listed and read again, so no event is counted twice nor missed."""
     tables: dict[ArchivedObject, pa.Table] = {}
     relisted: dict[tuple[date, int], int] = defaultdict(int)
     total, done = len(listed), 0
@@ -264,6 +293,10 @@ def _read_all(
                     tables[item] = future.result()
                 except ObjectGone:
                     changed.add((item.dt, item.hour))
+                except reading.Unreadable as exc:
+                    if unreadable is None:
+                        raise
+                    unreadable[item] = exc
                 done += 1
                 if progress:
                     progress(done, total)
@@ -275,8 +308,9 @@ def _read_all(
                         f"the objects of dt={day.isoformat()}/hour={hour:02d} kept changing "
                         f"while they were read ({RELIST_ATTEMPTS} listings); try again"
                     )
-                for item in [item for item in tables if (item.dt, item.hour) == (day, hour)]:
-                    del tables[item]
+                for read in (tables, unreadable or {}):
+                    for item in [item for item in read if (item.dt, item.hour) == (day, hour)]:
+                        del read[item]
                 again = reading.list_partition(client, bucket, prefix, day, hour)
                 total += len(again)
                 pending += again
@@ -413,6 +447,7 @@ __all__ = [
     "BadRange",
     "QueryError",
     "Result",
+    "UnreadableObject",
     "check",
     "hour_range",
     "open_archive",

@@ -13,6 +13,10 @@ the archive (compaction) changes, so the place reached, kept in Redis beside the
 after each entry, means the same after a restart: a stopped replay resumes there and repeats at
 most the entry in flight. Entries go through admission control: at STREAM_MAX_LEN the replay
 waits.
+
+An object that cannot be decoded stops the replay before its hour (`reading.Unreadable`,
+naming it); `event-ingest compact` sets such objects aside, keeping what decodes, after which
+the replay resumes.
 """
 
 from __future__ import annotations
@@ -67,6 +71,10 @@ class Summary:
     resumed_after: str | None = None
     waits: int = 0
     hours_done: list[str] = field(default_factory=list)
+
+
+class ArchiveChanging(Exception):
+    """An hour's objects kept being replaced (by compactions) while they were read."""
 
 
 class Replayer:
@@ -134,7 +142,8 @@ class Replayer:
             yield datetime(day.year, day.month, day.day, hour, tzinfo=UTC), list(items)
 
     def _read_hour(self, start: datetime, items: list[reading.ArchivedObject]) -> pa.Table:
-        """The hour's rows; listed again if compaction replaced its objects meanwhile."""
+        """The hour's rows; listed again if compaction replaced its objects meanwhile.
+        reading.Unreadable when one of them cannot be decoded."""
         day, hour = start.date(), start.hour
         for _ in range(3):
             try:
@@ -146,7 +155,7 @@ class Replayer:
                 items = reading.list_partition(
                     self.store.client, self.store.bucket, self.prefix, day, hour
                 )
-        raise RuntimeError(f"the objects of {day} hour {hour} keep changing; try again")
+        raise ArchiveChanging(f"the objects of {day} hour {hour} keep changing; try again")
 
     def _once(
         self, table: pa.Table, hour: datetime, recent: deque[tuple[datetime, set[EventKey]]]

@@ -222,6 +222,9 @@ class Settings:
     compact_grace_s: float = _var("COMPACT_GRACE_S", 900.0, _positive_float)
     # ... and a copy of an event already stored this many hours earlier is dropped.
     dedup_window_h: int = _var("DEDUP_WINDOW", 24, _positive_int)
+    # A compaction's lock on an hour is a lease of this long, renewed while its run lives: a
+    # killed run holds its hour this long at most.
+    compact_lease_s: float = _var("COMPACT_LEASE_S", 30.0, _positive_float)
     redis_timeout_s: float = _var("REDIS_TIMEOUT_S", 2.0, _positive_float)
     # Ingest answers 2xx only once this many replicas hold the request's entry (WAIT); 0
     # answers as soon as the primary has it, and a failover may lose the last writes.

@@ -75,6 +75,12 @@ def dead_letter_key(stream_key: str) -> str:
     return f"{stream_key}:dead"
 
 
+def compaction_report_key(stream_key: str) -> str:
+    """Where the compactor leaves its last run's report (`shared.status.CompactionReport`):
+    one key per logical stream, which `event-ingest status` and /metrics read."""
+    return f"{stream_key}:compaction"
+
+
 def size_key(stream_key: str) -> str:
     """The hash holding what a stream key's entries add up to: `bytes` (the lengths of their
     fields' names and values) and `events` (their `n` fields). In the key's slot, so that one

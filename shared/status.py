@@ -20,11 +20,17 @@ have no record and are not in the size hash: their bytes are not counted until t
 While the ledger does not account for every entry, the status reads that key as before the
 ledger: IDs and event counts from the entries themselves, which costs Redis in proportion to
 their sizes, until those entries drain.
+
+Compaction reads the archive, which status and /metrics never do: each full compaction run
+leaves a report in Redis instead (`CompactionReport`, under shards.compaction_report_key), which
+they read with one GET.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
 
 import redis
 
@@ -318,3 +324,57 @@ def _ms(entry_id: str) -> int:
 
 def _text(value: bytes | str | None) -> str | None:
     return value.decode() if isinstance(value, bytes) else value
+
+
+# --- compaction -------------------------------------------------------------------------------
+
+# How long a compaction report outlives the run that wrote it. The scheduled compactor writes
+# one every 5 minutes; one this old describes no current run (the lag it gives has grown since),
+# so it goes, and its absence says that no run reported lately. The key of a stream nobody
+# compacts any more goes too.
+COMPACTION_REPORT_TTL_S = 6 * 3600
+
+
+@dataclass(frozen=True)
+class FailedHour:
+    hour: str  # YYYY-MM-DDTHH
+    error: str  # one line: the exception's type and message
+
+
+@dataclass(frozen=True)
+class CompactionReport:
+    """What a full compaction run (over every closed hour it looks after) found at its end."""
+
+    finished_at: str  # ISO 8601, UTC
+    scope: str  # the hours it looked after, in words
+    lag_s: float  # since the oldest closed hour not yet compacted closed; 0 when none is left
+    oldest_hour: str | None  # that hour
+    hours_compacted: int
+    failed: tuple[FailedHour, ...]  # hours whose compaction failed in that run, and why
+    unreadable_objects: int  # objects set aside as unreadable, waiting under `_unreadable/`
+
+    def age_s(self, now: datetime | None = None) -> float:
+        """Since the run finished (by this machine's clock)."""
+        finished = datetime.fromisoformat(self.finished_at)
+        return max(0.0, ((now or datetime.now(UTC)) - finished).total_seconds())
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> CompactionReport:
+        document = json.loads(text)
+        document["failed"] = tuple(FailedHour(**f) for f in document["failed"])
+        return cls(**document)
+
+
+def write_compaction_report(client: redis.Redis, stream_key: str, report: CompactionReport) -> None:
+    """One key, replaced whole by each run: the last run's view is the current one."""
+    key = shards.compaction_report_key(stream_key)
+    client.set(key, report.to_json(), ex=COMPACTION_REPORT_TTL_S)
+
+
+def read_compaction_report(client: redis.Redis, stream_key: str) -> CompactionReport | None:
+    """The last report, or None when no full run reported in COMPACTION_REPORT_TTL_S."""
+    text = client.get(shards.compaction_report_key(stream_key))
+    return None if text is None else CompactionReport.from_json(text)

@@ -57,7 +57,15 @@ def compact(
     \b
     Safe to stop at any moment (Ctrl-C, a crash): the next run resumes, and
     queries meanwhile see each event once. An hour another run is compacting
-    (locked in Redis, REDIS_URL) is skipped.
+    (locked in Redis, REDIS_URL, by a lease of COMPACT_LEASE_S, default 30 s,
+    renewed while that run lives) is skipped, and said until when.
+
+    \b
+    An hour that fails (whatever the error) fails alone: the others are
+    compacted, then the command exits with status 1 naming each failed hour
+    and why. A run over every closed hour (no --hour, --from or --to) leaves
+    its lag, failed hours and unreadable objects in Redis for
+    `event-ingest status`.
 
     Reads REDIS_URL, STREAM_KEY, S3_BUCKET, S3_PREFIX, S3_ENDPOINT_URL and the AWS
     credentials like the functions do. Progress goes to stderr on a terminal only.
@@ -84,8 +92,9 @@ def compact(
         with StatusLine(_compacting) as progress:
             if named:
                 summary = compactor.compact(named, progress=progress)
-            else:
-                summary = compactor.run(scope, progress=progress)
+            else:  # a run over every closed hour leaves its report for `status`
+                everything = scope.start is None and scope.end is None
+                summary = compactor.run(scope, progress=progress, report=everything)
     except (ConfigError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
     except (BotoCoreError, ClientError) as exc:
@@ -93,16 +102,20 @@ def compact(
     except REDIS_ERRORS as exc:
         raise redis_error(settings, exc, ", which holds the compaction locks") from None
     _print_summary(summary, fmt)
-    failed = [h for h in summary.hours if h.state == "failed"]
-    if failed:
-        raise click.ClickException(
-            f"{len(failed)} of {len(summary.hours)} hours failed (the next run resumes them); "
-            f"{failed[0].hour}: {failed[0].error}"
-        )
-    busy = [h.hour for h in summary.hours if h.state == "busy"]
+    failures = summary.failures()
+    if failures:
+        # One line per failed hour: the first after click's `Error: `, the others indented.
+        head = f"{len(failures)} of {len(summary.hours)} hours failed"
+        if summary.count("failed"):
+            head += " (the next run resumes them)"
+        if len(failures) == 1:
+            raise click.ClickException(f"{head}: {failures[0]}")
+        raise click.ClickException("\n  ".join([f"{head}:", *failures]))
+    busy = [h for h in summary.hours if h.state == "busy"]
     if busy and named:
         raise click.ClickException(
-            f"{', '.join(busy)}: being compacted by another run; try again when it is done"
+            f"{', '.join(_busy(h) for h in busy)}: being compacted by another run; try again "
+            "when it is done"
         )
 
 
@@ -157,6 +170,21 @@ def _print_summary(summary: Any, fmt: str) -> None:
         f"copies dropped, {totals['objects_written']} objects written, "
         f"{totals['objects_removed']} removed"
     )
+    busy = [_busy(h) for h in summary.hours if h.state == "busy"]
+    if busy:
+        click.echo(f"skipped as busy (another run holds them): {', '.join(busy)}")
+    if summary.oldest_hour:
+        click.echo(
+            f"oldest closed hour not compacted yet: {summary.oldest_hour} "
+            f"(closed {summary.lag_s:.0f} s ago)"
+        )
+
+
+def _busy(result: Any) -> str:
+    """A busy hour, and when the other run's lease ends unless that run renews it."""
+    if result.busy_until is None:  # released between our try and our look
+        return result.hour
+    return f"{result.hour} (until {result.busy_until.replace('+00:00', 'Z')}, unless renewed)"
 
 
 def _compacting(progress: Any) -> str:

@@ -2,7 +2,10 @@
 
 Dead letters live in the stream `{STREAM_KEY}:dead` (one entry each: `original_id`, `reason`
 and the original entry's fields as `field:<name>`), and as JSON under `errors/` in the bucket.
-A sharded stream (STREAM_SHARDS) has one dead-letter stream per shard, `{shard key}:dead`.
+A sharded stream (STREAM_SHARDS) has one dead-letter stream per shard, `{shard key}:dead`, and
+its letters' objects carry the shard's tag (shared/archive/naming.py `error_object_key`). Only
+Redis is read here: what a letter holds there has not changed, so letters of any release are
+listed, shown and re-driven alike.
 """
 
 from __future__ import annotations

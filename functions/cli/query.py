@@ -47,8 +47,17 @@ _json = msgspec.json.Encoder(decimal_format="number", enc_hook=str)
     "below) or json (an array of objects, JSON columns embedded). Default: table on a "
     "terminal, csv when piped or redirected.",
 )
+@click.option(
+    "--skip-unreadable",
+    is_flag=True,
+    help="Leave out the objects that cannot be decoded (corrupt or truncated gzip, a line that "
+    "is not JSON, bad Parquet), and say on stderr how many. Default: such an object fails the "
+    "query, naming it.",
+)
 @click.argument("sql")
-def query(start: str | None, end: str | None, fmt: str | None, sql: str) -> None:
+def query(
+    start: str | None, end: str | None, fmt: str | None, skip_unreadable: bool, sql: str
+) -> None:
     """Run SQL (DuckDB's dialect) over the archive and print the last statement's result.
 
     \b
@@ -72,6 +81,11 @@ def query(start: str | None, end: str | None, fmt: str | None, sql: str) -> None
     --from/--to bound the partitions read: nothing outside them is listed
     beyond its prefix or downloaded. Without them the whole archive is read,
     and held in memory while the query runs.
+
+    \b
+    An object that cannot be decoded fails the query, naming it, unless
+    --skip-unreadable; `event-ingest compact` keeps what decodes and sets the
+    object aside under S3_PREFIX/_unreadable/, which no query reads.
 
     \b
     CSV is safe to open in a spreadsheet: a text cell (a column name too)
@@ -104,13 +118,30 @@ def query(start: str | None, end: str | None, fmt: str | None, sql: str) -> None
         archive_query.check(sql)
         settings = Settings.from_env()
         with StatusLine(lambda done, total: f"reading objects: {done}/{total}") as progress:
-            archive = archive_query.open_from_settings(settings, hours, progress=progress)
+            archive = archive_query.open_from_settings(
+                settings, hours, progress=progress, skip_unreadable=skip_unreadable
+            )
+        if archive.skipped:
+            _say_skipped(archive.skipped)
         with archive:
             result = archive.run(sql)
             if result is not None:
                 _write(result, fmt)
+    except archive_query.UnreadableObject as exc:
+        raise click.ClickException(f"{exc} (--skip-unreadable leaves such objects out)") from None
     except (archive_query.QueryError, ConfigError) as exc:
         raise click.ClickException(str(exc)) from None
+
+
+def _say_skipped(skipped: list[Any]) -> None:
+    """How many objects were left out, on stderr (the answer on stdout stays clean)."""
+    first = skipped[0]
+    more = f" and {len(skipped) - 1} more" if len(skipped) > 1 else ""
+    objects = "1 object" if len(skipped) == 1 else f"{len(skipped)} objects"
+    click.echo(
+        f"skipped {objects} that cannot be read: {first.key} ({first.damage.reason}){more}",
+        err=True,
+    )
 
 
 # --- output ---------------------------------------------------------------------------------

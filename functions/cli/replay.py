@@ -43,7 +43,7 @@ def replay(start: str, end: str, into: str | None, restart: bool) -> None:
     from botocore.exceptions import BotoCoreError, ClientError
 
     from shared.archive import reading
-    from shared.replay import Replayer
+    from shared.replay import ArchiveChanging, Replayer
     from shared.settings import ConfigError, Settings
     from shared.stream import REDIS_ERRORS
 
@@ -53,8 +53,13 @@ def replay(start: str, end: str, into: str | None, restart: bool) -> None:
         replayer = Replayer.from_settings(settings, into)
         with StatusLine(_progress) as progress:
             summary = replayer.run(hours, progress=progress, restart=restart)
-    except (ConfigError, ValueError) as exc:
+    except (ConfigError, ValueError, ArchiveChanging) as exc:
         raise click.ClickException(str(exc)) from None
+    except reading.Unreadable as exc:
+        raise click.ClickException(
+            f"cannot read {exc.key}: {exc.damage.reason} (run again, the replay resumes "
+            "where it stopped; `event-ingest compact` sets such objects aside)"
+        ) from None
     except (BotoCoreError, ClientError) as exc:
         raise archive_error(settings, exc) from None
     except REDIS_ERRORS as exc:

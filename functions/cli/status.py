@@ -1,5 +1,6 @@
-"""`event-ingest status`: how far behind the archive is, per consumer group, read from Redis
-(`shared.status`, the same reading as the ingest function's /metrics gauges)."""
+"""`event-ingest status`: how far behind the archive is, per consumer group, and what the last
+compaction run found, read from Redis (`shared.status`, the same reading as the ingest
+function's /metrics gauges)."""
 
 from __future__ import annotations
 
@@ -47,26 +48,36 @@ def status(as_json: bool, max_freshness: float | None, inactive_after: float) ->
     ingest ends up answering 503. It is never removed automatically
     (`redis-cli XGROUP DESTROY STREAM GROUP` does, if nobody will read it).
 
+    \b
+    Compaction, as its last run over every closed hour left it in Redis: the
+    lag (since the oldest closed hour not yet compacted closed), the hours
+    that failed and why, and the unreadable objects set aside.
+
     Reads REDIS_URL, REDIS_CLUSTER, STREAM_KEY, STREAM_SHARDS, STREAM_MAX_LEN and
     STREAM_MAX_BYTES like the functions do.
     """
 
     from shared.settings import ConfigError, Settings
-    from shared.status import read_stream_status
+    from shared.status import read_compaction_report, read_stream_status
     from shared.stream import REDIS_ERRORS, connect
 
     try:
         settings = Settings.from_env()
-        current = read_stream_status(connect(settings), settings)
+        client = connect(settings)
+        current = read_stream_status(client, settings)
+        compaction = read_compaction_report(client, settings.stream_key)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
     except REDIS_ERRORS as exc:
         raise redis_error(settings, exc) from None
     inactive = [g.name for g in current.groups if _inactive(g, inactive_after)]
     if as_json:
-        click.echo(json.dumps(_as_dict(current, inactive), indent=1))
+        document = _as_dict(current, inactive)
+        document["compaction"] = _compaction_dict(compaction)
+        click.echo(json.dumps(document, indent=1))
     else:
         _print_tables(current, inactive, inactive_after)
+        _print_compaction(compaction, settings.s3_prefix)
     if max_freshness is not None and current.freshness_s > max_freshness:
         stalest = max(current.groups, key=lambda g: g.freshness_s)
         click.echo(
@@ -129,6 +140,36 @@ def _print_tables(current: Any, inactive: list[str], inactive_after: float) -> N
             f"\ngroup {name} has a backlog and no consumer has read for over "
             f"{_duration(inactive_after)}: if nobody will read it again, it pins the stream"
         )
+
+
+def _compaction_dict(report: Any) -> dict[str, Any] | None:
+    if report is None:
+        return None
+    return {**dataclasses.asdict(report), "age_s": report.age_s()}
+
+
+def _print_compaction(report: Any, prefix: str) -> None:
+    from shared.status import COMPACTION_REPORT_TTL_S
+
+    if report is None:
+        click.echo(
+            f"\ncompaction: no run over every closed hour reported in the last "
+            f"{_duration(COMPACTION_REPORT_TTL_S)}"
+        )
+        return
+    lag = (
+        f"oldest closed hour not compacted yet {report.oldest_hour}, closed "
+        f"{_duration(report.lag_s)} before"
+        if report.oldest_hour
+        else "every closed hour compacted"
+    )
+    click.echo(
+        f"\ncompaction ({report.scope}), last run {_duration(report.age_s())} ago: {lag}; "
+        f"{report.hours_compacted:,} hours compacted, {len(report.failed):,} failed; "
+        f"{report.unreadable_objects:,} unreadable objects set aside under {prefix}_unreadable/"
+    )
+    for failed in report.failed:
+        click.echo(f"  {failed.hour} failed: {failed.error}")
 
 
 def _group_row(group: Any) -> dict[str, str]:

@@ -116,29 +116,48 @@ def buffering_share(settings: Settings, keys: int) -> Settings:
     )
 
 
+def connections_needed(keys: int) -> int:
+    """The Redis connections a consumer draining `keys` keys uses at once: each key's drainer
+    reads (and claims, and dead-letters) on one, its flusher acknowledges and trims on
+    another, and the invocation itself lists and retires keys on one more."""
+    return 2 * keys + 1
+
+
 class ShardedDrainer:
     """Drains every key of the logical stream (shared/shards.py: the STREAM_SHARDS shards, and
     any key a previous STREAM_SHARDS wrote): one Drainer per key, all side by side within the
     same budget, so that one shard's backlog never waits behind another's. Every consumer
     drains every shard; the group on each shard shares its entries among them, and claims
     from those that went away, exactly as on a single stream. With one key it is that key's
-    Drainer alone, as before shards existed."""
+    Drainer alone, as before shards existed.
+
+    Its Redis pool holds a connection for each of those threads (`connections_needed`), more
+    than REDIS_MAX_CONNECTIONS when there are many keys: a thread waiting for a connection
+    while another's blocking read holds it would fail the invocation after REDIS_TIMEOUT_S.
+    Connections are cheap for Redis (maxclients is 10,000, 65,000 on ElastiCache), and the
+    threads mostly wait on their sockets; fewer threads taking shards in turn would make each
+    shard wait for the others' reads."""
 
     def __init__(self, settings: Settings, client: stream.Client, store: ObjectStore) -> None:
         self.settings = settings
         self.client = client
+        # What `client` was made with (`stream.connect(settings)`).
+        self.pool_size = settings.redis_max_connections
         self.store = store
         self.consumer = settings.consumer_name or stream.unique_consumer_name()
         self.drainers: dict[str, Drainer] = {}
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ShardedDrainer:
-        return cls(settings, stream.connect(settings), ObjectStore.from_settings(settings))
+        needed = connections_needed(settings.stream_shards)
+        sized = replace(settings, redis_max_connections=max(settings.redis_max_connections, needed))
+        return cls(sized, stream.connect(sized), ObjectStore.from_settings(settings))
 
     def drain(self, remaining_ms: RemainingMs) -> Summary:
         keys = shards.keys_to_drain(
             self.client, self.settings.stream_key, self.settings.stream_shards
         )
+        self._make_room(len(keys))
         drainers = [self._drainer(key) for key in keys]
         hints = buffering_share(self.settings, len(drainers))  # for this call's keys
         for drainer in drainers:
@@ -159,6 +178,19 @@ class ShardedDrainer:
             raise failed[0]
         self._retire(keys)
         return Summary.total([run.result() for run in runs.values() if run.exception() is None])
+
+    def _make_room(self, keys: int) -> None:
+        """A pool with a connection for every thread draining `keys` keys: more than
+        STREAM_SHARDS asked for while the keys of a previous STREAM_SHARDS are drained too."""
+        needed = connections_needed(keys)
+        if needed <= self.pool_size:
+            return
+        log.info("%d keys to drain: a pool of %d Redis connections", keys, needed)
+        self.settings = replace(self.settings, redis_max_connections=needed)
+        previous, self.client = self.client, stream.connect(self.settings)
+        self.pool_size = needed
+        self.drainers.clear()  # their readers use the previous client
+        previous.close()
 
     def _retired_meanwhile(self, key: str, error: BaseException) -> bool:
         """Another consumer removed this retired key while this one drained it: nothing was
@@ -194,7 +226,8 @@ class Drainer:
         self.reader = reader
         self.store = store
         self.sleep = time.sleep
-        # A shard's entry IDs may equal another shard's: its objects' names carry its key.
+        # A shard's entry IDs may equal another shard's: its objects' (and dead letters')
+        # names carry its key.
         self.object_salt = "" if reader.key == settings.stream_key else reader.key
 
     @classmethod
@@ -280,8 +313,8 @@ class _Run:
             claimed = self.reader.claim_all_of(consumer, self.settings.claim_idle_ms)
             if not claimed or self.storage_down:
                 continue
-            log.info("claimed %d entries of %s, which went away", len(claimed), consumer)
-            self.summary.entries_claimed += len(claimed)
+            log.info("claimed %d entries of %s, which went away", claimed, consumer)
+            self.summary.entries_claimed += claimed
             # They are all this consumer holds now: into objects of their own, one consumer
             # at a time, in the order it read them.
             self.stage_held()
@@ -394,7 +427,8 @@ class _Run:
         dead-letter stream."""
         log.error("dead-lettering entry %s: %s", entry_id.decode(), reason)
         self.wait_for_flush()  # one writer at a time keeps the tallies exact
-        if not self._store_all([error_object(entry_id, fields, reason)], ERROR_CONTENT_TYPE):
+        letter = error_object(entry_id, fields, reason, shard=self.object_salt)
+        if not self._store_all([letter], ERROR_CONTENT_TYPE):
             self.storage_down = True
             return
         if unread:

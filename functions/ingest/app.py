@@ -356,8 +356,26 @@ def _register_error_handlers(app: Flask) -> None:
         log, "refusing events: %s (%d refusals since the last such line; one line per %ds)"
     )
 
+    # Redis away: a line when the first request is refused, one per interval while it lasts
+    # (how many were refused meanwhile), and one when Redis answers again (how many in all).
+    outage = _Throttled(
+        log,
+        "stream unavailable, answering 503: %s (%d requests refused since the last such line; "
+        "one line per %ds until it is back)",
+    )
+
+    def stream_answered() -> None:
+        outage.end("stream available again after %.1fs of outage: %d requests refused")
+
+    @app.after_request
+    def events_accepted(response: Response) -> Response:
+        if g.get("ingesting") and response.status_code < 300:
+            stream_answered()
+        return response
+
     @app.errorhandler(BacklogFull)
     def backlog_full(exc: BacklogFull) -> Response:
+        stream_answered()
         refusals.warn(exc)
         message = "too many events wait to be archived, retry later"
         return error_response(503, "backlog_full", message, {"Retry-After": RETRY_AFTER_BACKLOG_S})
@@ -379,13 +397,14 @@ def _register_error_handlers(app: Flask) -> None:
     def replication_timeout(exc: ReplicationShortfall) -> Response:
         # The primary holds the entry and it will most likely be archived; but a failover now
         # could lose it, so it is not acknowledged. A retry may store it twice, never lose it.
+        stream_answered()
         refusals.warn(exc)
         message = "the events did not reach enough replicas in time, retry later"
         retry_after = {"Retry-After": RETRY_AFTER_UNAVAILABLE_S}
         return error_response(503, "replication_timeout", message, retry_after)
 
     def stream_unavailable(exc: Exception) -> Response:
-        log.warning("stream unavailable: %s", exc)
+        outage.warn(exc)
         message = "event buffer unavailable, retry later"
         retry_after = {"Retry-After": RETRY_AFTER_UNAVAILABLE_S}
         return error_response(503, "unavailable", message, retry_after)
@@ -413,18 +432,31 @@ def _register_error_handlers(app: Flask) -> None:
 
 class _Throttled:
     """A warning logged at most once per interval, with how often it happened meanwhile: under
-    sustained backpressure every request is refused, and one line per refusal would flood."""
+    sustained backpressure every request is refused, and one line per refusal would flood.
+    `end` closes an episode (an outage) with one line of its length and total, and the next
+    episode's first occurrence is logged at once."""
 
     def __init__(self, logger: logging.Logger, message: str, interval_s: int = 10) -> None:
         self.logger, self.message, self.interval_s = logger, message, interval_s
         self.count, self.next_at = 0, 0.0
+        self.total, self.began_at = 0, None
 
     def warn(self, detail: object) -> None:
         self.count += 1
+        self.total += 1
         now = time.monotonic()
+        if self.began_at is None:
+            self.began_at = now
         if now >= self.next_at:
             self.logger.warning(self.message, detail, self.count, self.interval_s)
             self.count, self.next_at = 0, now + self.interval_s
+
+    def end(self, message: str) -> None:
+        """If an episode is open: log `message` with its seconds and its total, and close it."""
+        if self.began_at is None:
+            return
+        self.logger.warning(message, time.monotonic() - self.began_at, self.total)
+        self.count, self.next_at, self.total, self.began_at = 0, 0.0, 0, None
 
 
 if logs.json_wanted():  # on Lambda; gunicorn's workers are set up by local/gunicorn.conf.py

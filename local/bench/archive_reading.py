@@ -1,5 +1,6 @@
 """The archive read back: a group-by over an archive of N events stored as gzip NDJSON, as
-Parquet, and as Parquet after compaction; and the compaction's own throughput.
+Parquet, and as Parquet after compaction; and the compaction's own throughput and peak memory
+(in a process of its own: `compaction_memory`).
 
 The archive is written by the real writers (`Buffer`, `ObjectStore`) into the benchmark's S3
 server, in flushes of `FLUSH_EVENTS`, over closed hours of a past day, with 1% of the events
@@ -8,17 +9,14 @@ stored twice (a retried request in a later flush), so that deduplication has wor
 
 from __future__ import annotations
 
-import dataclasses
 import random
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from local.bench import payloads
+from local.bench import compaction_memory, payloads
 from shared import query
 from shared.archive import Buffer, ObjectStore
-from shared.compaction import Compactor
-from shared.settings import Settings
 
 FLUSH_EVENTS = 50_000
 HOURS = 4
@@ -81,17 +79,32 @@ def time_query(store: ObjectStore, prefix: str) -> dict[str, Any]:
     }
 
 
-def compact(settings: Settings, prefix: str) -> dict[str, Any]:
-    compactor = Compactor.from_settings(dataclasses.replace(settings, s3_prefix=prefix))
-    started = time.monotonic()
-    summary = compactor.run()
-    seconds = time.monotonic() - started
-    read = sum(hour.events_read for hour in summary.hours)
+def compact(env: dict[str, str], prefix: str) -> dict[str, Any]:
+    """Compact every closed hour under `prefix`, in a process of its own (the settings of
+    `env`): its throughput, and its peaks of RSS and of Arrow's memory pool."""
+    row = compaction_memory.measure({**env, "S3_PREFIX": prefix})
+    seconds = row["seconds"]
     return {
-        "hours": len(summary.hours),
-        "events_read": read,
-        "events_written": sum(hour.events_written for hour in summary.hours),
-        "seconds": round(seconds, 2),
-        "events_per_s": round(read / seconds) if seconds else None,
-        "errors": [hour.error for hour in summary.hours if hour.error],
+        **row,
+        "events_per_s": round(row["events_read"] / seconds) if seconds else None,
+        "peak_rss_mb": round(row["peak_rss_bytes"] / 2**20),
+        "arrow_peak_mb": round(row["arrow_peak_bytes"] / 2**20),
+    }
+
+
+def compaction_memory_by_window(store: ObjectStore, env: dict[str, str]) -> dict[str, Any]:
+    """An hour of 20,000 events compacted alone, then after 24 compacted hours of 200,000:
+    the peaks of both (the DEDUP_WINDOW check must not grow with what the window holds)."""
+    return memory_row(compaction_memory.compare(store, {**env, "S3_PREFIX": "bench/memory/"}))
+
+
+def memory_row(measured: dict[str, Any]) -> dict[str, Any]:
+    """`compaction_memory.compare`'s measurements as the report shows them, in MiB."""
+    return {
+        "alone_rss_mb": round(measured["alone"]["peak_rss_bytes"] / 2**20),
+        "alone_arrow_mb": round(measured["alone"]["arrow_peak_bytes"] / 2**20),
+        "after_rss_mb": round(measured["after_window"]["peak_rss_bytes"] / 2**20),
+        "after_arrow_mb": round(measured["after_window"]["arrow_peak_bytes"] / 2**20),
+        "rss_ratio": measured["rss_ratio"],
+        "arrow_ratio": measured["arrow_ratio"],
     }

@@ -101,10 +101,25 @@ def archive_query_line(fmt: str, row: dict) -> str:
 
 def compaction_line(row: dict) -> str:
     errors = f"; errors: {row['errors']}" if row["errors"] else ""
+    # Runs before compaction was measured in a process of its own have no peaks.
+    peaks = (
+        f", peak RSS {row['peak_rss_mb']:,} MB (Arrow {row['arrow_peak_mb']:,} MB)"
+        if "peak_rss_mb" in row
+        else ""
+    )
     return (
         f"  compaction: {row['events_read']:,} rows of {row['hours']} hours read,"
         f" {row['events_written']:,} written, {row['seconds']} s ="
-        f" {row['events_per_s'] or 0:,} rows/s{errors}"
+        f" {row['events_per_s'] or 0:,} rows/s{peaks}{errors}"
+    )
+
+
+def compaction_memory_line(row: dict) -> str:
+    return (
+        f"  compaction memory, an hour of 20,000 events: peak RSS {row['alone_rss_mb']:,} MB"
+        f" (Arrow {row['alone_arrow_mb']:,} MB) alone, {row['after_rss_mb']:,} MB"
+        f" (Arrow {row['after_arrow_mb']:,} MB) after 24 compacted hours of 200,000:"
+        f" {row['rss_ratio']:.2f}x RSS, {row['arrow_ratio']:.2f}x Arrow"
     )
 
 
@@ -239,6 +254,8 @@ def table(results: dict) -> str:
         lines += ["", f"the archive read back ({archive['events']:,} events, 1% stored twice)"]
         lines += [archive_query_line(f, row) for f, row in archive["query"].items()]
         lines.append(compaction_line(archive["compaction"]))
+        if archive.get("compaction_memory"):
+            lines.append(compaction_memory_line(archive["compaction_memory"]))
     if results.get("crowd"):
         lines += ["", "a normal client while 500 idle keep-alive and 100 slow connections are open"]
         lines += [crowd_line(row) for row in results["crowd"]]

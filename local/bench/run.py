@@ -11,7 +11,8 @@
 5. a crowd: a normal client's latency while 500 idle keep-alive connections and 100 slow
    senders are open;
 6. the archive read back: `event-ingest query`'s group-by over 1M archived events as NDJSON,
-   as Parquet and after `event-ingest compact`, and the compaction's throughput;
+   as Parquet and after `event-ingest compact`, and the compaction's throughput and peak RSS
+   (alone, and for an hour after a DEDUP_WINDOW of busy compacted hours);
 7. replica acknowledgement: a local replica joins Redis, and ingest with REDIS_WAIT_REPLICAS=1
    is measured beside ingest without it (same Redis, same replica, runs taking turns), at
    saturation and at 100 requests/s of 10 events;
@@ -537,8 +538,11 @@ class Bench:
             result["rows_stored"] = archive_reading.write_archive(store, prefix, events, fmt)
             result["query"][fmt] = archive_reading.time_query(store, prefix)
             _say(report.archive_query_line(fmt, result["query"][fmt]))
-        result["compaction"] = archive_reading.compact(settings, "bench/archive-ndjson/")
+        env = {**os.environ, **self.stack.env}
+        result["compaction"] = archive_reading.compact(env, "bench/archive-ndjson/")
         _say(report.compaction_line(result["compaction"]))
+        result["compaction_memory"] = archive_reading.compaction_memory_by_window(store, env)
+        _say(report.compaction_memory_line(result["compaction_memory"]))
         result["query"]["compacted"] = archive_reading.time_query(store, "bench/archive-ndjson/")
         _say(report.archive_query_line("compacted", result["query"]["compacted"]))
         self.results["archive"] = result

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import re
 import time
 
 import msgspec
@@ -17,6 +18,11 @@ ERRORS_PREFIX = "errors/"
 RAW_ROOTS = {"ndjson": "", "parquet": "parquet/"}
 COMPACTED_ROOT = "compacted/"
 ROOTS = (*RAW_ROOTS.values(), COMPACTED_ROOT)
+# Objects that cannot be decoded, set aside by compaction under S3_PREFIX, outside every root:
+# `<S3_PREFIX>_unreadable/<original key>`, with `<that>.reason.json` beside each. Readers list
+# only the roots' `dt=` partitions, so nothing here is read as events.
+UNREADABLE_ROOT = "_unreadable/"
+REASON_SUFFIX = ".reason.json"
 
 _json_encoder = msgspec.json.Encoder()
 
@@ -39,18 +45,49 @@ def object_key(
 
 
 def error_object(
-    entry_id: bytes, fields: dict[bytes, bytes] | None, reason: str
+    entry_id: bytes, fields: dict[bytes, bytes] | None, reason: str, shard: str = ""
 ) -> tuple[str, bytes]:
     """A dead-lettered entry as a JSON document, its raw fields in base64 (they may be any
-    bytes), under `errors/dt=<day the entry was written>/<entry id>.json`."""
+    bytes), under `error_object_key`. `shard`: the stream key it was read from, when that is
+    not STREAM_KEY itself (as for `object_key`'s salt); the document names it."""
     entry = entry_id.decode()
-    day = time.strftime("%Y-%m-%d", time.gmtime(int(entry.partition("-")[0]) / 1000))
     document = {
         "originalId": entry,
+        **({"shard": shard} if shard else {}),
         "reason": reason,
         "fields": {
             name.decode("utf-8", "replace"): base64.b64encode(value).decode()
             for name, value in (fields or {}).items()
         },
     }
-    return f"{ERRORS_PREFIX}dt={day}/{entry}.json", _json_encoder.encode(document)
+    return error_object_key(entry_id, shard), _json_encoder.encode(document)
+
+
+def error_object_key(entry_id: bytes, shard: str = "") -> str:
+    """`errors/dt=<day the entry was written>/<entry id>.json`, and for a shard's entry
+    `<entry id>_shard-<label>.json`: shards produce the same entry IDs, and a dead letter
+    written under another shard's name would replace its letter (for good, once Redis trims
+    the dead-letter stream). STREAM_KEY's own letters keep the name they always had."""
+    entry = entry_id.decode()
+    day = time.strftime("%Y-%m-%d", time.gmtime(int(entry.partition("-")[0]) / 1000))
+    name = f"{entry}_shard-{shard_label(shard)}" if shard else entry
+    return f"{ERRORS_PREFIX}dt={day}/{name}.json"
+
+
+# What a shard's hash tag may hold to stand for it in an object name as it is.
+_PLAIN_TAG = re.compile(r"[A-Za-z0-9._-]{1,32}")
+
+
+def shard_label(shard: str) -> str:
+    """A shard key, short and safe in an object name: its hash tag (`STREAM_KEY:{tag}`, the
+    form shared/shards.py gives shards), else a digest of the whole key."""
+    tag = shard[shard.rfind("{") + 1 : -1] if shard.endswith("}") else ""
+    if _PLAIN_TAG.fullmatch(tag):
+        return tag
+    return hashlib.blake2b(shard.encode(), digest_size=8).hexdigest()
+
+
+def unreadable_key(prefix: str, key: str) -> str:
+    """Where the object `key` of the archive under `prefix` is set aside when unreadable: its
+    whole key, prefix included, so that where it came from is plain."""
+    return f"{prefix}{UNREADABLE_ROOT}{key}"

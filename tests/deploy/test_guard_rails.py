@@ -13,7 +13,7 @@ import pytest
 from shared import metrics
 from shared.archive import ERRORS_PREFIX
 from shared.settings import Settings
-from shared.status import GroupStatus, StreamStatus
+from shared.status import CompactionReport, GroupStatus, StreamStatus
 from tests.deploy.test_template import props
 
 SCHEDULED = ("ConsumerFunction", "CompactorFunction")
@@ -106,6 +106,29 @@ def test_the_freshness_alarm_reads_what_the_consumer_emits(template) -> None:
     assert line["group"] == "archiver" and line[alarm["MetricName"]] == 42.0
     [directive] = line["_aws"]["CloudWatchMetrics"]
     assert directive["Dimensions"] == [["group"]]
+
+
+def test_the_compaction_lag_alarm_reads_what_the_compactor_emits(template) -> None:
+    alarm = template["Resources"]["CompactionLagAlarm"]["Properties"]
+    # A compactor that stopped running, or dies before its end, emits nothing: that pages too.
+    assert alarm["TreatMissingData"] == "breaching"
+    assert alarm["Namespace"] == metrics.EMF_NAMESPACE
+    assert "Dimensions" not in alarm
+    assert alarm["Threshold"] == {"Ref": "CompactionLagAlarmSeconds"}
+    assert alarm["Period"] >= 900  # an invocation runs up to 15 minutes, then reports
+    lines: list[str] = []
+    emitter = metrics.EmfEmitter(lines.append, enabled=True)
+    # What the compactor function emits at the end of an invocation: its report's gauges.
+    report = CompactionReport(
+        finished_at="2024-03-07T00:00:00+00:00", scope="closed hours from 2024-02-29T00 to now",
+        lag_s=7300.0, oldest_hour="2024-03-06T21", hours_compacted=3, failed=(),
+        unreadable_objects=0,
+    )  # fmt: skip
+    emitter.emit(metrics.compaction_gauges(report))
+    [line] = [json.loads(line) for line in lines if alarm["MetricName"] in line]
+    assert line[alarm["MetricName"]] == 7300.0
+    [directive] = line["_aws"]["CloudWatchMetrics"]
+    assert directive["Dimensions"] == [[]]
 
 
 # --- log groups --------------------------------------------------------------------------------

@@ -14,8 +14,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from functions.ingest.app import create_app
 from shared.settings import Settings
+from shared.status import write_compaction_report
 from shared.stream import GroupReader
-from tests.shared.test_status import add_aged
+from tests.shared.test_status import A_COMPACTION_REPORT, add_aged
 
 MONITORING = Path(__file__).resolve().parents[2] / "monitoring"
 METRIC = re.compile(r"\bevent_ingest_[a-z_]+\b")
@@ -24,10 +25,11 @@ METRIC = re.compile(r"\bevent_ingest_[a-z_]+\b")
 @pytest.fixture
 def exported(settings: Settings, redis_client) -> set[str]:
     """Every sample name the ingest function's /metrics shows (its counters, the stream's
-    gauges, and, in this one process, the consumer's counters too) with a group present, after
-    one accepted, one invalid and one rate-limited request."""
+    gauges, and, in this one process, the consumer's counters too) with a group present and a
+    compaction report, after one accepted, one invalid and one rate-limited request."""
     add_aged(redis_client, settings.stream_key, 2, age_s=1)
     GroupReader(redis_client, settings.stream_key, "archiver", "c").ensure_group()
+    write_compaction_report(redis_client, settings.stream_key, A_COMPACTION_REPORT)
     # One event a second: the first batch passes and leaves its source 9 s in debt.
     limited = dataclasses.replace(
         settings, metrics_public=True, rate_limit_events_per_s=1, rate_limit_burst=1

@@ -4,6 +4,9 @@
   open connection, as the dead primary's do, and sends new ones to the promoted replica.
 - As a **replication link**: `stall()` stops forwarding in both directions without closing
   anything, as a congested or partitioned link does; `resume()` lets the bytes through again.
+- As a **slow link**: `throttle(bytes_per_s)` forwards each connection's bytes at that steady
+  rate, in slices of THROTTLE_SLICE_S (as a link of that bandwidth delivers them: a little at
+  a time, never a long silence); `throttle(None)` lifts it.
 """
 
 from __future__ import annotations
@@ -12,9 +15,13 @@ import contextlib
 import select
 import socket
 import threading
+import time
 
 CHUNK = 64 * 1024
 POLL_S = 0.02
+# A throttled connection forwards at most a slice's worth of its rate at a time, then waits
+# the slice out.
+THROTTLE_SLICE_S = 0.01
 
 
 class TcpProxy:
@@ -26,6 +33,7 @@ class TcpProxy:
         self.flowing = threading.Event()
         self.flowing.set()
         self.closed = False
+        self.bytes_per_s: int | None = None
         self.connections: list[tuple[socket.socket, socket.socket]] = []
         threading.Thread(target=self._accept, name=f"proxy-{self.port}", daemon=True).start()
 
@@ -34,6 +42,10 @@ class TcpProxy:
 
     def resume(self) -> None:
         self.flowing.set()
+
+    def throttle(self, bytes_per_s: int | None) -> None:
+        """Forward each open and future connection at `bytes_per_s` (None: as fast as it can)."""
+        self.bytes_per_s = bytes_per_s
 
     def switch_to(self, target_port: int) -> None:
         with self.lock:
@@ -82,15 +94,22 @@ class TcpProxy:
                 if not self.flowing.is_set():
                     continue
                 for sock in readable:
-                    data = sock.recv(CHUNK)
+                    rate = self.bytes_per_s
+                    data = sock.recv(CHUNK if rate is None else _slice_bytes(rate))
                     if not data:
                         return
                     peers[sock].sendall(data)
+                    if rate is not None:
+                        time.sleep(len(data) / rate)
         except (OSError, ValueError):
             return  # dropped by switch_to or close, or the peer went away
         finally:
             _close(client)
             _close(upstream)
+
+
+def _slice_bytes(bytes_per_s: int) -> int:
+    return max(1, min(CHUNK, int(bytes_per_s * THROTTLE_SLICE_S)))
 
 
 def _close(sock: socket.socket) -> None:

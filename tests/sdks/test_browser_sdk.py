@@ -27,6 +27,8 @@ from urllib.parse import urlparse
 
 import pytest
 
+from shared.settings import Settings
+from tests.conftest import gunicorn_serving
 from tests.sdks.conftest import (
     JS_DIR,
     WRITE_KEY,
@@ -118,8 +120,10 @@ def access_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 @pytest.fixture
-def gunicorn_url(access_log: Path, gunicorn_url: str) -> str:
-    return gunicorn_url
+def gunicorn_url(access_log: Path, settings: Settings) -> Iterator[str]:
+    # Without the readiness request, which the access log would show: every line is the page's.
+    with gunicorn_serving(settings, probe=False) as url:
+        yield url
 
 
 def read_access_log(path: Path) -> list[dict[str, str]]:

@@ -13,6 +13,9 @@ import dataclasses
 import io
 import itertools
 import json
+import signal
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -26,14 +29,15 @@ import pyarrow.parquet as pq
 import pytest
 import redis
 
-from shared import compaction
+from shared import compaction, shards, status
 from shared.archive import ObjectStore, columns, reading
 from shared.archive.naming import ROOTS
 from shared.archive.reading import HourRange
-from shared.compaction import Compactor, Part, compacted_part
-from shared.settings import Settings
+from shared.compaction import Compactor, Part, compacted_part, hour_label
+from shared.settings import ConfigError, Settings
 from tests import archives
 from tests.archives import ev
+from tests.conftest import settings_env
 
 NOW = datetime(2024, 3, 7, tzinfo=UTC)
 HOURS = ["2024-03-04T23", "2024-03-05T13", "2024-03-05T14", "2024-03-05T15", "2024-03-06T00"]
@@ -43,8 +47,8 @@ def at(label: str) -> datetime:
     return datetime.strptime(label, "%Y-%m-%dT%H").replace(tzinfo=UTC)
 
 
-class Crash(Exception):
-    """The process died here."""
+class Crash(BaseException):
+    """The process died here: no `except Exception` of the code under test catches it."""
 
 
 class Client:
@@ -650,6 +654,89 @@ def test_deterministic_names_and_bytes(s3: Any, settings: Settings) -> None:
     assert objects(s3, settings) == objects(s3, other)
 
 
+# --- failures ---------------------------------------------------------------------------------
+
+
+class FailingIn(Client):
+    """The S3 client, passed through, whose puts under some hours raise an error each."""
+
+    def __init__(self, client: Any, errors: dict[str, BaseException]) -> None:
+        super().__init__(client)
+        self.errors = errors  # by partition (`dt=.../hour=.../`)
+
+    def put_object(self, **kwargs: Any) -> Any:
+        for partition, error in self.errors.items():
+            if partition in kwargs["Key"]:
+                raise error
+        return super().put_object(**kwargs)
+
+
+def test_an_error_of_any_type_fails_its_hour_only(
+    s3: Any, settings: Settings, store: ObjectStore, redis_client: redis.Redis
+) -> None:
+    archives.write_archive(store, settings.s3_prefix, "ndjson")
+    errors = {
+        "2024-03-05T13": EOFError("Compressed file ended before the end-of-stream marker"),
+        "2024-03-05T14": KeyError("message_id"),
+        "2024-03-05T15": ZeroDivisionError("division by zero"),
+    }
+    failing = FailingIn(s3, {compaction.partition_of(at(h)): e for h, e in errors.items()})
+    before = {k: v for k, v in objects(s3, settings).items() if "dt=2024-03-05/" in k}
+
+    summary = make(settings, s3, failing).run(report=True)
+
+    states = {h.hour: h.state for h in summary.hours}
+    assert states == {**dict.fromkeys(HOURS, "compacted"), **dict.fromkeys(errors, "failed")}
+    why = {hour: f"{type(e).__name__}: {e}" for hour, e in errors.items()}
+    assert summary.failures() == [f"{hour}: {reason}" for hour, reason in why.items()]
+    assert {k: v for k, v in objects(s3, settings).items() if "dt=2024-03-05/" in k} == before
+    # What is left is the lag: hour 13 closed COMPACT_GRACE_S after 14:00.
+    assert summary.oldest_hour == "2024-03-05T13"
+    assert summary.lag_s == (NOW - datetime(2024, 3, 5, 14, 15, tzinfo=UTC)).total_seconds()
+    report = status.read_compaction_report(redis_client, settings.stream_key)
+    assert report == summary.report
+    assert report.failed == tuple(status.FailedHour(h, reason) for h, reason in why.items())
+    assert (report.lag_s, report.oldest_hour, report.hours_compacted) == (
+        summary.lag_s,
+        "2024-03-05T13",
+        2,
+    )
+    assert report.scope == "every closed hour" and report.unreadable_objects == 0
+    ttl = redis_client.ttl(shards.compaction_report_key(settings.stream_key))
+    assert 0 < ttl <= status.COMPACTION_REPORT_TTL_S
+
+    summary = make(settings, s3).run(report=True)  # the next run resumes them
+
+    states = {h.hour: h.state for h in summary.hours}
+    assert {hour: states.pop(hour) for hour in errors} == dict.fromkeys(errors, "compacted")
+    assert set(states.values()) <= {"compacted", "unchanged"}  # later hours checked again
+    assert (summary.lag_s, summary.oldest_hour) == (0.0, None)
+    report = status.read_compaction_report(redis_client, settings.stream_key)
+    assert (report.failed, report.lag_s, report.oldest_hour) == ((), 0.0, None)
+
+
+def test_only_a_run_asked_to_report_leaves_a_report(
+    s3: Any, settings: Settings, store: ObjectStore, redis_client: redis.Redis
+) -> None:
+    """A run over some hours knows nothing of the others' lag: it leaves the last report be."""
+    archives.write_archive(store, settings.s3_prefix, "ndjson")
+    make(settings, s3).compact([at("2024-03-05T13")])
+    make(settings, s3).run(HourRange(at("2024-03-05T14"), at("2024-03-05T14")))
+    assert status.read_compaction_report(redis_client, settings.stream_key) is None
+
+
+def test_the_report_counts_the_objects_set_aside_as_unreadable(
+    s3: Any, settings: Settings, store: ObjectStore, redis_client: redis.Redis
+) -> None:
+    aside = f"{settings.s3_prefix}{compaction.UNREADABLE}{settings.s3_prefix}dt=2024-03-05/hour=14/"
+    for name in ("a.ndjson.gz", "b.parquet"):
+        s3.put_object(Bucket=settings.s3_bucket, Key=f"{aside}{name}", Body=b"damaged")
+        s3.put_object(Bucket=settings.s3_bucket, Key=f"{aside}{name}.reason.json", Body=b"{}")
+
+    assert make(settings, s3).run(report=True).report.unreadable_objects == 2
+    assert status.read_compaction_report(redis_client, settings.stream_key).unreadable_objects == 2
+
+
 # --- the lock ---------------------------------------------------------------------------------
 
 
@@ -671,13 +758,79 @@ def test_a_locked_hour_is_skipped_and_left_alone(
     assert summary.hours[0].state == "compacted"
 
 
-def test_the_lock_of_a_killed_run_expires(s3: Any, settings: Settings, store: ObjectStore):
+def test_the_lease_is_a_setting_of_30_s_by_default() -> None:
+    assert Settings().compact_lease_s == Settings.from_env({}).compact_lease_s == 30.0
+    assert Settings.from_env({"COMPACT_LEASE_S": "1.5"}).compact_lease_s == 1.5
+    with pytest.raises(ConfigError, match="COMPACT_LEASE_S"):
+        Settings.from_env({"COMPACT_LEASE_S": "0"})
+
+
+def test_the_lease_is_renewed_while_its_run_lives(
+    s3: Any, settings: Settings, store: ObjectStore
+) -> None:
+    """A step three leases long keeps its hour: nobody else takes it, and the step's run
+    finishes it (a lease that ran out would fail it with LockLost)."""
+    settings = dataclasses.replace(settings, compact_lease_s=0.3)
     archives.write_archive(store, settings.s3_prefix, "ndjson")
-    # A run that took the lock and was killed: nobody releases it.
-    assert make(settings, s3, lock_ttl_ms=300).locks.acquire(at("2024-03-05T13"))
-    assert make(settings, s3).compact([at("2024-03-05T13")]).hours[0].state == "busy"
-    time.sleep(0.4)
-    assert make(settings, s3).compact([at("2024-03-05T13")]).hours[0].state == "compacted"
+    hour = at("2024-03-05T13")
+    meanwhile = []
+
+    def slow_merge(progress: compaction.Progress) -> None:
+        if progress.step.startswith("merge"):
+            for _ in range(3):
+                time.sleep(settings.compact_lease_s)
+                meanwhile.append(make(settings, s3).compact([hour]).hours[0].state)
+
+    assert make(settings, s3).compact([hour], progress=slow_merge).hours[0].state == "compacted"
+    assert meanwhile == ["busy"] * 3
+
+
+KILLED_RUN = """
+import sys, time
+from shared.compaction import Compactor, parse_hour
+from shared.settings import Settings
+
+def stop_in_merge(progress):
+    if progress.step.startswith("merge"):
+        print("merging", flush=True)
+        time.sleep(600)  # until killed, the plan written and the lease held
+
+hour = parse_hour(sys.argv[1])
+Compactor.from_settings(Settings.from_env()).compact([hour], progress=stop_in_merge)
+"""
+
+
+def test_a_killed_runs_hour_is_compacted_one_lease_later(
+    settings: Settings, moto_endpoint: str, http_s3: Any
+) -> None:
+    lease_s = 1.0
+    settings = dataclasses.replace(settings, s3_endpoint_url=moto_endpoint, compact_lease_s=lease_s)
+    archives.write_archive(store_of(http_s3, settings), settings.s3_prefix, "ndjson")
+    expected = view(http_s3, settings)
+    hour = at("2024-03-05T13")
+    env = settings_env(settings, COMPACT_LEASE_S=str(lease_s))
+    run = subprocess.Popen(
+        [sys.executable, "-c", KILLED_RUN, hour_label(hour)], env=env, stdout=subprocess.PIPE
+    )
+    try:
+        assert run.stdout.readline() == b"merging\n"
+        time.sleep(1.5 * lease_s)  # alive, it renews its lease: the hour stays its own
+        assert make(settings, http_s3).compact([hour]).hours[0].state == "busy"
+    finally:
+        run.send_signal(signal.SIGKILL)
+        run.wait()
+    killed_at = datetime.now(UTC)
+
+    busy = make(settings, http_s3).compact([hour]).hours[0]
+
+    assert busy.state == "busy"
+    until = datetime.fromisoformat(busy.busy_until)
+    assert until <= killed_at + timedelta(seconds=lease_s + 1)  # + rounding up to the second
+    time.sleep(max(0.0, (until - datetime.now(UTC)).total_seconds()) + 0.05)
+    assert make(settings, http_s3).compact([hour]).hours[0].state == "compacted"
+    assert view(http_s3, settings) == expected
+    hour_13 = [item.key for item in listed(http_s3, settings) if item.hour == 13]
+    assert hour_13 and all(compacted_part(key) for key in hour_13)
 
 
 def test_a_run_that_lost_its_lock_removes_nothing(

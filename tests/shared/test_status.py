@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import redis
+from prometheus_client.parser import text_string_to_metric_families
 
+from shared import metrics, shards
 from shared import status as status_module
 from shared.settings import Settings
 from shared.status import read_status
@@ -23,6 +27,24 @@ def add_aged(client: redis.Redis, key: str, count: int, age_s: float, events: in
         )
         for i in range(count)
     ]
+
+
+# A run that left hour 13 failed and one object set aside.
+A_COMPACTION_REPORT = status_module.CompactionReport(
+    finished_at=datetime.now(UTC).isoformat(timespec="seconds"),
+    scope="every closed hour",
+    lag_s=5400.0,
+    oldest_hour="2024-03-05T13",
+    hours_compacted=4,
+    failed=(status_module.FailedHour("2024-03-05T13", "JSONDecodeError: Expecting value"),),
+    unreadable_objects=1,
+)
+
+
+COMPACTION_GAUGES = {
+    f"event_ingest_compaction_{name}"
+    for name in ("lag_seconds", "failed_hours", "unreadable_objects", "report_age_seconds")
+}
 
 
 def status_of(client: redis.Redis, key: str, settings: Settings):
@@ -223,3 +245,34 @@ def test_entries_from_before_the_ledger_are_read_as_before(redis_client, setting
     legacy_bytes = sum(len(n) + len(v) for n, v in redis_client.xrange(key)[0][1].items())
     assert status.bytes == entry_bytes(redis_client, key) - legacy_bytes
     assert status.last_generated_id == counted[-1].decode()
+
+
+def test_the_compaction_report_is_one_key_that_expires_and_metrics_read_it(
+    redis_client, settings: Settings
+) -> None:
+    def gauges() -> dict[str, float]:
+        collector = metrics.StreamCollector(lambda: redis_client, settings)
+        text = metrics.exposition(collector).decode()
+        families = text_string_to_metric_families(text)
+        found = {s.name: s.value for f in families for s in f.samples}
+        return {name: v for name, v in found.items() if name in COMPACTION_GAUGES}
+
+    before = set(redis_client.keys(f"{settings.stream_key}*"))
+    assert status_module.read_compaction_report(redis_client, settings.stream_key) is None
+    assert gauges() == {}  # no run reported
+
+    a_minute_ago = (datetime.now(UTC) - timedelta(minutes=1)).isoformat(timespec="seconds")
+    report = dataclasses.replace(A_COMPACTION_REPORT, finished_at=a_minute_ago)
+    status_module.write_compaction_report(redis_client, settings.stream_key, report)
+
+    key = shards.compaction_report_key(settings.stream_key)
+    assert set(redis_client.keys(f"{settings.stream_key}*")) - before == {key.encode()}
+    assert 0 < redis_client.ttl(key) <= status_module.COMPACTION_REPORT_TTL_S
+    read = status_module.read_compaction_report(redis_client, settings.stream_key)
+    assert read == report
+    assert 60 <= read.age_s() < 120
+    found = gauges()
+    assert found["event_ingest_compaction_lag_seconds"] == 5400.0
+    assert found["event_ingest_compaction_failed_hours"] == 1
+    assert found["event_ingest_compaction_unreadable_objects"] == 1
+    assert 60 <= found["event_ingest_compaction_report_age_seconds"] < 120

@@ -315,12 +315,22 @@ def test_ack(redis_client: redis.Redis, settings: Settings) -> None:
 
 
 def claim_idle(claimer: GroupReader, min_idle_ms: int) -> list[list[bytes]]:
-    """What the drain loop does: every idle consumer's entries (their IDs), one consumer at a
-    time."""
-    return [
-        claimer.claim_all_of(consumer, min_idle_ms)
-        for consumer in claimer.idle_consumers(min_idle_ms)
-    ]
+    """What the drain loop does: every idle consumer's entries, one consumer at a time; for
+    each, the IDs it moved to the claimer, in ID order (a claim returns only how many)."""
+    claimed = []
+    for consumer in claimer.idle_consumers(min_idle_ms):
+        held_before = own_pending(claimer)
+        count = claimer.claim_all_of(consumer, min_idle_ms)
+        claimed.append([i for i in own_pending(claimer) if i not in held_before])
+        assert count == len(claimed[-1])
+    return claimed
+
+
+def own_pending(consumer: GroupReader) -> list[bytes]:
+    rows = consumer.client.xpending_range(
+        consumer.key, consumer.group, "-", "+", 10_000, consumername=consumer.consumer
+    )
+    return [row["message_id"] for row in rows]
 
 
 def test_claim_takes_every_entry_of_a_consumer_gone_quiet(

@@ -7,6 +7,7 @@ import csv
 import importlib
 import io
 import json
+import re
 from datetime import UTC, datetime
 from typing import Any
 
@@ -15,7 +16,9 @@ from click.testing import CliRunner
 
 from functions.cli import main
 from functions.cli.terminal import StatusLine
+from shared import compaction
 from shared.archive import ObjectStore
+from shared.archive.naming import unreadable_key
 from shared.compaction import Compactor
 from shared.settings import Settings
 from tests import archives
@@ -166,19 +169,99 @@ def test_a_busy_hour_named_is_an_error(s3: Any, settings: Settings, redis_client
         datetime(2024, 3, 5, 13, tzinfo=UTC)
     )
     result = compact(settings, "--hour", "2024-03-05T13")
-    assert_one_error_line(result, "2024-03-05T13: being compacted by another run")
+    assert_one_error_line(result, "2024-03-05T13 (until ", "Z, unless renewed): being compacted")
+    until = json.loads(result.stdout)["hours"][0]["busy_until"]
+    lease_ends = datetime.fromisoformat(until) - datetime.now(UTC)
+    assert 0 < lease_ends.total_seconds() <= settings.compact_lease_s + 1
+    assert f"(until {until.replace('+00:00', 'Z')}, unless renewed)" in result.stderr
     held.release()
     assert compact(settings, "--hour", "2024-03-05T13").exit_code == 0
 
 
 @pytest.mark.usefixtures("archive")
+def test_a_run_says_which_hours_it_skipped_as_busy_and_until_when(
+    s3: Any, settings: Settings, redis_client
+) -> None:
+    store = ObjectStore(s3, settings.s3_bucket)
+    held = Compactor(settings, store, redis_client).locks.acquire(
+        datetime(2024, 3, 5, 14, tzinfo=UTC)
+    )
+    try:
+        result = compact(settings, "--format", "table")
+    finally:
+        held.release()
+    assert result.exit_code == 0, result.output  # busy is no failure: the other run does it
+    [line] = [line for line in result.stdout.splitlines() if line.startswith("skipped")]
+    assert re.fullmatch(
+        r"skipped as busy \(another run holds them\): 2024-03-05T14 "
+        r"\(until \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ, unless renewed\)",
+        line,
+    )
+    assert "oldest closed hour not compacted yet: 2024-03-05T14 (closed " in result.stdout
+
+
+def damage_plan(s3: Any, settings: Settings, hour: str, body: bytes) -> None:
+    """A work record of an hour, damaged: whatever the error it causes, the hour fails."""
+    key = f"{settings.s3_prefix}_compaction/work/dt={hour[:10]}/hour={hour[11:]}/plan.json"
+    s3.put_object(Bucket=settings.s3_bucket, Key=key, Body=body)
+
+
+@pytest.mark.usefixtures("archive")
+def test_each_failed_hour_is_named_with_its_reason_and_the_others_done(
+    s3: Any, settings: Settings
+) -> None:
+    damage_plan(s3, settings, "2024-03-05T14", b"{")
+    damage_plan(s3, settings, "2024-03-05T15", b'{"hour": "2024-03-05T15"}')
+
+    result = compact(settings)
+
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output and "Aborted!" not in result.output
+    lines = result.stderr.splitlines()
+    assert lines[0] == "Error: 2 of 5 hours failed (the next run resumes them):"
+    assert lines[1].startswith("  2024-03-05T14: JSONDecodeError: Expecting ")
+    assert lines[2].startswith("  2024-03-05T15: TypeError: Plan.__init__() missing ")
+    assert len(lines) == 3
+    states = {h["hour"]: h["state"] for h in json.loads(result.stdout)["hours"]}
+    failed = {"2024-03-05T14": "failed", "2024-03-05T15": "failed"}
+    assert states == {**dict.fromkeys(HOURS, "compacted"), **failed}
+
+
+@pytest.mark.usefixtures("archive")
+def test_an_eof_error_is_its_hours_failure_not_aborted(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """click takes an EOFError that reaches it for an interrupted prompt (`Aborted!`)."""
+    planned = compaction._HourRun.plan
+
+    def truncated(run: compaction._HourRun) -> Any:
+        if compaction.hour_label(run.hour) == "2024-03-05T13":
+            raise EOFError("Compressed file ended before the end-of-stream marker was reached")
+        return planned(run)
+
+    monkeypatch.setattr(compaction._HourRun, "plan", truncated)
+
+    result = compact(settings)
+
+    assert_one_error_line(
+        result, "1 of 5 hours failed", "2024-03-05T13: EOFError: Compressed file ended"
+    )
+    assert "Aborted!" not in result.output
+
+
+@pytest.mark.usefixtures("archive")
 def test_a_corrupt_object_fails_its_hour_only(s3: Any, settings: Settings) -> None:
+    """Its hour is compacted without it (it is set aside), and the run is a failure naming
+    the hour and the object, so that someone looks at it."""
     key = f"{settings.s3_prefix}dt=2024-03-05/hour=14/1709650000009-9_x_0000.ndjson.gz"
     s3.put_object(Bucket=settings.s3_bucket, Key=key, Body=b"not gzip")
 
     result = compact(settings)
 
-    assert_one_error_line(result, "1 of 5 hours failed", "2024-03-05T14: ")
+    assert_one_error_line(result, "1 of 5 hours failed: 2024-03-05T14: unreadable objects", key)
+    assert "the next run resumes" not in result.stderr  # nothing is left to resume
     states = {h["hour"]: h["state"] for h in json.loads(result.stdout)["hours"]}
-    assert states == {**dict.fromkeys(HOURS, "compacted"), "2024-03-05T14": "failed"}
-    assert key in archived_keys(s3, settings.s3_bucket)
+    assert states == dict.fromkeys(HOURS, "compacted")
+    assert json.loads(result.stdout)["unreadable_objects"] == 1
+    assert key not in archived_keys(s3, settings.s3_bucket)
+    assert unreadable_key(settings.s3_prefix, key) in archived_keys(s3, settings.s3_bucket)

@@ -21,7 +21,7 @@ from click.testing import CliRunner
 from functions.cli import main
 from shared.archive import ObjectStore
 from shared.settings import Settings
-from tests import archives
+from tests import archives, unreadable
 from tests.conftest import free_port, settings_env
 from tests.functions.cli import errors
 
@@ -218,6 +218,42 @@ def test_a_missing_bucket(s3: Any, settings: Settings) -> None:
 def test_a_bad_setting(settings: Settings) -> None:
     result = invoke(settings, "SELECT 1", S3_ENDPOINT_URL="ftp://example.com")
     assert_one_error_line(result, "S3_ENDPOINT_URL")
+
+
+@pytest.mark.parametrize(
+    ("damage", "fragment"),
+    [
+        ("truncated", "the gzip data is truncated"),
+        ("invalid_line", "1 line is not a JSON object (line 3: "),
+        ("bad_parquet", "not a Parquet file"),
+    ],
+)
+def test_an_unreadable_object_is_one_line_naming_it(
+    s3: Any, settings: Settings, damage: str, fragment: str
+) -> None:
+    damaged = unreadable.write(ObjectStore(s3, settings.s3_bucket), settings.s3_prefix)
+    key = getattr(damaged, damage)
+    for other in set(damaged.bad) - {key}:
+        s3.delete_object(Bucket=settings.s3_bucket, Key=other)
+
+    result = invoke(settings, "SELECT count(*) AS n FROM raw_events")
+
+    assert_one_error_line(result, f"cannot read {key}: ", fragment, "--skip-unreadable")
+
+
+def test_skip_unreadable_leaves_them_out_and_says_how_many(s3: Any, settings: Settings) -> None:
+    damaged = unreadable.write(ObjectStore(s3, settings.s3_bucket), settings.s3_prefix)
+
+    result = invoke(settings, "--skip-unreadable", "SELECT count(*) AS n FROM raw_events")
+
+    assert result.exit_code == 0, result.output
+    # The good objects' events: 5 and 1 (Parquet) in hour 13, 5 in hour 14.
+    assert csv_rows(result.stdout) == [{"n": "11"}]
+    assert result.stderr.splitlines() == [
+        f"skipped 3 objects that cannot be read: {damaged.truncated} (the gzip data is "
+        "truncated (it ends before its end marker); 1 line is not a JSON object (line 7: "
+        "Input data was truncated)) and 2 more"
+    ]
 
 
 def test_a_bad_format_is_a_usage_error(settings: Settings) -> None:

@@ -13,7 +13,7 @@ from functions.cli import main
 from shared import codec
 from shared.archive import ObjectStore
 from shared.settings import Settings
-from tests import archives
+from tests import archives, unreadable
 from tests.conftest import free_port, settings_env
 from tests.functions.cli.errors import assert_one_error_line
 
@@ -39,6 +39,18 @@ def test_a_range_onto_a_second_stream_key(settings: Settings, redis_client) -> N
     ids = {e.get("messageId") for e in events}
     assert ids == {"m1", "m4", "m5", "m6", "m9", None}
     assert redis_client.xlen(settings.stream_key) == 0  # the main stream untouched
+
+
+def test_an_unreadable_object_stops_the_replay_in_one_line_naming_it(
+    s3: Any, settings: Settings, redis_client
+) -> None:
+    damaged = unreadable.write(ObjectStore(s3, settings.s3_bucket), settings.s3_prefix)
+
+    result = replay(settings, "--from", unreadable.HOUR, "--to", unreadable.NEXT_HOUR)
+
+    # Objects are read in key order: the truncated one is the first damaged one.
+    assert_one_error_line(result, f"cannot read {damaged.truncated}: ", "truncated", "resumes")
+    assert redis_client.xlen(settings.stream_key) == 0  # nothing of its hour went out
 
 
 def test_a_range_backwards_is_one_line(settings: Settings) -> None:

@@ -5,14 +5,18 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import redis
 from click.testing import CliRunner
 
 from functions.cli import main
 from shared import shards
+from shared.archive import ObjectStore
 from shared.settings import Settings
 from shared.stream import EventStream, GroupReader, dead_letter_key
+from tests import archives
 from tests.conftest import free_port, settings_env
 from tests.functions.cli.errors import assert_one_error_line
 from tests.shared.test_status import add_aged
@@ -133,3 +137,39 @@ def test_the_bytes_held_are_shown_against_stream_max_bytes(settings: Settings, r
 
     first_line = status(settings, STREAM_MAX_BYTES="3145728").stdout.splitlines()[0]
     assert "3 entries" in first_line and "5.9 KiB (bound 3.0 MiB)" in first_line
+
+
+def test_the_last_compaction_run_its_lag_failures_and_unreadable_objects(
+    settings: Settings, s3: Any
+) -> None:
+    """`compact` over every hour, with an hour that fails and an object that cannot be read:
+    status shows the lag, the failed hour and the object set aside, from Redis alone."""
+    none_yet = status(settings, "--json")
+    assert none_yet.exit_code == 0 and json.loads(none_yet.stdout)["compaction"] is None
+    assert "compaction: no run over every closed hour reported in the last 6h00m" in (
+        status(settings).stdout
+    )
+    archives.write_archive(ObjectStore(s3, settings.s3_bucket), settings.s3_prefix, "ndjson")
+    work = f"{settings.s3_prefix}_compaction/work/dt=2024-03-05/hour=13/plan.json"
+    s3.put_object(Bucket=settings.s3_bucket, Key=work, Body=b"{")  # a damaged record
+    bad = f"{settings.s3_prefix}dt=2024-03-05/hour=15/1709650000009-9_x_0000.ndjson.gz"
+    s3.put_object(Bucket=settings.s3_bucket, Key=bad, Body=b"not gzip")
+    compacted = CliRunner().invoke(main, ["compact"], env=settings_env(settings))
+    assert compacted.exit_code == 1, compacted.output
+
+    result = status(settings, S3_BUCKET="no-such-bucket")  # it reads Redis alone
+
+    assert result.exit_code == 0, result.output
+    [line] = [line for line in result.stdout.splitlines() if line.startswith("compaction")]
+    assert line.startswith("compaction (every closed hour), last run ")
+    assert "oldest closed hour not compacted yet 2024-03-05T13, closed " in line
+    assert "1 unreadable objects set aside under events/_unreadable/" in line
+    assert "  2024-03-05T13 failed: JSONDecodeError: Expecting " in result.stdout
+    document = json.loads(status(settings, "--json").stdout)["compaction"]
+    assert document["oldest_hour"] == "2024-03-05T13"
+    closed = datetime(2024, 3, 5, 14, tzinfo=UTC) + timedelta(seconds=settings.compact_grace_s)
+    lag = (datetime.now(UTC) - closed).total_seconds()
+    assert lag - 60 < document["lag_s"] <= lag
+    assert [f["hour"] for f in document["failed"]] == ["2024-03-05T13"]
+    assert document["unreadable_objects"] == 1 and document["hours_compacted"] == 4
+    assert 0 <= document["age_s"] < 60

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from functions.compactor import app
-from shared import compaction
+from shared import compaction, metrics, status
 from shared.archive import ObjectStore, reading
 from shared.archive.reading import HourRange
 from shared.settings import Settings
@@ -97,6 +97,9 @@ def test_compacts_the_closed_hours_of_the_last_week(s3: Any, settings: Settings)
         "steps": 4,
         "out_of_time": False,
         "errors": [],
+        "unreadable_objects": 0,
+        "lag_s": 0.0,  # every closed hour compacted
+        "oldest_hour": None,
     }
     assert json.loads(json.dumps(summary)) == summary  # what Lambda returns
     hours = keys_by_hour(s3, settings)
@@ -131,6 +134,68 @@ def test_stops_before_its_time_ends_and_the_next_invocation_resumes(
         ids += reading.read_object(s3, settings.s3_bucket, item)["message_id"].to_pylist()
     assert sorted(ids) == [f"m{h}" for h in range(2, 8)] + ["shared"]  # kept in its first hour
     assert compaction.Compactor.from_settings(settings).survey() == []
+
+
+def emf_lines(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """What the handler prints as EMF from now on (the counts of earlier tests left out)."""
+    lines: list[str] = []
+    emitter = metrics.EmfEmitter(lines.append, enabled=True)
+    emitter.emit()
+    lines.clear()
+    monkeypatch.setattr(app, "_emf", emitter)
+    return lines
+
+
+def emf_values(lines: list[str]) -> dict[str, float]:
+    """Each metric's value, by name (each line holds one)."""
+    found = {}
+    for line in lines:
+        document = json.loads(line)
+        [directive] = document["_aws"]["CloudWatchMetrics"]
+        [metric] = directive["Metrics"]
+        found[metric["Name"]] = document[metric["Name"]]
+    return found
+
+
+@pytest.mark.usefixtures("environment")
+def test_a_failed_hour_fails_the_invocation_once_the_others_are_done(
+    s3: Any, settings: Settings, redis_client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whatever the error (here a damaged work record: JSONDecodeError), the hour fails alone,
+    the invocation ends in an error naming it (Lambda's Errors metric, CompactorErrorsAlarm),
+    its counts and lag go out as EMF, and its report to Redis."""
+    write(s3, settings, 4, ["a"], 1)
+    write(s3, settings, 3, ["b"], 2)
+    write(s3, settings, 2, ["c"], 3)
+    damaged = f"{settings.s3_prefix}_compaction/work/dt={label(3)[:10]}/hour={label(3)[11:]}/"
+    s3.put_object(Bucket=settings.s3_bucket, Key=f"{damaged}plan.json", Body=b"{")
+    emitted = emf_lines(monkeypatch)
+
+    with pytest.raises(app.CompactionFailed) as failed:
+        app.handler(json.loads(SCHEDULED.read_text()), Context())
+
+    assert str(failed.value).startswith(
+        f"1 of 3 hours failed (the next run retries them): {label(3)}: JSONDecodeError: "
+    )
+    hours = keys_by_hour(s3, settings)
+    assert [name.startswith("compacted-") for name in hours[label(4)]] == [True]
+    assert [name.startswith("compacted-") for name in hours[label(3)]] == [False]
+    assert [name.startswith("compacted-") for name in hours[label(2)]] == [True]
+    values = emf_values(emitted)
+    assert values["event_ingest_compaction_hours_compacted_total"] == 2
+    assert values["event_ingest_compaction_hours_failed_total"] == 1
+    assert values["event_ingest_compaction_events_read_total"] == 2
+    assert values["event_ingest_compaction_events_written_total"] == 2
+    assert values["event_ingest_compaction_failed_hours"] == 1
+    assert values["event_ingest_compaction_unreadable_objects"] == 0
+    closed = NOW - timedelta(hours=2) + timedelta(seconds=settings.compact_grace_s)
+    lag = (datetime.now(UTC) - closed).total_seconds()
+    assert lag - 60 < values["event_ingest_compaction_lag_seconds"] <= lag
+    report = status.read_compaction_report(redis_client, settings.stream_key)
+    assert [(f.hour, f.error.split(":")[0]) for f in report.failed] == [
+        (label(3), "JSONDecodeError")
+    ]
+    assert report.oldest_hour == label(3)
 
 
 def test_the_compactor_never_loads_duckdb() -> None:

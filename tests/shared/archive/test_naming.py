@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import pytest
 
+from shared import shards
 from shared.archive import OBJECT_SUFFIX, object_key
 from shared.archive.formats import named
+from shared.archive.naming import error_object_key
 
 IDS = [b"1700000000000-0", b"1700000000001-3", b"1700000000002-0"]
 
@@ -60,3 +62,18 @@ def test_object_key_depends_on_prefix_and_partition() -> None:
     assert object_key("a/", "dt=1/", IDS, OBJECT_SUFFIX) != object_key(
         "b/", "dt=1/", IDS, OBJECT_SUFFIX
     )
+
+
+def test_dead_letters_of_shards_are_named_apart_and_stream_keys_letters_as_before() -> None:
+    keys = shards.shard_keys("events", 4) + shards.shard_keys("events", 8)
+    names = {error_object_key(IDS[0], key) for key in set(keys)}
+    assert len(names) == len(set(keys))
+    assert error_object_key(IDS[0]) == "errors/dt=2023-11-14/1700000000000-0.json"
+    tag = shards.shard_keys("events", 4)[1].rsplit("{", 1)[1][:-1]
+    assert error_object_key(IDS[0], f"events:{{{tag}}}").endswith(f"-0_shard-{tag}.json")
+    # A stream key with a hash tag of its own: the shard's tag, the last one, names it.
+    braced = shards.shard_keys("{events}", 4)
+    assert len({error_object_key(IDS[0], key) for key in braced}) == 4
+    # Any other key: a digest, safe in a name.
+    odd = error_object_key(IDS[0], "events/{a b}")
+    assert odd.rsplit("_shard-", 1)[1].removesuffix(".json").isalnum()

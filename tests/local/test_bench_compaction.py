@@ -1,0 +1,30 @@
+"""`make bench` reports compaction's peak memory: the compaction runs in a process of its own
+(`local.bench.compaction_memory`), whose peaks are its own."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from local.bench import archive_reading, report
+from shared.archive import ObjectStore
+from shared.settings import Settings
+from tests.conftest import settings_env
+
+
+def test_the_compaction_line_says_its_peak_rss(
+    settings: Settings, http_s3: Any, moto_endpoint: str
+) -> None:
+    prefix = "bench/archive-ndjson/"
+    store = ObjectStore(http_s3, settings.s3_bucket)
+    stored = archive_reading.write_archive(store, prefix, 2_000, "ndjson")
+
+    row = archive_reading.compact(settings_env(settings, S3_ENDPOINT_URL=moto_endpoint), prefix)
+
+    assert (row["hours"], row["events_read"], row["errors"]) == (archive_reading.HOURS, stored, [])
+    assert row["events_written"] == 2_000  # the 1% stored twice are dropped
+    # A Python process with pyarrow and boto3 loaded holds more than 50 MB; Arrow's peak is at
+    # least the rows of one hour decoded (500 events, some hundred bytes each).
+    assert 50 <= row["peak_rss_mb"] < 2_000
+    assert 0 < row["arrow_peak_bytes"] < row["peak_rss_bytes"]
+    line = report.compaction_line(row)
+    assert f"peak RSS {row['peak_rss_mb']:,} MB (Arrow {row['arrow_peak_mb']:,} MB)" in line
