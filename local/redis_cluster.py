@@ -41,6 +41,9 @@ class LocalCluster:
             raise ValueError("every primary gets the same number of replicas")
         self.primaries = primaries
         args = ("--cluster-enabled", "yes", "--cluster-node-timeout", str(NODE_TIMEOUT_MS))
+        # A primary streams its data to a new replica at once, not after Redis 7's 5 s wait
+        # for more replicas to join (repl-diskless-sync-delay).
+        args += ("--repl-diskless-sync-delay", "0")
         self.servers = [RedisServer(port, Path(data_dir) / str(port), *args) for port in ports]
 
     @property

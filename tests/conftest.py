@@ -1,7 +1,10 @@
 """Real parts for every test: a redis-server process, moto for S3, gunicorn for HTTP.
 
-Tests share one redis-server per session but each gets its own stream key and bucket, so
-they never see each other's data and never need a FLUSHALL.
+Tests share one redis-server per session (per process: `make test` runs them on several, with
+pytest-xdist) but each gets its own stream key and bucket, so they never see each other's data
+and never need a FLUSHALL. Every server gets a free port, every file a test's own directory.
+
+Also here: the table of the fault-injection suite's figures, printed after the run.
 """
 
 from __future__ import annotations
@@ -10,7 +13,8 @@ import contextlib
 import gzip
 import json
 import os
-import socket
+import signal
+import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -19,6 +23,7 @@ from typing import Any
 import boto3
 import pytest
 import redis
+import urllib3
 from moto import mock_aws
 
 from local import stack
@@ -28,6 +33,36 @@ from local.stack import free_port
 from shared.settings import Settings
 
 os.environ.update(FAKE_CREDENTIALS)
+
+# For a server that replicas sync from: Redis 7 waits 5 s (repl-diskless-sync-delay) for more
+# replicas to join before it streams its data, a wait that every test with a replica paid.
+SYNC_REPLICAS_AT_ONCE = ("--repl-diskless-sync-delay", "0")
+# The name of a test's user property holding one row of the fault-injection table
+# (tests/faults/conftest.py `report`).
+FAULT_FIGURES = "fault figures"
+
+
+class FaultTable:
+    """Prints the fault-injection suite's figures as a table after the run. The rows come from
+    the tests' reports, not from the processes that ran them: pytest-xdist's controller, which
+    prints the summary, runs no test and never loads tests/faults/conftest.py."""
+
+    def __init__(self) -> None:
+        self.rows: list[dict[str, Any]] = []
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if report.when == "call":
+            self.rows += [value for name, value in report.user_properties if name == FAULT_FIGURES]
+
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        if self.rows:
+            from tests.faults.harness import write_table  # it imports this module
+
+            write_table(terminalreporter, self.rows)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.pluginmanager.register(FaultTable(), "fault-table")
 
 
 def wait_until(predicate, timeout_s: float = 20.0, interval_s: float = 0.05, what: str = ""):
@@ -53,15 +88,32 @@ def replicated_redis(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[tuple[RedisServer, RedisServer]]:
     """A primary and one replica of it, for what depends on replication (WAIT)."""
-    primary = RedisServer(free_port(), tmp_path_factory.mktemp("primary")).start()
+    primary_dir = tmp_path_factory.mktemp("primary")
+    primary = RedisServer(free_port(), primary_dir, *SYNC_REPLICAS_AT_ONCE).start()
     replica_args = ("--replicaof", "127.0.0.1", str(primary.port))
     replica = RedisServer(free_port(), tmp_path_factory.mktemp("replica"), *replica_args)
     try:
         replica.start().wait_replicating()
+        wait_confirmed_by_replicas(primary, 1)
         yield primary, replica
     finally:
         replica.kill()
         primary.kill()
+
+
+def wait_confirmed_by_replicas(primary: RedisServer, replicas: int) -> None:
+    """Until a write on `primary` is confirmed by `replicas` replicas (WAIT), as the tests'
+    writes must be: a replica says its link is up once it has loaded the primary's data, which
+    may be a moment before the primary counts it as one to stream writes to."""
+    client = redis.Redis.from_url(primary.url)
+
+    def confirmed() -> bool:
+        pipe = client.pipeline(transaction=False)  # one connection: WAIT counts its writes
+        pipe.set("replication-check", 1).delete("replication-check").wait(replicas, 100)
+        return pipe.execute()[-1] >= replicas
+
+    wait_until(confirmed, timeout_s=10, what=f"{replicas} replicas to confirm a write")
+    client.close()
 
 
 @pytest.fixture
@@ -136,27 +188,45 @@ def settings_env(settings: Settings, **overrides: str) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def gunicorn_serving(settings: Settings, **overrides: str) -> Iterator[str]:
+def gunicorn_serving(settings: Settings, *, probe: bool = True, **overrides: str) -> Iterator[str]:
     """The ingest function served by gunicorn with the production config (and `overrides` of
-    its environment); yields its URL."""
+    its environment); yields its URL once a worker answers. gunicorn listens before its workers
+    have loaded the app, and a test timing an answer must not time their start (under load,
+    seconds). `probe=False`: once it listens, without the request (GET /livez) that waits for
+    a worker, for a test that asserts on every request gunicorn served."""
     port = free_port()
     env = settings_env(settings, **{"WEB_CONCURRENCY": "2", **overrides})
     process = stack.start_gunicorn(env, f"127.0.0.1:{port}")
+    url = f"http://127.0.0.1:{port}"
 
-    def healthy() -> bool:
+    def ready() -> bool:
+        assert process.poll() is None, "gunicorn exited at start"
+        if not probe:
+            return stack.listening(port, timeout_s=0.2)
         try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return True
-        except OSError:
-            assert process.poll() is None, "gunicorn exited at start"
+            return urllib3.request("GET", f"{url}/livez", retries=False, timeout=2).status == 200
+        except urllib3.exceptions.HTTPError:
             return False
 
-    wait_until(healthy, what="gunicorn to listen")
+    wait_until(ready, timeout_s=30, what="gunicorn to serve")
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield url
     finally:
-        process.terminate()
+        stop_gunicorn(process)
+
+
+def stop_gunicorn(process: subprocess.Popen) -> None:
+    """Stop a test's gunicorn at once, with its quick shutdown (SIGQUIT: the master stops its
+    workers and reaps them). A graceful SIGTERM would wait for every keep-alive connection a
+    client left open to idle out (GUNICORN_KEEPALIVE, 5 s); tests of the graceful stop send
+    SIGTERM themselves."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGQUIT)
+    try:
         process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)  # its own session: the workers go too
+        process.wait()
 
 
 @pytest.fixture

@@ -1,12 +1,13 @@
-"""Fixtures of the fault-injection suite, and the table of figures it prints at the end.
+"""Fixtures of the fault-injection suite.
 
 Every scenario gets its own pipeline of real processes (`start_pipeline`), so it can kill
 and restart any of them without disturbing other tests, and reports one row of figures
-(`report`) that `pytest_terminal_summary` prints as a table after the run.
+(`report`) that tests/conftest.py prints as a table after the run.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 from collections.abc import Callable, Iterator
@@ -14,27 +15,19 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import FAULT_FIGURES
 from tests.faults.harness import Figures, Pipeline
-
-ROWS = pytest.StashKey[list[Figures]]()
-COLUMNS = (
-    ("scenario", "{:<25}"),
-    ("accepted", "{:>8}"),
-    ("archived", "{:>8}"),
-    ("lost", "{:>4}"),
-    ("duplicates", "{:>10}"),
-    ("503s", "{:>5}"),
-    ("dead letters", "{:>12}"),
-    ("seconds", "{:>7.1f}"),
-    ("notes", "{}"),
-)
 
 
 @pytest.fixture
 def report(request: pytest.FixtureRequest) -> Callable[[Figures], None]:
-    """Add a scenario's row to the table printed at the end of the session."""
-    rows = request.config.stash.setdefault(ROWS, [])
-    return rows.append
+    """Add a scenario's row to the table printed at the end of the session. The row travels
+    in the test's report, which pytest-xdist brings back from the worker that ran it."""
+
+    def add(figures: Figures) -> None:
+        request.node.user_properties.append((FAULT_FIGURES, dataclasses.asdict(figures)))
+
+    return add
 
 
 @pytest.fixture
@@ -61,26 +54,3 @@ def start_pipeline(tmp_path: Path) -> Iterator[Callable[..., Pipeline]]:
     yield start
     for pipeline in started:
         pipeline.stop()
-
-
-def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
-    rows = config.stash.get(ROWS, [])
-    if not rows:
-        return
-    terminalreporter.write_sep("=", "fault injection: events accepted vs archived")
-    header = [fmt.replace(".1f", "").format(name) for name, fmt in COLUMNS]
-    terminalreporter.write_line("  ".join(header).rstrip())
-    for row in rows:
-        values = (
-            row.scenario,
-            row.accepted,
-            row.archived,
-            row.lost,
-            row.duplicates,
-            row.unavailable,
-            row.dead_letters,
-            row.seconds,
-            row.notes,
-        )
-        cells = [fmt.format(value) for (_, fmt), value in zip(COLUMNS, values, strict=True)]
-        terminalreporter.write_line("  ".join(cells).rstrip())

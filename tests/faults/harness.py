@@ -44,7 +44,7 @@ from local.s3 import start_moto_server
 from shared import shards as shards_module
 from shared.settings import Settings
 from shared.stream import dead_letter_key
-from tests.conftest import archived_events, free_port, settings_env, wait_until
+from tests.conftest import archived_events, free_port, settings_env, stop_gunicorn, wait_until
 
 BATCH_SIZES = (10, 20)
 MAX_BATCH = BATCH_SIZES[1]
@@ -214,13 +214,7 @@ class Pipeline:
         if self.runner is not None and self.runner.poll() is None:
             self.runner.kill()
             self.runner.wait(timeout=10)
-        if self.gunicorn.poll() is None:
-            self.gunicorn.terminate()  # SIGKILL would orphan its workers for a while
-            try:
-                self.gunicorn.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.gunicorn.kill()
-                self.gunicorn.wait()
+        stop_gunicorn(self.gunicorn)
         self.moto.stop()
         self.redis_server.kill()
 
@@ -456,6 +450,30 @@ class Figures:
     dead_letters: int
     seconds: float
     notes: str = ""
+
+
+# The table's columns: heading, Figures field, cell format.
+COLUMNS = (
+    ("scenario", "scenario", "{:<25}"),
+    ("accepted", "accepted", "{:>8}"),
+    ("archived", "archived", "{:>8}"),
+    ("lost", "lost", "{:>4}"),
+    ("duplicates", "duplicates", "{:>10}"),
+    ("503s", "unavailable", "{:>5}"),
+    ("dead letters", "dead_letters", "{:>12}"),
+    ("seconds", "seconds", "{:>7.1f}"),
+    ("notes", "notes", "{}"),
+)
+
+
+def write_table(terminalreporter: Any, rows: list[dict[str, Any]]) -> None:
+    """The rows (`Figures` as dicts) as the table the suite prints after the run."""
+    terminalreporter.write_sep("=", "fault injection: events accepted vs archived")
+    header = [fmt.replace(".1f", "").format(heading) for heading, _, fmt in COLUMNS]
+    terminalreporter.write_line("  ".join(header).rstrip())
+    for row in rows:
+        cells = [fmt.format(row[name]) for _, name, fmt in COLUMNS]
+        terminalreporter.write_line("  ".join(cells).rstrip())
 
 
 @dataclass

@@ -22,7 +22,7 @@ import pytest
 import redis
 
 from local.redis_server import RedisServer
-from tests.conftest import free_port
+from tests.conftest import SYNC_REPLICAS_AT_ONCE, free_port
 from tests.faults.harness import MAX_BATCH, LoadClient, assert_nothing_lost, settle
 from tests.faults.tcp_proxy import TcpProxy
 
@@ -51,11 +51,10 @@ class Topology:
 
 @pytest.fixture
 def topology(tmp_path: Path) -> Iterator[Topology]:
-    primary = RedisServer(free_port(), tmp_path / "primary").start()
+    primary = RedisServer(free_port(), tmp_path / "primary", *SYNC_REPLICAS_AT_ONCE).start()
     link = TcpProxy(primary.port)
-    replica = RedisServer(
-        free_port(), tmp_path / "replica", "--replicaof", "127.0.0.1", str(link.port)
-    )
+    replica_args = ("--replicaof", "127.0.0.1", str(link.port), *SYNC_REPLICAS_AT_ONCE)
+    replica = RedisServer(free_port(), tmp_path / "replica", *replica_args)
     endpoint = TcpProxy(primary.port)
     servers = Topology(primary, link, replica, endpoint, tmp_path)
     try:
