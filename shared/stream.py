@@ -562,7 +562,10 @@ class GroupReader:
     def ensure_group(self) -> None:
         """Create the group at the start of the stream (not `$`), so entries written before
         any consumer ever ran are archived too. Looked up first: Redis refuses XGROUP CREATE
-        when it is out of memory, even for a group that exists."""
+        when it is out of memory, even for a group that exists. The consumer's scripts are
+        loaded here too, at the start of each invocation: Redis 6.2 cannot load one first
+        used once it is full, and a full Redis is when acknowledging must still work."""
+        self._load_scripts()
         if self.client.exists(self.key) and any(
             group["name"] in (self.group, self.group.encode())
             for group in self.client.xinfo_groups(self.key)
@@ -573,6 +576,21 @@ class GroupReader:
         except redis.ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
+
+    def _load_scripts(self) -> None:
+        scripts = (
+            self._forget_idle,
+            self._entry_size,
+            self._copy_to_dead_letters,
+            self._move_pending_page,
+            self._ack_and_delete,
+            self._trim_below,
+        )
+        try:
+            for script in scripts:
+                self.client.script_load(script.script)
+        except redis.exceptions.OutOfMemoryError as exc:  # already full: each call tries again
+            log.warning("could not load the consumer's scripts into a full Redis: %s", exc)
 
     def read_pending(self, after: EntryId, count: int) -> list[Entry]:
         """This consumer's own delivered-but-unacknowledged entries with IDs above `after`."""
@@ -618,7 +636,11 @@ class GroupReader:
         try:
             args = [entry_id, reason, self.dead_letter_max_len, FIELD_PREFIX]
             self._copy_to_dead_letters(keys=[self.key, dead_key], args=args)
-        except redis.exceptions.OutOfMemoryError:
+        except redis.ResponseError as exc:
+            # Redis 7 refuses the script's first write as OutOfMemoryError; 6.2 as a script
+            # error quoting OOM.
+            if not isinstance(exc, redis.exceptions.OutOfMemoryError) and "OOM" not in str(exc):
+                raise
             log.error("Redis is full: entry %s is dropped, its record is in the bucket", entry_id)
             kept = False
         self.ack([entry_id])
