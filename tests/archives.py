@@ -168,3 +168,42 @@ def write_archive(store: ObjectStore, prefix: str, formats: str = "ndjson") -> l
         fmt = formats if formats != "mixed" else ("ndjson", "parquet")[index % 2]
         keys += (write_ndjson if fmt == "ndjson" else write_parquet)(store, prefix, flush)
     return keys
+
+
+class Crash(BaseException):
+    """The process died here: no `except Exception` of the code under test catches it."""
+
+
+class Client:
+    """The S3 client, passed through, that can die at its n-th change (a put, a copy or a
+    delete), as a killed process would, and can look at the bucket after each change."""
+
+    def __init__(self, client: Any, die_at: int | None = None, after_change=None) -> None:
+        self._client = client
+        self.die_at = die_at
+        self.after_change = after_change
+        self.changes = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+    def _change(self, method: str, **kwargs: Any) -> Any:
+        if self.die_at is not None and self.changes >= self.die_at:
+            raise Crash(f"killed before change {self.changes}: {method} {kwargs.get('Key', '')}")
+        self.changes += 1
+        answer = getattr(self._client, method)(**kwargs)
+        if self.after_change:
+            self.after_change()
+        return answer
+
+    def put_object(self, **kwargs: Any) -> Any:
+        return self._change("put_object", **kwargs)
+
+    def copy_object(self, **kwargs: Any) -> Any:
+        return self._change("copy_object", **kwargs)
+
+    def delete_objects(self, **kwargs: Any) -> Any:
+        return self._change("delete_objects", **kwargs)
+
+    def delete_object(self, **kwargs: Any) -> Any:
+        return self._change("delete_object", **kwargs)

@@ -36,7 +36,7 @@ from shared.archive.reading import HourRange
 from shared.compaction import Compactor, Part, compacted_part, hour_label
 from shared.settings import ConfigError, Settings
 from tests import archives
-from tests.archives import ev
+from tests.archives import Client, Crash, ev
 from tests.conftest import settings_env
 
 NOW = datetime(2024, 3, 7, tzinfo=UTC)
@@ -45,42 +45,6 @@ HOURS = ["2024-03-04T23", "2024-03-05T13", "2024-03-05T14", "2024-03-05T15", "20
 
 def at(label: str) -> datetime:
     return datetime.strptime(label, "%Y-%m-%dT%H").replace(tzinfo=UTC)
-
-
-class Crash(BaseException):
-    """The process died here: no `except Exception` of the code under test catches it."""
-
-
-class Client:
-    """The S3 client, passed through, that can die at its n-th change (a put or a delete), as
-    a killed process would, and can look at the bucket after each change."""
-
-    def __init__(self, client: Any, die_at: int | None = None, after_change=None) -> None:
-        self._client = client
-        self.die_at = die_at
-        self.after_change = after_change
-        self.changes = 0
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._client, name)
-
-    def _change(self, method: str, **kwargs: Any) -> Any:
-        if self.die_at is not None and self.changes >= self.die_at:
-            raise Crash(f"killed before change {self.changes}: {method} {kwargs.get('Key', '')}")
-        self.changes += 1
-        answer = getattr(self._client, method)(**kwargs)
-        if self.after_change:
-            self.after_change()
-        return answer
-
-    def put_object(self, **kwargs: Any) -> Any:
-        return self._change("put_object", **kwargs)
-
-    def delete_objects(self, **kwargs: Any) -> Any:
-        return self._change("delete_objects", **kwargs)
-
-    def delete_object(self, **kwargs: Any) -> Any:
-        return self._change("delete_object", **kwargs)
 
 
 def make(settings: Settings, s3: Any, client: Any = None, now=NOW, **options: Any) -> Compactor:

@@ -22,49 +22,13 @@ from shared.archive.reading import HourRange
 from shared.compaction import Compactor, compacted_part
 from shared.settings import Settings
 from tests import archives, unreadable
-from tests.archives import ev
+from tests.archives import Client, Crash, ev
 from tests.unreadable import HOUR, NEXT_HOUR, PARTITION
 
 NOW = datetime(2024, 3, 7, tzinfo=UTC)
 HOUR_PATH = f"compacted/{PARTITION}"
 # "parts": inputs small enough to cut the hour in parts, so that they are read by split steps.
 SCENARIOS = {"one part": {}, "parts": {"object_bytes": 600, "step_bytes": 900}}
-
-
-class Crash(BaseException):
-    """The process died here: no `except Exception` of the code under test catches it."""
-
-
-class Client:
-    """The S3 client, passed through, that can die at its n-th change (a put, a copy or a
-    delete), as a killed process would, and can look at the bucket after each change."""
-
-    def __init__(self, client: Any, die_at: int | None = None, after_change=None) -> None:
-        self._client = client
-        self.die_at = die_at
-        self.after_change = after_change
-        self.changes = 0
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._client, name)
-
-    def _change(self, method: str, **kwargs: Any) -> Any:
-        if self.die_at is not None and self.changes >= self.die_at:
-            raise Crash(f"killed before change {self.changes}: {method} {kwargs.get('Key', '')}")
-        self.changes += 1
-        answer = getattr(self._client, method)(**kwargs)
-        if self.after_change:
-            self.after_change()
-        return answer
-
-    def put_object(self, **kwargs: Any) -> Any:
-        return self._change("put_object", **kwargs)
-
-    def copy_object(self, **kwargs: Any) -> Any:
-        return self._change("copy_object", **kwargs)
-
-    def delete_objects(self, **kwargs: Any) -> Any:
-        return self._change("delete_objects", **kwargs)
 
 
 def unreadable_key(prefix: str, key: str) -> str:
