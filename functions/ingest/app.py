@@ -128,8 +128,9 @@ class Ingest:
         g.body_bytes = len(body)
         document = self._decode(body, authenticated=key is not None)
         fields = document if isinstance(document, dict) else {}
-        source = self.write_keys.source_of(key if key is not None else fields.get("writeKey"))
-        g.source = source
+        if not source_known:  # the key is in the body (analytics.js): known only now
+            g.source = self.write_keys.source_of(fields.get("writeKey"))
+        source = g.source
         raw_events = [document] if single else events.batch_events(document)
         g.events = len(raw_events)
         envelope = events.Envelope(
