@@ -2,15 +2,23 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+VENV_UV ?= .venv-uv
 
 .PHONY: run test test-redis lint format bench clean
 
-# The venv is rebuilt whenever the project's dependencies change.
-$(VENV)/.installed: pyproject.toml functions/requirements.txt
+# Two locks, both with hashes, written by `make lock`: the runtime lock (what the functions and
+# the container image install) and the dev lock (that, the local, query, dev and bench extras,
+# pip and setuptools). The venv holds exactly the dev lock: it is made anew whenever a lock or
+# pyproject.toml changes, so nothing unlocked lingers, and the project is installed without
+# dependencies or build isolation (setuptools, too, comes from the lock).
+RUNTIME_LOCK := functions/requirements.txt
+DEV_LOCK := local/requirements-dev.txt
+
+$(VENV)/.installed: pyproject.toml $(RUNTIME_LOCK) $(DEV_LOCK)
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required (set PYTHON=...)")'
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]' -c functions/requirements.txt
+	$(PYTHON) -m venv --clear $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --require-hashes -r $(DEV_LOCK)
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	@touch $@
 
 run: $(VENV)/.installed
@@ -43,16 +51,12 @@ format: $(VENV)/.installed
 	$(BIN)/ruff format .
 
 clean:
-	rm -rf $(VENV) .data .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(VENV_UV) .data .pytest_cache .ruff_cache
 
 # The benchmark (issue 6), not part of `make test`. BENCH_ARGS=--quick for a short smoke run.
 # It uses wrk when it is on PATH (Debian: apt-get install wrk), else a Python load generator.
-bench: $(VENV)/.installed $(VENV)/.bench-installed
+bench: $(VENV)/.installed
 	$(BIN)/python -m local.bench $(BENCH_ARGS)
-
-$(VENV)/.bench-installed: $(VENV)/.installed
-	$(BIN)/python -m pip install --quiet -e '.[dev,bench]' -c functions/requirements.txt
-	@touch $@
 
 # --- deployment ------------------------------------------------------------------------------
 # `sam build` runs build-<Function> (template.yaml, BuildMethod: makefile) with ARTIFACTS_DIR
@@ -70,21 +74,25 @@ build-IngestFunction build-ConsumerFunction build-CompactorFunction:
 	@test -n "$(ARTIFACTS_DIR)" || { echo "set ARTIFACTS_DIR" >&2; exit 1; }
 	$(PYTHON) -m local.lambda_build $(FUNCTION) "$(ARTIFACTS_DIR)" --architecture $(LAMBDA_ARCHITECTURE)
 
-# Pins every dependency, after a change to pyproject.toml or a functions/*/requirements.in:
-# functions/requirements.txt (all of the project's, for the venv and the container image), and
-# each function's requirements.txt (its own, with hashes, for its Lambda bundle).
-UV_COMPILE = $(VENV)/uv/bin/uv pip compile --quiet --universal
-lock: $(VENV)/uv/bin/uv
-	$(UV_COMPILE) --python-version 3.11 pyproject.toml -o functions/requirements.txt
+# Pins every dependency, after a change to pyproject.toml or a requirements.in: the runtime lock
+# (the project's dependencies and its `server` extra, for the container image), the dev lock
+# (constrained by the runtime lock, so both agree), and each function's requirements.txt (its
+# own, for its Lambda bundle). All carry hashes; versions already pinned are kept.
+UV_COMPILE = $(VENV_UV)/bin/uv pip compile --quiet --universal --generate-hashes
+lock: $(VENV_UV)/bin/uv
+	$(UV_COMPILE) --python-version 3.11 --extra server pyproject.toml -o $(RUNTIME_LOCK)
+	$(UV_COMPILE) --python-version 3.11 -c $(RUNTIME_LOCK) --extra local --extra query \
+		--extra dev --extra bench pyproject.toml local/requirements-dev.in -o $(DEV_LOCK)
 	for function in ingest consumer compactor; do \
-		$(UV_COMPILE) --python-version 3.12 --generate-hashes -c functions/requirements.txt \
+		$(UV_COMPILE) --python-version 3.12 -c $(RUNTIME_LOCK) \
 			functions/$$function/requirements.in -o functions/$$function/requirements.txt || exit 1; \
 	done
 
-# A venv of its own: `make lock` must work when the project's venv cannot install.
-$(VENV)/uv/bin/uv:
-	$(PYTHON) -m venv $(VENV)/uv
-	$(VENV)/uv/bin/python -m pip install --quiet "uv==0.13.9"
+# A venv of its own, beside the project's (which is cleared whenever a lock changes): `make lock`
+# must work when the project's venv cannot install.
+$(VENV_UV)/bin/uv:
+	$(PYTHON) -m venv $(VENV_UV)
+	$(VENV_UV)/bin/python -m pip install --quiet "uv==0.13.9"
 
 # The containers (local/compose.yaml): Redis, MinIO, the ingest function and the consumer.
 .PHONY: up down

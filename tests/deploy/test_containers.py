@@ -34,6 +34,7 @@ from functions.ingest.app import create_app
 from shared.settings import ENV_VARS, Settings
 from tests.conftest import archived_events, free_port, wait_until
 from tests.deploy.conftest import ROOT, site_packages
+from tests.local.locks import PROJECT_LOCK, pins
 
 try:
     import dockerfile  # BuildKit's Dockerfile parser, compiled from Go
@@ -197,7 +198,10 @@ def test_the_image_command_exists(
     assert command.json, "CMD in exec form, so signals reach the server"
     check_command(list(command.value), image_files)
     installed = " ".join(i.value[0] for i in instructions if i.cmd.upper() == "RUN")
-    assert "gunicorn" in installed and "-r functions/requirements.txt" in installed
+    assert "--require-hashes -r functions/requirements.txt" in installed
+    runtime_lock = pins(PROJECT_LOCK)
+    assert "gunicorn" in runtime_lock and "gevent" in runtime_lock, "the image's server is locked"
+    assert not {"pytest", "moto", "ruff"} & set(runtime_lock), "no test tool in the image"
 
 
 def test_the_image_sets_only_variables_that_are_read(

@@ -1,5 +1,6 @@
 """Reading the dependency files that `make lock` writes: each function's requirements.in (what
-it imports) and requirements.txt (its lock), and the project's lock, functions/requirements.txt."""
+it imports) and requirements.txt (its lock), the project's runtime lock (functions/requirements.txt)
+and the venv's dev lock (local/requirements-dev.txt)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from packaging.utils import canonicalize_name
 from local.lambda_build import ROOT, requirements_file
 
 PROJECT_LOCK = ROOT / "functions" / "requirements.txt"
+DEV_LOCK = ROOT / "local" / "requirements-dev.txt"
 PIN = re.compile(r"^([A-Za-z0-9._-]+)==([^ ;\\]+)")
 
 
@@ -42,13 +44,14 @@ def pins(path: Path) -> dict[str, str]:
 
 def pins_here(path: Path) -> dict[str, str]:
     """The pins of a lock that apply to this interpreter: a line's marker
-    (`; python_full_version < '3.11.3'`) is evaluated here."""
-    applicable = set()
+    (`; python_full_version < '3.12'`) is evaluated here, so of a universal lock's two lines for
+    one distribution the one for this Python is taken."""
+    found = {}
     for line in requirement_lines(path):
         requirement = Requirement(line.split(" --hash")[0])
         if requirement.marker is None or requirement.marker.evaluate():
-            applicable.add(canonicalize_name(requirement.name))
-    return {name: version for name, version in pins(path).items() if name in applicable}
+            found[canonicalize_name(requirement.name)] = PIN.match(line)[2]
+    return found
 
 
 def hashed(path: Path) -> dict[str, bool]:

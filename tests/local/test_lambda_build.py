@@ -273,10 +273,13 @@ def test_an_arm64_build_takes_arm64_wheels(tmp_path) -> None:
 
 
 def test_a_build_without_the_runtimes_python_stops_before_writing(tmp_path, monkeypatch) -> None:
-    monkeypatch.setenv("LAMBDA_PYTHON", sys.executable)
-    if lambda_build.python_version(sys.executable) == RUNTIME_VERSION:
-        pytest.skip("this venv's Python is the runtime's")
-    result = make_build("ingest", tmp_path / "out", LAMBDA_PYTHON=sys.executable)
+    # An interpreter of another version than the runtime's, whichever version this venv runs.
+    other_python = tmp_path / "python3.99"
+    other_python.write_text("#!/bin/sh\necho 3.99\n")
+    other_python.chmod(0o755)
+    assert lambda_build.python_version(str(other_python)) == "3.99"
+    monkeypatch.setenv("LAMBDA_PYTHON", str(other_python))
+    result = make_build("ingest", tmp_path / "out", LAMBDA_PYTHON=str(other_python))
     assert result.returncode != 0
     assert f"needs Python {RUNTIME_VERSION}" in result.stderr
     assert "uv python install" in result.stderr
