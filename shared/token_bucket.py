@@ -1,5 +1,5 @@
 """Token buckets in Redis, counted in events: the `Bucket` a request takes from, and the Lua
-that checks and takes buckets inside the stream's append script (shared/stream.py), so that a
+that checks and takes buckets inside the stream's append script (shared/stream/ledger.py), so that a
 request's limits cost no round trip of their own.
 
 A bucket holds up to `burst` tokens and gains `events_per_s` a second. A request of n events

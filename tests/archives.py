@@ -207,3 +207,19 @@ class Client:
 
     def delete_object(self, **kwargs: Any) -> Any:
         return self._change("delete_object", **kwargs)
+
+
+class Calls:
+    """The S3 calls a client makes, from boto3's event hooks."""
+
+    def __init__(self, client: Any) -> None:
+        self.gets: list[str] = []
+        self.lists: list[tuple[str, str | None]] = []
+        client.meta.events.register("before-parameter-build.s3.GetObject", self._get)
+        client.meta.events.register("before-parameter-build.s3.ListObjectsV2", self._list)
+
+    def _get(self, params: dict[str, Any], **_: Any) -> None:
+        self.gets.append(params["Key"])
+
+    def _list(self, params: dict[str, Any], **_: Any) -> None:
+        self.lists.append((params.get("Prefix", ""), params.get("Delimiter")))

@@ -20,8 +20,8 @@ import pytest
 from local import stack
 from local.stack import stop_process
 from shared.archive import ObjectStore
+from shared.archive.compaction import Compactor
 from shared.archive.naming import COMPACTED_ROOT
-from shared.compaction import Compactor
 from shared.stream import connect
 from tests.conftest import archived_keys, settings_env, wait_until
 

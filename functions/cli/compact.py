@@ -1,7 +1,7 @@
 """`event-ingest compact`: merge closed hours of the archive into deduplicated Parquet objects.
 
-A door over `shared.compaction`, which the scheduled compactor function runs too: this parses
-the options, draws progress on a terminal and prints what was done.
+A door over `shared.archive.compaction`, which the scheduled compactor function runs too: this
+parses the options, draws progress on a terminal and prints what was done.
 """
 
 from __future__ import annotations
@@ -72,8 +72,8 @@ def compact(
     """
     from botocore.exceptions import BotoCoreError, ClientError
 
-    from shared.archive import reading
-    from shared.compaction import Compactor, parse_hour
+    from shared.archive.compaction import Compactor
+    from shared.archive.partitions import HourRange, hour_range, parse_hour
     from shared.settings import ConfigError, Settings
     from shared.stream import REDIS_ERRORS
 
@@ -82,11 +82,11 @@ def compact(
         if hours and (start or end):
             raise ValueError("give --hour, or --from/--to, not both")
         named = sorted({parse_hour(text) for text in hours})
-        scope = reading.hour_range(start, end)
+        scope = hour_range(start, end)
         settings = Settings.from_env()
         compactor = Compactor.from_settings(settings)
         if dry_run:
-            states = [s for hour in named for s in compactor.survey(reading.HourRange(hour, hour))]
+            states = [s for hour in named for s in compactor.survey(HourRange(hour, hour))]
             _print_states(states if named else compactor.survey(scope), fmt)
             return
         with StatusLine(_compacting) as progress:

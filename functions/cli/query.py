@@ -1,5 +1,5 @@
-"""`event-ingest query SQL`: SQL over the archive (`shared.query`), shaped for a terminal or a
-pipe."""
+"""`event-ingest query SQL`: SQL over the archive (`shared.archive.query`), shaped for a terminal
+or a pipe."""
 
 from __future__ import annotations
 
@@ -104,7 +104,7 @@ def query(
     functions do. Progress (objects read) goes to stderr on a terminal only.
     """
     try:
-        from shared import query as archive_query
+        from shared.archive import query as archive_query
     except ImportError as exc:  # DuckDB is an optional extra, kept out of the Lambda bundles
         raise click.ClickException(
             f"event-ingest query needs DuckDB ({exc.name} is missing): "

@@ -1,5 +1,5 @@
 """`event-ingest replay`: archived events of a time range back onto a stream
-(`shared.replay`), with progress on a terminal."""
+(`shared.archive.replay`), with progress on a terminal."""
 
 from __future__ import annotations
 
@@ -42,13 +42,13 @@ def replay(start: str, end: str, into: str | None, restart: bool) -> None:
     """
     from botocore.exceptions import BotoCoreError, ClientError
 
-    from shared.archive import reading
-    from shared.replay import ArchiveChanging, Replayer
+    from shared.archive import partitions, reading
+    from shared.archive.replay import ArchiveChanging, Replayer
     from shared.settings import ConfigError, Settings
     from shared.stream import REDIS_ERRORS
 
     try:
-        hours = reading.hour_range(start, end)
+        hours = partitions.hour_range(start, end)
         settings = Settings.from_env()
         replayer = Replayer.from_settings(settings, into)
         with StatusLine(_progress) as progress:

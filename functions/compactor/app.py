@@ -1,9 +1,10 @@
 """The compactor function: compact closed hours of the archive for as long as the budget allows.
 
-Lambda calls `handler` on a schedule; `event-ingest compact` runs the same `shared.compaction`
-from the command line. The context's `get_remaining_time_in_millis()` says how long this
-invocation may run: no step starts in its last minute (or its last quarter, when shorter), and
-the hours left, or the one cut short, are resumed by the next invocation.
+Lambda calls `handler` on a schedule; `event-ingest compact` runs the same
+`shared.archive.compaction` from the command line. The context's
+`get_remaining_time_in_millis()` says how long this invocation may run: no step starts in its
+last minute (or its last quarter, when shorter), and the hours left, or the one cut short, are
+resumed by the next invocation.
 
 Each invocation reports through EMF (nothing scrapes a Lambda function): its counts (hours
 compacted and failed, events read and written, objects set aside as unreadable) and the
@@ -18,7 +19,7 @@ import functools
 from typing import Any
 
 from shared import metrics
-from shared.compaction import Compactor, Summary
+from shared.archive.compaction import Compactor, Summary
 from shared.settings import Settings
 
 _emf = metrics.EmfEmitter()

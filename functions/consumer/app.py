@@ -10,7 +10,7 @@ import functools
 from collections.abc import Iterator
 from typing import Any
 
-from functions.consumer.drain import ShardedDrainer
+from functions.consumer.sharded import ShardedDrainer
 from shared import metrics
 from shared.settings import Settings
 from shared.status import read_stream_status

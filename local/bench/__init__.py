@@ -14,7 +14,11 @@ Modules, one concern each:
 - `baselines`: the do-nothing and direct-write WSGI apps;
 - `backlog`: filling the stream, Redis memory per event, drain rate, end-to-end lag;
 - `report`: the table, the JSON file and the chart;
-- `run`: the phases in order (`python -m local.bench`);
+- `context`: what the phases share: the settings, the plan, and `Bench` (the stack, the results,
+  measurements at saturation and at a fixed rate);
+- `phases/`: one module per phase, each runnable alone (`python -m local.bench --phase NAME`);
+- `run`: the orchestrator: starts what the chosen phases need, runs them in order, writes the
+  report (`python -m local.bench`);
 - `profile`: py-spy profiles of the ingest workers and the consumer
   (`python -m local.bench.profile`).
 """

@@ -15,8 +15,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from local.bench import compaction_memory, payloads
-from shared import query
-from shared.archive import Buffer, ObjectStore
+from shared.archive import Buffer, ObjectStore, query
 
 FLUSH_EVENTS = 50_000
 HOURS = 4
@@ -61,7 +60,7 @@ def _store_flush(
 
 def time_query(store: ObjectStore, prefix: str) -> dict[str, Any]:
     started = time.monotonic()
-    with query.open_archive(store.client, store.bucket, prefix) as archive:
+    with query.open_archive(store, prefix) as archive:
         loaded = time.monotonic()
         answer = list(archive.run(GROUP_BY).rows())
         done = time.monotonic()

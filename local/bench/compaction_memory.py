@@ -4,7 +4,7 @@ hours, whose keys compaction checks the hour against.
 
 The hour is `HOUR_EVENTS` realistic events (`payloads`) stored as the consumer stores them
 (gzip NDJSON through `Buffer`); the earlier hours are `EARLIER_EVENTS` events each, written
-directly as compacted objects (`compaction.parquet_bytes`, named by `compaction.compacted_key`),
+directly as compacted objects (named by `naming.compacted_key`),
 which costs seconds instead of the minutes compacting them would. A share of the hour's events
 (`REPEATED_SHARE`) is stored in the earlier hours too, so that the check has copies to drop.
 
@@ -32,10 +32,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from local.bench import payloads
-from shared import compaction
 from shared.archive import Buffer, ObjectStore, columns
 from shared.archive.formats import parquet
-from shared.compaction import Part
+from shared.archive.naming import Part, compacted_key
+from shared.archive.partitions import hour_label, parse_hour
 
 HOUR_EVENTS = 20_000
 EARLIER_HOURS = 24
@@ -95,7 +95,7 @@ def write_compacted(store: ObjectStore, prefix: str, hour: datetime, ids: pa.Arr
         sorting_columns=[pq.SortingColumn(columns.SCHEMA.get_field_index("received_at"))],
     )
     body = sink.getvalue().to_pybytes()
-    store.put(compaction.compacted_key(prefix, hour, Part(0, 1), body), body)
+    store.put(compacted_key(prefix, hour, Part(0, 1), body), body)
 
 
 def random_ids(count: int) -> pa.Array:
@@ -150,7 +150,7 @@ def measure(env: dict[str, str], hour: datetime | None = None) -> dict[str, Any]
 
 
 def _start(env: dict[str, str], hour: datetime | None) -> subprocess.Popen:
-    label = [compaction.hour_label(hour)] if hour else []
+    label = [hour_label(hour)] if hour else []
     return subprocess.Popen(
         [sys.executable, "-m", __name__, *label],
         env=env,
@@ -185,7 +185,7 @@ def peak_rss_bytes() -> int:
 
 
 def _compact_here(label: str | None) -> dict[str, Any]:
-    from shared.compaction import Compactor, parse_hour
+    from shared.archive.compaction import Compactor
     from shared.settings import Settings
 
     compactor = Compactor.from_settings(Settings.from_env())

@@ -74,8 +74,16 @@ class Stack:
     # --- storage ---------------------------------------------------------------------------
 
     def start_storage(self, bucket: str) -> None:
+        self.start_redis()
+        self.start_s3(bucket)
+
+    def start_redis(self) -> None:
         self.redis = RedisServer(free_port(), self.run_dir / "redis").start()
         self._stoppers.append(self.redis.stop)
+        self.env["REDIS_URL"] = self.redis.url
+
+    def start_s3(self, bucket: str) -> None:
+        """moto's S3 server in a child process, with `bucket` made."""
         port = free_port()
         with output_to(self.run_dir / "s3.log"):
             self.s3 = subprocess.Popen(
@@ -87,7 +95,7 @@ class Stack:
         self._stoppers.append(lambda: stop(self.s3))
         wait_listening(port, self.s3)
         endpoint = f"http://127.0.0.1:{port}"
-        self.env.update({"REDIS_URL": self.redis.url, "S3_ENDPOINT_URL": endpoint})
+        self.env["S3_ENDPOINT_URL"] = endpoint
         os.environ.update(FAKE_CREDENTIALS)
         ensure_bucket(endpoint, bucket)
 

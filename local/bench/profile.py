@@ -26,8 +26,8 @@ from pathlib import Path
 import redis
 
 from local.bench import backlog, load, payloads
+from local.bench.context import BENCH_ENV, BUCKET, GROUP, STREAM_KEY
 from local.bench.procs import ROOT, Stack, stop
-from local.bench.run import BENCH_ENV, BUCKET, GROUP, STREAM_KEY
 
 # Which layer a frame belongs to, by the file it comes from; first match wins, from the leaf.
 LAYERS = [

@@ -253,7 +253,8 @@ def table(results: dict) -> str:
         archive = results["archive"]
         lines += ["", f"the archive read back ({archive['events']:,} events, 1% stored twice)"]
         lines += [archive_query_line(f, row) for f, row in archive["query"].items()]
-        lines.append(compaction_line(archive["compaction"]))
+        if archive.get("compaction"):  # absent when the compaction phase did not run
+            lines.append(compaction_line(archive["compaction"]))
         if archive.get("compaction_memory"):
             lines.append(compaction_memory_line(archive["compaction_memory"]))
     if results.get("crowd"):

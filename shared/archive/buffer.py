@@ -10,7 +10,7 @@ from typing import Any
 
 from shared.archive.formats import Format, named
 from shared.archive.naming import RAW_ROOTS, object_key
-from shared.archive.partitioner import partition_path
+from shared.archive.partitions import partition_path
 from shared.settings import Settings
 
 

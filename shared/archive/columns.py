@@ -62,6 +62,10 @@ SCHEMA = pa.schema(
 PARTITION_SCHEMA = pa.schema([pa.field("dt", pa.date32()), pa.field("hour", pa.int8())])
 # The columns of the JSON text fields, for readers that can type them (DuckDB's JSON).
 JSON_COLUMNS = (*JSON_FIELDS, EXTRA)
+# What copies of one event share: its source and its `message_id` (an ID is unique only within
+# the source that sent it). Compaction keeps one row per key, query and replay count one; NULL
+# sources group together, as in SQL.
+DEDUP_KEY = ("source", "message_id")
 
 _KNOWN = frozenset((*TEXT_FIELDS.values(), *TIME_FIELDS.values(), *JSON_FIELDS.values()))
 _json = msgspec.json.Encoder()

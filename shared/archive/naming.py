@@ -6,9 +6,12 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
-import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import msgspec
+
+from shared.archive.partitions import PARTITION_PATTERN, day_partition, partition_of
 
 # Dead letters, at the bucket's root so that they never mix with the archive's partitions.
 ERRORS_PREFIX = "errors/"
@@ -23,6 +26,12 @@ ROOTS = (*RAW_ROOTS.values(), COMPACTED_ROOT)
 # only the roots' `dt=` partitions, so nothing here is read as events.
 UNREADABLE_ROOT = "_unreadable/"
 REASON_SUFFIX = ".reason.json"
+# A compacted hour's objects: `compacted/dt=.../hour=.../compacted-<part>-of-<parts>-<digest>`.
+_COMPACTED = re.compile(
+    re.escape(COMPACTED_ROOT)
+    + PARTITION_PATTERN
+    + r"compacted-(?P<part>\d{4})-of-(?P<parts>\d{4})-[0-9a-f]{16}\.parquet$"
+)
 
 _json_encoder = msgspec.json.Encoder()
 
@@ -69,9 +78,9 @@ def error_object_key(entry_id: bytes, shard: str = "") -> str:
     written under another shard's name would replace its letter (for good, once Redis trims
     the dead-letter stream). STREAM_KEY's own letters keep the name they always had."""
     entry = entry_id.decode()
-    day = time.strftime("%Y-%m-%d", time.gmtime(int(entry.partition("-")[0]) / 1000))
+    written = datetime.fromtimestamp(int(entry.partition("-")[0]) / 1000, UTC)
     name = f"{entry}_shard-{shard_label(shard)}" if shard else entry
-    return f"{ERRORS_PREFIX}dt={day}/{name}.json"
+    return f"{ERRORS_PREFIX}{day_partition(written.date())}{name}.json"
 
 
 # What a shard's hash tag may hold to stand for it in an object name as it is.
@@ -91,3 +100,28 @@ def unreadable_key(prefix: str, key: str) -> str:
     """Where the object `key` of the archive under `prefix` is set aside when unreadable: its
     whole key, prefix included, so that where it came from is plain."""
     return f"{prefix}{UNREADABLE_ROOT}{key}"
+
+
+@dataclass(frozen=True)
+class Part:
+    """Where a compacted object stands: part `index` of `count`."""
+
+    index: int
+    count: int
+
+
+def compacted_part(key: str) -> Part | None:
+    """The part a compacted object holds, from its name; None for any other object."""
+    match = _COMPACTED.search(key)
+    if match is None:
+        return None
+    part = Part(int(match["part"]), int(match["parts"]))
+    return part if part.index < part.count else None
+
+
+def compacted_key(prefix: str, hour: datetime, part: Part, body: bytes) -> str:
+    """`<prefix>compacted/dt=.../hour=.../compacted-<part>-of-<parts>-<digest of body>.parquet`:
+    the digest is of the object's bytes, so the same rows always make the same name."""
+    digest = hashlib.blake2b(body, digest_size=8).hexdigest()
+    name = f"compacted-{part.index:04d}-of-{part.count:04d}-{digest}.parquet"
+    return f"{prefix}{COMPACTED_ROOT}{partition_of(hour)}{name}"

@@ -20,22 +20,21 @@ from __future__ import annotations
 
 import gzip
 import io
-import re
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime
 
 import msgspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from shared.archive import columns
+from shared.archive import columns, partitions
 from shared.archive.naming import ROOTS
+from shared.archive.partitions import HourRange
+from shared.archive.storage import ObjectStore
 
 FORMAT_OF_SUFFIX = {".ndjson.gz": "ndjson", ".parquet": "parquet"}
-_PARTITION = re.compile(r"dt=(\d{4}-\d{2}-\d{2})/hour=(\d{2})/")
-_BOUND = re.compile(r"(\d{4}-\d{2}-\d{2})(?:[T ](\d{2})(?::\d{2}(?::\d{2}(?:\.\d+)?)?)?)?Z?")
 _ndjson = msgspec.json.Decoder()
 # A reason lists at most this many failing line numbers (it counts all of them).
 LINES_LISTED = 1000
@@ -53,10 +52,6 @@ _DECODE_ERRORS = (
     TypeError,
     pa.ArrowException,
 )
-
-
-class ObjectGone(Exception):
-    """An object listed a moment ago is gone (compaction merged and removed it meanwhile)."""
 
 
 @dataclass(frozen=True)
@@ -89,116 +84,74 @@ class ArchivedObject:
 
     @property
     def partition(self) -> str:
-        return f"dt={self.dt.isoformat()}/hour={self.hour:02d}/"
+        return partitions.partition(self.dt, self.hour)
+
+    @property
+    def hour_start(self) -> datetime:
+        return partitions.hour_at(self.dt, self.hour)
 
 
-@dataclass(frozen=True)
-class HourRange:
-    """Whole UTC hours from `start` to `end`, both included; None is open on that side."""
-
-    start: datetime | None = None
-    end: datetime | None = None
-
-    def holds_day(self, day: date) -> bool:
-        first, last = self._days()
-        return (first is None or day >= first) and (last is None or day <= last)
-
-    def holds_hour(self, day: date, hour: int) -> bool:
-        moment = datetime(day.year, day.month, day.day, hour, tzinfo=UTC)
-        return (self.start is None or moment >= self.start) and (
-            self.end is None or moment <= self.end
-        )
-
-    def whole_day(self, day: date) -> bool:
-        return self.holds_hour(day, 0) and self.holds_hour(day, 23)
-
-    def _days(self) -> tuple[date | None, date | None]:
-        return (
-            self.start.date() if self.start else None,
-            self.end.date() if self.end else None,
-        )
-
-
-def parse_bound(text: str, end: bool = False) -> datetime:
-    """`YYYY-MM-DD` or `YYYY-MM-DDTHH` (or `YYYY-MM-DD HH`), UTC; minutes and seconds after the
-    hour (`THH:MM[:SS]`, an optional `Z`) are allowed and do not narrow it. As an end, a date
-    means its last hour."""
-    match = _BOUND.fullmatch(text.strip())
-    try:
-        if match is None:
-            raise ValueError
-        day = datetime.strptime(match[1], "%Y-%m-%d").replace(tzinfo=UTC)
-        if match[2] is None:
-            return day + timedelta(hours=23) if end else day
-        return day.replace(hour=int(match[2]))
-    except ValueError:
-        raise ValueError(
-            f"{text.strip()!r} is not a UTC date (YYYY-MM-DD) or hour (YYYY-MM-DDTHH)"
-        ) from None
-
-
-def hour_range(start: str | None, end: str | None) -> HourRange:
-    """The hours `--from start --to end` name (both included; None is open on that side);
-    ValueError names what is wrong."""
-    hours = HourRange(
-        parse_bound(start) if start else None, parse_bound(end, end=True) if end else None
-    )
-    if hours.start and hours.end and hours.start > hours.end:
-        raise ValueError(f"--from {start} is after --to {end}")
-    return hours
-
-
-def list_objects(client, bucket: str, prefix: str, hours: HourRange) -> list[ArchivedObject]:
+def list_objects(store: ObjectStore, prefix: str, hours: HourRange) -> list[ArchivedObject]:
     """Every archived object in `hours`, under every root (each format's and the compacted
     one), in key order."""
     found: list[ArchivedObject] = []
     for root in ROOTS:
-        found += _objects_in_range(client, bucket, f"{prefix}{root}", hours)
+        found += _objects_in_range(store, f"{prefix}{root}", hours)
     return sorted(found)
 
 
-def list_partition(client, bucket: str, prefix: str, day: date, hour: int) -> list[ArchivedObject]:
+def list_partition(store: ObjectStore, prefix: str, day: date, hour: int) -> list[ArchivedObject]:
     """The objects of one hour, under every root, in key order."""
-    partition = f"dt={day.isoformat()}/hour={hour:02d}/"
+    partition = partitions.partition(day, hour)
     return sorted(
-        item
-        for root in ROOTS
-        for item in _objects_under(client, bucket, f"{prefix}{root}{partition}")
+        item for root in ROOTS for item in _objects_under(store, prefix + root + partition)
     )
 
 
-def _objects_in_range(client, bucket: str, root: str, hours: HourRange) -> list[ArchivedObject]:
+def _objects_in_range(store: ObjectStore, root: str, hours: HourRange) -> list[ArchivedObject]:
     found: list[ArchivedObject] = []
-    for day_prefix in _common_prefixes(client, bucket, root):
-        day = _day_of(day_prefix)
+    for day_prefix in store.common_prefixes(root):
+        day = partitions.day_of_prefix(day_prefix)
         if day is None or not hours.holds_day(day):
             continue
         if hours.whole_day(day):
-            found += _objects_under(client, bucket, day_prefix)
+            found += _objects_under(store, day_prefix)
             continue
-        for hour_prefix in _common_prefixes(client, bucket, day_prefix):
-            hour = _hour_of(hour_prefix)
+        for hour_prefix in store.common_prefixes(day_prefix):
+            hour = partitions.hour_of_prefix(hour_prefix)
             if hour is not None and hours.holds_hour(day, hour):
-                found += _objects_under(client, bucket, hour_prefix)
+                found += _objects_under(store, hour_prefix)
     return found
 
 
-def read_object(client, bucket: str, item: ArchivedObject) -> pa.Table:
+def _objects_under(store: ObjectStore, prefix: str) -> Iterator[ArchivedObject]:
+    for key, size in store.objects_under(prefix):
+        archived = archived_object(key, size)
+        if archived is not None:
+            yield archived
+
+
+def archived_object(key: str, size: int) -> ArchivedObject | None:
+    """The object's partition and format from its key; None for anything else in the prefix."""
+    found = partitions.partition_in(key)
+    fmt = next((f for suffix, f in FORMAT_OF_SUFFIX.items() if key.endswith(suffix)), None)
+    if found is None or fmt is None:
+        return None
+    return ArchivedObject(key, *found, size, fmt)
+
+
+def read_object(store: ObjectStore, item: ArchivedObject) -> pa.Table:
     """The object's rows, as a table of `columns.SCHEMA`; Unreadable unless all decode."""
-    rows, damage = read_salvaging(client, bucket, item)
+    rows, damage = read_salvaging(store, item)
     if damage is not None:
         raise Unreadable(item.key, damage)
     return rows
 
 
-def read_salvaging(client, bucket: str, item: ArchivedObject) -> tuple[pa.Table, Damage | None]:
+def read_salvaging(store: ObjectStore, item: ArchivedObject) -> tuple[pa.Table, Damage | None]:
     """The object's rows that decode, as a table of `columns.SCHEMA`, and what did not (None
-    when everything did)."""
-    try:
-        body = client.get_object(Bucket=bucket, Key=item.key)["Body"].read()
-    except client.exceptions.NoSuchKey:
-        raise ObjectGone(item.key) from None
-    return decode(item.format, body)
+    when everything did); ObjectGone when it is gone."""
+    return decode(item.format, store.get(item.key))
 
 
 def decode(fmt: str, body: bytes) -> tuple[pa.Table, Damage | None]:
@@ -315,39 +268,3 @@ def _conformed(table: pa.Table) -> pa.Table:
 def _first_line(exc: BaseException) -> str:
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     return lines[0] if lines else type(exc).__name__
-
-
-def _common_prefixes(client, bucket: str, prefix: str) -> Iterator[str]:
-    pages = client.get_paginator("list_objects_v2").paginate(
-        Bucket=bucket, Prefix=prefix, Delimiter="/"
-    )
-    for page in pages:
-        for common in page.get("CommonPrefixes", []):
-            yield common["Prefix"]
-
-
-def _objects_under(client, bucket: str, prefix: str) -> Iterator[ArchivedObject]:
-    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-        for item in page.get("Contents", []):
-            archived = _archived(item["Key"], item["Size"])
-            if archived is not None:
-                yield archived
-
-
-def _archived(key: str, size: int) -> ArchivedObject | None:
-    """The object's partition and format from its key; None for anything else in the prefix."""
-    match = _PARTITION.search(key)
-    fmt = next((f for suffix, f in FORMAT_OF_SUFFIX.items() if key.endswith(suffix)), None)
-    if match is None or fmt is None:
-        return None
-    return ArchivedObject(key, date.fromisoformat(match[1]), int(match[2]), size, fmt)
-
-
-def _day_of(prefix: str) -> date | None:
-    match = re.search(r"dt=(\d{4}-\d{2}-\d{2})/$", prefix)
-    return date.fromisoformat(match[1]) if match else None
-
-
-def _hour_of(prefix: str) -> int | None:
-    match = re.search(r"hour=(\d{2})/$", prefix)
-    return int(match[1]) if match else None

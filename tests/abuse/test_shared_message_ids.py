@@ -23,10 +23,10 @@ import redis
 
 from functions.consumer.drain import Drainer
 from functions.ingest.app import create_app
-from shared import codec, query, stream
-from shared.archive import ObjectStore, reading
-from shared.compaction import Compactor
-from shared.replay import Replayer
+from shared import codec, stream
+from shared.archive import ObjectStore, partitions, query
+from shared.archive.compaction import Compactor
+from shared.archive.replay import Replayer
 from shared.settings import Settings
 from tests import archives
 from tests.archives import ev
@@ -34,7 +34,7 @@ from tests.deploy.conftest import load_template
 
 WEB_KEY = "wk_public_in_every_page"
 BACKEND_KEY = "wk_backend_secret"
-EVERY_HOUR = reading.HourRange()
+EVERY_HOUR = partitions.HourRange()
 
 
 @pytest.fixture
@@ -70,7 +70,9 @@ def order(total: int | None, **fields: Any) -> dict[str, Any]:
 
 def answer(settings: Settings, s3: Any, sql: str) -> list[tuple]:
     """What `event-ingest query` answers over the whole archive."""
-    with query.open_archive(s3, settings.s3_bucket, settings.s3_prefix, EVERY_HOUR) as archive:
+    with query.open_archive(
+        ObjectStore(s3, settings.s3_bucket), settings.s3_prefix, EVERY_HOUR
+    ) as archive:
         return list(archive.run(sql).rows())
 
 

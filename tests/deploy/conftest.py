@@ -37,6 +37,10 @@ def serverless_functions(template: dict[str, Any]) -> dict[str, dict[str, Any]]:
     }
 
 
+def props(template: dict[str, Any], name: str) -> dict[str, Any]:
+    return template["Resources"][name]["Properties"]
+
+
 @pytest.fixture(scope="session")
 def template() -> dict[str, Any]:
     return load_template()

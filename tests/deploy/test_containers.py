@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import ast
 import base64
-import fnmatch
 import importlib
 import json
 import os
@@ -77,6 +76,18 @@ def last(instructions: list[dockerfile.Command], cmd: str) -> dockerfile.Command
     return [i for i in instructions if i.cmd.upper() == cmd][-1]
 
 
+def dockerignore_regex(pattern: str) -> str:
+    """A pattern as Docker reads it (Go's filepath.Match, plus `**` for any number of folders):
+    `*` and `?` stay within one path segment. Written out, not through fnmatch, whose
+    translation of `**` differs between Python versions."""
+    regex = ""
+    for token in re.split(r"(\*\*/|\*\*|\*|\?)", pattern):
+        regex += {"**/": "(?:.*/)?", "**": ".*", "*": "[^/]*", "?": "[^/]"}.get(token) or re.escape(
+            token
+        )
+    return regex
+
+
 def ignored(path: str, patterns: list[str]) -> bool:
     """.dockerignore semantics: the last matching pattern wins, `!` re-includes, a pattern
     matching a folder matches everything in it."""
@@ -85,7 +96,7 @@ def ignored(path: str, patterns: list[str]) -> bool:
     for pattern in patterns:
         negated = pattern.startswith("!")
         pattern = pattern.lstrip("!").strip("/")
-        regex = fnmatch.translate(pattern).replace(".*", "[^/]*").replace("[^/]*[^/]*", ".*")
+        regex = dockerignore_regex(pattern)
         prefixes = ("/".join(parts[:n]) for n in range(1, len(parts) + 1))
         if any(re.fullmatch(regex, prefix) for prefix in prefixes):
             verdict = not negated

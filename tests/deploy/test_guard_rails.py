@@ -14,7 +14,7 @@ from shared import metrics
 from shared.archive import ERRORS_PREFIX
 from shared.settings import Settings
 from shared.status import CompactionReport, GroupStatus, StreamStatus
-from tests.deploy.test_template import props
+from tests.deploy.conftest import props
 
 SCHEDULED = ("ConsumerFunction", "CompactorFunction")
 

@@ -16,7 +16,7 @@ from functions.ingest.app import create_app
 from shared.settings import Settings
 from shared.status import write_compaction_report
 from shared.stream import GroupReader
-from tests.shared.test_status import A_COMPACTION_REPORT, add_aged
+from tests.shared.status_inputs import A_COMPACTION_REPORT, add_aged
 
 MONITORING = Path(__file__).resolve().parents[2] / "monitoring"
 METRIC = re.compile(r"\bevent_ingest_[a-z_]+\b")

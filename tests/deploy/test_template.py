@@ -18,10 +18,10 @@ from functions.consumer.drain import STOP_MARGIN_MS
 from functions.ingest.app import BROWSER_PREFIXES, create_app
 from local import lambda_build
 from shared.archive import ERRORS_PREFIX, columns, partition_path
+from shared.archive.columns import DEDUP_KEY
 from shared.archive.naming import COMPACTED_ROOT, RAW_ROOTS, ROOTS
-from shared.compaction import DEDUP_KEY
 from shared.settings import ENV_VARS, ConfigError, Settings
-from tests.deploy.conftest import ROOT, TEMPLATE, serverless_functions
+from tests.deploy.conftest import ROOT, TEMPLATE, props, serverless_functions
 from tests.local.locks import top_level_requirements
 
 HTTP_METHODS = {"GET", "POST", "PUT", "PATCH", "DELETE"}
@@ -31,10 +31,6 @@ def test_cfn_lint_reports_nothing() -> None:
     cfn_lint = Path(sys.executable).with_name("cfn-lint")
     result = subprocess.run([str(cfn_lint), str(TEMPLATE)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
-
-
-def props(template: dict[str, Any], name: str) -> dict[str, Any]:
-    return template["Resources"][name]["Properties"]
 
 
 # --- the ingest API routes exactly what the app serves ---------------------------------------

@@ -29,15 +29,16 @@ import pyarrow.parquet as pq
 import pytest
 import redis
 
-from shared import compaction, shards, status
-from shared.archive import ObjectStore, columns, reading
-from shared.archive.naming import ROOTS
-from shared.archive.reading import HourRange
-from shared.compaction import Compactor, Part, compacted_part, hour_label
+from shared import shards, status
+from shared.archive import ObjectStore, columns, compaction, naming, partitions, reading
+from shared.archive.compaction import Compactor, dedup, plan, steps
+from shared.archive.naming import ROOTS, Part, compacted_part
+from shared.archive.partitions import HourRange, hour_label
 from shared.settings import ConfigError, Settings
 from tests import archives
 from tests.archives import Client, Crash, ev
 from tests.conftest import settings_env
+from tests.fresh_process import in_a_fresh_process
 
 NOW = datetime(2024, 3, 7, tzinfo=UTC)
 HOURS = ["2024-03-04T23", "2024-03-05T13", "2024-03-05T14", "2024-03-05T15", "2024-03-06T00"]
@@ -79,7 +80,7 @@ def listed(s3: Any, settings: Settings) -> list[reading.ArchivedObject]:
     found = set()
     for root in ROOTS:
         prefix = settings.s3_prefix + root
-        found.update(reading.list_objects(s3, settings.s3_bucket, prefix, HourRange()))
+        found.update(reading.list_objects(ObjectStore(s3, settings.s3_bucket), prefix, HourRange()))
     return sorted(found)
 
 
@@ -87,7 +88,9 @@ def rows(s3: Any, settings: Settings) -> list[dict[str, Any]]:
     """Every archived row, in key order, with its object's key, hour and place in it."""
     found = []
     for item in listed(s3, settings):
-        for place, row in enumerate(reading.read_object(s3, settings.s3_bucket, item).to_pylist()):
+        for place, row in enumerate(
+            reading.read_object(ObjectStore(s3, settings.s3_bucket), item).to_pylist()
+        ):
             hour = f"{item.dt.isoformat()}T{item.hour:02d}"
             found.append({**row, "_key": item.key, "_hour": hour, "_place": place})
     return found
@@ -146,7 +149,7 @@ def table(ordinal: int, *entries: tuple[str | None, str, int], source: str | Non
             del event["messageId"]
         if event["source"] is None:
             del event["source"]  # anonymous mode
-    return compaction.with_order(columns.to_rows(events), ordinal)
+    return dedup.with_order(columns.to_rows(events), ordinal)
 
 
 def keys(*pairs: tuple[str | None, str]) -> pa.Table:
@@ -166,14 +169,14 @@ def test_first_copies_earliest_then_order_and_every_row_without_an_id() -> None:
             table(1, ("a", "13:05", 5), ("b", "13:10", 6), (None, "13:30", 7), ("c", "13:40", 8)),
         ]
     )
-    kept = compaction.first_copies(rows_)
+    kept = dedup.first_copies(rows_)
     # a: the earliest receivedAt (object 1); b and c: same receivedAt, the first object; both
     # rows without a message_id; sorted by receivedAt, then object.
     assert numbers(kept) == [5, 2, 3, 7, 4]
     assert kept["received_at"].to_pylist() == sorted(kept["received_at"].to_pylist())
     assert kept.schema == rows_.schema
     # What earlier hours already store goes, whichever copy would have won.
-    dropped = compaction.first_copies(rows_, drop=keys(("web", "b"), ("web", "x"), ("app", "a")))
+    dropped = dedup.first_copies(rows_, drop=keys(("web", "b"), ("web", "x"), ("app", "a")))
     assert numbers(dropped) == [5, 3, 7, 4]
 
 
@@ -186,30 +189,31 @@ def test_first_copies_are_per_source_and_message_id() -> None:
         ]
     )
     # One copy of each (source, message_id): anonymous events are one source of their own.
-    assert numbers(compaction.first_copies(rows_)) == [1, 2, 3, 5, 7]
+    assert numbers(dedup.first_copies(rows_)) == [1, 2, 3, 5, 7]
     # A copy stored before drops its own source's copies only, an anonymous one too.
     stored_before = keys(("backend", "a"), (None, "b"), ("other", "b"))
-    assert numbers(compaction.first_copies(rows_, drop=stored_before)) == [1, 2, 5]
+    assert numbers(dedup.first_copies(rows_, drop=stored_before)) == [1, 2, 5]
 
 
 def test_parts_names_and_hashes() -> None:
-    assert [compaction.parts_for(n, 100) for n in (0, 1, 100, 101, 300, 401)] == [1, 1, 1, 2, 4, 8]
-    key = compaction.compacted_key("events/", at("2024-03-05T13"), Part(2, 4), b"body")
+    assert [plan.parts_for(n, 100) for n in (0, 1, 100, 101, 300, 401)] == [1, 1, 1, 2, 4, 8]
+    key = naming.compacted_key("events/", at("2024-03-05T13"), Part(2, 4), b"body")
     assert key.startswith("events/compacted/dt=2024-03-05/hour=13/compacted-0002-of-0004-")
     assert key.endswith(".parquet")
     assert compacted_part(key) == Part(2, 4)
     assert compacted_part("events/dt=2024-03-05/hour=13/1-0_2-0_abc.parquet") is None
     ids = pa.array(["m1", "m2", None, "m3"])
-    assert compaction.part_of_ids(ids, 1) == [0, 0, 0, 0]
-    assert compaction.part_of_ids(ids, 8) == compaction.part_of_ids(ids, 8)
-    assert all(0 <= p < 8 for p in compaction.part_of_ids(ids, 8))
-    assert compaction.part_of_ids(ids, 8)[2] == 0
+    assert plan.part_of_ids(ids, 1) == [0, 0, 0, 0]
+    # The same in another process (another hash seed); test_stable_names.py pins the parts.
+    assert plan.part_of_ids(ids, 8) == in_a_fresh_process(plan.part_of_ids, ids, 8)
+    assert all(0 <= p < 8 for p in plan.part_of_ids(ids, 8))
+    assert plan.part_of_ids(ids, 8)[2] == 0
 
 
 def test_parquet_bytes_depend_on_the_rows_alone() -> None:
     rows_ = table(0, ("a", "13:20", 1), ("b", "13:10", 2))
     split = pa.concat_tables([rows_.slice(0, 1), rows_.slice(1)])
-    assert compaction.parquet_bytes(rows_) == compaction.parquet_bytes(split)
+    assert steps.parquet_bytes(rows_) == steps.parquet_bytes(split)
 
 
 # --- compacting -------------------------------------------------------------------------------
@@ -246,7 +250,9 @@ def test_compacted_objects_are_plain_sorted_zstd_parquet(
 ) -> None:
     archives.write_archive(store, settings.s3_prefix, "mixed")
     make(settings, s3).run()
-    for key, body in objects(s3, settings).items():
+    stored = objects(s3, settings)
+    assert stored, "compaction left nothing to check"
+    for key, body in stored.items():
         assert key.startswith(settings.s3_prefix + "compacted/dt=")
         parquet = pq.ParquetFile(io.BytesIO(body))
         assert parquet.schema_arrow == columns.SCHEMA  # no dt/hour inside
@@ -455,7 +461,7 @@ def test_a_big_hour_is_cut_into_parts_by_message_id(
     assert summary.hours[0].steps > parts[0].count + 1  # several split steps, then merges
     for row in rows(s3, settings):
         part = compacted_part(row["_key"])
-        assert compaction.part_of_ids(pa.array([row["message_id"]]), part.count) == [part.index]
+        assert plan.part_of_ids(pa.array([row["message_id"]]), part.count) == [part.index]
 
 
 def test_steps_resume_where_the_budget_ended_with_the_same_result(
@@ -487,6 +493,18 @@ def test_a_survey_changes_nothing(s3: Any, settings: Settings, store: ObjectStor
     assert states[0].bytes == sum(len(v) for k, v in before.items() if "hour=13" in k)
     assert objects(s3, settings) == before
     assert make(settings, s3).survey(HourRange(at("2024-03-05T14"))) == states[1:]
+
+
+def test_a_survey_lists_each_root_once(s3: Any, settings: Settings, store: ObjectStore) -> None:
+    """Each root's partitions are listed once a survey, however many roots there are (the
+    staging prefix aside, which holds plans and requests, not events)."""
+    write_busy_hours(store, settings.s3_prefix)
+    roots = sorted(f"{settings.s3_prefix}{root}" for root in ROOTS)
+    calls = archives.Calls(s3)
+    assert make(settings, s3).survey()
+    assert sorted(prefix for prefix, delimiter in calls.lists if prefix in roots) == roots
+    # and nothing under a root is listed from another root's prefix (`parquet/parquet/`)
+    assert all(prefix.count("parquet/") <= 1 for prefix, _ in calls.lists)
 
 
 # --- killed at any step -----------------------------------------------------------------------
@@ -644,7 +662,7 @@ def test_an_error_of_any_type_fails_its_hour_only(
         "2024-03-05T14": KeyError("message_id"),
         "2024-03-05T15": ZeroDivisionError("division by zero"),
     }
-    failing = FailingIn(s3, {compaction.partition_of(at(h)): e for h, e in errors.items()})
+    failing = FailingIn(s3, {partitions.partition_of(at(h)): e for h, e in errors.items()})
     before = {k: v for k, v in objects(s3, settings).items() if "dt=2024-03-05/" in k}
 
     summary = make(settings, s3, failing).run(report=True)
@@ -692,7 +710,9 @@ def test_only_a_run_asked_to_report_leaves_a_report(
 def test_the_report_counts_the_objects_set_aside_as_unreadable(
     s3: Any, settings: Settings, store: ObjectStore, redis_client: redis.Redis
 ) -> None:
-    aside = f"{settings.s3_prefix}{compaction.UNREADABLE}{settings.s3_prefix}dt=2024-03-05/hour=14/"
+    aside = (
+        f"{settings.s3_prefix}{naming.UNREADABLE_ROOT}{settings.s3_prefix}dt=2024-03-05/hour=14/"
+    )
     for name in ("a.ndjson.gz", "b.parquet"):
         s3.put_object(Bucket=settings.s3_bucket, Key=f"{aside}{name}", Body=b"damaged")
         s3.put_object(Bucket=settings.s3_bucket, Key=f"{aside}{name}.reason.json", Body=b"{}")
@@ -751,7 +771,8 @@ def test_the_lease_is_renewed_while_its_run_lives(
 
 KILLED_RUN = """
 import sys, time
-from shared.compaction import Compactor, parse_hour
+from shared.archive.compaction import Compactor
+from shared.archive.partitions import parse_hour
 from shared.settings import Settings
 
 def stop_in_merge(progress):
@@ -826,9 +847,9 @@ def test_two_runs_at_once_never_work_on_one_hour_together(
     archives.write_archive(store, settings.s3_prefix, "mixed")
     expected = view(s3, settings)
     guard, working, together = threading.Lock(), set(), []
-    locked_run = compaction._HourRun.run  # runs while its run holds the hour's lock
+    locked_run = steps.HourRun.run  # runs while its run holds the hour's lock
 
-    def watched_run(self: compaction._HourRun) -> None:
+    def watched_run(self: steps.HourRun) -> None:
         with guard:
             if self.hour in working:
                 together.append(self.hour)
@@ -839,7 +860,7 @@ def test_two_runs_at_once_never_work_on_one_hour_together(
             with guard:
                 working.discard(self.hour)
 
-    monkeypatch.setattr(compaction._HourRun, "run", watched_run)
+    monkeypatch.setattr(steps.HourRun, "run", watched_run)
     with ThreadPoolExecutor(2) as pool:
         runs = list(pool.map(lambda _: make(settings, s3, **SMALL).run(), range(2)))
 

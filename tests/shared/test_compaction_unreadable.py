@@ -17,9 +17,9 @@ import pytest
 import redis
 
 from shared.archive import ObjectStore, reading
-from shared.archive.naming import ROOTS
-from shared.archive.reading import HourRange
-from shared.compaction import Compactor, compacted_part
+from shared.archive.compaction import Compactor
+from shared.archive.naming import ROOTS, compacted_part
+from shared.archive.partitions import HourRange
 from shared.settings import Settings
 from tests import archives, unreadable
 from tests.archives import Client, Crash, ev
@@ -64,9 +64,9 @@ def ids_by_hour(s3: Any, settings: Settings) -> dict[str, set[str]]:
     found: dict[str, set[str]] = {}
     for root in ROOTS:
         prefix = settings.s3_prefix + root
-        for item in reading.list_objects(s3, settings.s3_bucket, prefix, HourRange()):
+        for item in reading.list_objects(ObjectStore(s3, settings.s3_bucket), prefix, HourRange()):
             hour = f"{item.dt.isoformat()}T{item.hour:02d}"
-            rows = reading.read_object(s3, settings.s3_bucket, item)
+            rows = reading.read_object(ObjectStore(s3, settings.s3_bucket), item)
             found.setdefault(hour, set()).update(rows["message_id"].to_pylist())
     return found
 

@@ -11,17 +11,18 @@ from typing import Any
 import boto3
 import pytest
 
-from shared import query
-from shared.archive import ObjectStore
+from shared.archive import ObjectStore, query
 from shared.archive.naming import ROOTS
-from shared.archive.reading import HourRange
+from shared.archive.partitions import HourRange
 from shared.settings import Settings
 from tests import archives
 
 
 def open_range(s3: Any, settings: Settings, start=None, end=None, **options) -> query.Archive:
     hours = query.hour_range(start, end)
-    return query.open_archive(s3, settings.s3_bucket, settings.s3_prefix, hours, **options)
+    return query.open_archive(
+        ObjectStore(s3, settings.s3_bucket), settings.s3_prefix, hours, **options
+    )
 
 
 def counts(archive: query.Archive, sql: str) -> dict[Any, int]:
@@ -124,7 +125,7 @@ def test_the_formats_give_the_same_rows(s3: Any, settings: Settings) -> None:
         tag = f"{settings.s3_prefix}{fmt}/"
         archives.write_archive(ObjectStore(s3, settings.s3_bucket), tag, fmt)
         hours = HourRange()
-        with query.open_archive(s3, settings.s3_bucket, tag, hours) as archive:
+        with query.open_archive(ObjectStore(s3, settings.s3_bucket), tag, hours) as archive:
             rows = archive.run(
                 "SELECT * FROM events ORDER BY received_at, message_id, properties::VARCHAR"
             ).rows()
@@ -151,27 +152,11 @@ def test_several_statements_answer_with_the_last(archive: query.Archive) -> None
 # --- ranges ---------------------------------------------------------------------------------
 
 
-class Calls:
-    """The S3 calls a client makes, from boto3's event hooks."""
-
-    def __init__(self, client: Any) -> None:
-        self.gets: list[str] = []
-        self.lists: list[tuple[str, str | None]] = []
-        client.meta.events.register("before-parameter-build.s3.GetObject", self._get)
-        client.meta.events.register("before-parameter-build.s3.ListObjectsV2", self._list)
-
-    def _get(self, params: dict[str, Any], **_: Any) -> None:
-        self.gets.append(params["Key"])
-
-    def _list(self, params: dict[str, Any], **_: Any) -> None:
-        self.lists.append((params.get("Prefix", ""), params.get("Delimiter")))
-
-
 def test_a_range_downloads_and_lists_nothing_outside_it(
     s3: Any, settings: Settings, store: ObjectStore
 ) -> None:
     keys = archives.write_archive(store, settings.s3_prefix, "mixed")
-    calls = Calls(s3)
+    calls = archives.Calls(s3)
     with open_range(s3, settings, "2024-03-05T14", "2024-03-05T15") as archive:
         assert (
             counts(archive, "SELECT event, count(*) FROM events GROUP BY event")
@@ -202,7 +187,7 @@ def test_a_range_downloads_and_lists_nothing_outside_it(
 
 def test_a_range_of_whole_days(s3: Any, settings: Settings, store: ObjectStore) -> None:
     archives.write_archive(store, settings.s3_prefix, "ndjson")
-    calls = Calls(s3)
+    calls = archives.Calls(s3)
     with open_range(s3, settings, "2024-03-05", "2024-03-06") as archive:
         assert counts(archive, "SELECT 'all', count(*) FROM events") == {"all": 9}
     assert all(not key.startswith("events/dt=2024-03-04/") for key in calls.gets)
@@ -361,4 +346,4 @@ def test_an_error_at_run_time_is_one_line(archive: query.Archive) -> None:
 
 def test_a_missing_bucket(s3: Any, settings: Settings) -> None:
     with pytest.raises(query.ArchiveUnreachable, match="NoSuchBucket"):
-        query.open_archive(s3, "no-such-bucket", "events/")
+        query.open_archive(ObjectStore(s3, "no-such-bucket"), "events/")

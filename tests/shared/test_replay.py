@@ -8,16 +8,16 @@ from typing import Any
 
 import pytest
 
-from shared import codec, replay
-from shared.archive import ObjectStore, reading
-from shared.replay import Replayer
+from shared import codec
+from shared.archive import ObjectStore, partitions, replay
+from shared.archive.replay import Replayer
 from shared.settings import Settings
 from shared.stream import EventStream
 from tests import archives
 
-WHOLE = reading.HourRange(None, None)
-HOURS_14_15 = reading.HourRange(
-    reading.parse_bound("2024-03-05T14"), reading.parse_bound("2024-03-05T15", end=True)
+WHOLE = partitions.HourRange(None, None)
+HOURS_14_15 = partitions.HourRange(
+    partitions.parse_bound("2024-03-05T14"), partitions.parse_bound("2024-03-05T15", end=True)
 )
 
 

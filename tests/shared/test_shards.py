@@ -13,7 +13,7 @@ from redis.backoff import NoBackoff
 from redis.crc import REDIS_CLUSTER_HASH_SLOTS
 from redis.retry import Retry
 
-from functions.consumer.drain import ShardedDrainer
+from functions.consumer.sharded import ShardedDrainer
 from shared import codec, events, shards, stream
 from shared.archive import ObjectStore
 from shared.status import read_stream_status
@@ -225,7 +225,7 @@ def test_a_retired_key_is_removed_once_drained_and_silent(settings, s3, redis_cl
 def test_a_registry_that_cannot_be_written_does_not_refuse_requests(
     sharded, redis_client, monkeypatch
 ):
-    monkeypatch.setattr(stream, "REGISTER_RETRY_S", 0.0)  # try again at the next request
+    monkeypatch.setattr(stream.producers, "REGISTER_RETRY_S", 0.0)  # try again at the next request
     registry = shards.registry_key(sharded.stream_key)
     redis_client.set(registry, "not a set")  # SADD now fails with WRONGTYPE
     producer = stream.producer(sharded, redis_client)
@@ -267,7 +267,7 @@ def test_readiness_holds_while_one_shard_does_not_answer(sharded, redis_client) 
 def test_drainers_share_the_buffering_hints(settings, s3, redis_client) -> None:
     """A consumer's buffers together hold what one stream's would: its memory is sized for
     one (Lambda's MemorySize), whatever the number of shards."""
-    from functions.consumer.drain import MIN_SHARE_BYTES, buffering_share
+    from functions.consumer.sizing import MIN_SHARE_BYTES, buffering_share
 
     big = dataclasses.replace(settings, flush_max_bytes=12 * 1024 * 1024, flush_max_events=900)
     shared = buffering_share(big, 3)

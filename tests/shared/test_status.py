@@ -15,31 +15,7 @@ from shared import status as status_module
 from shared.settings import Settings
 from shared.status import read_status
 from shared.stream import EventStream, GroupReader, dead_letter_key
-
-
-def add_aged(client: redis.Redis, key: str, count: int, age_s: float, events: int = 3) -> list:
-    """Entries whose IDs say they were added `age_s` ago (IDs are Redis's clock at XADD)."""
-    seconds, micros = client.time()
-    start_ms = seconds * 1000 + micros // 1000 - int(age_s * 1000)
-    return [
-        client.xadd(
-            key, {b"v": b"1", b"n": str(events).encode(), b"d": b"x" * 100}, id=f"{start_ms}-{i}"
-        )
-        for i in range(count)
-    ]
-
-
-# A run that left hour 13 failed and one object set aside.
-A_COMPACTION_REPORT = status_module.CompactionReport(
-    finished_at=datetime.now(UTC).isoformat(timespec="seconds"),
-    scope="every closed hour",
-    lag_s=5400.0,
-    oldest_hour="2024-03-05T13",
-    hours_compacted=4,
-    failed=(status_module.FailedHour("2024-03-05T13", "JSONDecodeError: Expecting value"),),
-    unreadable_objects=1,
-)
-
+from tests.shared.status_inputs import A_COMPACTION_REPORT, add_aged
 
 COMPACTION_GAUGES = {
     f"event_ingest_compaction_{name}"

@@ -911,7 +911,7 @@ def test_entries_of_no_events_or_no_bytes_are_removed_too(
 def test_two_groups_trim_subtracts_exactly(
     redis_client: redis.Redis, settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(stream, "TRIM_CHUNK", 7)  # several chunks per trim
+    monkeypatch.setattr(stream.ledger, "TRIM_CHUNK", 7)  # several chunks per trim
     key = settings.stream_key
     leader = reader(redis_client, settings, "a", group="leader")
     lagger = reader(redis_client, settings, "b", group="lagger")

@@ -38,7 +38,7 @@ import pyarrow.parquet as pq
 
 from shared.archive import columns
 from shared.archive.formats.ndjson import encode_lines
-from shared.archive.partitioner import UnarchivableEvent
+from shared.archive.partitions import UnarchivableEvent
 
 SUFFIX = ".parquet"
 CONTENT_TYPE = "application/vnd.apache.parquet"

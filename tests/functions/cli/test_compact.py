@@ -16,10 +16,9 @@ from click.testing import CliRunner
 
 from functions.cli import main
 from functions.cli.terminal import StatusLine
-from shared import compaction
-from shared.archive import ObjectStore
+from shared.archive import ObjectStore, partitions
+from shared.archive.compaction import Compactor, steps
 from shared.archive.naming import unreadable_key
-from shared.compaction import Compactor
 from shared.settings import Settings
 from tests import archives
 from tests.conftest import archived_keys, free_port, settings_env
@@ -232,14 +231,14 @@ def test_an_eof_error_is_its_hours_failure_not_aborted(
     settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """click takes an EOFError that reaches it for an interrupted prompt (`Aborted!`)."""
-    planned = compaction._HourRun.plan
+    planned = steps.HourRun.plan
 
-    def truncated(run: compaction._HourRun) -> Any:
-        if compaction.hour_label(run.hour) == "2024-03-05T13":
+    def truncated(run: steps.HourRun) -> Any:
+        if partitions.hour_label(run.hour) == "2024-03-05T13":
             raise EOFError("Compressed file ended before the end-of-stream marker was reached")
         return planned(run)
 
-    monkeypatch.setattr(compaction._HourRun, "plan", truncated)
+    monkeypatch.setattr(steps.HourRun, "plan", truncated)
 
     result = compact(settings)
 

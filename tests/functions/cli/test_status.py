@@ -19,7 +19,7 @@ from shared.stream import EventStream, GroupReader, dead_letter_key
 from tests import archives
 from tests.conftest import free_port, settings_env
 from tests.functions.cli.errors import assert_one_error_line
-from tests.shared.test_status import add_aged
+from tests.shared.status_inputs import add_aged
 
 
 def status(settings: Settings, *args: str, **env: str):

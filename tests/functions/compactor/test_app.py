@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 
 from functions.compactor import app
-from shared import compaction, metrics, status
-from shared.archive import ObjectStore, reading
-from shared.archive.reading import HourRange
+from shared import metrics, status
+from shared.archive import ObjectStore, compaction, reading
+from shared.archive.partitions import HourRange
 from shared.settings import Settings
 from tests import archives
 from tests.conftest import settings_env
@@ -58,7 +58,9 @@ def write(s3: Any, settings: Settings, hours_ago: int, ids: list[str], entry: in
 
 def listed(s3: Any, settings: Settings) -> list[reading.ArchivedObject]:
     """Every archived object, raw and compacted, of every root."""
-    return reading.list_objects(s3, settings.s3_bucket, settings.s3_prefix, HourRange())
+    return reading.list_objects(
+        ObjectStore(s3, settings.s3_bucket), settings.s3_prefix, HourRange()
+    )
 
 
 def keys_by_hour(s3: Any, settings: Settings) -> dict[str, list[str]]:
@@ -131,7 +133,9 @@ def test_stops_before_its_time_ends_and_the_next_invocation_resumes(
     assert len(names) == 6 and all(n.startswith("compacted-") for n in names)
     ids = []
     for item in listed(s3, settings):
-        ids += reading.read_object(s3, settings.s3_bucket, item)["message_id"].to_pylist()
+        ids += reading.read_object(ObjectStore(s3, settings.s3_bucket), item)[
+            "message_id"
+        ].to_pylist()
     assert sorted(ids) == [f"m{h}" for h in range(2, 8)] + ["shared"]  # kept in its first hour
     assert compaction.Compactor.from_settings(settings).survey() == []
 

@@ -7,7 +7,7 @@ import pytest
 
 from functions.consumer import app
 from tests.conftest import pending_count
-from tests.functions.consumer.test_drain import Budget, break_storage, make_drainer, post
+from tests.functions.consumer.drains import Budget, break_storage, make_drainer, post
 
 
 class Context:

@@ -18,7 +18,7 @@ import redis
 from shared import stream
 from tests.conftest import archived_events, archived_keys, pending_count
 from tests.faults.tcp_proxy import TcpProxy
-from tests.functions.consumer.test_drain import Budget, make_drainer, pending_of, post
+from tests.functions.consumer.drains import Budget, make_drainer, pending_of, post
 
 MIN_IDLE_MS = 200
 
@@ -101,7 +101,7 @@ def test_claimed_entries_past_max_deliveries_are_dead_lettered_as_before(
 ):
     """Claims take IDs only and never count as a delivery: what the dead consumer read too
     often is dead-lettered by its claimer, the rest archived, across several claim pages."""
-    monkeypatch.setattr(stream, "CLAIM_PAGE", 2)
+    monkeypatch.setattr(stream.consumer_group, "CLAIM_PAGE", 2)
     settings = dataclasses.replace(
         settings, max_deliveries=2, flush_interval_s=0.1, claim_idle_ms=MIN_IDLE_MS
     )
@@ -131,7 +131,7 @@ def test_one_claimer_takes_all_of_a_dead_consumers_entries_page_by_page(
 ):
     """Between two of its pages, another claimer finds the same dead consumer: it takes
     nothing (the first holds the lease), so the entries stay together, in their order."""
-    monkeypatch.setattr(stream, "CLAIM_PAGE", 2)
+    monkeypatch.setattr(stream.consumer_group, "CLAIM_PAGE", 2)
     dead_consumer_holding(redis_client, settings.stream_key, 7)
     time.sleep(MIN_IDLE_MS / 1000 + 0.05)
     first = stream.GroupReader(redis_client, settings.stream_key, "archiver", "first")
@@ -155,7 +155,7 @@ def test_one_claimer_takes_all_of_a_dead_consumers_entries_page_by_page(
 def test_a_claimer_that_outlives_its_lease_stops_and_keeps_what_it_took(
     settings, redis_client, monkeypatch
 ):
-    monkeypatch.setattr(stream, "CLAIM_PAGE", 2)
+    monkeypatch.setattr(stream.consumer_group, "CLAIM_PAGE", 2)
     dead_consumer_holding(redis_client, settings.stream_key, 5)
     time.sleep(MIN_IDLE_MS / 1000 + 0.05)
     stalled = stream.GroupReader(redis_client, settings.stream_key, "archiver", "stalled")

@@ -11,8 +11,8 @@ import urllib3
 from local import stack
 from shared.settings import Settings
 from tests.conftest import archived_events, free_port, settings_env, wait_until
-from tests.functions.consumer.test_drain import Budget, break_storage, make_drainer, post
-from tests.functions.ingest.test_metrics import samples, value
+from tests.functions.consumer.drains import Budget, break_storage, make_drainer, post
+from tests.metrics_samples import samples, value
 
 COUNTED = ("events_archived", "entries_read", "objects_written", "bytes_written", "store_failures")
 

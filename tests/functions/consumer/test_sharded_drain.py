@@ -14,12 +14,13 @@ import time
 from click.testing import CliRunner
 
 from functions.cli import main
-from functions.consumer.drain import ShardedDrainer, connections_needed
+from functions.consumer.sharded import ShardedDrainer
+from functions.consumer.sizing import connections_needed
 from shared import codec, events, shards, stream
 from shared.archive import ObjectStore
 from shared.settings import Settings
 from tests.conftest import archived_events, archived_keys, pending_count, settings_env
-from tests.functions.consumer.test_drain import Budget
+from tests.functions.consumer.drains import Budget
 
 SAME_ID = "1700000000000-0"
 

@@ -17,28 +17,15 @@ from pathlib import Path
 
 import pytest
 import urllib3
-from prometheus_client.parser import text_string_to_metric_families
 
 from functions.ingest.app import create_app
 from local import stack
 from shared import metrics
 from shared.settings import Settings
 from tests.conftest import free_port, settings_env, stop_gunicorn, wait_until
+from tests.metrics_samples import samples, value
 
 BATCH = {"batch": [{"type": "track", "userId": "u", "event": "E"}] * 3}
-
-
-def samples(text: str) -> dict[tuple[str, tuple], float]:
-    """Every sample of an exposition, keyed by name and sorted labels."""
-    return {
-        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
-
-
-def value(found: dict, name: str, **labels: str) -> float:
-    return found.get((name, tuple(sorted(labels.items()))), 0.0)
 
 
 # --- in process -------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ import pytest
 
 from shared.archive import columns, reading
 from shared.archive.formats import parquet
+from shared.archive.storage import ObjectStore
 from shared.settings import Settings
 from tests.archives import ev
 
@@ -116,7 +117,7 @@ def test_read_object_raises_naming_the_object(s3: Any, settings: Settings) -> No
     item = reading.ArchivedObject(key, date(2024, 3, 5), 13, 10, "ndjson")
 
     with pytest.raises(reading.Unreadable) as raised:
-        reading.read_object(s3, settings.s3_bucket, item)
+        reading.read_object(ObjectStore(s3, settings.s3_bucket), item)
 
     assert raised.value.key == key
     assert str(raised.value) == f"{key}: {raised.value.damage.reason}"

@@ -1,4 +1,4 @@
-"""The partitioner: an event goes under `dt=YYYY-MM-DD/hour=HH/` of its `receivedAt`."""
+"""Partitions: an event goes under `dt=YYYY-MM-DD/hour=HH/` of its `receivedAt`."""
 
 from __future__ import annotations
 

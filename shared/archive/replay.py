@@ -2,7 +2,7 @@
 
 For re-processing downstream: a new consumer group, a warehouse loader reading another
 stream key. Events are read hour by hour, each hour's copies of an event (the same `source` and
-`messageId`: `compaction.DEDUP_KEY`) reduced to the earliest (`received_at`, then key order),
+`messageId`: `columns.DEDUP_KEY`) reduced to the earliest (`received_at`, then key order),
 and copies already seen in the DEDUP_WINDOW hours before dropped, as compaction does. They keep
 their `messageId` and `receivedAt` and gain `replayedAt` (when they were replayed), so that a
 reader tells them from new events; back on the main stream they are archived into their
@@ -36,8 +36,10 @@ import pyarrow as pa
 import redis
 
 from shared import codec, events
-from shared.archive import ObjectStore, columns, reading
-from shared.compaction import DEDUP_KEY, hour_label, parse_hour
+from shared.archive import columns, reading
+from shared.archive.columns import DEDUP_KEY
+from shared.archive.partitions import HourRange, hour_label, parse_hour
+from shared.archive.storage import ObjectGone, ObjectStore
 from shared.settings import Settings
 from shared.stream import BacklogFull, EventStream, ReplicationShortfall, ShardedStream, producer
 
@@ -96,13 +98,13 @@ class Replayer:
         store = ObjectStore.from_settings(settings, attempts=4)
         return cls(store, settings.s3_prefix, producer(target), settings.dedup_window_h)
 
-    def place_key(self, hours: reading.HourRange) -> str:
+    def place_key(self, hours: HourRange) -> str:
         scope = f"{hours.start}|{hours.end}|{self.prefix}"
         return f"{self.producer.key}:replay:{hashlib.sha1(scope.encode()).hexdigest()[:16]}"
 
     def run(
         self,
-        hours: reading.HourRange,
+        hours: HourRange,
         progress: Callable[[Progress], None] | None = None,
         restart: bool = False,
     ) -> Summary:
@@ -132,10 +134,8 @@ class Replayer:
 
     # --- reading ----------------------------------------------------------------------------
 
-    def _hours(
-        self, hours: reading.HourRange
-    ) -> Iterator[tuple[datetime, list[reading.ArchivedObject]]]:
-        objects = reading.list_objects(self.store.client, self.store.bucket, self.prefix, hours)
+    def _hours(self, hours: HourRange) -> Iterator[tuple[datetime, list[reading.ArchivedObject]]]:
+        objects = reading.list_objects(self.store, self.prefix, hours)
         for (day, hour), items in groupby(
             sorted(objects, key=_hour_then_key), key=lambda o: (o.dt, o.hour)
         ):
@@ -147,14 +147,10 @@ class Replayer:
         day, hour = start.date(), start.hour
         for _ in range(3):
             try:
-                tables = [
-                    reading.read_object(self.store.client, self.store.bucket, o) for o in items
-                ]
+                tables = [reading.read_object(self.store, o) for o in items]
                 return pa.concat_tables(tables) if tables else columns.SCHEMA.empty_table()
-            except reading.ObjectGone:
-                items = reading.list_partition(
-                    self.store.client, self.store.bucket, self.prefix, day, hour
-                )
+            except ObjectGone:
+                items = reading.list_partition(self.store, self.prefix, day, hour)
         raise ArchiveChanging(f"the objects of {day} hour {hour} keep changing; try again")
 
     def _once(

@@ -10,7 +10,7 @@ Two views answer queries:
 
 - `raw_events`: every row of every object read, with `object_key`, the object it came from.
 - `events`: each event once: of the rows sharing a `source` and a non-NULL `message_id`
-  (`compaction.DEDUP_KEY`; a NULL source, anonymous mode, is one source of its own), the copy
+  (`columns.DEDUP_KEY`; a NULL source, anonymous mode, is one source of its own), the copy
   with the earliest `received_at`, then the first in object key order, then the first in its
   object. Two sources' events with the same ID are two events: an ID is unique only within the
   source that sent it, and a source whose key is public could otherwise hide another's events
@@ -56,10 +56,11 @@ import botocore.exceptions
 import duckdb
 import pyarrow as pa
 
-from shared.archive import columns, reading
-from shared.archive.reading import ArchivedObject, HourRange, ObjectGone
-from shared.archive.storage import ObjectStore
-from shared.compaction import DEDUP_KEY
+from shared.archive import columns, partitions, reading
+from shared.archive.columns import DEDUP_KEY
+from shared.archive.partitions import HourRange, partition
+from shared.archive.reading import ArchivedObject
+from shared.archive.storage import ObjectGone, ObjectStore
 from shared.settings import Settings
 
 # How often a partition is listed again when its objects keep disappearing under a query
@@ -111,9 +112,9 @@ class UnreadableObject(QueryError):
 
 
 def hour_range(start: str | None, end: str | None) -> HourRange:
-    """reading.hour_range, its errors as the query's own (BadRange)."""
+    """partitions.hour_range, its errors as the query's own (BadRange)."""
     try:
-        return reading.hour_range(start, end)
+        return partitions.hour_range(start, end)
     except ValueError as exc:
         raise BadRange(str(exc)) from None
 
@@ -213,8 +214,7 @@ def open_from_settings(
             _storage_error(exc, settings.s3_bucket, settings.s3_endpoint_url)
         ) from None
     return open_archive(
-        store.client,
-        store.bucket,
+        store,
         settings.s3_prefix,
         hours,
         progress=progress,
@@ -224,8 +224,7 @@ def open_from_settings(
 
 
 def open_archive(
-    client: Any,
-    bucket: str,
+    store: ObjectStore,
     prefix: str,
     hours: HourRange = EVERY_HOUR,
     *,
@@ -240,10 +239,10 @@ def open_archive(
     out (`Archive.skipped`)."""
     skipped: dict[ArchivedObject, reading.Unreadable] | None = {} if skip_unreadable else None
     try:
-        listed = reading.list_objects(client, bucket, prefix, hours)
-        tables = _read_all(client, bucket, prefix, listed, progress, workers, skipped)
+        listed = reading.list_objects(store, prefix, hours)
+        tables = _read_all(store, prefix, listed, progress, workers, skipped)
     except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
-        raise ArchiveUnreachable(_storage_error(exc, bucket, endpoint)) from None
+        raise ArchiveUnreachable(_storage_error(exc, store.bucket, endpoint)) from None
     except reading.Unreadable as exc:
         raise UnreadableObject(exc) from None
     objects = sorted(tables)
@@ -262,8 +261,7 @@ def open_archive(
 
 
 def _read_all(
-    client: Any,
-    bucket: str,
+    store: ObjectStore,
     prefix: str,
     listed: list[ArchivedObject],
     progress: Progress | None,
@@ -284,7 +282,7 @@ def _read_all(
         pending = listed
         while pending:
             futures: dict[Future[pa.Table], ArchivedObject] = {
-                pool.submit(reading.read_object, client, bucket, item): item for item in pending
+                pool.submit(reading.read_object, store, item): item for item in pending
             }
             changed: set[tuple[date, int]] = set()
             for future in as_completed(futures):
@@ -305,13 +303,13 @@ def _read_all(
                 relisted[day, hour] += 1
                 if relisted[day, hour] > RELIST_ATTEMPTS:
                     raise ArchiveChanging(
-                        f"the objects of dt={day.isoformat()}/hour={hour:02d} kept changing "
+                        f"the objects of {partition(day, hour).rstrip('/')} kept changing "
                         f"while they were read ({RELIST_ATTEMPTS} listings); try again"
                     )
                 for read in (tables, unreadable or {}):
                     for item in [item for item in read if (item.dt, item.hour) == (day, hour)]:
                         del read[item]
-                again = reading.list_partition(client, bucket, prefix, day, hour)
+                again = reading.list_partition(store, prefix, day, hour)
                 total += len(again)
                 pending += again
             if pending and progress:
