@@ -53,10 +53,11 @@ format: $(VENV)/.installed
 clean:
 	rm -rf $(VENV) $(VENV_UV) .data .pytest_cache .ruff_cache
 
-# The benchmark (issue 6), not part of `make test`. BENCH_ARGS=--quick for a short smoke run.
+# The benchmark (issue 6), not part of `make test`. BENCH_ARGS=--quick for a short smoke run;
+# PHASE=compaction (or a comma-separated list) runs only those phases.
 # It uses wrk when it is on PATH (Debian: apt-get install wrk), else a Python load generator.
 bench: $(VENV)/.installed
-	$(BIN)/python -m local.bench $(BENCH_ARGS)
+	$(BIN)/python -m local.bench $(if $(PHASE),--phase $(PHASE)) $(BENCH_ARGS)
 
 # --- deployment ------------------------------------------------------------------------------
 # `sam build` runs build-<Function> (template.yaml, BuildMethod: makefile) with ARTIFACTS_DIR

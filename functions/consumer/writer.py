@@ -8,15 +8,16 @@ Touches object storage (`ObjectStore.put`) and, to keep entries alive, the consu
 from __future__ import annotations
 
 import logging
-import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import redis
 from botocore.exceptions import BotoCoreError, ClientError
+from tenacity import RetryCallState, RetryError
 
 from functions.consumer.summary import Summary
+from shared import retrying as retrying_policies
 from shared import stream
 from shared.archive import ObjectStore
 
@@ -42,26 +43,36 @@ class ArchiveWriter:
 
     def store_all(self, objects: list[tuple[str, bytes]], content_type: str) -> bool:
         """Put every object, retrying while storage fails; False if time runs out first."""
-        delay = RETRY_FIRST_S
         # A live consumer touches Redis several times per CLAIM_IDLE_MS, even while it waits.
-        max_delay = min(RETRY_MAX_S, self.keep_alive_interval_s())
+        retrying = retrying_policies.within_budget(
+            (BotoCoreError, ClientError),
+            first_s=RETRY_FIRST_S,
+            max_s=min(RETRY_MAX_S, self.keep_alive_interval_s()),
+            remaining_ms=self.remaining_ms,
+            keep_ms=self.margin_ms / 2,
+            after_failure=lambda state: self._failed(objects[0][0], state),
+            before_sleep=lambda _: self.keep_pending_alive(),
+            sleep=self.sleep,
+        )
+        try:
+            retrying(self._store_in_order, objects, content_type)
+        except RetryError:
+            return False
+        return True
+
+    def _store_in_order(self, objects: list[tuple[str, bytes]], content_type: str) -> None:
+        """Put the objects left, first to last, each taken off the list once stored: a retry
+        goes on from the one that failed."""
         while objects:
             key, body = objects[0]
-            try:
-                self.store.put(key, body, content_type)
-            except (BotoCoreError, ClientError) as exc:
-                self.summary.store_failures += 1
-                log.warning("storing %s failed (%s); retrying in %.1fs", key, exc, delay)
-                if self.remaining_ms() - self.margin_ms / 2 < delay * 1000:
-                    return False
-                self.keep_pending_alive()
-                self.sleep(delay * random.uniform(0.5, 1.0))
-                delay = min(delay * 2, max_delay)
-                continue
+            self.store.put(key, body, content_type)
             objects.pop(0)
             self.summary.objects_written += 1
             self.summary.bytes_written += len(body)
-        return True
+
+    def _failed(self, key: str, state: RetryCallState) -> None:
+        self.summary.store_failures += 1
+        log.warning("storing %s failed (%s); retrying", key, state.outcome.exception())
 
     def keep_alive_interval_s(self) -> float:
         return self.claim_idle_ms / 4000

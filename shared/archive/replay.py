@@ -34,8 +34,9 @@ from typing import Any
 
 import pyarrow as pa
 import redis
+from tenacity import RetryCallState, RetryError
 
-from shared import codec, events
+from shared import codec, events, retrying
 from shared.archive import columns, reading
 from shared.archive.columns import DEDUP_KEY
 from shared.archive.partitions import HourRange, hour_label, parse_hour
@@ -145,13 +146,17 @@ class Replayer:
         """The hour's rows; listed again if compaction replaced its objects meanwhile.
         reading.Unreadable when one of them cannot be decoded."""
         day, hour = start.date(), start.hour
-        for _ in range(3):
-            try:
-                tables = [reading.read_object(self.store, o) for o in items]
-                return pa.concat_tables(tables) if tables else columns.SCHEMA.empty_table()
-            except ObjectGone:
-                items = reading.list_partition(self.store, self.prefix, day, hour)
-        raise ArchiveChanging(f"the objects of {day} hour {hour} keep changing; try again")
+        try:
+            for attempt in retrying.relisting(ObjectGone, attempts=3):
+                with attempt:
+                    if attempt.retry_state.attempt_number > 1:
+                        items = reading.list_partition(self.store, self.prefix, day, hour)
+                    tables = [reading.read_object(self.store, o) for o in items]
+        except RetryError:
+            raise ArchiveChanging(
+                f"the objects of {day} hour {hour} keep changing; try again"
+            ) from None
+        return pa.concat_tables(tables) if tables else columns.SCHEMA.empty_table()
 
     def _once(
         self, table: pa.Table, hour: datetime, recent: deque[tuple[datetime, set[EventKey]]]
@@ -206,15 +211,20 @@ class Replayer:
 
     def _add(self, entry: dict[bytes, bytes], label: str, summary: Summary, progress) -> None:
         """Append, waiting while the stream is full or its replicas lag; never drop."""
-        while True:
-            try:
-                self.producer.add(entry)
-                return
-            except (BacklogFull, ReplicationShortfall) as exc:
-                summary.waits += 1
-                if progress:
-                    progress(Progress(label, summary.events_replayed, self._why(exc)))
-                self.sleep(WAIT_S)
+
+        def waiting(state: RetryCallState) -> None:
+            summary.waits += 1
+            if progress:
+                why = self._why(state.outcome.exception())
+                progress(Progress(label, summary.events_replayed, why))
+
+        policy = retrying.while_full(
+            (BacklogFull, ReplicationShortfall),
+            wait_s=WAIT_S,
+            before_sleep=waiting,
+            sleep=self.sleep,
+        )
+        policy(self.producer.add, entry)
 
     def _why(self, exc: Exception) -> str:
         key = self.producer.key

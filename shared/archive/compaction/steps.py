@@ -15,7 +15,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import pyarrow as pa
 import pyarrow.compute as pc
+from tenacity import RetryError
 
+from shared import retrying
 from shared.archive import columns, reading
 from shared.archive.compaction import window
 from shared.archive.compaction.dedup import (
@@ -296,29 +298,36 @@ class HourRun:
         are read one object at a time, a batch of at least `keys`' length at a time, so that
         memory holds `keys` and a batch, however many events the window holds; and each key
         of the window is looked up once, in a hash set of the batch's IDs."""
+        # An earlier hour compacted again meanwhile (ObjectGone): list the window again.
+        try:
+            for attempt in retrying.relisting(ObjectGone, attempts=3):
+                with attempt:
+                    relist = attempt.retry_state.attempt_number > 1
+                    return self._stored_in_window(plan, part, keys, relist)
+        except RetryError:
+            raise ObjectGone(
+                f"the objects of the {plan.window_h} hours before kept changing"
+            ) from None
+        except reading.Unreadable as exc:
+            raise self.salvage_later(exc) from exc
+
+    def _stored_in_window(self, plan: Plan, part: int, keys: pa.Table, relist: bool) -> pa.Array:
+        if self._earlier is None or relist:
+            first = self.hour - plan.window_h * HOUR
+            self._earlier = window.compacted_objects(
+                self.store, self.c.prefix, first, self.hour - HOUR
+            )
+        overlapping = []
+        for item in self._earlier:
+            other = compacted_part(item.key)
+            common = min(other.count, plan.parts)
+            if other.index % common == part % common:
+                overlapping.append(item)
+        found = [pa.array([], pa.int64())]
         batch_rows = max(window.KEY_BATCH_ROWS, keys.num_rows)
-        for attempt in range(3):
-            if self._earlier is None or attempt:
-                first = self.hour - plan.window_h * HOUR
-                self._earlier = window.compacted_objects(
-                    self.store, self.c.prefix, first, self.hour - HOUR
-                )
-            overlapping = []
-            for item in self._earlier:
-                other = compacted_part(item.key)
-                common = min(other.count, plan.parts)
-                if other.index % common == part % common:
-                    overlapping.append(item)
-            found = [pa.array([], pa.int64())]
-            try:
-                for stored in window.key_batches(self.store, overlapping, batch_rows):
-                    found.append(stored_positions(keys, stored))
-            except ObjectGone:  # that hour was compacted again meanwhile: list it again
-                continue
-            except reading.Unreadable as exc:
-                raise self.salvage_later(exc) from exc
-            return pa.concat_arrays(found)
-        raise ObjectGone(f"the objects of the {plan.window_h} hours before kept changing")
+        for stored in window.key_batches(self.store, overlapping, batch_rows):
+            found.append(stored_positions(keys, stored))
+        return pa.concat_arrays(found)
 
     def salvage_later(self, unreadable: reading.Unreadable) -> reading.Unreadable:
         """An earlier hour's compacted object whose keys cannot be read fails this hour (the
