@@ -23,6 +23,7 @@ import msgspec
 import pyarrow as pa
 
 from shared.events import parse_timestamp
+from shared.values import as_text
 
 TEXT_FIELDS = {
     "message_id": "messageId",
@@ -126,11 +127,7 @@ def to_event(row: dict[str, Any]) -> dict[str, Any]:
 def _text(value: Any, is_id: bool) -> str | None:
     if value is None or (is_id and value == ""):
         return None
-    if isinstance(value, str):
-        return value
-    if isinstance(value, int) and not isinstance(value, bool):
-        return str(value)
-    return _json.encode(value).decode()
+    return as_text(value)
 
 
 def _timestamp(value: Any) -> datetime | None:

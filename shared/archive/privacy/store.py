@@ -1,0 +1,133 @@
+"""The regulations, kept in the bucket under `<S3_PREFIX>_privacy/` (outside every root: never
+read as events), and the copy of what they put in force that Redis holds.
+
+- `_privacy/key`: the privacy key (32 random bytes, hex) subjects are hashed with, made by the
+  first regulation and never changed (every stored hash depends on it);
+- `_privacy/regulations/<id>.json`: one document per regulation (`Regulation.as_dict`).
+
+The bucket is the truth; Redis's `<STREAM_KEY>:privacy` hash is rebuilt from it whenever a
+regulation changes, and by the consumer whenever it is missing (a Redis restarted empty, a
+failover that lost it), before anything is archived.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from shared import regulations
+from shared.archive.storage import ObjectStore
+from shared.regulations import BadRegulation, PrivacyView, Regulation
+
+log = logging.getLogger(__name__)
+
+ROOT = "_privacy/"
+
+
+class RegulationStore:
+    def __init__(self, store: ObjectStore, prefix: str) -> None:
+        self.store = store
+        self.root = f"{prefix}{ROOT}"
+        self._key: bytes | None = None
+
+    # --- the key ----------------------------------------------------------------------------
+
+    def key(self) -> bytes:
+        """The privacy key, made by the first caller that finds none (an object written only
+        if absent, so that two first regulations at once agree on one key)."""
+        if self._key is None:
+            found = self.store.get_json(f"{self.root}key.json")
+            if found is None:
+                self._create_key()
+                found = self.store.get_json(f"{self.root}key.json")
+            self._key = bytes.fromhex(found["key"])
+        return self._key
+
+    def _create_key(self) -> None:
+        body = f'{{"key":"{regulations.new_key().hex()}"}}'.encode()
+        try:
+            self.store.client.put_object(
+                Bucket=self.store.bucket,
+                Key=f"{self.root}key.json",
+                Body=body,
+                ContentType="application/json",
+                IfNoneMatch="*",
+            )
+        except ClientError as exc:  # another process made it first: theirs stands
+            if exc.response.get("Error", {}).get("Code") not in (
+                "PreconditionFailed",
+                "ConditionalRequestConflict",
+            ):
+                raise
+
+    # --- regulations ------------------------------------------------------------------------
+
+    def save(self, regulation: Regulation) -> None:
+        self.store.put_json(self._path(regulation.id), regulation.as_dict())
+
+    def get(self, regulation_id: str) -> Regulation:
+        """The regulation; BadRegulation (code `not_found`) when there is none."""
+        if not _plain_id(regulation_id):
+            raise BadRegulation(f"no regulation {regulation_id!r}", code="not_found")
+        document = self.store.get_json(self._path(regulation_id))
+        if document is None:
+            raise BadRegulation(f"no regulation {regulation_id!r}", code="not_found")
+        return Regulation.from_dict(document)
+
+    def all(self) -> list[Regulation]:
+        """Every regulation, oldest first (their IDs sort by the time they were accepted)."""
+        keys = self.store.keys_under(f"{self.root}regulations/")
+        return [Regulation.from_dict(self.store.get_json(key)) for key in keys]
+
+    def pending_deletions(self) -> list[Regulation]:
+        return [r for r in self.all() if r.deletes and r.state != regulations.FINISHED]
+
+    def _path(self, regulation_id: str) -> str:
+        return f"{self.root}regulations/{regulation_id}.json"
+
+    # --- the copy in Redis ------------------------------------------------------------------
+
+    def publish(self, redis_client: Any, stream_key: str) -> PrivacyView:
+        """Rebuild Redis's copy from the regulations, in one transaction."""
+        return self.publish_from(redis_client, stream_key, self.all())
+
+    def publish_from(
+        self, redis_client: Any, stream_key: str, found: Iterable[Regulation]
+    ) -> PrivacyView:
+        fields = regulations.view_fields(self.key(), found)
+        name = regulations.view_key(stream_key)
+        pipe = redis_client.pipeline(transaction=True)
+        pipe.delete(name).hset(name, mapping=fields).execute()
+        encoded = {k.encode(): v.encode() for k, v in fields.items()}
+        return regulations.parse_view(encoded)
+
+    def ensure_published(self, redis_client: Any, stream_key: str) -> PrivacyView:
+        """Redis's copy, rebuilt first if it is missing."""
+        found = regulations.parse_view(redis_client.hgetall(regulations.view_key(stream_key)))
+        if found is not None:
+            return found
+        log.warning("the privacy view is missing from Redis: rebuilding it from the bucket")
+        return self.publish(redis_client, stream_key)
+
+    def accept(self, redis_client: Any, stream_key: str, **request: Any) -> Regulation:
+        """A new regulation (`regulations.new_regulation`'s arguments), stored, then in force
+        in Redis. Bad input raises BadRegulation before anything is written."""
+        regulations.check_request(
+            request.get("regulation_type"), request.get("subject_type"), request.get("subject_ids")
+        )  # before the first regulation makes the key: bad input writes nothing
+        regulation = regulations.new_regulation(self.key(), **request)
+        self.save(regulation)
+        self.publish(redis_client, stream_key)
+        return regulation
+
+
+def _plain_id(regulation_id: str) -> bool:
+    """An ID as `new_regulation` makes them: never a path."""
+    return (
+        isinstance(regulation_id, str)
+        and 0 < len(regulation_id) <= 64
+        and all(c.isalnum() or c in "-T" for c in regulation_id)
+    )
