@@ -34,3 +34,16 @@ def test_the_stream_side_never_imports_the_archive_side(module: str) -> None:
     )
     assert found.returncode == 0, found.stderr
     assert found.stdout.strip() == "[]", f"{module} imports {found.stdout.strip()}"
+
+
+def test_the_regulation_model_imports_neither_side() -> None:
+    """Ingest checks suppressions with it, and the archive side carries deletions out with it."""
+    probe = (
+        "import sys, shared.regulations; print(sorted(m for m in sys.modules "
+        "if m.startswith(('shared.archive', 'shared.stream'))))"
+    )
+    found = subprocess.run(
+        [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert found.returncode == 0, found.stderr
+    assert found.stdout.strip() == "[]", found.stdout
