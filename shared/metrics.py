@@ -57,7 +57,9 @@ BODY_BYTES = Counter(
     ["route"],
 )
 EVENTS_ACCEPTED = Counter(
-    f"{PREFIX}events_accepted_total", "Events in requests answered 2xx: in the stream.", ["route"]
+    f"{PREFIX}events_accepted_total",
+    "Events in requests answered 2xx: in the stream (suppressed ones are not).",
+    ["route"],
 )
 REQUESTS_REFUSED = Counter(
     f"{PREFIX}requests_refused_total",
@@ -83,6 +85,13 @@ RATE_LIMITED_EVENTS = Counter(
     "counts none).",
     ["source", "limit"],
 )
+# Answered 2xx like any other (an SDK must neither retry nor log), but never stored.
+EVENTS_SUPPRESSED = Counter(
+    f"{PREFIX}events_suppressed_total",
+    "Events answered 2xx but not stored: their userId or anonymousId is suppressed by a "
+    "privacy regulation.",
+    ["route"],
+)
 
 
 # --- the consumer function -------------------------------------------------------------------
@@ -100,6 +109,8 @@ CONSUMER_COUNTERS = {
         "store_failures": "Failed attempts to store an object (each is retried).",
         "unflushed_entries": "Entries left pending because storage stayed down (flushes "
         "that gave up; the next invocation retries them).",
+        "events_dropped_privacy": "Events not archived because a privacy regulation covers "
+        "their subject (suppressed, or of a pending deletion), re-reads included.",
     }.items()
 }
 FLUSH_DURATION = Histogram(

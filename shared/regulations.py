@@ -80,6 +80,9 @@ class Regulation:
     subject_hashes: list[str]
     accepted_at: str  # ISO 8601, UTC: a deletion covers events received up to this moment
     linked: bool = True  # also delete the anonymousIds the archive links to a userId
+    # The anonymousIds found linked so far, kept (in clear, like the subjects) until the
+    # deletion finishes: a later pass no longer finds the events that linked them.
+    linked_ids: list[str] = field(default_factory=list)
     state: str = PENDING
     finished_at: str | None = None
     error: str | None = None
@@ -110,6 +113,7 @@ class Regulation:
         """Keep no ID in clear once nothing needs them (a finished deletion; a suppression,
         which matches by hash alone)."""
         self.subject_ids = []
+        self.linked_ids = []
 
 
 def subject_hash(key: bytes, field_name: str, subject_id: str) -> str:

@@ -249,6 +249,9 @@ class Settings:
     max_deliveries: int = _var("MAX_DELIVERIES", 10, _positive_int)
     # Dead letters kept in Redis (every one is also stored under errors/ in the bucket).
     dead_letter_max_len: int = _var("DEAD_LETTER_MAX_LEN", 10_000, _positive_int)
+    # Ingest and the consumer. Each process reads the privacy regulations in force (Redis's
+    # `<STREAM_KEY>:privacy`) again at most this often: a suppression holds within this long.
+    suppression_reload_s: float = _var("SUPPRESSION_RELOAD_S", 10.0, _positive_float)
     # Ingest only. Empty: anonymous requests are accepted (and the service says so loudly).
     write_keys: tuple[tuple[str, str], ...] = _var("WRITE_KEYS", (), _write_keys, repr=False)
     # Above what any SDK sends: RudderStack's JS SDK batches up to 512 KiB, its Android SDK
@@ -292,6 +295,10 @@ class Settings:
     # WRITE_KEYS's form, and the Redis AUTH token (alone, or JSON with password and username).
     write_keys_secret: str | None = _var("WRITE_KEYS_SECRET", None, _optional_text)
     redis_auth_secret: str | None = _var("REDIS_AUTH_SECRET", None, _optional_text)
+    # The privacy API's bearer token (functions/admin/): unset, its routes do not exist. From a
+    # variable or from ADMIN_TOKEN_SECRET (the admin function's way), never both.
+    admin_token: str | None = _var("ADMIN_TOKEN", None, _optional_text, repr=False)
+    admin_token_secret: str | None = _var("ADMIN_TOKEN_SECRET", None, _optional_text)
     # How old a secret's value may get before it is read again (a rotated key is picked up).
     secrets_refresh_s: float = _var("SECRETS_REFRESH_S", 300.0, _positive_float)
     # Refuse a Redis URL without TLS (anything but rediss://): the deployed default.
@@ -328,6 +335,10 @@ class Settings:
                 f"REDIS_WAIT_TIMEOUT_MS ({wait_ms}) must be less than "
                 f"REDIS_TIMEOUT_S in milliseconds ({self.redis_timeout_s * 1000:.0f})"
             )
+        if self.admin_token is not None and self.admin_token in dict(self.write_keys).values():
+            raise ConfigError(
+                "ADMIN_TOKEN must not be a write key: a browser source's key is public"
+            )
 
 
 def _read_secrets(values: dict[str, Any]) -> None:
@@ -338,6 +349,9 @@ def _read_secrets(values: dict[str, Any]) -> None:
         raise ConfigError("set WRITE_KEYS or WRITE_KEYS_SECRET, not both")
     if auth_secret and urlparse(values["redis_url"]).password is not None:
         raise ConfigError("REDIS_URL carries a password and REDIS_AUTH_SECRET is set: keep one")
+    admin_secret = values["admin_token_secret"]
+    if admin_secret and values["admin_token"]:
+        raise ConfigError("set ADMIN_TOKEN or ADMIN_TOKEN_SECRET, not both")
     try:
         refresh_s = values["secrets_refresh_s"]
         if keys_secret:
@@ -345,8 +359,19 @@ def _read_secrets(values: dict[str, Any]) -> None:
             values["write_keys"] = keys.value()
         if auth_secret:
             secrets.cached(auth_secret, refresh_s, secrets.redis_credentials).value()
+        if admin_secret:
+            token = secrets.cached(admin_secret, refresh_s, admin_token_from_secret)
+            values["admin_token"] = token.value()
     except secrets.SecretError as exc:
         raise ConfigError(f"cannot read a secret: {exc}") from None
+
+
+def admin_token_from_secret(raw: str) -> str:
+    """ADMIN_TOKEN_SECRET's value: the token itself, never empty (an emptied secret must not
+    leave the privacy API answering to an empty bearer token)."""
+    if not raw.strip():
+        raise ConfigError("ADMIN_TOKEN_SECRET holds an empty token")
+    return raw.strip()
 
 
 def redacted_url(url: str) -> str:

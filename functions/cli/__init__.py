@@ -10,6 +10,7 @@ import click
 
 from functions.cli.compact import compact
 from functions.cli.dead_letters import dead_letters
+from functions.cli.privacy import privacy
 from functions.cli.query import query
 from functions.cli.replay import replay
 from functions.cli.status import status
@@ -25,3 +26,4 @@ main.add_command(compact)
 main.add_command(status)
 main.add_command(dead_letters)
 main.add_command(replay)
+main.add_command(privacy)

@@ -4,6 +4,8 @@ budget ends.
 One call of `Drainer.drain` drains one key (a shard) for one invocation of the consumer
 function (functions/consumer/sharded.py runs one per key). It reads top to bottom:
 
+0. make sure Redis holds the privacy regulations in force (functions/consumer/privacy.py):
+   staging leaves out the events they cover, and acknowledges their entries all the same;
 1. recover (functions/consumer/recovery.py): re-read this consumer's own pending entries, then
    take over all pending entries of consumers not seen for longer than CLAIM_IDLE_MS; flush
    them on their own;
@@ -34,6 +36,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 
+from functions.consumer.privacy import PrivacyFilter
 from functions.consumer.recovery import Recovery
 from functions.consumer.sizing import read_count
 from functions.consumer.summary import Summary
@@ -64,10 +67,18 @@ ERROR_CONTENT_TYPE = "application/json"
 class Drainer:
     """Moves entries from the consumer group into the archive. Reused across invocations."""
 
-    def __init__(self, settings: Settings, reader: stream.GroupReader, store: ObjectStore) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        reader: stream.GroupReader,
+        store: ObjectStore,
+        privacy: PrivacyFilter | None = None,
+    ) -> None:
         self.settings = settings
         self.reader = reader
         self.store = store
+        # One per process where drainers share one (functions/consumer/sharded.py).
+        self.privacy = privacy or PrivacyFilter(settings, lambda: reader.client, store)
         self.sleep = time.sleep
         # A shard's entry IDs may equal another shard's: its objects' (and dead letters')
         # names carry its key.
@@ -75,7 +86,13 @@ class Drainer:
 
     @classmethod
     def for_key(
-        cls, settings: Settings, client: stream.Client, store: ObjectStore, key: str, name: str
+        cls,
+        settings: Settings,
+        client: stream.Client,
+        store: ObjectStore,
+        key: str,
+        name: str,
+        privacy: PrivacyFilter | None = None,
     ) -> Drainer:
         """The drainer of one key of the logical stream (a shard), as consumer `name`."""
         reader = stream.GroupReader(
@@ -85,9 +102,10 @@ class Drainer:
             consumer=name,
             dead_letter_max_len=settings.dead_letter_max_len,
         )
-        return cls(settings, reader, store)
+        return cls(settings, reader, store, privacy)
 
     def drain(self, remaining_ms: RemainingMs) -> Summary:
+        self.privacy.ensure_published()  # before anything is read: what must not be archived
         self.reader.ensure_group()
         with ThreadPoolExecutor(1, thread_name_prefix="flush") as flusher:
             run = _Run(self, remaining_ms, flusher)
@@ -118,6 +136,7 @@ class _Run:
         self.settings = drainer.settings
         self.reader = drainer.reader
         self.object_salt = drainer.object_salt
+        self.privacy = drainer.privacy
         self.remaining_ms = remaining_ms
         self.margin_ms = min(STOP_MARGIN_MS, remaining_ms() // 4)
         self.read_count = read_count(self.settings)
@@ -171,10 +190,14 @@ class _Run:
             try:
                 if not fields:
                     raise codec.UndecodableEntry("entry data is gone from the stream")
-                self.buffer.add(entry_id, codec.decode_entry(fields))
+                decoded = codec.decode_entry(fields)
+                kept = self.privacy.kept(decoded)
+                # An entry left with no event is still acknowledged with this flush.
+                self.buffer.add(entry_id, kept)
             except (codec.UndecodableEntry, UnarchivableEvent) as exc:
                 self.dead_letter(entry_id, fields, str(exc))
                 continue
+            self.summary.events_dropped_privacy += len(decoded) - len(kept)
             if size_hint_reached(self.buffer, self.settings):
                 self.flush(in_background=True)
 

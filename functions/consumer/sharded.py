@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import replace
 
 from functions.consumer.drain import Drainer, RemainingMs
+from functions.consumer.privacy import PrivacyFilter
 from functions.consumer.sizing import buffering_share, connections_needed
 from functions.consumer.summary import Summary
 from shared import shards, stream
@@ -45,6 +46,8 @@ class ShardedDrainer:
         self.store = store
         self.consumer = settings.consumer_name or stream.unique_consumer_name()
         self.drainers: dict[str, Drainer] = {}
+        # One copy of the regulations in force for every shard's drainer.
+        self.privacy = PrivacyFilter(settings, lambda: self.client, store)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ShardedDrainer:
@@ -112,6 +115,6 @@ class ShardedDrainer:
     def _drainer(self, key: str) -> Drainer:
         if key not in self.drainers:
             self.drainers[key] = Drainer.for_key(
-                self.settings, self.client, self.store, key, self.consumer
+                self.settings, self.client, self.store, key, self.consumer, self.privacy
             )
         return self.drainers[key]

@@ -19,6 +19,7 @@ class Summary:
     store_failures: int = 0
     unflushed_entries: int = 0
     bytes_written: int = 0
+    events_dropped_privacy: int = 0  # a privacy regulation covers their subject
 
     def as_dict(self) -> dict[str, int | str]:
         return asdict(self)

@@ -8,11 +8,13 @@ Two dialects, one path: the native API (`/batch`, `/events`, answering `202 {"ac
 and Segment's tracking API (`/v1/*`, answering `200 {"success": true}` as its SDKs expect).
 Every request goes through the same steps: authenticate, read the body, decode, validate and
 stamp, encode, one XADD. It is answered only once all its events are in the stream as one
-entry, and a rejected request adds nothing.
+entry, and a rejected request adds nothing. Events of suppressed subjects are answered alike
+and left out of the entry (functions/ingest/suppression.py).
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import threading
@@ -35,6 +37,7 @@ from functions.ingest.sdk_settings import (
     api_location,
     rudderstack_source_config,
 )
+from functions.ingest.suppression import Suppression
 from shared import codec, events, logs, metrics
 from shared.settings import Settings
 from shared.stream import (
@@ -98,6 +101,7 @@ class Ingest:
         self._stream_lock = threading.Lock()
         self._write_keys = write_keys_of(settings)
         self.rate_limits = RateLimits(settings)
+        self.suppression = Suppression(settings, lambda: self.stream.client)
 
     @property
     def stream(self) -> EventStream | ShardedStream:
@@ -154,12 +158,17 @@ class Ingest:
             max_event_bytes=max_event if len(body) > max_event else None,
         )
         max_stored = events.max_stored_bytes(len(body), len(prepared), source)
-        entry = self._encode(prepared, max_stored)
+        entry = self._encode(prepared, max_stored)  # refused alike, suppressed or not
+        stored = self.suppression.kept(prepared)
+        if not stored:  # answered as if stored
+            return len(prepared)
+        if len(stored) < len(prepared):
+            entry = self._encode(stored, max_stored)
         buckets = self.rate_limits.buckets(source, address)
         try:
-            self.stream.add(entry, cost=len(prepared), buckets=buckets)
+            self.stream.add(entry, cost=len(stored), buckets=buckets)
         except RateLimited as exc:
-            self.rate_limits.remember(exc, len(prepared))
+            self.rate_limits.remember(exc, len(stored))
             raise
         return len(prepared)
 
@@ -314,6 +323,8 @@ def create_app(settings: Settings | None = None) -> Flask:
         auth = "write keys" if ingest.write_keys.required else "anonymous (WRITE_KEYS unset)"
         return json_response({"status": "ok", "auth": auth}, 200)
 
+    if settings.admin_token:  # by name: not in this function's Lambda bundle (AdminFunction's)
+        importlib.import_module("functions.admin.routes").register_admin_routes(app, settings)
     _register_error_handlers(app)
     return app
 

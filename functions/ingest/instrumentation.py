@@ -2,9 +2,9 @@
 has the names and the exposition) and, at LOG_LEVEL=debug, an access line.
 
 The request path marks what it learned on `flask.g` (`Ingest` sets `ingesting`, `events`,
-`source` and `body_bytes`; `error_response` sets `error`, a 429 also `rate_limited`); the hook
-below turns that into counts and the access line once the request is answered, so the request
-path itself stays free of metric and log calls.
+`source` and `body_bytes`; `error_response` sets `error`, a 429 also `rate_limited`; the
+suppression filter `suppressed`); the hook below turns that into counts and the access line
+once the request is answered, so the request path itself stays free of metric and log calls.
 """
 
 from __future__ import annotations
@@ -77,7 +77,10 @@ def _count(route: str, status: int, duration_s: float) -> None:
     events = g.get("events", 0)
     _child(metrics.BODY_BYTES, route).inc(g.get("body_bytes", 0))
     if 200 <= status < 300:
-        _child(metrics.EVENTS_ACCEPTED, route).inc(events)
+        suppressed = g.get("suppressed", 0)
+        _child(metrics.EVENTS_ACCEPTED, route).inc(events - suppressed)
+        if suppressed:
+            _child(metrics.EVENTS_SUPPRESSED, route).inc(suppressed)
         return
     reason = g.get("error", "internal")
     _child(metrics.REQUESTS_REFUSED, reason).inc()

@@ -59,8 +59,11 @@ import pyarrow as pa
 from shared.archive import columns, partitions, reading
 from shared.archive.columns import DEDUP_KEY
 from shared.archive.partitions import HourRange, partition
+from shared.archive.privacy.store import RegulationStore
+from shared.archive.privacy.subjects import without_pending
 from shared.archive.reading import ArchivedObject
 from shared.archive.storage import ObjectGone, ObjectStore
+from shared.regulations import Regulation
 from shared.settings import Settings
 
 # How often a partition is listed again when its objects keep disappearing under a query
@@ -213,6 +216,12 @@ def open_from_settings(
         raise ArchiveUnreachable(
             _storage_error(exc, settings.s3_bucket, settings.s3_endpoint_url)
         ) from None
+    try:
+        pending = RegulationStore(store, settings.s3_prefix).pending_deletions()
+    except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+        raise ArchiveUnreachable(
+            _storage_error(exc, settings.s3_bucket, settings.s3_endpoint_url)
+        ) from None
     return open_archive(
         store,
         settings.s3_prefix,
@@ -220,6 +229,7 @@ def open_from_settings(
         progress=progress,
         endpoint=settings.s3_endpoint_url,
         skip_unreadable=skip_unreadable,
+        forget=pending,
     )
 
 
@@ -232,11 +242,13 @@ def open_archive(
     workers: int = DOWNLOAD_WORKERS,
     endpoint: str | None = None,
     skip_unreadable: bool = False,
+    forget: list[Regulation] | None = None,
 ) -> Archive:
     """List the objects of `hours`, read them, and return a DuckDB with `events` and
     `raw_events` over their rows. `endpoint` only names the endpoint in error messages. An
     object that cannot be decoded raises UnreadableObject, or with `skip_unreadable` is left
-    out (`Archive.skipped`)."""
+    out (`Archive.skipped`). The subjects of the pending deletions `forget` are left out, as
+    if their deletion were done."""
     skipped: dict[ArchivedObject, reading.Unreadable] | None = {} if skip_unreadable else None
     try:
         listed = reading.list_objects(store, prefix, hours)
@@ -249,6 +261,7 @@ def open_archive(
     con = duckdb.connect(":memory:", config=_CONFIG)
     try:
         rows = _rows_table([(item, tables[item]) for item in objects])
+        rows = without_pending(rows, forget or [])
         _define_views(con, rows, _objects_table(objects))
     except BaseException:
         con.close()

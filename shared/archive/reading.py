@@ -170,7 +170,7 @@ def decode(fmt: str, body: bytes) -> tuple[pa.Table, Damage | None]:
 
 def _salvage_ndjson(body: bytes) -> tuple[pa.Table, Damage | None]:
     """Every line of the text that gunzips (all of it before a fault) that is a JSON object."""
-    text, gzip_fault = _gunzip(body)
+    text, gzip_fault = gunzip(body)
     events, failed, first_fault = [], [], None
     for number, line in enumerate(text.split(b"\n"), 1):
         if not line.strip():
@@ -197,7 +197,7 @@ def _salvage_ndjson(body: bytes) -> tuple[pa.Table, Damage | None]:
     return rows, damage
 
 
-def _gunzip(body: bytes) -> tuple[bytes, str | None]:
+def gunzip(body: bytes) -> tuple[bytes, str | None]:
     """The text of `body`'s gzip members, up to a fault if there is one, and the fault."""
     text: list[bytes] = []
     rest = body

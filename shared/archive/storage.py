@@ -21,6 +21,14 @@ from shared.settings import Settings
 DELETE_BATCH = 1000
 
 
+@dataclass(frozen=True)
+class Version:
+    key: str
+    version_id: str
+    latest: bool
+    delete_marker: bool
+
+
 class ObjectGone(Exception):
     """An object listed a moment ago is gone (compaction merged and removed it meanwhile)."""
 
@@ -116,6 +124,41 @@ class ObjectStore:
     def keys_under(self, prefix: str) -> list[str]:
         """Every key under `prefix`, sorted."""
         return sorted(key for key, _ in self.objects_under(prefix))
+
+    def versions_under(self, prefix: str) -> Iterator[Version]:
+        """Every version of every object under `prefix`, delete markers included (in an
+        unversioned bucket, each object once, as its latest version)."""
+        pages = self.client.get_paginator("list_object_versions").paginate(
+            Bucket=self.bucket, Prefix=prefix
+        )
+        for page in pages:
+            for item in page.get("Versions", []):
+                yield Version(item["Key"], item["VersionId"], item["IsLatest"], False)
+            for item in page.get("DeleteMarkers", []):
+                yield Version(item["Key"], item["VersionId"], item["IsLatest"], True)
+
+    def older_versions(self, key: str) -> list[str]:
+        """The version IDs of `key` that are not its current object (noncurrent versions and
+        delete markers, in a versioned bucket; none in an unversioned one)."""
+        return [v.version_id for v in self.versions_under(key) if v.key == key and not v.latest]
+
+    def get_version(self, key: str, version_id: str) -> bytes:
+        return self.client.get_object(Bucket=self.bucket, Key=key, VersionId=version_id)[
+            "Body"
+        ].read()
+
+    def delete_versions(self, key: str, version_ids: list[str]) -> int:
+        """Remove these versions of `key` for good; return how many."""
+        for start in range(0, len(version_ids), DELETE_BATCH):
+            chunk = version_ids[start : start + DELETE_BATCH]
+            answer = self.client.delete_objects(
+                Bucket=self.bucket,
+                Delete={"Objects": [{"Key": key, "VersionId": v} for v in chunk], "Quiet": True},
+            )
+            if answer.get("Errors"):
+                error = answer["Errors"][0]
+                raise OSError(f"could not remove a version of {key}: {error.get('Message')}")
+        return len(version_ids)
 
     def common_prefixes(self, prefix: str) -> Iterator[str]:
         """The `/`-delimited prefixes one level below `prefix` (S3's "folders")."""

@@ -244,6 +244,7 @@ def test_ingest_waits_for_a_replica_by_default(template: dict[str, Any]) -> None
 
 def test_the_consumer_may_put_archive_objects_and_nothing_else(template: dict[str, Any]) -> None:
     (policy,) = [p for p in props(template, "ConsumerFunction")["Policies"] if "Statement" in p]
+    privacy = "${ArchivePrefix}_privacy/*"  # read only: the regulations in force
     assert policy["Statement"] == [
         {
             "Effect": "Allow",
@@ -252,7 +253,18 @@ def test_the_consumer_may_put_archive_objects_and_nothing_else(template: dict[st
                 {"Fn::Sub": "${ArchiveBucket.Arn}/${ArchivePrefix}*"},
                 {"Fn::Sub": f"${{ArchiveBucket.Arn}}/{ERRORS_PREFIX}*"},
             ],
-        }
+        },
+        {
+            "Effect": "Allow",
+            "Action": "s3:GetObject",
+            "Resource": {"Fn::Sub": f"${{ArchiveBucket.Arn}}/{privacy}"},
+        },
+        {
+            "Effect": "Allow",
+            "Action": "s3:ListBucket",
+            "Resource": {"Fn::GetAtt": ["ArchiveBucket", "Arn"]},
+            "Condition": {"StringLike": {"s3:prefix": {"Fn::Sub": privacy}}},
+        },
     ]
     assert all("Statement" not in p for p in props(template, "IngestFunction")["Policies"])
     for name, resource in template["Resources"].items():

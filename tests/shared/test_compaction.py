@@ -754,7 +754,7 @@ def test_the_lease_is_renewed_while_its_run_lives(
 ) -> None:
     """A step three leases long keeps its hour: nobody else takes it, and the step's run
     finishes it (a lease that ran out would fail it with LockLost)."""
-    settings = dataclasses.replace(settings, compact_lease_s=0.3)
+    settings = dataclasses.replace(settings, compact_lease_s=0.75)
     archives.write_archive(store, settings.s3_prefix, "ndjson")
     hour = at("2024-03-05T13")
     meanwhile = []

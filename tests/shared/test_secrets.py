@@ -156,6 +156,31 @@ def test_a_malformed_write_keys_secret_fails_the_start_without_its_value(secrets
     assert "key-one" not in str(refused.value) and "no-colon" not in str(refused.value)
 
 
+def test_the_admin_token_comes_from_its_secret(secretsmanager) -> None:
+    settings = Settings.from_env({"ADMIN_TOKEN_SECRET": new_secret(secretsmanager, f"{TOKEN}\n")})
+    assert settings.admin_token == TOKEN
+    assert TOKEN not in repr(settings)
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"ADMIN_TOKEN": TOKEN, "ADMIN_TOKEN_SECRET": "event-ingest/any"}, "not both"),
+        ({"ADMIN_TOKEN_SECRET": "event-ingest/absent"}, "ResourceNotFoundException"),
+        ({"ADMIN_TOKEN": TOKEN, "WRITE_KEYS": f"web:{TOKEN}"}, "must not be a write key"),
+    ],
+)
+def test_an_admin_token_that_cannot_be_used_fails_the_start(secretsmanager, env, message) -> None:
+    with pytest.raises(ConfigError, match=message) as refused:
+        Settings.from_env(env)
+    assert TOKEN not in str(refused.value)
+
+
+def test_an_empty_admin_token_secret_fails_the_start(secretsmanager) -> None:
+    with pytest.raises(ConfigError, match="ADMIN_TOKEN_SECRET holds an empty token"):
+        Settings.from_env({"ADMIN_TOKEN_SECRET": new_secret(secretsmanager, "  \n")})
+
+
 def test_a_plain_redis_url_is_refused_where_tls_is_required() -> None:
     with pytest.raises(ConfigError, match="rediss://") as refused:
         Settings.from_env({"REDIS_REQUIRE_TLS": "true", "REDIS_URL": "redis://:pw@cache:6379/0"})

@@ -12,6 +12,7 @@ import redis
 
 from shared import status, stream
 from shared.archive import reading
+from shared.archive.compaction import locks
 from shared.archive.compaction.locks import HourLocks
 from shared.archive.compaction.plan import OBJECT_BYTES, STEP_BYTES, HourState, needs_work
 from shared.archive.compaction.reports import HourResult, Progress, Summary, one_line
@@ -78,8 +79,11 @@ class Compactor:
         self.prefix = settings.s3_prefix
         self.staging = f"{settings.s3_prefix}{STAGING}"
         self.redis = redis_client
-        namespace = f"{settings.stream_key}:compaction-lock:{store.bucket}/{settings.s3_prefix}"
-        self.locks = HourLocks(redis_client, namespace, settings.compact_lease_s)
+        self.locks = HourLocks(
+            redis_client,
+            locks.namespace(settings.stream_key, store.bucket, settings.s3_prefix),
+            settings.compact_lease_s,
+        )
         self.object_bytes = object_bytes
         self.step_bytes = step_bytes
         self.clock = clock

@@ -19,6 +19,12 @@ from shared.archive.partitions import partition_of
 log = logging.getLogger(__name__)
 
 
+def namespace(stream_key: str, bucket: str, prefix: str) -> str:
+    """Where the hours of the archive under `bucket/prefix` are locked: compaction and privacy
+    deletions take the same locks, so neither rewrites an hour the other is working on."""
+    return f"{stream_key}:compaction-lock:{bucket}/{prefix}"
+
+
 class LockLost(Exception):
     """This run's lock on an hour expired and may be held by another run."""
 

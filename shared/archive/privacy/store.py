@@ -78,12 +78,20 @@ class RegulationStore:
         return Regulation.from_dict(document)
 
     def all(self) -> list[Regulation]:
-        """Every regulation, oldest first (their IDs sort by the time they were accepted)."""
+        """Every regulation, oldest first: by the millisecond each was accepted, since IDs
+        sort by the second only (an UNSUPPRESS must follow the suppression it ends)."""
         keys = self.store.keys_under(f"{self.root}regulations/")
-        return [Regulation.from_dict(self.store.get_json(key)) for key in keys]
+        found = [Regulation.from_dict(self.store.get_json(key)) for key in keys]
+        return sorted(found, key=lambda regulation: regulation.accepted_at)
 
     def pending_deletions(self) -> list[Regulation]:
         return [r for r in self.all() if r.deletes and r.state != regulations.FINISHED]
+
+    def drop_history(self, regulation_id: str) -> None:
+        """Remove the earlier versions of a regulation's document (in a versioned bucket): a
+        finished deletion's subjects must not stay in clear in them."""
+        path = self._path(regulation_id)
+        self.store.delete_versions(path, self.store.older_versions(path))
 
     def _path(self, regulation_id: str) -> str:
         return f"{self.root}regulations/{regulation_id}.json"
@@ -105,12 +113,29 @@ class RegulationStore:
         return regulations.parse_view(encoded)
 
     def ensure_published(self, redis_client: Any, stream_key: str) -> PrivacyView:
-        """Redis's copy, rebuilt first if it is missing."""
-        found = regulations.parse_view(redis_client.hgetall(regulations.view_key(stream_key)))
+        """Redis's copy, rebuilt first if it is missing. With no regulation in the bucket, the
+        copy says that nothing is in force (a `key` field, empty) and the bucket is left as it
+        is: a deployment that never had a regulation gets no privacy key."""
+        name = regulations.view_key(stream_key)
+        found = regulations.parse_view(redis_client.hgetall(name))
         if found is not None:
             return found
         log.warning("the privacy view is missing from Redis: rebuilding it from the bucket")
-        return self.publish(redis_client, stream_key)
+        every = self.all()
+        if every:
+            return self.publish_from(redis_client, stream_key, every)
+        # Only if still missing: a first regulation published meanwhile stands.
+        redis_client.hsetnx(name, regulations.KEY_FIELD, "")
+        return regulations.parse_view(redis_client.hgetall(name)) or PrivacyView()
+
+    def in_force(self) -> PrivacyView:
+        """What the regulations put in force, written nowhere: for a Redis too full to hold
+        it. No privacy key is made when there is no regulation."""
+        found = self.all()
+        if not found:
+            return PrivacyView()
+        fields = regulations.view_fields(self.key(), found)
+        return regulations.parse_view({k.encode(): v.encode() for k, v in fields.items()})
 
     def accept(self, redis_client: Any, stream_key: str, **request: Any) -> Regulation:
         """A new regulation (`regulations.new_regulation`'s arguments), stored, then in force
@@ -118,6 +143,9 @@ class RegulationStore:
         regulations.check_request(
             request.get("regulation_type"), request.get("subject_type"), request.get("subject_ids")
         )  # before the first regulation makes the key: bad input writes nothing
+        # Redis away: refused before the bucket holds a regulation that Redis would not have in
+        # force (a suppression not applied until the next regulation is published).
+        redis_client.ping()
         regulation = regulations.new_regulation(self.key(), **request)
         self.save(regulation)
         self.publish(redis_client, stream_key)

@@ -1,0 +1,254 @@
+"""Carrying out the pending deletions: one pass over every place events are stored.
+
+A pass takes every pending deletion together:
+1. it waits until each is SETTLE_RELOADS reload periods old, so that every ingest process and
+   consumer has seen it (from then on the consumer drops its subjects' events: a re-flushed
+   pending entry, a redriven dead letter or a replay brings nothing back);
+2. it finishes what a killed pass left half done (old versions of rewritten objects);
+3. it finds the anonymous IDs the archive links to the subjects' userIds, then the objects
+   holding any subject's events (`finder`);
+4. hour by hour, under the hour's compaction lock (a compaction never merges an object being
+   rewritten, nor a rewrite an hour being merged), it rewrites every object of the hour that
+   holds a subject (`rewrite`), removes their older versions, and discards compaction's work in
+   progress for the hour (its spills hold events; the next compaction plans again);
+5. it removes the subjects from the dead letters and the objects set aside as unreadable;
+6. it checks that the stream holds no entry older than the deletions (the consumer archives
+   them without the subjects' events, then deletes them).
+A deletion is finished when a pass went through every step with nothing left (no busy hour,
+no entry waiting); its IDs in clear are then dropped, its hashes and counts kept. Every step
+can be done again: a pass killed anywhere is resumed by the next, which ends the same way.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from shared import regulations, shards
+from shared.archive import partitions, reading
+from shared.archive.compaction import locks
+from shared.archive.compaction.compactor import STAGING
+from shared.archive.compaction.reports import one_line
+from shared.archive.naming import ERRORS_PREFIX, ROOTS, UNREADABLE_ROOT
+from shared.archive.privacy import letters, unreadable, versions
+from shared.archive.privacy.finder import Finder
+from shared.archive.privacy.rewrite import rewrite
+from shared.archive.privacy.store import ROOT, RegulationStore
+from shared.archive.privacy.subjects import Subjects
+from shared.archive.privacy.tally import Tally
+from shared.archive.reading import Unreadable
+from shared.archive.storage import ObjectGone, ObjectStore
+from shared.regulations import Regulation
+from shared.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# A deletion is carried out once this many reload periods (SUPPRESSION_RELOAD_S) have passed
+# since it was accepted: every process then drops its subjects' events.
+SETTLE_RELOADS = 2
+REWRITING = f"{ROOT}rewriting/"  # a key being rewritten: its old versions are still to go
+
+
+@dataclass
+class Pass:
+    """What one pass did, for the CLI and the scheduled function."""
+
+    regulations: list[str] = field(default_factory=list)  # the deletions it carried out
+    finished: list[str] = field(default_factory=list)
+    waiting: list[str] = field(default_factory=list)  # why they are not finished yet
+    not_yet: list[str] = field(default_factory=list)  # deletions too recent to start
+    tally: Tally = field(default_factory=Tally)
+
+
+class Deletion:
+    def __init__(
+        self,
+        settings: Settings,
+        store: ObjectStore,
+        redis_client: Any,
+        finder: Callable[[], Finder],
+        *,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.redis = redis_client
+        self.regulations = RegulationStore(store, settings.s3_prefix)
+        self.make_finder = finder
+        self.clock = clock
+        namespace = locks.namespace(settings.stream_key, store.bucket, settings.s3_prefix)
+        self.locks = locks.HourLocks(redis_client, namespace, settings.compact_lease_s)
+
+    def run(self) -> Pass:
+        result = Pass()
+        due = self._due(result)
+        if not due:
+            return result
+        for regulation in due:
+            regulation.state = regulations.RUNNING
+            self.regulations.save(regulation)
+        try:
+            self._finish_rewrites(result.tally)
+            subjects = self._subjects(due, result.tally)
+            self._archive(subjects, result)
+            self._letters_and_set_aside(subjects, result.tally)
+            self._stream_drained(due, result)
+        except Exception as exc:
+            self._failed(due, result, exc)
+            raise
+        self._conclude(due, result)
+        return result
+
+    # --- the steps --------------------------------------------------------------------------
+
+    def _due(self, result: Pass) -> list[Regulation]:
+        settle = timedelta(seconds=SETTLE_RELOADS * self.settings.suppression_reload_s)
+        due = []
+        for regulation in self.regulations.pending_deletions():
+            accepted = datetime.fromisoformat(regulation.accepted_at)
+            if self.clock() - accepted < settle:
+                result.not_yet.append(f"{regulation.id}: accepted less than {settle} ago")
+            else:
+                due.append(regulation)
+        result.regulations = [r.id for r in due]
+        return due
+
+    def _finish_rewrites(self, tally: Tally) -> None:
+        """Old versions a killed pass left behind, of objects it had rewritten."""
+        for marker in self.store.keys_under(f"{self.settings.s3_prefix}{REWRITING}"):
+            document = self.store.get_json(marker)
+            if document is not None:
+                tally.versions_deleted += self._drop_old_versions(document["key"])
+            self.store.delete([marker])
+
+    def _subjects(self, due: list[Regulation], tally: Tally) -> Subjects:
+        linking = [r for r in due if r.linked and r.field_name == "userId"]
+        finder = self.make_finder()
+        try:
+            if linking:
+                self._remember_links(linking, finder.linked(Subjects.of(linking).user_ids))
+            subjects = Subjects.of(due)
+            self._found = finder.objects(subjects)
+            tally.objects_scanned += finder.objects_scanned
+        finally:
+            finder.close()
+        return subjects
+
+    def _remember_links(self, linking: list[Regulation], found: set[str]) -> None:
+        """Keep the links found with the regulations, before anything is rewritten: the events
+        that link them are deleted by this pass, and a later pass must still know them."""
+        for regulation in linking:
+            known = set(regulation.linked_ids)
+            if not found <= known:
+                regulation.linked_ids = sorted(known | found)
+                self.regulations.save(regulation)
+
+    def _archive(self, subjects: Subjects, result: Pass) -> None:
+        hours = sorted({h for h in map(partitions.hour_in, self._found) if h is not None})
+        for hour in hours:
+            lock = self.locks.acquire(hour)
+            if lock is None:
+                label = partitions.hour_label(hour)
+                result.waiting.append(f"{label}: being compacted; the next pass rewrites it")
+                continue
+            try:
+                self._rewrite_hour(hour, subjects, result.tally, lock)
+            finally:
+                lock.release()
+
+    def _rewrite_hour(self, hour: datetime, subjects: Subjects, tally: Tally, lock) -> None:
+        prefix, partition = self.settings.s3_prefix, partitions.partition_of(hour)
+        for item in reading.list_partition(self.store, prefix, hour.date(), hour.hour):
+            lock.renew()
+            self._rewrite_one(item, subjects, tally)
+        # Older versions: of objects merged or removed since (a compaction's inputs), too.
+        for root in ROOTS:
+            tally.versions_deleted += versions.sweep(
+                self.store, prefix + root + partition, subjects
+            )
+        # Compaction's spills of this hour hold events: its next run plans again.
+        work = f"{prefix}{STAGING}work/{partition}"
+        self.store.delete(self.store.keys_under(work))
+        tally.versions_deleted += versions.purge(self.store, work)
+
+    def _rewrite_one(self, item: reading.ArchivedObject, subjects: Subjects, tally: Tally) -> None:
+        marker = f"{self.settings.s3_prefix}{REWRITING}{_digest(item.key)}.json"
+        self.store.put_json(marker, {"key": item.key})
+        try:
+            done = rewrite(self.store, item, subjects, self.settings.gzip_level)
+        except Unreadable:
+            tally.undecodable.append(item.key)
+            done = None
+        except ObjectGone:  # merged and removed meanwhile: its events are in what was listed
+            done = None
+        if done is not None:
+            tally.events_deleted += done.removed
+            tally.shared_devices_kept += done.shared_devices
+            tally.objects_removed += done.emptied
+            tally.objects_rewritten += not done.emptied
+            tally.versions_deleted += self._drop_old_versions(item.key)
+        self.store.delete([marker])
+
+    def _drop_old_versions(self, key: str) -> int:
+        return self.store.delete_versions(key, self.store.older_versions(key))
+
+    def _letters_and_set_aside(self, subjects: Subjects, tally: Tally) -> None:
+        keys = shards.shard_keys(self.settings.stream_key, self.settings.stream_shards)
+        tally.add(letters.scrub_bucket_letters(self.store, subjects))
+        dead_keys = [shards.dead_letter_key(key) for key in keys]
+        tally.add(letters.scrub_dead_letter_streams(self.redis, dead_keys, subjects))
+        prefix, level = self.settings.s3_prefix, self.settings.gzip_level
+        tally.add(unreadable.scrub_unreadable(self.store, prefix, subjects, level))
+        for place in (ERRORS_PREFIX, f"{prefix}{UNREADABLE_ROOT}"):
+            tally.versions_deleted += versions.sweep(self.store, place, subjects)
+
+    def _stream_drained(self, due: list[Regulation], result: Pass) -> None:
+        """Entries accepted before the newest deletion are archived (without the subjects'
+        events) and deleted by the consumer; the deletion waits until none is left."""
+        newest = max(datetime.fromisoformat(r.accepted_at) for r in due)
+        newest_ms = int(newest.timestamp() * 1000)
+        for key in shards.shard_keys(self.settings.stream_key, self.settings.stream_shards):
+            oldest = self.redis.xrange(key, count=1)
+            if oldest and int(oldest[0][0].split(b"-")[0]) <= newest_ms:
+                result.waiting.append(f"{key}: entries from before the deletion not archived yet")
+
+    # --- outcomes ---------------------------------------------------------------------------
+
+    def _conclude(self, due: list[Regulation], result: Pass) -> None:
+        finished = not result.waiting
+        now = self.clock().isoformat(timespec="milliseconds")
+        for regulation in due:
+            regulation.progress = _summed(regulation.progress, result.tally.progress())
+            regulation.progress["identities_linked"] = len(regulation.linked_ids)
+            regulation.undecodable = sorted(set(result.tally.undecodable))
+            regulation.error = None
+            if finished:
+                regulation.state, regulation.finished_at = regulations.FINISHED, now
+                regulation.forget_ids()
+                result.finished.append(regulation.id)
+            self.regulations.save(regulation)
+            if finished:  # its earlier versions name the subjects in clear
+                self.regulations.drop_history(regulation.id)
+        if finished:  # the consumer stops dropping what is no longer suppressed
+            self.regulations.publish(self.redis, self.settings.stream_key)
+
+    def _failed(self, due: list[Regulation], result: Pass, exc: Exception) -> None:
+        for regulation in due:
+            regulation.state = regulations.FAILED
+            regulation.error = one_line(exc)
+            regulation.progress = _summed(regulation.progress, result.tally.progress())
+            self.regulations.save(regulation)
+
+
+def _summed(earlier: dict[str, int], this_pass: dict[str, int]) -> dict[str, int]:
+    """A regulation's progress over every pass that worked on it."""
+    names = earlier.keys() | this_pass.keys()
+    return {name: earlier.get(name, 0) + this_pass.get(name, 0) for name in sorted(names)}
+
+
+def _digest(key: str) -> str:
+    return hashlib.blake2b(key.encode(), digest_size=12).hexdigest()
