@@ -123,6 +123,29 @@ def compaction_memory_line(row: dict) -> str:
     )
 
 
+def privacy_scan_line(fmt: str, row: dict) -> str:
+    runs = row.get("runs_eps", [])
+    spread = f" [{_n(min(runs))}..{_n(max(runs))}]" if len(runs) > 1 else ""
+    return (
+        f"  privacy scan of {fmt:8} {row['total_s']:7.2f} s ({row['load_s']:.2f} s listing,"
+        f" reading and decoding {row['objects']} objects, {row['query_s']:.3f} s for the SQL):"
+        f" {_n(row['events_per_s'])} events/s{spread} over {row['events']:,} rows;"
+        f" Arrow holds {row['arrow_mb']:,} MB ({_n(row['arrow_bytes_per_event'])} B/event);"
+        f" {row['linked']} linked IDs, {row['objects_found']} objects to rewrite;"
+        f" a billion events at this rate: {row['billion_events_h']:,} h,"
+        f" {_n(row.get('billion_events_gb'))} GB held"
+    )
+
+
+def privacy_rewrite_line(fmt: str, row: dict) -> str:
+    return (
+        f"  privacy rewrite of {fmt:8} {row['objects']} objects ({row['mb']} MB) in"
+        f" {row['seconds']} s = {_n(row['objects_per_s'], 1)} objects/s,"
+        f" {_n(row['events_per_s'])} events/s; {row['events_deleted']:,} of the subjects'"
+        f" events deleted, {row['events_kept']:,} kept"
+    )
+
+
 def drain_line(row: dict) -> str:
     per_event = row["cores"].get("consumers", 0) * 1e6 / row["events_per_s"]
     return (
@@ -293,12 +316,31 @@ def table(results: dict) -> str:
             " rounds taking turns",
         ]
         lines += [rate_limits_line(row) for row in results["rate_limits"]]
+    lines += privacy_lines(results)
     checks = targets(results)
     if checks:
         lines += ["", "targets (issue 6)"]
         lines += [f"  {name:40} {measured:>14}  {verdict}" for name, measured, verdict in checks]
     lines.append("=" * 100)
     return "\n".join(lines)
+
+
+def privacy_lines(results: dict) -> list[str]:
+    """The `privacy` phase's section: the local finder's scan and the rewrite of what it
+    found (absent when the phase did not run)."""
+    privacy = results.get("privacy")
+    if not privacy:
+        return []
+    lines = [
+        "",
+        f"privacy deletion without Athena ({privacy['events']:,} events, 1% stored twice;"
+        f" {privacy['subjects']} subjects): LocalFinder's scan, median of"
+        f" {results['plan']['repeat']} [min..max events/s], and the rewrite of every object it"
+        f" found; a billion events extrapolated at the scan's rate (time, Arrow memory)",
+    ]
+    lines += [privacy_scan_line(fmt, row) for fmt, row in privacy["scan"].items()]
+    lines += [privacy_rewrite_line(fmt, row) for fmt, row in privacy["rewrite"].items()]
+    return lines
 
 
 def wait_cost_lines(replication: dict) -> list[str]:
