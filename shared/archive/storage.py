@@ -14,9 +14,12 @@ from typing import Any
 
 import boto3
 from botocore.config import Config
+from botocore.exceptions import ClientError
 
 from shared.settings import Settings
 
+# What S3 (and MinIO, moto) answer a conditional write whose object exists already.
+_ALREADY_THERE = ("PreconditionFailed", "ConditionalRequestConflict")
 # DeleteObjects takes at most this many keys a request.
 DELETE_BATCH = 1000
 
@@ -63,8 +66,24 @@ class ObjectStore:
 
     def put_json(self, key: str, document: Any) -> None:
         """`document` as compact JSON with sorted keys: the same document, the same bytes."""
-        body = json.dumps(document, sort_keys=True, separators=(",", ":")).encode()
-        self.put(key, body, "application/json")
+        self.put(key, _json_body(document), "application/json")
+
+    def put_json_if_absent(self, key: str, document: Any) -> bool:
+        """`put_json`, only if there is no object `key` yet (S3's conditional write): whether
+        this call wrote it."""
+        try:
+            self.client.put_object(
+                Bucket=self.bucket,
+                Key=key,
+                Body=_json_body(document),
+                ContentType="application/json",
+                IfNoneMatch="*",
+            )
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in _ALREADY_THERE:
+                return False
+            raise
+        return True
 
     def copy(self, source: str, target: str) -> None:
         """Copy an object within the bucket (server-side: its bytes do not pass through here)."""
@@ -168,6 +187,10 @@ class ObjectStore:
         for page in pages:
             for common in page.get("CommonPrefixes", []):
                 yield common["Prefix"]
+
+
+def _json_body(document: Any) -> bytes:
+    return json.dumps(document, sort_keys=True, separators=(",", ":")).encode()
 
 
 class RangedFile(io.RawIOBase):

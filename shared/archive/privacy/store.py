@@ -16,8 +16,6 @@ import logging
 from collections.abc import Iterable
 from typing import Any
 
-from botocore.exceptions import ClientError
-
 from shared import regulations
 from shared.archive.storage import ObjectStore
 from shared.regulations import BadRegulation, PrivacyView, Regulation
@@ -47,21 +45,8 @@ class RegulationStore:
         return self._key
 
     def _create_key(self) -> None:
-        body = f'{{"key":"{regulations.new_key().hex()}"}}'.encode()
-        try:
-            self.store.client.put_object(
-                Bucket=self.store.bucket,
-                Key=f"{self.root}key.json",
-                Body=body,
-                ContentType="application/json",
-                IfNoneMatch="*",
-            )
-        except ClientError as exc:  # another process made it first: theirs stands
-            if exc.response.get("Error", {}).get("Code") not in (
-                "PreconditionFailed",
-                "ConditionalRequestConflict",
-            ):
-                raise
+        # Another process that made it first wins: theirs stands.
+        self.store.put_json_if_absent(f"{self.root}key.json", {"key": regulations.new_key().hex()})
 
     # --- regulations ------------------------------------------------------------------------
 
