@@ -66,12 +66,15 @@ bench: $(VENV)/.installed
 # LAMBDA_ARCHITECTURE, and bytecode compiled by a Python 3.12 (LAMBDA_PYTHON, else found on
 # PATH, by uv or pyenv), whatever Python runs the build. SAM passes no architecture: for arm64,
 # `LAMBDA_ARCHITECTURE=arm64 sam build` and deploy with the parameter Architecture=arm64.
-.PHONY: build-IngestFunction build-ConsumerFunction build-CompactorFunction lock
+LAMBDA_FUNCTIONS := IngestFunction ConsumerFunction CompactorFunction AdminFunction PrivacyFunction
+.PHONY: $(addprefix build-,$(LAMBDA_FUNCTIONS)) lock
 LAMBDA_ARCHITECTURE ?= x86_64
 build-IngestFunction: FUNCTION := ingest
 build-ConsumerFunction: FUNCTION := consumer
 build-CompactorFunction: FUNCTION := compactor
-build-IngestFunction build-ConsumerFunction build-CompactorFunction:
+build-AdminFunction: FUNCTION := admin
+build-PrivacyFunction: FUNCTION := privacy
+$(addprefix build-,$(LAMBDA_FUNCTIONS)):
 	@test -n "$(ARTIFACTS_DIR)" || { echo "set ARTIFACTS_DIR" >&2; exit 1; }
 	$(PYTHON) -m local.lambda_build $(FUNCTION) "$(ARTIFACTS_DIR)" --architecture $(LAMBDA_ARCHITECTURE)
 
@@ -84,7 +87,7 @@ lock: $(VENV_UV)/bin/uv
 	$(UV_COMPILE) --python-version 3.11 --extra server pyproject.toml -o $(RUNTIME_LOCK)
 	$(UV_COMPILE) --python-version 3.11 -c $(RUNTIME_LOCK) --extra local --extra query \
 		--extra dev --extra bench pyproject.toml local/requirements-dev.in -o $(DEV_LOCK)
-	for function in ingest consumer compactor; do \
+	for function in ingest consumer compactor admin privacy; do \
 		$(UV_COMPILE) --python-version 3.12 -c $(RUNTIME_LOCK) \
 			functions/$$function/requirements.in -o functions/$$function/requirements.txt || exit 1; \
 	done

@@ -29,7 +29,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-FUNCTIONS = ("ingest", "consumer", "compactor")
+FUNCTIONS = ("ingest", "consumer", "compactor", "admin", "privacy")
 # The template's Globals: Runtime python3.12 (Amazon Linux 2023, glibc 2.34).
 RUNTIME_VERSION = "3.12"
 GLIBC = (2, 34)

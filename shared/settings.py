@@ -53,6 +53,13 @@ def _prefix(name: str, raw: str) -> str:
     return prefix
 
 
+def _s3_url(name: str, raw: str) -> str | None:
+    url = _optional_text(name, raw)
+    if url is not None and not url.startswith("s3://"):
+        raise ConfigError(f"{name} must be an s3:// URL (or unset)")
+    return url
+
+
 def _positive_int(name: str, raw: str) -> int:
     try:
         value = int(raw.strip().replace("_", ""))
@@ -303,6 +310,12 @@ class Settings:
     secrets_refresh_s: float = _var("SECRETS_REFRESH_S", 300.0, _positive_float)
     # Refuse a Redis URL without TLS (anything but rediss://): the deployed default.
     redis_require_tls: bool = _var("REDIS_REQUIRE_TLS", False, _flag)
+    # The deletion pass on AWS (functions/privacy/) finds the objects holding a subject with
+    # Athena: this workgroup, this Glue database (the template's tables), and query results
+    # written here (unset: where the workgroup says).
+    athena_workgroup: str | None = _var("ATHENA_WORKGROUP", None, _optional_text)
+    athena_database: str = _var("ATHENA_DATABASE", "event_archive", _text)
+    athena_output_location: str | None = _var("ATHENA_OUTPUT_LOCATION", None, _s3_url)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:

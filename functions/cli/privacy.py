@@ -18,7 +18,14 @@ from typing import IO, Any
 
 import click
 
-from functions.cli.terminal import archive_error, redis_error, table
+from functions.cli.terminal import (
+    StatusLine,
+    archive_error,
+    first_line,
+    needs_duckdb,
+    redis_error,
+    table,
+)
 from shared import regulations
 
 FORMATS = ("table", "json")
@@ -34,7 +41,9 @@ def _settings() -> Any:
 
 
 @contextlib.contextmanager
-def _one_line_errors(settings: Any) -> Iterator[None]:
+def _one_line_errors(
+    settings: Any, redis_role: str = ", which holds the suppressions in force"
+) -> Iterator[None]:
     """Every failure as one line: a bad request, the bucket or Redis unreachable."""
     from botocore.exceptions import BotoCoreError, ClientError
 
@@ -47,7 +56,7 @@ def _one_line_errors(settings: Any) -> Iterator[None]:
     except (BotoCoreError, ClientError) as exc:
         raise archive_error(settings, exc) from None
     except REDIS_ERRORS as exc:
-        raise redis_error(settings, exc, ", which holds the suppressions in force") from None
+        raise redis_error(settings, exc, redis_role) from None
 
 
 def _store(settings: Any) -> Any:
@@ -110,6 +119,8 @@ def privacy() -> None:
                   stored); --delete also deletes their events so far
       unsuppress  end a suppression
     Up to 5,000 IDs each: userIds, or anonymousIds with --anonymous-id.
+    `run` carries out the pending deletions now (on AWS a scheduled function
+    does).
     Deleting a userId also deletes the events of the anonymousIds the archive
     links to it (an identify carrying both, an alias), unless --no-linked.
 
@@ -255,3 +266,112 @@ def _row(regulation: regulations.Regulation) -> dict[str, Any]:
         if regulation.deletes
         else "-",
     }
+
+
+# --- carrying out the deletions -------------------------------------------------------------
+
+RESUMED = "; the next run resumes the deletions"
+
+
+@privacy.command("run", context_settings={"max_content_width": 100})
+@FORMAT
+def run_deletions(fmt: str | None) -> None:
+    """Carry out the pending deletions now, all of them in one pass.
+
+    \b
+    Finds the objects that hold the subjects' events (the archive read into
+    DuckDB, as `event-ingest query` reads it: the query extra), rewrites them
+    without those events by the writer that made them, removes the older
+    versions that hold any, and takes the subjects out of the dead letters
+    and the objects set aside as unreadable. A deletion is carried out once
+    it is 2 x SUPPRESSION_RELOAD_S old, and finished by a pass that leaves
+    nothing behind; one that has to wait (entries from before it still in the
+    stream, an hour being compacted) stays running, and the next run resumes
+    it. Safe to stop at any moment: the next run resumes.
+
+    \b
+    Prints what the pass did: the deletions finished, what the others wait
+    for, and its counts. Exit status 0 unless the pass failed: waiting is not
+    a failure. A failure is one line and exit status 1 (the deletions then
+    show as failed), and the next run resumes them.
+
+    Reads REDIS_URL, STREAM_KEY, S3_BUCKET, S3_PREFIX, S3_ENDPOINT_URL and the AWS
+    credentials like the functions do. Progress goes to stderr on a terminal only.
+    """
+    try:
+        from shared.archive.privacy.finder import LocalFinder
+        from shared.archive.query import UnreadableObject
+    except ImportError as exc:
+        raise needs_duckdb("privacy run", exc) from None
+    from shared.archive.privacy.deletion import Deletion
+    from shared.archive.storage import ObjectStore
+    from shared.stream import connect
+
+    settings = _settings()
+    fmt = _format(fmt)
+    try:
+        with _one_line_errors(settings, ", which holds the dead letters and the hour locks"):
+            store = ObjectStore.from_settings(settings, attempts=4, read_timeout_s=60)
+
+            def finder() -> LocalFinder:
+                return LocalFinder(store, settings.s3_prefix)
+
+            deletion = Deletion(settings, store, connect(settings), finder)
+            with StatusLine(str) as progress:
+                result = deletion.run(progress=progress)
+    except click.ClickException as exc:
+        raise click.ClickException(exc.message + RESUMED) from None
+    except UnreadableObject as exc:  # the finder reads every object
+        raise click.ClickException(
+            f"{exc}: `event-ingest compact` sets such an object aside{RESUMED}"
+        ) from None
+    except Exception as exc:  # whatever it is: one line, and the next run resumes
+        raise click.ClickException(
+            f"the deletion pass failed: {first_line(exc)}{RESUMED}"
+        ) from None
+    _print_pass(result, fmt)
+
+
+def _print_pass(result: Any, fmt: str) -> None:
+    if fmt == "json":
+        click.echo(json.dumps(result.as_dict(), indent=1))
+        return
+    if not result.regulations and not result.not_yet:
+        click.echo("no pending deletions")
+        return
+    waits = "; ".join(result.waiting) or "-"
+    rows = [
+        {
+            "regulation": regulation_id,
+            "state": "finished" if regulation_id in result.finished else "running",
+            "waits for": "-" if regulation_id in result.finished else waits,
+        }
+        for regulation_id in result.regulations
+    ]
+    rows += [
+        {"regulation": regulation_id, "state": "pending", "waits for": why}
+        for regulation_id, why in result.not_yet.items()
+    ]
+    table(rows)
+    if result.regulations:
+        click.echo(_counts(result.tally))
+    if result.tally.undecodable:
+        undecodable = ", ".join(sorted(set(result.tally.undecodable)))
+        click.echo(
+            f"may hold a subject but cannot be decoded (for a person to decide): {undecodable}"
+        )
+    left = len(rows) - len(result.finished)
+    if left:
+        click.echo(
+            f"{left} of {len(rows)} deletions not finished yet: not a failure; the next "
+            "`event-ingest privacy run` resumes them"
+        )
+
+
+def _counts(tally: Any) -> str:
+    return (
+        f"objects scanned {tally.objects_scanned}, rewritten {tally.objects_rewritten}, "
+        f"removed {tally.objects_removed}; events deleted {tally.events_deleted} (kept on a "
+        f"shared device: {tally.shared_devices_kept}); dead letters rewritten "
+        f"{tally.dead_letters_rewritten}; older versions deleted {tally.versions_deleted}"
+    )

@@ -13,7 +13,7 @@ from typing import Any
 import click
 import msgspec
 
-from functions.cli.terminal import StatusLine
+from functions.cli.terminal import StatusLine, needs_duckdb
 
 FORMATS = ("table", "csv", "json")
 # What makes a spreadsheet read a cell as a formula (OWASP's CSV injection list): an archived
@@ -105,11 +105,8 @@ def query(
     """
     try:
         from shared.archive import query as archive_query
-    except ImportError as exc:  # DuckDB is an optional extra, kept out of the Lambda bundles
-        raise click.ClickException(
-            f"event-ingest query needs DuckDB ({exc.name} is missing): "
-            "pip install 'event-ingest[query]'"
-        ) from None
+    except ImportError as exc:
+        raise needs_duckdb("query", exc) from None
     from shared.settings import ConfigError, Settings
 
     fmt = fmt or ("table" if sys.stdout.isatty() else "csv")

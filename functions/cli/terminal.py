@@ -41,6 +41,15 @@ def table(rows: list[dict[str, Any]]) -> None:
         click.echo("  ".join(text.ljust(width) for text, width in zip(line, widths, strict=True)))
 
 
+def needs_duckdb(command: str, exc: ImportError) -> click.ClickException:
+    """The one line a command that needs the `query` extra says when DuckDB is missing (it is
+    kept out of the Lambda bundles)."""
+    return click.ClickException(
+        f"event-ingest {command} needs DuckDB ({exc.name} is missing): "
+        "pip install 'event-ingest[query]'"
+    )
+
+
 def first_line(exc: BaseException) -> str:
     """An exception as one line, for an error message."""
     lines = str(exc).strip().splitlines()

@@ -331,12 +331,14 @@ def privacy_lines(results: dict) -> list[str]:
     privacy = results.get("privacy")
     if not privacy:
         return []
+    repeat = results["plan"]["repeat"]
+    spread = " [min..max events/s]" if repeat > 1 else ""
     lines = [
         "",
         f"privacy deletion without Athena ({privacy['events']:,} events, 1% stored twice;"
-        f" {privacy['subjects']} subjects): LocalFinder's scan, median of"
-        f" {results['plan']['repeat']} [min..max events/s], and the rewrite of every object it"
-        f" found; a billion events extrapolated at the scan's rate (time, Arrow memory)",
+        f" {privacy['subjects']} subjects): LocalFinder's scan, median of {repeat}{spread}, and"
+        f" the rewrite of every object it found; a billion events extrapolated at the scan's"
+        f" rate (time, Arrow memory)",
     ]
     lines += [privacy_scan_line(fmt, row) for fmt, row in privacy["scan"].items()]
     lines += [privacy_rewrite_line(fmt, row) for fmt, row in privacy["rewrite"].items()]

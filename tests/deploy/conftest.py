@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import sysconfig
@@ -99,3 +100,62 @@ def invoke(
     for name, file in report["modules"].items():
         assert file is None or Path(file).is_relative_to(package), f"{name} came from {file}"
     return report
+
+
+HTTP_METHODS = {"GET", "POST", "PUT", "PATCH", "DELETE"}
+
+
+def routed(route: tuple[str, str], api: set[tuple[str, str]]) -> bool:
+    """Whether HTTP API routes `route`, as it matches paths: {name} is one segment, {name+}
+    any number."""
+    method, path = route
+    path = path.rstrip("/") or "/"  # API Gateway ignores a trailing slash
+    for api_method, api_path in api:
+        pattern = re.sub(r"\\\{[^}]+\\\+\\\}", ".+", re.escape(api_path))
+        pattern = re.sub(r"\\\{[^}]+\\\}", "[^/]+", pattern)
+        if api_method == method and re.fullmatch(pattern, path):
+            return True
+    return False
+
+
+def environment(template: dict[str, Any], name: str) -> dict[str, Any]:
+    shared = template["Globals"]["Function"]["Environment"]["Variables"]
+    return {**shared, **props(template, name).get("Environment", {}).get("Variables", {})}
+
+
+NO_VALUE = object()
+
+
+def deployed(template: dict[str, Any], node: Any, **parameters: str) -> Any:
+    """`node` as CloudFormation deploys it with these parameter values (the defaults for the
+    others): conditions evaluated, Fn::If resolved, AWS::NoValue removed, parameters
+    substituted. Other intrinsics stay as written."""
+    values = {name: str(p.get("Default", "")) for name, p in template["Parameters"].items()}
+    values.update(parameters)
+
+    def evaluate(node: Any) -> Any:
+        if isinstance(node, dict) and len(node) == 1:
+            [(function, argument)] = node.items()
+            if function == "Ref" and argument == "AWS::NoValue":
+                return NO_VALUE
+            if function == "Ref" and argument in values:
+                return values[argument]
+            if function == "Condition":
+                return evaluate(template["Conditions"][argument])
+            if function == "Fn::If":
+                condition, then, otherwise = argument
+                return evaluate(then if evaluate({"Condition": condition}) else otherwise)
+            if function == "Fn::Equals":
+                return str(evaluate(argument[0])) == str(evaluate(argument[1]))
+            if function == "Fn::Not":
+                return not evaluate(argument[0])
+            if function == "Fn::Contains":
+                return evaluate(argument[1]) in evaluate(argument[0])
+        if isinstance(node, dict):
+            items = ((key, evaluate(value)) for key, value in node.items())
+            return {key: value for key, value in items if value is not NO_VALUE}
+        if isinstance(node, list):
+            return [value for value in map(evaluate, node) if value is not NO_VALUE]
+        return node
+
+    return evaluate(node)

@@ -6,17 +6,20 @@ lifecycle keeps what Athena can read."""
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
+from functions.privacy import app as privacy_app
 from shared import metrics
 from shared.archive import ERRORS_PREFIX
+from shared.regulations import Regulation
 from shared.settings import Settings
 from shared.status import CompactionReport, GroupStatus, StreamStatus
-from tests.deploy.conftest import props
+from tests.deploy.conftest import deployed, props
 
-SCHEDULED = ("ConsumerFunction", "CompactorFunction")
+SCHEDULED = ("ConsumerFunction", "CompactorFunction", "PrivacyFunction")
 
 
 def resources_of(template: dict[str, Any], kind: str) -> dict[str, dict[str, Any]]:
@@ -43,7 +46,7 @@ def test_scheduled_runs_are_not_retried_and_failures_go_to_the_topic(template) -
     assert template["Parameters"]["AlarmTopicArn"]["Default"] == ""
 
 
-@pytest.mark.parametrize("name", SCHEDULED)
+@pytest.mark.parametrize("name", ["ConsumerFunction", "CompactorFunction"])
 def test_scheduled_functions_keep_their_concurrency(template, name) -> None:
     """An ingest spike cannot take every execution: the backlog would fill (consumer) or the
     archive go uncompacted (compactor)."""
@@ -131,6 +134,39 @@ def test_the_compaction_lag_alarm_reads_what_the_compactor_emits(template) -> No
     assert directive["Dimensions"] == [[]]
 
 
+def test_the_privacy_alarms_read_what_the_privacy_function_emits(template) -> None:
+    errors = template["Resources"]["PrivacyErrorsAlarm"]["Properties"]
+    assert (errors["Namespace"], errors["MetricName"]) == ("AWS/Lambda", "Errors")
+    assert errors["Dimensions"] == [{"Name": "FunctionName", "Value": {"Ref": "PrivacyFunction"}}]
+    assert errors["TreatMissingData"] == "notBreaching"  # no run, no failure
+    # The schedule's period: one invocation an hour.
+    [schedule] = props(template, "PrivacyFunction")["Events"].values()
+    assert schedule["Properties"]["Schedule"] == "rate(1 hour)" and errors["Period"] == 3600
+
+    overdue = template["Resources"]["PrivacyDeletionOverdueAlarm"]["Properties"]
+    assert overdue["Threshold"] == 7 * 24 * 3600
+    assert overdue["ComparisonOperator"] == "GreaterThanThreshold"
+    # A privacy function that stopped running deletes nothing and reports nothing: that pages,
+    # but only after three hours without a report, not for one run that reported late.
+    assert overdue["TreatMissingData"] == "breaching"
+    assert overdue["Period"] == 3600 and overdue["DatapointsToAlarm"] == 3
+    assert overdue["EvaluationPeriods"] == 3
+    assert overdue["Namespace"] == metrics.EMF_NAMESPACE and "Dimensions" not in overdue
+    lines: list[str] = []
+    emitter = metrics.EmfEmitter(lines.append, enabled=True)
+    # What the privacy function emits: a deletion accepted 8 days ago, not finished.
+    now = datetime(2024, 3, 9, tzinfo=UTC)
+    late = Regulation(
+        id="20240301T000000-0a1b2c3d", type="DELETE_ONLY", subject_type="USER_ID",
+        subject_ids=["u-1"], subject_hashes=["h"], accepted_at="2024-03-01T00:00:00.000+00:00",
+    )  # fmt: skip
+    emitter.emit(privacy_app.deletion_gauges([late], 0, now))
+    [line] = [json.loads(line) for line in lines if overdue["MetricName"] in line]
+    assert line[overdue["MetricName"]] == 8 * 24 * 3600 > overdue["Threshold"]
+    [directive] = line["_aws"]["CloudWatchMetrics"]
+    assert directive["Dimensions"] == [[]]
+
+
 # --- log groups --------------------------------------------------------------------------------
 
 
@@ -148,49 +184,16 @@ def test_each_function_logs_to_a_group_of_its_own_that_the_stack_creates(templat
     for name, group in groups.items():
         # Named by CloudFormation, so nothing Lambda creates first can be in the way.
         assert group["Properties"] == {"RetentionInDays": {"Ref": "LogRetentionDays"}}, name
+    # A function that exists only under a condition (the admin function) has its group so too.
+    for name, function in functions.items():
+        group = template["Resources"][name.removesuffix("Function") + "LogGroup"]
+        assert group.get("Condition") == function.get("Condition"), name
     # The role SAM generates (its AWSLambdaBasicExecutionRole) writes to any group: no own role.
     for name in functions:
         assert "Role" not in props(template, name), name
 
 
 # --- the archive bucket's lifecycle ------------------------------------------------------------
-
-NO_VALUE = object()
-
-
-def deployed(template: dict[str, Any], node: Any, **parameters: str) -> Any:
-    """`node` as CloudFormation deploys it with these parameter values (the defaults for the
-    others): conditions evaluated, Fn::If resolved, AWS::NoValue removed, parameters
-    substituted. Other intrinsics stay as written."""
-    values = {name: str(p.get("Default", "")) for name, p in template["Parameters"].items()}
-    values.update(parameters)
-
-    def evaluate(node: Any) -> Any:
-        if isinstance(node, dict) and len(node) == 1:
-            [(function, argument)] = node.items()
-            if function == "Ref" and argument == "AWS::NoValue":
-                return NO_VALUE
-            if function == "Ref" and argument in values:
-                return values[argument]
-            if function == "Condition":
-                return evaluate(template["Conditions"][argument])
-            if function == "Fn::If":
-                condition, then, otherwise = argument
-                return evaluate(then if evaluate({"Condition": condition}) else otherwise)
-            if function == "Fn::Equals":
-                return str(evaluate(argument[0])) == str(evaluate(argument[1]))
-            if function == "Fn::Not":
-                return not evaluate(argument[0])
-            if function == "Fn::Contains":
-                return evaluate(argument[1]) in evaluate(argument[0])
-        if isinstance(node, dict):
-            items = ((key, evaluate(value)) for key, value in node.items())
-            return {key: value for key, value in items if value is not NO_VALUE}
-        if isinstance(node, list):
-            return [value for value in map(evaluate, node) if value is not NO_VALUE]
-        return node
-
-    return evaluate(node)
 
 
 def lifecycle(template: dict[str, Any], **parameters: str) -> dict[str, dict[str, Any]]:

@@ -1,7 +1,9 @@
 """Every Handler in template.yaml, imported from its function's package and invoked as Lambda
 invokes it: the ingest handler with the sample API Gateway and ALB events in
 functions/ingest/events/, the consumer handler with the sample schedule event and a context
-whose time runs out, both against a real redis-server (and moto's S3 server)."""
+whose time runs out, the privacy handler with its schedule event (moto's Athena answering as
+the test tells it) and the admin handler with its sample request, against a real redis-server
+(and moto's server). The compactor's is invoked in tests/functions/compactor/."""
 
 from __future__ import annotations
 
@@ -11,16 +13,24 @@ import json
 import threading
 import uuid
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import boto3
 import pytest
 import redis
+import urllib3
 
 from local.redis_server import RedisServer
-from shared import codec
+from local.s3 import FAKE_CREDENTIALS
+from shared import codec, regulations
+from shared.archive.privacy.store import RegulationStore
+from shared.archive.storage import ObjectStore
 from shared.events import received_at_now
 from shared.settings import Settings
+from tests.archives import ev, write_ndjson
+from tests.athena_answers import Row, answer
 from tests.conftest import archived_events, settings_env
 from tests.deploy.conftest import ROOT, invoke, serverless_functions
 
@@ -268,3 +278,107 @@ def test_consumer_returns_in_time_with_everything_it_read_archived_and_acknowled
     assert len(freshness) == 2 and all(d["group"] == settings.consumer_group for d in freshness)
     [directive] = freshness[0]["_aws"]["CloudWatchMetrics"]
     assert directive["Dimensions"] == [["group"]] and directive["Namespace"] == "EventIngest"
+
+
+# --- privacy ----------------------------------------------------------------------------------
+
+PRIVACY_EVENTS = ROOT / "functions" / "privacy" / "events"
+SUBJECT = "alice-77e2@example.com"
+
+
+def athena_answers(moto_endpoint: str, *answers: tuple[list[str], list[Row]]) -> None:
+    """Athena's answers to the next queries, given to moto's server as its documentation says."""
+    sent = urllib3.request(
+        "POST",
+        f"{moto_endpoint}/moto-api/static/athena/query-results",
+        json={"region": "us-east-1", "results": [answer(*a) for a in answers]},
+    )
+    assert sent.status == 201
+
+
+def test_privacy_deletes_what_athena_found_and_reports_through_emf(
+    template: dict[str, Any],
+    function_packages: dict[str, Path],
+    settings: Settings,
+    moto_endpoint: str,
+    http_s3: Any,
+    redis_client: redis.Redis,
+) -> None:
+    tag = uuid.uuid4().hex[:10]
+    workgroup, results_bucket = f"events-{tag}", f"athena-results-{tag}"
+    boto3.client("athena", endpoint_url=moto_endpoint, region_name="us-east-1").create_work_group(
+        Name=workgroup
+    )
+    http_s3.create_bucket(Bucket=results_bucket)
+    store = ObjectStore(http_s3, settings.s3_bucket)
+    events = [ev("1", "10:11", "Login", SUBJECT), ev("2", "10:12", "Viewed", "bob")]
+    [key] = write_ndjson(store, settings.s3_prefix, [(b"1709632800000-0", events)])
+    regulation_store = RegulationStore(store, settings.s3_prefix)
+    accepted = regulations.new_regulation(
+        regulation_store.key(), "DELETE_ONLY", "USER_ID", [SUBJECT],
+        now=datetime.now(UTC) - timedelta(hours=1),
+    )  # fmt: skip
+    regulation_store.save(accepted)
+    regulation_store.publish(redis_client, settings.stream_key)
+    athena_answers(
+        moto_endpoint,
+        (["linked_id"], []),
+        (["object_key", "objects"], [(f"s3://{settings.s3_bucket}/{key}", "1"), (None, "3")]),
+    )
+    env = settings_env(
+        settings,
+        S3_ENDPOINT_URL=moto_endpoint,
+        AWS_ENDPOINT_URL_ATHENA=moto_endpoint,  # boto3's own variable: the code names none
+        ATHENA_WORKGROUP=workgroup,
+        ATHENA_OUTPUT_LOCATION=f"s3://{results_bucket}/results/",
+        **FAKE_CREDENTIALS,
+    )
+    scheduled = sample(PRIVACY_EVENTS / "scheduled.json")
+
+    report = invoke(
+        function_packages["PrivacyFunction"],
+        handler_of(template, "PrivacyFunction"),
+        [{"event": scheduled, "budget_ms": 60_000}],
+        env,
+    )
+
+    [result] = report["results"]
+    assert result["response"]["finished"] == [accepted.id], result["response"]
+    assert result["response"]["tally"]["objects_scanned"] == 4
+    stored = gzip.decompress(http_s3.get_object(Bucket=settings.s3_bucket, Key=key)["Body"].read())
+    assert SUBJECT.encode() not in stored and b'"bob"' in stored
+    emf = [json.loads(line) for line in report["printed"] if line.startswith('{"_aws"')]
+    gauges = {name: d[name] for d in emf for name in d if name.startswith("event_ingest_privacy")}
+    assert gauges == {
+        "event_ingest_privacy_deletions_pending": 0,
+        "event_ingest_privacy_deletions_failed": 0,
+        "event_ingest_privacy_deletions_finished": 1,
+        "event_ingest_privacy_oldest_deletion_seconds": 0,
+    }
+    assert http_s3.list_objects_v2(Bucket=results_bucket).get("KeyCount") == 0
+
+
+def test_the_admin_function_accepts_a_regulation_from_its_sample_event(
+    template: dict[str, Any],
+    function_packages: dict[str, Path],
+    settings: Settings,
+    moto_endpoint: str,
+    http_s3: Any,
+) -> None:
+    event = sample(ROOT / "functions" / "admin" / "events" / "http-api-create-regulation.json")
+    token = event["headers"]["authorization"].removeprefix("Bearer ")
+    env = settings_env(settings, S3_ENDPOINT_URL=moto_endpoint, ADMIN_TOKEN=token)
+
+    report = invoke(
+        function_packages["AdminFunction"],
+        handler_of(template, "AdminFunction"),
+        [{"event": event, "budget_ms": 25_000}],
+        env,
+    )
+
+    [result] = report["results"]
+    assert result["response"]["statusCode"] == 200, result["response"]
+    regulation_id = json_body(result["response"])["data"]["regulateId"]
+    stored = RegulationStore(ObjectStore(http_s3, settings.s3_bucket), settings.s3_prefix)
+    regulation = stored.get(regulation_id)
+    assert (regulation.type, len(regulation.subject_hashes)) == ("SUPPRESS_WITH_DELETE", 2)

@@ -21,10 +21,16 @@ from shared.archive import ERRORS_PREFIX, columns, partition_path
 from shared.archive.columns import DEDUP_KEY
 from shared.archive.naming import COMPACTED_ROOT, RAW_ROOTS, ROOTS
 from shared.settings import ENV_VARS, ConfigError, Settings
-from tests.deploy.conftest import ROOT, TEMPLATE, props, serverless_functions
+from tests.deploy.conftest import (
+    HTTP_METHODS,
+    ROOT,
+    TEMPLATE,
+    environment,
+    props,
+    routed,
+    serverless_functions,
+)
 from tests.local.locks import top_level_requirements
-
-HTTP_METHODS = {"GET", "POST", "PUT", "PATCH", "DELETE"}
 
 
 def test_cfn_lint_reports_nothing() -> None:
@@ -60,19 +66,6 @@ def app_routes() -> set[tuple[str, str]]:
             ]
         routes |= {(method, path) for method in rule.methods & HTTP_METHODS for path in paths}
     return routes
-
-
-def routed(route: tuple[str, str], api: set[tuple[str, str]]) -> bool:
-    """Whether HTTP API routes `route`, as it matches paths: {name} is one segment, {name+}
-    any number."""
-    method, path = route
-    path = path.rstrip("/") or "/"  # API Gateway ignores a trailing slash
-    for api_method, api_path in api:
-        pattern = re.sub(r"\\\{[^}]+\\\+\\\}", ".+", re.escape(api_path))
-        pattern = re.sub(r"\\\{[^}]+\\\}", "[^/]+", pattern)
-        if api_method == method and re.fullmatch(pattern, path):
-            return True
-    return False
 
 
 # For operators on the server's own port, never for the internet; on Lambda the counts go to
@@ -111,14 +104,18 @@ def test_browsers_get_their_preflight_answered_by_the_app(template: dict[str, An
 # --- configuration and secrets ---------------------------------------------------------------
 
 
-def environment(template: dict[str, Any], name: str) -> dict[str, Any]:
-    shared = template["Globals"]["Function"]["Environment"]["Variables"]
-    return {**shared, **props(template, name).get("Environment", {}).get("Variables", {})}
+FUNCTIONS = [
+    "IngestFunction", "ConsumerFunction", "CompactorFunction", "PrivacyFunction", "AdminFunction"
+]  # fmt: skip
 
 
-@pytest.mark.parametrize("name", ["IngestFunction", "ConsumerFunction"])
+@pytest.mark.parametrize("name", FUNCTIONS)
 def test_functions_set_only_variables_the_code_reads(template: dict[str, Any], name: str) -> None:
     assert set(environment(template, name)) <= set(ENV_VARS)
+
+
+def test_every_function_is_tested_here(template: dict[str, Any]) -> None:
+    assert sorted(serverless_functions(template)) == sorted(FUNCTIONS)
 
 
 READS_REDIS_SECRET = {
@@ -148,20 +145,24 @@ def test_secrets_come_from_secrets_manager_never_from_the_environment(
     assert "Default" not in template["Parameters"]["WriteKeysSecretArn"]  # required
 
 
+def reads_secret(parameter: str) -> dict[str, Any]:
+    return {"AWSSecretsManagerGetSecretValuePolicy": {"SecretArn": {"Ref": parameter}}}
+
+
 def test_each_function_may_read_its_secrets_and_no_other(template: dict[str, Any]) -> None:
-    write_keys = {
-        "AWSSecretsManagerGetSecretValuePolicy": {"SecretArn": {"Ref": "WriteKeysSecretArn"}}
+    own = {
+        "IngestFunction": [reads_secret("WriteKeysSecretArn")],
+        "AdminFunction": [reads_secret("AdminTokenSecretArn")],
     }
     for name in serverless_functions(template):
         policies = props(template, name)["Policies"]
         reads = [p for p in policies if "Statement" not in p]
-        expected = (
-            [write_keys, READS_REDIS_SECRET] if name == "IngestFunction" else [READS_REDIS_SECRET]
-        )
-        assert reads == expected, name
+        assert reads == [*own.get(name, []), READS_REDIS_SECRET], name
 
 
-@pytest.mark.parametrize("parameter", ["WriteKeysSecretArn", "RedisAuthSecretArn"])
+@pytest.mark.parametrize(
+    "parameter", ["WriteKeysSecretArn", "RedisAuthSecretArn", "AdminTokenSecretArn"]
+)
 def test_secret_parameters_take_full_arns_only(template: dict[str, Any], parameter: str) -> None:
     """IAM grants the exact ARN, which ends in the secret's 6-character suffix: a name or a
     partial ARN would be granted nothing, and the cold start would fail."""
@@ -341,7 +342,7 @@ def test_each_function_requires_only_project_dependencies_and_all_are_required()
     assert required | {"click"} == project, "a project dependency that nothing imports"
 
 
-@pytest.mark.parametrize("name", ["IngestFunction", "ConsumerFunction", "CompactorFunction"])
+@pytest.mark.parametrize("name", FUNCTIONS)
 def test_sam_build_recipe_targets_the_runtime_and_architecture(
     template: dict[str, Any], name: str
 ) -> None:

@@ -44,6 +44,12 @@ def test_a_phase_alone_starts_only_what_it_needs() -> None:
     assert phases.needs(["memory", "drain"]) == {"redis", "s3"}
 
 
+def test_the_privacy_phase_alone_starts_only_s3() -> None:
+    """It measures the local finder and the rewrite, which read and write the bucket only."""
+    assert run.parse_args(["--phase", "privacy"]).phases == ["privacy"]
+    assert phases.needs(["privacy"]) == {"s3"}
+
+
 @pytest.mark.parametrize("name", phases.PHASES)
 def test_each_phase_is_a_module_with_an_entry_function(name: str) -> None:
     module = phases.module(name)

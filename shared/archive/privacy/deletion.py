@@ -1,41 +1,53 @@
 """Carrying out the pending deletions: one pass over every place events are stored.
 
 A pass takes every pending deletion together:
+0. it finishes what a pass killed while concluding left undone (earlier versions of finished
+   regulations, Redis's copy of what is in force);
 1. it waits until each is SETTLE_RELOADS reload periods old, so that every ingest process and
    consumer has seen it (from then on the consumer drops its subjects' events: a re-flushed
    pending entry, a redriven dead letter or a replay brings nothing back);
-2. it finishes what a killed pass left half done (old versions of rewritten objects);
+2. it looks whether the stream still holds entries from before the deletions: the consumer
+   archives them (without the subjects' events) and then deletes them. Looked at before
+   anything is found, so that an object stored meanwhile by a consumer that read its entries
+   before a deletion was accepted is found by this pass or, the entry still being there now,
+   by the next one; the deletions finish only with a pass that found none;
 3. it finds the anonymous IDs the archive links to the subjects' userIds, then the objects
    holding any subject's events (`finder`);
 4. hour by hour, under the hour's compaction lock (a compaction never merges an object being
    rewritten, nor a rewrite an hour being merged), it rewrites every object of the hour that
-   holds a subject (`rewrite`), removes their older versions, and discards compaction's work in
-   progress for the hour (its spills hold events; the next compaction plans again);
-5. it removes the subjects from the dead letters and the objects set aside as unreadable;
-6. it checks that the stream holds no entry older than the deletions (the consumer archives
-   them without the subjects' events, then deletes them).
+   holds a subject (`rewrite`), removes the older versions that hold one, and discards
+   compaction's work in progress for the hour (its spills hold events; the next compaction
+   plans again). An hour is marked under `_privacy/deleting/` while it is gone through, so
+   that a pass killed in it goes through it again even once no object of it holds a subject
+   (its older versions and spills may);
+5. it removes the subjects from the dead letters and the objects set aside as unreadable.
 A deletion is finished when a pass went through every step with nothing left (no busy hour,
 no entry waiting); its IDs in clear are then dropped, its hashes and counts kept. Every step
-can be done again: a pass killed anywhere is resumed by the next, which ends the same way.
+can be done again: a pass killed anywhere is resumed by the next, which ends the same way
+(the counts of a killed pass are lost with it: `progress` is what the passes that ended saw).
+
+With a time budget (`remaining_ms`, the scheduled function's), no hour and no step after the
+hours starts with less than the compactor's margin left; a pass cut short leaves the
+deletions running, and the next one resumes them.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from shared import regulations, shards
 from shared.archive import partitions, reading
 from shared.archive.compaction import locks
-from shared.archive.compaction.compactor import STAGING
+from shared.archive.compaction.compactor import STAGING, Budget, OutOfTime, RemainingMs
+from shared.archive.compaction.locks import HourLock
 from shared.archive.compaction.reports import one_line
 from shared.archive.naming import ERRORS_PREFIX, ROOTS, UNREADABLE_ROOT
 from shared.archive.privacy import letters, unreadable, versions
-from shared.archive.privacy.finder import Finder
+from shared.archive.privacy.finding import Finder
 from shared.archive.privacy.rewrite import rewrite
 from shared.archive.privacy.store import ROOT, RegulationStore
 from shared.archive.privacy.subjects import Subjects
@@ -50,7 +62,10 @@ log = logging.getLogger(__name__)
 # A deletion is carried out once this many reload periods (SUPPRESSION_RELOAD_S) have passed
 # since it was accepted: every process then drops its subjects' events.
 SETTLE_RELOADS = 2
-REWRITING = f"{ROOT}rewriting/"  # a key being rewritten: its old versions are still to go
+HOURS = f"{ROOT}deleting/"  # `<hour label>`: an hour a pass is going through
+OUT_OF_TIME = "out of time: the next pass resumes"
+
+Say = Callable[[str], None]
 
 
 @dataclass
@@ -60,8 +75,13 @@ class Pass:
     regulations: list[str] = field(default_factory=list)  # the deletions it carried out
     finished: list[str] = field(default_factory=list)
     waiting: list[str] = field(default_factory=list)  # why they are not finished yet
-    not_yet: list[str] = field(default_factory=list)  # deletions too recent to start
+    not_yet: dict[str, str] = field(default_factory=dict)  # too recent to start: id -> why
+    out_of_time: bool = False  # its time budget ran out: the next pass resumes
+    hours_left: int = 0  # hours not gone through for lack of time
     tally: Tally = field(default_factory=Tally)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 class Deletion:
@@ -82,21 +102,35 @@ class Deletion:
         self.clock = clock
         namespace = locks.namespace(settings.stream_key, store.bucket, settings.s3_prefix)
         self.locks = locks.HourLocks(redis_client, namespace, settings.compact_lease_s)
+        self.marks = f"{settings.s3_prefix}{HOURS}"
 
-    def run(self) -> Pass:
+    def run(self, remaining_ms: RemainingMs | None = None, *, progress: Say | None = None) -> Pass:
+        """One pass over every pending deletion; `remaining_ms`: the time left (a Lambda
+        context's `get_remaining_time_in_millis`), None for no limit; `progress`: told each
+        step as it starts."""
+        budget, say = Budget(remaining_ms), progress or (lambda _step: None)
         result = Pass()
-        due = self._due(result)
+        every = self.regulations.all()
+        self._tidy(every)
+        due = self._due(every, result)
         if not due:
             return result
         for regulation in due:
             regulation.state = regulations.RUNNING
             self.regulations.save(regulation)
         try:
-            self._finish_rewrites(result.tally)
-            subjects = self._subjects(due, result.tally)
-            self._archive(subjects, result)
-            self._letters_and_set_aside(subjects, result.tally)
+            say("looking for entries from before the deletions in the stream")
             self._stream_drained(due, result)
+            budget.check()
+            say("finding the objects that hold the subjects' events")
+            subjects, found = self._subjects(due, result.tally)
+            self._archive(subjects, found, result, budget, say)
+            budget.check()
+            say("dead letters and objects set aside")
+            self._letters_and_set_aside(subjects, result.tally)
+        except OutOfTime:
+            result.out_of_time = True
+            result.waiting.append(OUT_OF_TIME)
         except Exception as exc:
             self._failed(due, result, exc)
             raise
@@ -105,38 +139,46 @@ class Deletion:
 
     # --- the steps --------------------------------------------------------------------------
 
-    def _due(self, result: Pass) -> list[Regulation]:
+    def _tidy(self, every: list[Regulation]) -> None:
+        """What a pass killed after finishing a deletion left undone."""
+        if every:
+            self.regulations.drop_finished_history(every)
+            self.regulations.publish_if_stale(self.redis, self.settings.stream_key, every)
+
+    def _due(self, every: list[Regulation], result: Pass) -> list[Regulation]:
         settle = timedelta(seconds=SETTLE_RELOADS * self.settings.suppression_reload_s)
         due = []
-        for regulation in self.regulations.pending_deletions():
+        for regulation in self.regulations.pending_deletions(every):
             accepted = datetime.fromisoformat(regulation.accepted_at)
             if self.clock() - accepted < settle:
-                result.not_yet.append(f"{regulation.id}: accepted less than {settle} ago")
+                result.not_yet[regulation.id] = f"accepted less than {settle} ago"
             else:
                 due.append(regulation)
         result.regulations = [r.id for r in due]
         return due
 
-    def _finish_rewrites(self, tally: Tally) -> None:
-        """Old versions a killed pass left behind, of objects it had rewritten."""
-        for marker in self.store.keys_under(f"{self.settings.s3_prefix}{REWRITING}"):
-            document = self.store.get_json(marker)
-            if document is not None:
-                tally.versions_deleted += self._drop_old_versions(document["key"])
-            self.store.delete([marker])
+    def _stream_drained(self, due: list[Regulation], result: Pass) -> None:
+        """Whether the stream still holds entries from before the deletions (see step 2)."""
+        newest = max(datetime.fromisoformat(r.accepted_at) for r in due)
+        newest_ms = int(newest.timestamp() * 1000)
+        for key in shards.shard_keys(self.settings.stream_key, self.settings.stream_shards):
+            oldest = self.redis.xrange(key, count=1)
+            if oldest and int(oldest[0][0].split(b"-")[0]) <= newest_ms:
+                result.waiting.append(f"{key}: entries from before the deletion not archived yet")
 
-    def _subjects(self, due: list[Regulation], tally: Tally) -> Subjects:
+    def _subjects(self, due: list[Regulation], tally: Tally) -> tuple[Subjects, set[str]]:
+        """The subjects, their links found (and kept), and the objects holding their events."""
         linking = [r for r in due if r.linked and r.field_name == "userId"]
         finder = self.make_finder()
         try:
             if linking:
                 self._remember_links(linking, finder.linked(Subjects.of(linking).user_ids))
             subjects = Subjects.of(due)
-            self._found = finder.objects(subjects)
+            found = finder.objects(subjects)
             tally.objects_scanned += finder.objects_scanned
         finally:
             finder.close()
-        return subjects
+        return subjects, found
 
     def _remember_links(self, linking: list[Regulation], found: set[str]) -> None:
         """Keep the links found with the regulations, before anything is rewritten: the events
@@ -147,54 +189,60 @@ class Deletion:
                 regulation.linked_ids = sorted(known | found)
                 self.regulations.save(regulation)
 
-    def _archive(self, subjects: Subjects, result: Pass) -> None:
-        hours = sorted({h for h in map(partitions.hour_in, self._found) if h is not None})
-        for hour in hours:
+    def _archive(
+        self, subjects: Subjects, found: set[str], result: Pass, budget: Budget, say: Say
+    ) -> None:
+        marks = self.store.keys_under(self.marks)
+        marked = {partitions.parse_hour(key[len(self.marks) :]) for key in marks}
+        hours = sorted({h for h in map(partitions.hour_in, found) if h is not None} | marked)
+        for done, hour in enumerate(hours):
+            if budget.exhausted():
+                result.hours_left = len(hours) - done
+                raise OutOfTime()
+            label = partitions.hour_label(hour)
+            say(f"rewriting {label} ({done + 1}/{len(hours)})")
             lock = self.locks.acquire(hour)
             if lock is None:
-                label = partitions.hour_label(hour)
                 result.waiting.append(f"{label}: being compacted; the next pass rewrites it")
                 continue
             try:
+                mark = f"{self.marks}{label}"
+                if hour not in marked:
+                    self.store.put_json(mark, {"hour": label})
                 self._rewrite_hour(hour, subjects, result.tally, lock)
+                versions.purge(self.store, mark)  # every version: it leaves no trace
             finally:
                 lock.release()
 
-    def _rewrite_hour(self, hour: datetime, subjects: Subjects, tally: Tally, lock) -> None:
+    def _rewrite_hour(
+        self, hour: datetime, subjects: Subjects, tally: Tally, lock: HourLock
+    ) -> None:
         prefix, partition = self.settings.s3_prefix, partitions.partition_of(hour)
         for item in reading.list_partition(self.store, prefix, hour.date(), hour.hour):
             lock.renew()
             self._rewrite_one(item, subjects, tally)
-        # Older versions: of objects merged or removed since (a compaction's inputs), too.
+        # Older versions: of the objects rewritten, and of those merged or removed since (a
+        # compaction's inputs).
         for root in ROOTS:
             tally.versions_deleted += versions.sweep(
                 self.store, prefix + root + partition, subjects
             )
         # Compaction's spills of this hour hold events: its next run plans again.
-        work = f"{prefix}{STAGING}work/{partition}"
-        self.store.delete(self.store.keys_under(work))
-        tally.versions_deleted += versions.purge(self.store, work)
+        tally.versions_deleted += versions.purge(self.store, f"{prefix}{STAGING}work/{partition}")
 
     def _rewrite_one(self, item: reading.ArchivedObject, subjects: Subjects, tally: Tally) -> None:
-        marker = f"{self.settings.s3_prefix}{REWRITING}{_digest(item.key)}.json"
-        self.store.put_json(marker, {"key": item.key})
         try:
             done = rewrite(self.store, item, subjects, self.settings.gzip_level)
         except Unreadable:
             tally.undecodable.append(item.key)
-            done = None
+            return
         except ObjectGone:  # merged and removed meanwhile: its events are in what was listed
-            done = None
+            return
         if done is not None:
             tally.events_deleted += done.removed
             tally.shared_devices_kept += done.shared_devices
             tally.objects_removed += done.emptied
             tally.objects_rewritten += not done.emptied
-            tally.versions_deleted += self._drop_old_versions(item.key)
-        self.store.delete([marker])
-
-    def _drop_old_versions(self, key: str) -> int:
-        return self.store.delete_versions(key, self.store.older_versions(key))
 
     def _letters_and_set_aside(self, subjects: Subjects, tally: Tally) -> None:
         keys = shards.shard_keys(self.settings.stream_key, self.settings.stream_shards)
@@ -205,16 +253,6 @@ class Deletion:
         tally.add(unreadable.scrub_unreadable(self.store, prefix, subjects, level))
         for place in (ERRORS_PREFIX, f"{prefix}{UNREADABLE_ROOT}"):
             tally.versions_deleted += versions.sweep(self.store, place, subjects)
-
-    def _stream_drained(self, due: list[Regulation], result: Pass) -> None:
-        """Entries accepted before the newest deletion are archived (without the subjects'
-        events) and deleted by the consumer; the deletion waits until none is left."""
-        newest = max(datetime.fromisoformat(r.accepted_at) for r in due)
-        newest_ms = int(newest.timestamp() * 1000)
-        for key in shards.shard_keys(self.settings.stream_key, self.settings.stream_shards):
-            oldest = self.redis.xrange(key, count=1)
-            if oldest and int(oldest[0][0].split(b"-")[0]) <= newest_ms:
-                result.waiting.append(f"{key}: entries from before the deletion not archived yet")
 
     # --- outcomes ---------------------------------------------------------------------------
 
@@ -248,7 +286,3 @@ def _summed(earlier: dict[str, int], this_pass: dict[str, int]) -> dict[str, int
     """A regulation's progress over every pass that worked on it."""
     names = earlier.keys() | this_pass.keys()
     return {name: earlier.get(name, 0) + this_pass.get(name, 0) for name in sorted(names)}
-
-
-def _digest(key: str) -> str:
-    return hashlib.blake2b(key.encode(), digest_size=12).hexdigest()

@@ -1,30 +1,22 @@
 """Finding what a deletion must rewrite: which objects hold the subjects' events, and which
 anonymous IDs the archive links to their userIds. Reads the identity columns only.
 
-One interface, two backends: locally the archive read into DuckDB as `event-ingest query` does
-(`LocalFinder`); on AWS an Athena query over the template's tables, so that a large archive is
-searched by a distributed engine and only what it found is rewritten.
+One interface (`finding.Finder`), two backends: locally the archive read into DuckDB as
+`event-ingest query` does (`LocalFinder`, here); on AWS an Athena query over the template's
+tables (`athena.AthenaFinder`), so that a large archive is searched by a distributed engine and
+only what it found is rewritten. The interface lives apart so that what imports it (the
+deletion pass, the privacy function) never reaches this module's DuckDB.
 """
 
 from __future__ import annotations
 
-from typing import Protocol
-
 import pyarrow as pa
 
+from shared.archive.privacy.finding import Finder
 from shared.archive.privacy.subjects import Subjects
 from shared.archive.storage import ObjectStore
 
-
-class Finder(Protocol):
-    objects_scanned: int
-
-    def linked(self, user_ids: frozenset[str]) -> set[str]: ...
-
-    def objects(self, subjects: Subjects) -> set[str]: ...
-
-    def close(self) -> None: ...
-
+__all__ = ["Finder", "LocalFinder"]  # Finder: for those that imported it from here
 
 _IDS = ("_user_ids", "_anonymous_ids", "_linked_ids")
 
@@ -51,6 +43,9 @@ class LocalFinder:
     def __init__(self, store: ObjectStore, prefix: str) -> None:
         from shared.archive import query  # DuckDB: only where the local backend runs
 
+        # An object that cannot be decoded fails the pass (`event-ingest compact` sets it aside,
+        # and the next pass removes the subjects from what of it decodes, in `_unreadable/`):
+        # skipped, its decodable lines would outlive a finished deletion.
         self.archive = query.open_archive(store, prefix)
         self.connection = self.archive.connection
         self.objects_scanned = len(self.archive.objects)

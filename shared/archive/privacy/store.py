@@ -1,7 +1,7 @@
 """The regulations, kept in the bucket under `<S3_PREFIX>_privacy/` (outside every root: never
 read as events), and the copy of what they put in force that Redis holds.
 
-- `_privacy/key`: the privacy key (32 random bytes, hex) subjects are hashed with, made by the
+- `_privacy/key.json`: the privacy key (32 random bytes, hex) subjects are hashed with, made by the
   first regulation and never changed (every stored hash depends on it);
 - `_privacy/regulations/<id>.json`: one document per regulation (`Regulation.as_dict`).
 
@@ -69,14 +69,24 @@ class RegulationStore:
         found = [Regulation.from_dict(self.store.get_json(key)) for key in keys]
         return sorted(found, key=lambda regulation: regulation.accepted_at)
 
-    def pending_deletions(self) -> list[Regulation]:
-        return [r for r in self.all() if r.deletes and r.state != regulations.FINISHED]
+    def pending_deletions(self, found: Iterable[Regulation] | None = None) -> list[Regulation]:
+        """The deletions not finished: of `found`, or of every regulation."""
+        every = self.all() if found is None else found
+        return [r for r in every if r.deletes and r.state != regulations.FINISHED]
 
     def drop_history(self, regulation_id: str) -> None:
         """Remove the earlier versions of a regulation's document (in a versioned bucket): a
         finished deletion's subjects must not stay in clear in them."""
         path = self._path(regulation_id)
         self.store.delete_versions(path, self.store.older_versions(path))
+
+    def drop_finished_history(self, found: Iterable[Regulation]) -> None:
+        """`drop_history` of each finished regulation of `found` that still has earlier
+        versions (a deletion pass killed between finishing it and dropping them)."""
+        finished = {self._path(r.id) for r in found if r.state == regulations.FINISHED}
+        for version in list(self.store.versions_under(f"{self.root}regulations/")):
+            if version.key in finished and not version.latest:
+                self.store.delete_versions(version.key, [version.version_id])
 
     def _path(self, regulation_id: str) -> str:
         return f"{self.root}regulations/{regulation_id}.json"
@@ -96,6 +106,16 @@ class RegulationStore:
         pipe.delete(name).hset(name, mapping=fields).execute()
         encoded = {k.encode(): v.encode() for k, v in fields.items()}
         return regulations.parse_view(encoded)
+
+    def publish_if_stale(
+        self, redis_client: Any, stream_key: str, found: Iterable[Regulation]
+    ) -> None:
+        """Publish again when Redis's copy is not what `found` (every regulation) puts in force:
+        a deletion pass killed between finishing a deletion and publishing."""
+        fields = regulations.view_fields(self.key(), found)
+        held = redis_client.hgetall(regulations.view_key(stream_key))
+        if {name.decode(): value.decode() for name, value in held.items()} != fields:
+            self.publish(redis_client, stream_key)
 
     def ensure_published(self, redis_client: Any, stream_key: str) -> PrivacyView:
         """Redis's copy, rebuilt first if it is missing. With no regulation in the bucket, the

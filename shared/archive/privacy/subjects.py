@@ -43,7 +43,9 @@ class Subjects:
         return not (self.user_ids or self.anonymous_ids)
 
     def with_links(self, linked: Iterable[str]) -> Subjects:
-        return Subjects(self.user_ids, self.anonymous_ids, frozenset(linked) - self.anonymous_ids)
+        """These subjects and the anonymous IDs `linked` to them, beside those known already."""
+        found = (self.linked | frozenset(linked)) - self.anonymous_ids
+        return Subjects(self.user_ids, self.anonymous_ids, found)
 
     # --- rows of the archive as a table (`columns.SCHEMA`) ----------------------------------
 

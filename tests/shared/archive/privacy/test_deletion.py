@@ -4,21 +4,16 @@ linked anonymous ID followed one level; every other event kept exactly once."""
 
 from __future__ import annotations
 
-import base64
 import dataclasses
-import gzip
-import io
-import json
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import pyarrow.parquet as pq
 import pytest
 import redis
 
 from shared import codec, stream
-from shared.archive import naming, query
+from shared.archive import naming
 from shared.archive.compaction import Compactor
 from shared.archive.partitions import parse_hour
 from shared.archive.privacy.deletion import Deletion
@@ -28,8 +23,7 @@ from shared.archive.storage import ObjectStore
 from shared.settings import Settings
 from tests.archives import ev, write_ndjson, write_parquet
 from tests.functions.consumer.drains import Budget, make_drainer
-
-SUBJECT, LINKED = "alice-7", "anon-alice-3"  # strings that occur nowhere else
+from tests.shared.archive.privacy.bucket import LINKED, SUBJECT, everything_stored, users
 
 
 def events_of(day: int, hour: int, prefix: str) -> list[dict[str, Any]]:
@@ -73,48 +67,6 @@ def seed(settings: Settings, store: ObjectStore, client: redis.Redis) -> None:
     stream.dead_letters.append(
         client, settings.stream_key, b"1709643600000-0", dead_fields, "poison", 100
     )
-
-
-def everything_stored(s3: Any, settings: Settings, client: redis.Redis) -> bytes:
-    """Every version of every object, decompressed and decoded, and every Redis value."""
-    found = []
-    pages = s3.get_paginator("list_object_versions").paginate(Bucket=settings.s3_bucket)
-    for page in pages:
-        for version in page.get("Versions", []):
-            body = s3.get_object(
-                Bucket=settings.s3_bucket, Key=version["Key"], VersionId=version["VersionId"]
-            )["Body"].read()
-            found.append(decoded(version["Key"], body))
-    for key in client.keys(f"{settings.stream_key}*"):
-        if client.type(key) == b"stream":
-            for _, fields in client.xrange(key):
-                found += [decoded_fields(fields)]
-        elif client.type(key) == b"hash":
-            found.append(repr(client.hgetall(key)).encode())
-    return b"\n".join(found)
-
-
-def decoded(key: str, body: bytes) -> bytes:
-    if key.endswith(".gz"):
-        return gzip.decompress(body)
-    if key.endswith(".parquet"):
-        return repr(pq.read_table(io.BytesIO(body)).to_pylist()).encode()
-    if key.startswith("errors/"):
-        fields = {k.encode(): base64.b64decode(v) for k, v in json.loads(body)["fields"].items()}
-        return decoded_fields(fields)
-    return body
-
-
-def decoded_fields(fields: dict[bytes, bytes]) -> bytes:
-    entry = {k.removeprefix(b"field:"): v for k, v in fields.items()}
-    events = codec.decode_entry(entry) if b"d" in entry else []
-    return repr(fields).encode() + repr(events).encode()
-
-
-def users(store: ObjectStore, settings: Settings) -> Counter:
-    with query.open_archive(store, settings.s3_prefix) as archive:
-        rows = archive.run("SELECT user_id, anonymous_id FROM events").rows()
-        return Counter(rows)
 
 
 def test_a_deletion_leaves_no_trace_of_the_subject_and_every_other_event_once(
