@@ -23,7 +23,15 @@ from shared.archive.storage import ObjectStore
 from shared.settings import Settings
 from tests.archives import ev, write_ndjson, write_parquet
 from tests.functions.consumer.drains import Budget, make_drainer
-from tests.shared.archive.privacy.bucket import LINKED, SUBJECT, everything_stored, users
+from tests.shared.archive.privacy.bucket import (
+    LINKED,
+    SUBJECT,
+    Writes,
+    decoded,
+    everything_stored,
+    objects,
+    users,
+)
 
 
 def events_of(day: int, hour: int, prefix: str) -> list[dict[str, Any]]:
@@ -54,6 +62,8 @@ def seed(settings: Settings, store: ObjectStore, client: redis.Redis) -> None:
     prefix = settings.s3_prefix
     login = ev("login", "2024-03-04T09:00:00.000Z", "Logged In", SUBJECT, anonymousId=LINKED)
     write_ndjson(store, prefix, [(b"1709542800000-0", [login, *events_of(4, 9, "a")])])
+    others = [e for e in events_of(4, 9, "o") if e["userId"] == "carol"]  # in a rewritten hour
+    write_ndjson(store, prefix, [(b"1709542800002-0", others)])
     write_parquet(store, prefix, [(b"1709632800000-0", events_of(5, 10, "b"))])
     write_ndjson(store, prefix, [(b"1709719200000-0", events_of(6, 10, "c"))])
     Compactor(settings, store, client).compact([parse_hour("2024-03-06T10")])
@@ -95,6 +105,8 @@ def test_a_deletion_leaves_no_trace_of_the_subject_and_every_other_event_once(
         lambda: LocalFinder(store, settings.s3_prefix),
         clock=lambda: later,
     )
+    held = {key: decoded(key, body) for key, body in objects(s3, settings.s3_bucket).items()}
+    writes = Writes(s3)
     first = deletion.run()
     assert first.finished == [] and any("not archived yet" in w for w in first.waiting)
     assert regulations.get(accepted.id).state == "running"
@@ -102,6 +114,16 @@ def test_a_deletion_leaves_no_trace_of_the_subject_and_every_other_event_once(
     make_drainer(settings, s3).drain(Budget(5))  # the consumer drops the subject's events
     second = deletion.run()
     assert second.finished == [accepted.id], second.waiting
+    # Only objects that held a subject's events were written again (the pass's own records
+    # under _privacy/ aside); an object that holds none is never rewritten.
+    rewritten = {k for k in writes.keys if k in held and not k.startswith(f"{settings.s3_prefix}_")}
+    assert rewritten and all(
+        SUBJECT.encode() in held[k] or LINKED.encode() in held[k] for k in rewritten
+    )
+    untouched = [
+        k for k in held if SUBJECT.encode() not in held[k] and LINKED.encode() not in held[k]
+    ]
+    assert any("1709542800002-0" in k for k in untouched) and not set(untouched) & rewritten
 
     after = everything_stored(s3, settings, redis_client)
     assert SUBJECT.encode() not in after
