@@ -19,7 +19,7 @@ from typing import Any
 
 import redis
 
-from shared import regulations
+from shared import regulations, stream
 from shared.archive import ObjectStore
 from shared.archive.privacy.store import RegulationStore
 from shared.regulations import PrivacyView
@@ -56,7 +56,9 @@ class PrivacyFilter:
             try:
                 self.regulations.ensure_published(self.client(), self.stream_key)
                 self.unpublished = None
-            except redis.exceptions.OutOfMemoryError:
+            except redis.ResponseError as exc:
+                if not stream.out_of_memory(exc):
+                    raise
                 # A full Redis must still be drained (that frees it): with the bucket's view.
                 log.warning("Redis is full: the privacy view is read from the bucket meanwhile")
                 self.unpublished = self.regulations.in_force()

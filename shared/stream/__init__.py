@@ -18,7 +18,13 @@ The names below are the package's interface: import them from `shared.stream`.
 """
 
 from shared.shards import dead_letter_key
-from shared.stream.connection import REDIS_ERRORS, Client, connect, unique_consumer_name
+from shared.stream.connection import (
+    REDIS_ERRORS,
+    Client,
+    connect,
+    out_of_memory,
+    unique_consumer_name,
+)
 from shared.stream.consumer_group import GroupReader
 from shared.stream.dead_letters import FIELD_PREFIX, original_fields, redrive
 from shared.stream.entries import Entry, EntryId, Fields, id_key, next_id
@@ -52,6 +58,7 @@ __all__ = [
     "connect",
     "dead_letter_key",
     "original_fields",
+    "out_of_memory",
     "producer",
     "redrive",
     "unique_consumer_name",

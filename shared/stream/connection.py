@@ -72,6 +72,14 @@ def _credentials(settings: Settings) -> shared_secrets.RedisCredentials | None:
     return shared_secrets.RedisCredentials(secret)
 
 
+def out_of_memory(exc: BaseException) -> bool:
+    """Whether Redis refused a write for maxmemory: Redis 7 says so as OutOfMemoryError, 6.2
+    inside a script as a script error quoting OOM."""
+    if isinstance(exc, redis.exceptions.OutOfMemoryError):
+        return True
+    return isinstance(exc, redis.exceptions.ResponseError) and "OOM" in str(exc)
+
+
 def unique_consumer_name() -> str:
     """Host and pid say where a consumer ran; the random part keeps reused pids apart."""
     return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"

@@ -18,7 +18,7 @@ from redis.commands.core import Script
 
 from shared import shards as shards_module
 from shared.shards import dead_letter_key
-from shared.stream.connection import Client
+from shared.stream.connection import Client, out_of_memory
 from shared.stream.entries import EntryId, Fields
 from shared.stream.producers import EventStream, ShardedStream
 
@@ -82,9 +82,7 @@ def copy_unread(
         args = [entry_id, reason, max_len, FIELD_PREFIX]
         copy(keys=[stream_key, dead_letter_key(stream_key)], args=args)
     except redis.ResponseError as exc:
-        # Redis 7 refuses the script's first write as OutOfMemoryError; 6.2 as a script
-        # error quoting OOM.
-        if not isinstance(exc, redis.exceptions.OutOfMemoryError) and "OOM" not in str(exc):
+        if not out_of_memory(exc):
             raise
         log.error("Redis is full: entry %s is dropped, its record is in the bucket", entry_id)
         return False
