@@ -5,21 +5,14 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from pathlib import Path
 
 from shared.settings import Settings
-
-PAGE = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
-ROW = re.compile(r"^\| `([A-Z0-9_]+)` \| ([^|]*) \|", re.MULTILINE)
-
-
-def documented_rows() -> dict[str, str]:
-    return {name: default.strip() for name, default in ROW.findall(PAGE.read_text())}
+from tests.docs.configuration_page import settings_rows
 
 
 def test_every_setting_has_a_row_and_every_row_is_a_setting() -> None:
     variables = {f.metadata["env"] for f in dataclasses.fields(Settings)}
-    rows = documented_rows()
+    rows = settings_rows()
     assert sorted(variables - rows.keys()) == [], "settings missing from docs/configuration.md"
     assert sorted(rows.keys() - variables) == [], "rows for variables that do not exist"
 
@@ -28,7 +21,7 @@ def test_documented_numeric_defaults_are_the_real_ones() -> None:
     """A default written as a number (`1048576`, `0.5`) is the setting's default."""
     defaults = {f.metadata["env"]: f.default for f in dataclasses.fields(Settings)}
     checked = 0
-    for name, documented in documented_rows().items():
+    for name, documented in settings_rows().items():
         number = re.fullmatch(r"`(-?[0-9_.]+)`", documented)
         if number and isinstance(defaults[name], int | float):
             assert float(number.group(1)) == defaults[name], name
