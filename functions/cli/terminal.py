@@ -46,7 +46,7 @@ def needs_duckdb(command: str, exc: ImportError) -> click.ClickException:
     kept out of the Lambda bundles)."""
     return click.ClickException(
         f"event-ingest {command} needs DuckDB ({exc.name} is missing): "
-        "pip install 'event-ingest[query]'"
+        "from a checkout, pip install '.[query]'"
     )
 
 
