@@ -8,11 +8,19 @@ whose `messageId` is an empty string. The expected answers below are counted by 
 
 from __future__ import annotations
 
+import dataclasses
+import uuid
 from collections.abc import Iterable
+from datetime import datetime
 from typing import Any
 
+import redis
+
 from shared.archive import Buffer, ObjectStore, columns
+from shared.archive.compaction import Compactor
 from shared.archive.formats import parquet
+from shared.settings import Settings
+from tests.conftest import archived_keys
 
 Entry = tuple[bytes, list[dict[str, Any]]]
 # The columns every reader sees, as the README documents them (restated here, not read from
@@ -223,3 +231,23 @@ class Calls:
 
     def _list(self, params: dict[str, Any], **_: Any) -> None:
         self.lists.append((params.get("Prefix", ""), params.get("Delimiter")))
+
+
+def objects(s3: Any, bucket: str) -> dict[str, bytes]:
+    """Every object in the bucket, by key (staging and set-aside objects included)."""
+    store = ObjectStore(s3, bucket)
+    return {key: store.get(key) for key in archived_keys(s3, bucket)}
+
+
+def compactor(settings: Settings, client: Any, now: datetime, **options: Any) -> Compactor:
+    """A compactor over `client` (moto's, or a `Client` that dies), whose clock says `now`."""
+    store = ObjectStore(client, settings.s3_bucket)
+    redis_client = redis.Redis.from_url(settings.redis_url)
+    return Compactor(settings, store, redis_client, clock=now.timestamp, **options)
+
+
+def fresh_bucket(s3: Any, settings: Settings) -> Settings:
+    """`settings` with a bucket of their own, created empty."""
+    settings = dataclasses.replace(settings, s3_bucket=f"archive-{uuid.uuid4().hex[:10]}")
+    s3.create_bucket(Bucket=settings.s3_bucket)
+    return settings

@@ -18,7 +18,6 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
@@ -49,16 +48,7 @@ def at(label: str) -> datetime:
 
 
 def make(settings: Settings, s3: Any, client: Any = None, now=NOW, **options: Any) -> Compactor:
-    store = ObjectStore(client or s3, settings.s3_bucket)
-    return Compactor(
-        settings, store, redis.Redis.from_url(settings.redis_url), clock=now.timestamp, **options
-    )
-
-
-def fresh_bucket(s3: Any, settings: Settings) -> Settings:
-    settings = dataclasses.replace(settings, s3_bucket=f"archive-{uuid.uuid4().hex[:10]}")
-    s3.create_bucket(Bucket=settings.s3_bucket)
-    return settings
+    return archives.compactor(settings, client or s3, now, **options)
 
 
 def store_of(s3: Any, settings: Settings) -> ObjectStore:
@@ -66,13 +56,7 @@ def store_of(s3: Any, settings: Settings) -> ObjectStore:
 
 
 def objects(s3: Any, settings: Settings) -> dict[str, bytes]:
-    """Every object in the bucket, staging included, by key."""
-    found = {}
-    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=settings.s3_bucket):
-        for item in page.get("Contents", []):
-            body = s3.get_object(Bucket=settings.s3_bucket, Key=item["Key"])["Body"].read()
-            found[item["Key"]] = body
-    return found
+    return archives.objects(s3, settings.s3_bucket)
 
 
 def listed(s3: Any, settings: Settings) -> list[reading.ArchivedObject]:
@@ -467,7 +451,7 @@ def test_a_big_hour_is_cut_into_parts_by_message_id(
 def test_steps_resume_where_the_budget_ended_with_the_same_result(
     s3: Any, settings: Settings
 ) -> None:
-    reference = fresh_bucket(s3, settings)
+    reference = archives.fresh_bucket(s3, settings)
     write_busy_hours(store_of(s3, reference), reference.s3_prefix)
     make(reference, s3, **SMALL).run()
 
@@ -584,7 +568,7 @@ def test_a_rerun_after_a_kill_at_any_change_gives_the_same_archive(
     compacted = objects(s3, settings)
 
     for die_at in itertools.count():
-        attempt = fresh_bucket(s3, settings)
+        attempt = archives.fresh_bucket(s3, settings)
         restore(s3, attempt, prepared)
         try:
             make(attempt, s3, Client(s3, die_at=die_at), **options).run()
@@ -629,7 +613,7 @@ def test_a_query_at_any_moment_sees_each_event_once(
 
 
 def test_deterministic_names_and_bytes(s3: Any, settings: Settings) -> None:
-    other = fresh_bucket(s3, settings)
+    other = archives.fresh_bucket(s3, settings)
     for target in (settings, other):
         write_busy_hours(store_of(s3, target), target.s3_prefix)
         make(target, s3, **SMALL).run()

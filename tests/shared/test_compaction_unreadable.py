@@ -5,16 +5,13 @@ moto's in-process S3 and a real redis-server (the locks)."""
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import itertools
 import json
-import uuid
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-import redis
 
 from shared.archive import ObjectStore, reading
 from shared.archive.compaction import Compactor
@@ -37,26 +34,11 @@ def unreadable_key(prefix: str, key: str) -> str:
 
 
 def make(settings: Settings, client: Any, **options: Any) -> Compactor:
-    store = ObjectStore(client, settings.s3_bucket)
-    return Compactor(
-        settings, store, redis.Redis.from_url(settings.redis_url), clock=NOW.timestamp, **options
-    )
-
-
-def fresh_bucket(s3: Any, settings: Settings) -> Settings:
-    settings = dataclasses.replace(settings, s3_bucket=f"archive-{uuid.uuid4().hex[:10]}")
-    s3.create_bucket(Bucket=settings.s3_bucket)
-    return settings
+    return archives.compactor(settings, client, NOW, **options)
 
 
 def objects(s3: Any, settings: Settings) -> dict[str, bytes]:
-    """Every object in the bucket, by key."""
-    found = {}
-    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=settings.s3_bucket):
-        for item in page.get("Contents", []):
-            body = s3.get_object(Bucket=settings.s3_bucket, Key=item["Key"])["Body"].read()
-            found[item["Key"]] = body
-    return found
+    return archives.objects(s3, settings.s3_bucket)
 
 
 def ids_by_hour(s3: Any, settings: Settings) -> dict[str, set[str]]:
@@ -133,7 +115,7 @@ def test_a_kill_at_any_change_loses_no_bytes_and_a_rerun_ends_the_same(
     digests = {key: hashlib.md5(body).hexdigest() for key, body in damaged.bad.items()}
 
     for die_at in itertools.count():
-        attempt = fresh_bucket(s3, settings)
+        attempt = archives.fresh_bucket(s3, settings)
         unreadable.write(ObjectStore(s3, attempt.s3_bucket), prefix)
 
         def bytes_kept(attempt: Settings = attempt) -> None:

@@ -19,13 +19,6 @@ from shared import codec
 from shared.archive import query
 from shared.archive.storage import ObjectStore
 from shared.settings import Settings
-from tests.conftest import archived_keys
-
-
-def objects(s3: Any, bucket: str) -> dict[str, bytes]:
-    """Every object in the bucket, by key."""
-    store = ObjectStore(s3, bucket)
-    return {key: store.get(key) for key in archived_keys(s3, bucket)}
 
 
 class Writes:

@@ -21,7 +21,7 @@ from shared.archive.privacy.finder import LocalFinder
 from shared.archive.privacy.store import RegulationStore
 from shared.archive.storage import ObjectStore
 from shared.settings import Settings
-from tests.archives import ev, write_ndjson, write_parquet
+from tests.archives import ev, objects, write_ndjson, write_parquet
 from tests.functions.consumer.drains import Budget, make_drainer
 from tests.shared.archive.privacy.bucket import (
     LINKED,
@@ -29,7 +29,6 @@ from tests.shared.archive.privacy.bucket import (
     Writes,
     decoded,
     everything_stored,
-    objects,
     users,
 )
 

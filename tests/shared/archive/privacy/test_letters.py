@@ -20,8 +20,8 @@ from shared.archive.storage import ObjectStore
 from shared.settings import Settings
 from shared.shards import dead_letter_key
 from shared.stream import dead_letters
-from tests.archives import Crash
-from tests.shared.archive.privacy.bucket import Writes, objects
+from tests.archives import Crash, objects
+from tests.shared.archive.privacy.bucket import Writes
 
 # "u-gone" and "42" deleted; "a-linked" linked to them by the archive, "a-gone" named.
 SUBJECTS = Subjects(frozenset({"u-gone", "42"}), frozenset({"a-gone"})).with_links({"a-linked"})

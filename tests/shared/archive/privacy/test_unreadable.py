@@ -25,8 +25,8 @@ from shared.archive.naming import unreadable_key
 from shared.archive.privacy.subjects import Subjects
 from shared.archive.privacy.unreadable import scrub_unreadable
 from shared.settings import Settings
-from tests.archives import Client, Crash, ev
-from tests.shared.archive.privacy.bucket import Writes, objects
+from tests.archives import Client, Crash, ev, objects
+from tests.shared.archive.privacy.bucket import Writes
 from tests.unreadable import PARTITION, gzip_without_end
 
 NOW = datetime(2024, 3, 7, tzinfo=UTC)
