@@ -257,6 +257,13 @@ class CachedView:
         self._read_at: float | None = None
         self._lock = threading.Lock()
 
+    @classmethod
+    def of_redis(cls, client: Callable[[], Any], stream_key: str, reload_s: float) -> CachedView:
+        """The view in Redis's `<stream_key>:privacy`, read through `client()` (the process's
+        current client: made at the first request, or replaced after a failover)."""
+        name = view_key(stream_key)
+        return cls(lambda: client().hgetall(name), reload_s)
+
     def current(self) -> PrivacyView:
         now = self._clock()
         if self._read_at is not None and now - self._read_at < self._reload_s:

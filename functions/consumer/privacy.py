@@ -37,9 +37,8 @@ class PrivacyFilter:
         self.stream_key = settings.stream_key
         self.client = client
         self.regulations = RegulationStore(store, settings.s3_prefix)
-        name = regulations.view_key(settings.stream_key)
-        self.view = regulations.CachedView(
-            lambda: client().hgetall(name), settings.suppression_reload_s
+        self.view = regulations.CachedView.of_redis(
+            client, settings.stream_key, settings.suppression_reload_s
         )
         # Read from the bucket while Redis is too full to hold it (None: Redis holds it).
         self.unpublished: PrivacyView | None = None

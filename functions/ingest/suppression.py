@@ -28,9 +28,8 @@ class Suppression:
 
     def __init__(self, settings: Settings, client: Callable[[], Client]) -> None:
         """`client()` gives the ingest's Redis client (made at the first request needing it)."""
-        name = regulations.view_key(settings.stream_key)
-        self.view = regulations.CachedView(
-            lambda: client().hgetall(name), settings.suppression_reload_s
+        self.view = regulations.CachedView.of_redis(
+            client, settings.stream_key, settings.suppression_reload_s
         )
 
     def kept(self, prepared: list[dict[str, Any]]) -> list[dict[str, Any]]:
