@@ -56,6 +56,7 @@ from shared.archive.reading import Unreadable
 from shared.archive.storage import ObjectGone, ObjectStore
 from shared.regulations import Regulation
 from shared.settings import Settings
+from shared.stream.entries import id_key
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +164,7 @@ class Deletion:
         newest_ms = int(newest.timestamp() * 1000)
         for key in shards.shard_keys(self.settings.stream_key, self.settings.stream_shards):
             oldest = self.redis.xrange(key, count=1)
-            if oldest and int(oldest[0][0].split(b"-")[0]) <= newest_ms:
+            if oldest and id_key(oldest[0][0])[0] <= newest_ms:
                 result.waiting.append(f"{key}: entries from before the deletion not archived yet")
 
     def _subjects(self, due: list[Regulation], tally: Tally) -> tuple[Subjects, set[str]]:
