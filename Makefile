@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 VENV_UV ?= .venv-uv
 
-.PHONY: run test test-redis lint format bench clean
+.PHONY: run test test-redis lint format bench docs clean
 
 # The locks, all hashed, written by `make lock`: the runtime lock (what the functions and the
 # container image install), the dev lock (that, the local, query, dev and bench extras, pip and
@@ -62,6 +62,12 @@ format: $(VENV)/.installed
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
+# The documentation site (mkdocs.yml, docs/), served with live reload; `make test` builds it with
+# --strict (tests/docs/test_site.py).
+DOCS_ADDR ?= 127.0.0.1:8001
+docs: $(VENV)/.installed
+	$(BIN)/python -m mkdocs serve --dev-addr $(DOCS_ADDR)
+
 clean:
 	rm -rf $(VENV) $(VENV_UV) .data .pytest_cache .ruff_cache
 
@@ -112,12 +118,16 @@ $(VENV_UV)/bin/uv:
 	$(PYTHON) -m venv $(VENV_UV)
 	$(VENV_UV)/bin/python -m pip install --quiet "uv==0.13.9"
 
-# The containers (local/compose.yaml): Redis, MinIO, the ingest function and the consumer.
+# The containers (local/compose.yaml): Redis, MinIO, the ingest function and the consumer. They
+# need Docker with compose v2 (COMPOSE overrides the command: COMPOSE=docker-compose for its
+# standalone binary). The host reaches them with local/compose.env, as it reaches `make run`
+# with .data/stack.env.
 .PHONY: up down
 COMPOSE ?= docker compose
 up:
 	$(COMPOSE) -f local/compose.yaml up --build --detach
 	@echo "ingest: http://127.0.0.1:8000  MinIO console: http://127.0.0.1:9001  stop: make down"
+	@echo "from this shell: . local/compose.env && .venv/bin/event-ingest status"
 
 down:
 	$(COMPOSE) -f local/compose.yaml down

@@ -27,7 +27,7 @@ MAX_BODY_BYTES = 4 * 1024 * 1024
 
 def create_admin_app(settings: Settings | None = None) -> Flask:
     settings = settings or Settings.from_env()
-    app = Flask(__name__)
+    app = Flask(__name__, static_folder=None)  # serves no files
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     if settings.admin_token is None:
         log.warning("ADMIN_TOKEN and ADMIN_TOKEN_SECRET are unset: the privacy API is not served")

@@ -201,7 +201,7 @@ class Ingest:
 
 def create_app(settings: Settings | None = None) -> Flask:
     settings = settings or Settings.from_env()
-    app = Flask(__name__)
+    app = Flask(__name__, static_folder=None)  # no static files: every route is in docs/api.md
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     ingest = Ingest(settings)
     collector = metrics.StreamCollector(lambda: ingest.stream.client, settings)

