@@ -236,3 +236,25 @@ def test_a_target_the_makefile_lacks_is_caught() -> None:
     )
     assert make_targets_named(markdown) == {"run", "bench", "deploy"}
     assert "deploy" not in makefile_targets()
+
+
+def deleted_by_make_clean() -> set[str]:
+    """The paths `make clean` removes, read from the recipe make would run (`-n` runs nothing)."""
+    recipe = subprocess.run(
+        ["make", "-n", "-C", str(ROOT), "--no-print-directory", "clean"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return {word for line in recipe.splitlines() if line.startswith("rm ") for word in line.split()}
+
+
+def test_the_docs_say_everything_make_clean_deletes() -> None:
+    deleted = deleted_by_make_clean() - {"rm", "-rf", ".pytest_cache", ".ruff_cache"}
+    assert {".venv", ".data"} <= deleted
+    row = next(
+        line
+        for line in (ROOT / "docs" / "development.md").read_text().splitlines()
+        if line.startswith("| `make clean`")
+    )
+    assert sorted(path for path in deleted if f"`{path}`" not in row) == []

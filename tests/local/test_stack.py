@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -243,3 +244,51 @@ def test_a_part_that_fails_to_start_stops_the_rest_and_says_which(tmp_path, env,
     assert time.monotonic() - started < 30
     assert part in err
     assert stack_processes(tmp_path) == []
+
+
+def first_steps(page: Path) -> tuple[str, str]:
+    """The page's shell block that sends the first event and queries it, as (the lines up to
+    the query, the rest): the rest runs once the consumer has flushed."""
+    for block in re.findall(r"^```sh\n(.*?)^```", page.read_text(), re.MULTILINE | re.DOTALL):
+        if "stack.env" in block and "event-ingest query" in block:
+            lines = block.splitlines()
+            query = next(i for i, line in enumerate(lines) if "event-ingest query" in line)
+            return "\n".join(lines[:query]), "\n".join(lines[query:])
+    raise AssertionError(f"{page.name} shows no first event and query")
+
+
+def run_shell(script: str, env_file: Path) -> str:
+    script = script.replace(".data/stack.env", str(env_file))
+    done = subprocess.run(
+        ["bash", "-euc", f". {env_file}\n{script}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={key: value for key, value in os.environ.items() if key != "REDIS_URL"},
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+def test_the_first_event_and_query_work_as_the_readme_and_quickstart_write_them(tmp_path):
+    bind = f"127.0.0.1:{free_port()}"
+    env_file = tmp_path / "stack.env"
+    stack = start_stack(tmp_path, bind)
+    try:
+        wait_until(env_file.exists, timeout_s=60, what="the stack to start")
+        for page in (ROOT / "README.md", ROOT / "docs" / "quickstart.md"):
+            sending, reading = first_steps(page)
+            archived = len(archived_keys(sourced(env_file)))
+            assert "HTTP/1.1 202" in run_shell(sending, env_file), page.name
+            wait_until(
+                lambda archived=archived: len(archived_keys(sourced(env_file))) > archived,
+                timeout_s=30,
+                what="the event archived",
+            )
+            answers = run_shell(reading, env_file)
+            assert "Signed Up" in answers and "u1" in answers, page.name  # the query's row
+            assert "archiver" in answers, page.name  # status: the consumer group
+    finally:
+        code, _, err = stop(stack)
+    assert code == 0, err
