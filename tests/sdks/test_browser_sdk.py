@@ -29,6 +29,7 @@ import pytest
 
 from shared.settings import Settings
 from tests.conftest import gunicorn_serving
+from tests.sdks import documented
 from tests.sdks.conftest import (
     JS_DIR,
     WRITE_KEY,
@@ -146,6 +147,8 @@ def test_analytics_next_in_chromium_delivers_every_event(
         "navigateAwayUrl": "about:blank",
         "cdn": gunicorn_url,
         "writeKey": WRITE_KEY,
+        # The settings docs/sdks.md tells readers to load analytics.js with, read from it.
+        "settings": documented.analytics_js_settings(gunicorn_url, WRITE_KEY),
         "scenarios": SCENARIOS,
     }
     log = node_env.run("browser/drive.cjs", config, timeout_s=60)

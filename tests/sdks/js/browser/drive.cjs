@@ -2,7 +2,8 @@
 // Drives Debian's Chromium (headless, through playwright-core) over page.html: one fresh
 // browser context per scenario of page.js, then prints what each scenario sent and every
 // request the browser made, with its answer or failure.
-// Usage: node drive.cjs '{"pageUrl": "...", "cdn": "...", "writeKey": "...", "scenarios": [...]}'
+// Usage: node drive.cjs '{"pageUrl": "...", "cdn": "...", "writeKey": "...",
+//   "settings": {AnalyticsBrowser.load's settings}, "scenarios": [...]}'
 const { chromium } = require('playwright-core')
 
 const CHROMIUM_ARGS = [
@@ -66,7 +67,12 @@ async function runScenario(browser, config, scenario, log) {
   page.on('pageerror', (error) => log.pageErrors.push({ scenario: scenario.name, error: String(error) }))
 
   await page.goto(config.pageUrl, { waitUntil: 'load', timeout: 10000 })
-  const params = { cdn: config.cdn, writeKey: config.writeKey, rounds: scenario.rounds }
+  const params = {
+    cdn: config.cdn,
+    writeKey: config.writeKey,
+    settings: config.settings,
+    rounds: scenario.rounds,
+  }
   let result
   try {
     const run = page.evaluate(([name, args]) => window.runScenario(name, args), [scenario.name, params])

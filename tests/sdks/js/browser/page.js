@@ -1,6 +1,7 @@
 // Scenarios the browser test drives (drive.cjs calls window.runScenario). Each loads
-// analytics-next with only `cdnURL` pointing at the ingest service, so the settings document
-// and every event go there, and returns what it sent: [{messageId, type, ...fields}].
+// analytics-next with the settings of docs/sdks.md's snippet (only `cdnURL` pointing at the
+// ingest service), so the settings document and every event go there, and returns what it
+// sent: [{messageId, type, ...fields}].
 'use strict'
 
 function sleep(ms) {
@@ -32,10 +33,8 @@ function describe(ctx) {
 
 async function load(params, options) {
   const errors = []
-  const [analytics] = await AnalyticsBrowser.load(
-    { writeKey: params.writeKey, cdnURL: params.cdn },
-    options,
-  )
+  // params.settings: the settings of docs/sdks.md's snippet ({writeKey, cdnURL} pointing here).
+  const [analytics] = await AnalyticsBrowser.load(params.settings, options)
   analytics.on('error', (error) => errors.push(String(error?.reason ?? error?.code ?? error)))
   return { analytics, errors }
 }
