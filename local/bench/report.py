@@ -232,6 +232,13 @@ def targets(results: dict) -> list[tuple[str, str, str]]:
     return out
 
 
+def _commit(commit: dict | None) -> str:
+    """`abc1234`, `abc1234 plus uncommitted changes`, or `?` (runs before it was recorded)."""
+    if not commit or not commit.get("sha"):
+        return "?"
+    return commit["sha"][:7] + (" plus uncommitted changes" if commit.get("dirty") else "")
+
+
 def table(results: dict) -> str:
     machine = results["machine"]
     lines = [
@@ -239,6 +246,8 @@ def table(results: dict) -> str:
         "=" * 100,
         f"benchmark {results['started_at']} ({results['mode']}), {machine['cpus']} cores,"
         f" load average at start {machine['loadavg_at_start']}, redis {machine.get('redis', '?')}",
+        f"commit {_commit(results.get('commit'))}, {machine.get('cpu_model') or '?'},"
+        f" Python {machine['python']}, phases {', '.join(results.get('phases', [])) or '?'}",
         f"gunicorn (local/gunicorn.conf.py): {machine['gunicorn']}",
         f"load generator: {results['loadgen']}",
     ]

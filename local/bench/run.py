@@ -13,7 +13,8 @@ A full run takes every phase of `local/bench/phases/`, in this order:
 8. `replication`: ingest with REDIS_WAIT_REPLICAS=1 beside without, one replica attached;
 9. `metrics`: ingest with METRICS_ENABLED on and off, by server CPU per request;
 10. `cluster`: a Redis Cluster of 3 primaries, STREAM_SHARDS=1 beside 6;
-11. `rate-limits`: in process, the app without rate limits beside with them.
+11. `rate-limits`: in process, the app without rate limits beside with them;
+12. `privacy`: a deletion's local scan and rewrite, NDJSON and Parquet.
 
 `--phase` (repeatable, or comma-separated) runs only the phases named, in the order above,
 and starts only what they need (the stack's Redis, moto's S3 server); `--skip` leaves phases out.
@@ -34,7 +35,9 @@ import argparse
 import dataclasses
 import os
 import platform
+import re
 import runpy
+import subprocess
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -44,6 +47,11 @@ import redis
 from local.bench import cpu, load, phases, report
 from local.bench.context import BENCH_ENV, BUCKET, Bench, Plan
 from local.bench.procs import GUNICORN_CONF, ROOT, Stack
+from local.redis_server import redis_server_binary
+
+# Measured on the project's 2-core VM: 7 min 50 s for every phase (results-20261206T130357Z,
+# docs/performance.md); 1.5 minutes was measured on 2026-11-26, when there were four phases.
+QUICK_DURATION = "about 8 minutes on 2 cores"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -51,7 +59,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m local.bench", description=__doc__.split("\n")[0]
     )
-    parser.add_argument("--quick", action="store_true", help="short smoke run (about 1.5 minutes)")
+    parser.add_argument("--quick", action="store_true", help=f"short smoke run ({QUICK_DURATION})")
     parser.add_argument(
         "--loadgen", choices=["wrk", "python"], default="wrk", help="wrk if installed (default)"
     )
@@ -90,7 +98,8 @@ def plan_of(args: argparse.Namespace) -> Plan:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     plan = plan_of(args)
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    started = datetime.now(UTC)
+    stamp = started.strftime("%Y%m%dT%H%M%SZ")
     run_dir = args.out / f"run-{stamp}"
     run_dir.mkdir(parents=True, exist_ok=True)
     results = new_results(stamp, args, plan)
@@ -106,7 +115,9 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         bench.stack.close()
         _remove_redis_data(run_dir)
-        results["finished_at"] = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+        finished = datetime.now(UTC)
+        results["finished_at"] = finished.strftime("%Y%m%dT%H%M%SZ")
+        results["duration_s"] = round((finished - started).total_seconds())
         path = report.write(results, args.out, stamp)
         print(report.table(results))
         print(f"\nresults: {path}")
@@ -114,10 +125,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def new_results(stamp: str, args: argparse.Namespace, plan: Plan) -> dict:
-    """The report before any phase: every section present and empty."""
+    """The report before any phase: every section present and empty, and what names the run
+    (the commit, the machine, the versions, the phases), so a table quoting it can say so."""
     return {
         "started_at": stamp,
         "mode": "quick" if args.quick else "full",
+        "phases": list(args.phases),
+        "commit": commit(),
         "machine": _machine(),
         "loadgen": load.describe_loadgen(args.loadgen),
         "plan": plan.__dict__,
@@ -146,11 +160,63 @@ def start_stack(bench: Bench, needed: frozenset[str]) -> None:
         bench.stack.start_s3(BUCKET)
 
 
+def commit() -> dict:
+    """The checkout measured: HEAD, and whether tracked files differ from it (then the figures
+    are of HEAD plus those changes). `--no-optional-locks`: reading never rewrites the index
+    while someone else works in the tree."""
+
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(
+                ["git", "--no-optional-locks", *args],
+                cwd=ROOT,
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    sha = git("rev-parse", "HEAD")
+    changes = git("status", "--porcelain", "--untracked-files=no") if sha else None
+    return {"sha": sha, "dirty": None if changes is None else bool(changes)}
+
+
+def redis_version(binary: str) -> str | None:
+    """`7.0.15` from `redis-server --version`: the stack's Redis, its replica and the cluster
+    all run this binary, recorded even when no phase starts the stack's own Redis."""
+    try:
+        output = subprocess.run(
+            [binary, "--version"], capture_output=True, text=True, timeout=30
+        ).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    match = re.search(r"v=(\d+\.\d+\.\d+)", output)
+    return match.group(1) if match else None
+
+
+def cpu_model() -> str | None:
+    """The first processor's `model name` in /proc/cpuinfo (Linux x86; None elsewhere)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return None
+    match = re.search(r"^model name\s*:\s*(.+)$", text, re.MULTILINE)
+    return match.group(1).strip() if match else None
+
+
 def _machine() -> dict:
     load1, load5, _ = Path("/proc/loadavg").read_text().split()[:3]
     conf = runpy.run_path(str(GUNICORN_CONF))
+    try:
+        binary: str | None = redis_server_binary()
+    except (ImportError, RuntimeError):  # a run of phases that start no Redis needs none
+        binary = None
     return {
         "cpus": cpu.cores(),
+        "cpu_model": cpu_model(),
+        "arch": platform.machine(),
         "gunicorn": {
             **{
                 name: conf[name]
@@ -164,6 +230,8 @@ def _machine() -> dict:
         },
         "platform": platform.platform(),
         "python": platform.python_version(),
+        "redis": redis_version(binary) if binary else None,
+        "redis_server": binary,
         "loadavg_at_start": [float(load1), float(load5)],
         "wrk": bool(load.wrk_path()),
     }

@@ -4,9 +4,15 @@ only the part of the stack they need. No server is started here."""
 
 from __future__ import annotations
 
-import pytest
+import os
+import platform
+import subprocess
 
-from local.bench import phases, run
+import pytest
+import redis
+
+from local.bench import phases, report, run
+from local.bench.procs import ROOT
 
 
 def test_a_full_run_takes_every_phase_in_order() -> None:
@@ -56,3 +62,33 @@ def test_each_phase_is_a_module_with_an_entry_function(name: str) -> None:
 
     assert callable(module.run)
     assert module.NEEDS.issubset({"redis", "s3"})
+
+
+def test_the_report_names_its_run_commit_machine_versions_and_phases(
+    redis_client: redis.Redis,
+) -> None:
+    """What a table quoting the run must name (docs/performance.md): the commit measured, the
+    machine, the Python and Redis versions and the phases, recorded before any phase runs."""
+    args = run.parse_args(["--quick", "--phase", "drain,memory"])
+    results = run.new_results("20261206T000000Z", args, run.plan_of(args))
+    head = subprocess.run(
+        ["git", "--no-optional-locks", "rev-parse", "HEAD"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+
+    assert results["phases"] == ["memory", "drain"]
+    assert results["commit"]["sha"] == head
+    assert isinstance(results["commit"]["dirty"], bool)
+    machine = results["machine"]
+    assert machine["cpus"] == os.cpu_count()
+    assert machine["cpu_model"]  # this VM's /proc/cpuinfo names its model
+    assert machine["arch"] == platform.machine()
+    assert machine["python"] == platform.python_version()
+    # The binary every phase's Redis runs, as a running one of them reports itself.
+    assert machine["redis"] == redis_client.info("server")["redis_version"]
+    header = report.table(results)
+    assert f"commit {head[:7]}" in header
+    assert "phases memory, drain" in header
