@@ -196,6 +196,17 @@ def redis_version(binary: str) -> str | None:
     return match.group(1) if match else None
 
 
+def gunicorn_settings() -> dict[str, object]:
+    """local/gunicorn.conf.py's settings, read without its side effect on this process: it sets
+    PROMETHEUS_MULTIPROC_DIR (a fresh directory) for the server it configures, which would
+    send every later in-process metric of this process into files."""
+    had_dir = "PROMETHEUS_MULTIPROC_DIR" in os.environ
+    conf = runpy.run_path(str(GUNICORN_CONF))
+    if not had_dir:
+        Path(os.environ.pop("PROMETHEUS_MULTIPROC_DIR")).rmdir()
+    return conf
+
+
 def cpu_model() -> str | None:
     """The first processor's `model name` in /proc/cpuinfo (Linux x86; None elsewhere)."""
     try:
@@ -208,7 +219,7 @@ def cpu_model() -> str | None:
 
 def _machine() -> dict:
     load1, load5, _ = Path("/proc/loadavg").read_text().split()[:3]
-    conf = runpy.run_path(str(GUNICORN_CONF))
+    conf = gunicorn_settings()
     try:
         binary: str | None = redis_server_binary()
     except (ImportError, RuntimeError):  # a run of phases that start no Redis needs none

@@ -70,7 +70,10 @@ def test_the_report_names_its_run_commit_machine_versions_and_phases(
     """What a table quoting the run must name (docs/performance.md): the commit measured, the
     machine, the Python and Redis versions and the phases, recorded before any phase runs."""
     args = run.parse_args(["--quick", "--phase", "drain,memory"])
+    assert "PROMETHEUS_MULTIPROC_DIR" not in os.environ
     results = run.new_results("20261206T000000Z", args, run.plan_of(args))
+    # Reading gunicorn's settings leaves this process's metrics alone (the suite's later tests).
+    assert "PROMETHEUS_MULTIPROC_DIR" not in os.environ
     head = subprocess.run(
         ["git", "--no-optional-locks", "rev-parse", "HEAD"],
         cwd=ROOT,
