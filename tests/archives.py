@@ -23,7 +23,7 @@ from shared.settings import Settings
 from tests.conftest import archived_keys
 
 Entry = tuple[bytes, list[dict[str, Any]]]
-# The columns every reader sees, as the README documents them (restated here, not read from
+# The columns every reader sees, as docs/querying.md documents them (restated here, not read from
 # `columns.SCHEMA`, so that a change of the schema fails the tests that check it).
 DOCUMENTED_COLUMNS = [
     "message_id",

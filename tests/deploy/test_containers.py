@@ -47,7 +47,7 @@ except ImportError:
 COMPOSE_FILE = ROOT / "local" / "compose.yaml"
 COMPOSE_BIN = Path(compose.__file__).with_name("docker-compose") if compose else None
 PROJECT_PACKAGES = ("functions", "shared", "local")
-# Read by boto3 (the archive's S3 client), as documented in the README.
+# Read by boto3 (the archive's S3 client), as documented in docs/configuration.md.
 AWS_SDK_VARS = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION", "AWS_REGION"}
 
 

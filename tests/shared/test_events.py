@@ -480,7 +480,7 @@ SERVER_OWNED = {"receivedAt", "timestamp", "originalTimestamp", "writeKey", "sou
 
 
 def has_envelope(event: Any) -> bool:
-    """The envelope rules, restated: the README's list of them."""
+    """The envelope rules, restated: docs/api.md's list of them."""
     if not isinstance(event, dict) or event.get("type") not in EVENT_TYPES:
         return False
     is_text = lambda v: isinstance(v, str) and v != ""  # noqa: E731
