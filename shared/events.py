@@ -1,7 +1,8 @@
 """The event model: the Segment Spec envelope, its validation, and what the server adds.
 
 Events stay plain dicts from the decoder to the archive: every field the client sent is kept
-verbatim, except `writeKey` (a secret, never stored). The server adds:
+verbatim, except `writeKey` (a secret, never stored) and, once ingest enriches the events
+(shared/enrichment/), `context.ip` as IP_HANDLING has it. The server adds:
 - `messageId` (a UUID4) when absent;
 - `receivedAt`, always: it is the partitioning clock, so it must be the server's;
 - `timestamp` corrected for the client's clock skew when the request carries `sentAt`
@@ -247,12 +248,15 @@ def check_stored_size(count: int, envelope: Envelope, body_bytes: int, max_body_
         )
 
 
-def max_stored_bytes(body_bytes: int, count: int, source: str | None) -> int:
+def max_stored_bytes(
+    body_bytes: int, count: int, source: str | None, enrichment_bytes: int = 0
+) -> int:
     """The most MsgPack bytes the events of a request that passed `check_stored_size` make:
     K * body + S * events, K = 9/4 (the events and one copy of the batch's fields, as sent)
-    + MAX_COPIES_PER_BODY, S = STAMP_BYTES + the length of the source's name."""
+    + MAX_COPIES_PER_BODY, S = STAMP_BYTES + the length of the source's name + what enrichment
+    adds to an event at most (`Enricher.max_added_bytes`, for ingest)."""
     growth = _FLOAT_GROWTH + MAX_COPIES_PER_BODY
-    stamp = STAMP_BYTES + len((source or "").encode())
+    stamp = STAMP_BYTES + len((source or "").encode()) + enrichment_bytes
     return int(growth * body_bytes) + stamp * count
 
 

@@ -58,7 +58,7 @@ BODY_BYTES = Counter(
 )
 EVENTS_ACCEPTED = Counter(
     f"{PREFIX}events_accepted_total",
-    "Events in requests answered 2xx: in the stream (suppressed ones are not).",
+    "Events in requests answered 2xx: in the stream (suppressed ones and dropped bots are not).",
     ["route"],
 )
 REQUESTS_REFUSED = Counter(
@@ -90,6 +90,12 @@ EVENTS_SUPPRESSED = Counter(
     f"{PREFIX}events_suppressed_total",
     "Events answered 2xx but not stored: their userId or anonymousId is suppressed by a "
     "privacy regulation.",
+    ["route"],
+)
+# DROP_BOTS: answered 2xx too (a crawler learns nothing), never stored.
+BOT_EVENTS_DROPPED = Counter(
+    f"{PREFIX}bot_events_dropped_total",
+    "Events answered 2xx but not stored: flagged as bots (context.bot) while DROP_BOTS is on.",
     ["route"],
 )
 

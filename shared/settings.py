@@ -16,6 +16,8 @@ from urllib.parse import urlparse
 from shared import secrets
 
 ARCHIVE_FORMATS = ("ndjson", "parquet")
+# What `context.ip` keeps of a client's address (shared/enrichment/addresses.py).
+IP_HANDLINGS = ("anonymize", "full", "none")
 
 
 class ConfigError(ValueError):
@@ -95,6 +97,13 @@ def _archive_format(name: str, raw: str) -> str:
     value = raw.strip().lower()
     if value not in ARCHIVE_FORMATS:
         raise ConfigError(f"{name} must be one of {', '.join(ARCHIVE_FORMATS)}, got {raw!r}")
+    return value
+
+
+def _ip_handling(name: str, raw: str) -> str:
+    value = raw.strip().lower()
+    if value not in IP_HANDLINGS:
+        raise ConfigError(f"{name} must be one of {', '.join(IP_HANDLINGS)}, got {raw!r}")
     return value
 
 
@@ -283,6 +292,14 @@ class Settings:
     # Ingest only. Proxies whose X-Forwarded-For is believed (networks), walked from the right
     # (functions/ingest/client_address.py); none by default: the peer is the client.
     trusted_proxies: tuple = _var("TRUSTED_PROXIES", (), _networks)
+    # Ingest only (shared/enrichment/). What `context.ip` keeps of the client's address:
+    # anonymize (IPv4 /24, IPv6 /48), full, or none.
+    ip_handling: str = _var("IP_HANDLING", "anonymize", _ip_handling)
+    # A MaxMind-format City database (GeoLite2-City): `context.location`. Opened by ingest at
+    # start; missing or unreadable, ingest does not start.
+    geoip_database: str | None = _var("GEOIP_DATABASE", None, _optional_text)
+    # Events flagged `context.bot` are answered as accepted but not stored.
+    drop_bots: bool = _var("DROP_BOTS", False, _flag)
     # Ingest only. Token buckets in Redis, counted in events (0: no limit), 10 s of burst each
     # (functions/ingest/rate_limits.py). Per source: a browser source's key is public, and this
     # bounds what anyone holding it (from however many addresses) takes from the others ...

@@ -8,16 +8,19 @@ whose `messageId` is an empty string. The expected answers below are counted by 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from datetime import datetime
 from typing import Any
 
+import pyarrow as pa
 import redis
 
 from shared.archive import Buffer, ObjectStore, columns
-from shared.archive.compaction import Compactor
+from shared.archive.compaction import Compactor, steps
+from shared.archive.compaction.dedup import ORDER
 from shared.archive.formats import parquet
 from shared.settings import Settings
 from tests.conftest import archived_keys
@@ -44,7 +47,18 @@ DOCUMENTED_COLUMNS = [
     "context",
     "integrations",
     "extra",
+    # Derived from `context` (issue 26), after the columns older objects hold.
+    "country",
+    "country_code",
+    "region",
+    "city",
+    "browser",
+    "os",
+    "device",
+    "is_bot",
 ]
+# The columns of every Parquet object written before issue 26.
+BEFORE_DERIVED_COLUMNS = DOCUMENTED_COLUMNS[: DOCUMENTED_COLUMNS.index("extra") + 1]
 
 
 def ev(message_id: str, received_at: str, event: str, user: str, **fields: Any) -> dict[str, Any]:
@@ -176,6 +190,51 @@ def write_archive(store: ObjectStore, prefix: str, formats: str = "ndjson") -> l
         fmt = formats if formats != "mixed" else ("ndjson", "parquet")[index % 2]
         keys += (write_ndjson if fmt == "ndjson" else write_parquet)(store, prefix, flush)
     return keys
+
+
+def enriched(
+    event: dict[str, Any], country: str | None, code: str | None = None, bot: bool = False
+) -> dict[str, Any]:
+    """`event` as ingest's enrichment stores it (issue 26's contract): `context.location`,
+    `context.parsedUserAgent`, and `context.bot` for a bot's."""
+    context = {**event.get("context", {})}
+    if country is not None:
+        context["location"] = {
+            "country": country,
+            "countryCode": code,
+            "region": f"{country} region",
+            "city": f"{country} city",
+            "latitude": 48.9,
+            "longitude": 2.3,
+            "timeZone": "Europe/Paris",
+        }
+    context["parsedUserAgent"] = {
+        "browser": "Chrome",
+        "browserVersion": "120.0.0",
+        "os": "Mac OS X",
+        "osVersion": "10.15.7",
+        "device": "Mac",
+    }
+    if bot:
+        context["bot"] = True
+    return {**event, "context": context}
+
+
+@contextlib.contextmanager
+def release_before_derived_columns() -> Iterator[None]:
+    """The archive's code as the release before issue 26 ran it: `columns.SCHEMA` without the
+    derived columns (`columns.to_rows`, the Parquet writer, the readers and compaction's spills
+    follow it), nothing derived. What it writes is what that release wrote (the writer is the
+    same code over the older schema)."""
+    old_schema = pa.schema([columns.SCHEMA.field(name) for name in BEFORE_DERIVED_COLUMNS])
+    saved = (columns.SCHEMA, columns._derive, steps._SPILL_SCHEMA)
+    columns.SCHEMA = old_schema
+    columns._derive = lambda context, values: None
+    steps._SPILL_SCHEMA = old_schema.append(pa.field(ORDER, pa.int64()))
+    try:
+        yield
+    finally:
+        columns.SCHEMA, columns._derive, steps._SPILL_SCHEMA = saved
 
 
 class Crash(BaseException):

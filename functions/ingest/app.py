@@ -7,9 +7,10 @@ apig-wsgi for API Gateway (REST, HTTP API v1/v2) and ALB events.
 Two dialects, one path: the native API (`/batch`, `/events`, answering `202 {"accepted": N}`)
 and Segment's tracking API (`/v1/*`, answering `200 {"success": true}` as its SDKs expect).
 Every request goes through the same steps: authenticate, read the body, decode, validate and
-stamp, encode, one XADD. It is answered only once all its events are in the stream as one
-entry, and a rejected request adds nothing. Events of suppressed subjects are answered alike
-and left out of the entry (functions/ingest/suppression.py).
+stamp, enrich (shared/enrichment/), encode, one XADD. It is answered only once all its events
+are in the stream as one entry, and a rejected request adds nothing. Events of suppressed
+subjects, and bots under DROP_BOTS, are answered alike and left out of the entry
+(functions/ingest/suppression.py, shared/enrichment/).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from functions.ingest.sdk_settings import (
 )
 from functions.ingest.suppression import Suppression
 from shared import codec, events, logs, metrics
+from shared.enrichment import Enricher
 from shared.settings import Settings
 from shared.stream import (
     REDIS_ERRORS,
@@ -102,6 +104,9 @@ class Ingest:
         self._write_keys = write_keys_of(settings)
         self.rate_limits = RateLimits(settings)
         self.suppression = Suppression(settings, lambda: self.stream.client)
+        # The client's address, location, user agent and bot flag (docs/enrichment.md): a
+        # missing or unreadable GEOIP_DATABASE stops the start here.
+        self.enricher = Enricher(settings)
 
     @property
     def stream(self) -> EventStream | ShardedStream:
@@ -157,9 +162,14 @@ class Ingest:
             envelope,
             max_event_bytes=max_event if len(body) > max_event else None,
         )
-        max_stored = events.max_stored_bytes(len(body), len(prepared), source)
-        entry = self._encode(prepared, max_stored)  # refused alike, suppressed or not
-        stored = self.suppression.kept(prepared)
+        kept = self.enricher.enrich(prepared, address, len(body))  # no bots under DROP_BOTS
+        if len(kept) < len(prepared):
+            g.bots_dropped = len(prepared) - len(kept)
+        max_stored = events.max_stored_bytes(
+            len(body), len(prepared), source, self.enricher.max_added_bytes
+        )
+        entry = self._encode(prepared, max_stored)  # refused alike, suppressed, bots or not
+        stored = self.suppression.kept(kept)
         if not stored:  # answered as if stored
             return len(prepared)
         if len(stored) < len(prepared):

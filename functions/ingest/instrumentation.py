@@ -3,8 +3,9 @@ has the names and the exposition) and, at LOG_LEVEL=debug, an access line.
 
 The request path marks what it learned on `flask.g` (`Ingest` sets `ingesting`, `events`,
 `source` and `body_bytes`; `error_response` sets `error`, a 429 also `rate_limited`; the
-suppression filter `suppressed`); the hook below turns that into counts and the access line
-once the request is answered, so the request path itself stays free of metric and log calls.
+suppression filter `suppressed`, DROP_BOTS `bots_dropped`); the hook below turns that into
+counts and the access line once the request is answered, so the request path itself stays
+free of metric and log calls.
 """
 
 from __future__ import annotations
@@ -77,10 +78,12 @@ def _count(route: str, status: int, duration_s: float) -> None:
     events = g.get("events", 0)
     _child(metrics.BODY_BYTES, route).inc(g.get("body_bytes", 0))
     if 200 <= status < 300:
-        suppressed = g.get("suppressed", 0)
-        _child(metrics.EVENTS_ACCEPTED, route).inc(events - suppressed)
+        suppressed, bots = g.get("suppressed", 0), g.get("bots_dropped", 0)
+        _child(metrics.EVENTS_ACCEPTED, route).inc(events - suppressed - bots)
         if suppressed:
             _child(metrics.EVENTS_SUPPRESSED, route).inc(suppressed)
+        if bots:
+            _child(metrics.BOT_EVENTS_DROPPED, route).inc(bots)
         return
     reason = g.get("error", "internal")
     _child(metrics.REQUESTS_REFUSED, reason).inc()

@@ -11,6 +11,22 @@ read through the same mapping, so both formats answer a query alike.
 - `properties`, `traits`, `context`, `integrations` are JSON text.
 - `extra` is a JSON object of every other top-level field the client sent (`_metadata`,
   `channel`, `userProperties`, ...); NULL when there are none. Nothing the client sent is lost.
+- `country`, `country_code`, `region`, `city` (from `context.location`: `country`,
+  `countryCode`, `region`, `city`), `browser`, `os`, `device` (from `context.parsedUserAgent`)
+  are text, derived from `context`, which stays the source of truth (ingest's enrichment fills
+  these fields; a client may send its own `context.location`). A string reads as it is, whole;
+  a number or a boolean as its JSON text (as an integer ID reads as its digits); an object, an
+  array or a JSON null as NULL: a place or a browser that is an object is not a name. This is
+  what Athena's `json_extract_scalar` gives, so its view derives the same values from NDJSON.
+- `is_bot` is a boolean, never NULL: true when `context.bot` is JSON `true`, false otherwise,
+  events archived before bots were flagged included (never checked, not flagged), so that
+  `WHERE NOT is_bot` keeps them.
+- The derived columns come last, after `extra`: a reader that matches Parquet columns by
+  position sees the older objects' columns as a prefix of the newer ones'. Objects written
+  before they existed (Parquet without them, old spills of a compaction) read with them
+  derived from their `context` by `conform`, as NDJSON is read, so that every reader here
+  gives one event the same values whatever format or release stored it: NULL where nothing
+  was enriched. Athena, which cannot, reads such Parquet objects' text columns as NULL.
 - `dt` and `hour` are partition columns: they come from the object's path, never from inside it.
 """
 
@@ -50,6 +66,17 @@ JSON_FIELDS = {
     "integrations": "integrations",
 }
 EXTRA = "extra"
+# Derived from `context` (ingest's enrichment): column -> key, under `context.location` ...
+LOCATION_FIELDS = {
+    "country": "country",
+    "country_code": "countryCode",
+    "region": "region",
+    "city": "city",
+}
+# ... and under `context.parsedUserAgent`.
+USER_AGENT_FIELDS = {"browser": "browser", "os": "os", "device": "device"}
+IS_BOT = "is_bot"
+DERIVED_COLUMNS = (*LOCATION_FIELDS, *USER_AGENT_FIELDS, IS_BOT)
 TIMESTAMP = pa.timestamp("us", tz="UTC")
 
 # The columns stored in an object, in order (the partition columns are not among them).
@@ -58,6 +85,8 @@ SCHEMA = pa.schema(
     + [pa.field(name, TIMESTAMP) for name in TIME_FIELDS]
     + [pa.field(name, pa.string()) for name in JSON_FIELDS]
     + [pa.field(EXTRA, pa.string())]
+    + [pa.field(name, pa.string()) for name in (*LOCATION_FIELDS, *USER_AGENT_FIELDS)]
+    + [pa.field(IS_BOT, pa.bool_())]
 )
 # What a query's `events` table adds: the partition of the object a row came from.
 PARTITION_SCHEMA = pa.schema([pa.field("dt", pa.date32()), pa.field("hour", pa.int8())])
@@ -97,7 +126,33 @@ def to_columns(events: list[dict[str, Any]]) -> dict[str, list[Any]]:
             value = event.get(field)
             columns[column].append(None if value is None else _json.encode(value).decode())
         columns[EXTRA].append(_json.encode(extra).decode() if extra else None)
+        _derive(event.get("context"), columns)
     return columns
+
+
+def conform(table: pa.Table) -> pa.Table:
+    """`table` (a Parquet object's or a spill's rows, of this release or an older one) as a
+    table of `SCHEMA`: its columns cast, the derived columns it lacks derived from its
+    `context` column (written before they existed), any other column it lacks NULL."""
+    present = set(table.column_names)
+    derived: dict[str, list[Any]] = {}
+    if "context" not in present:  # not this archive's: nothing to derive from, and no bot
+        derived = {IS_BOT: [False] * table.num_rows}
+    elif not present.issuperset(DERIVED_COLUMNS):
+        derived = {name: [] for name in DERIVED_COLUMNS}
+        for text in table["context"].to_pylist():
+            _derive(_decoded(text), derived)
+    return pa.table(
+        [
+            table[f.name].cast(f.type)
+            if f.name in present
+            else pa.array(derived[f.name], f.type)
+            if f.name in derived
+            else pa.nulls(table.num_rows, f.type)
+            for f in SCHEMA
+        ],
+        schema=SCHEMA,
+    )
 
 
 _json_decode = msgspec.json.Decoder()
@@ -122,6 +177,34 @@ def to_event(row: dict[str, Any]) -> dict[str, Any]:
     if row.get(EXTRA) is not None:
         event.update(_json_decode.decode(row[EXTRA]))
     return event
+
+
+def _derive(context: Any, columns: dict[str, list[Any]]) -> None:
+    """Append the derived columns' values of one event, from its `context`."""
+    context = context if isinstance(context, dict) else {}
+    for source, fields in (("location", LOCATION_FIELDS), ("parsedUserAgent", USER_AGENT_FIELDS)):
+        found = context.get(source)
+        found = found if isinstance(found, dict) else {}
+        for column, key in fields.items():
+            columns[column].append(_scalar_text(found.get(key)))
+    columns[IS_BOT].append(context.get("bot") is True)
+
+
+def _scalar_text(value: Any) -> str | None:
+    """A JSON scalar as text (as `json_extract_scalar` reads it); None for anything else."""
+    if value is None or isinstance(value, (dict, list)):
+        return None
+    return as_text(value)
+
+
+def _decoded(text: str | None) -> Any:
+    """A stored `context` (JSON text) as a value; None when there is none or it is not JSON."""
+    if text is None:
+        return None
+    try:
+        return _json_decode.decode(text)
+    except msgspec.DecodeError:
+        return None
 
 
 def _text(value: Any, is_id: bool) -> str | None:

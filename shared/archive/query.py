@@ -30,7 +30,9 @@ Columns of both (see `shared.archive.columns`): `message_id`, `type`, `event`, `
 `user_id`, `anonymous_id`, `group_id`, `previous_id`, `source` (text; an empty ID is NULL),
 `timestamp`, `original_timestamp`, `sent_at`, `received_at` (TIMESTAMP WITH TIME ZONE, UTC),
 `properties`, `traits`, `context`, `integrations`, `extra` (JSON; `extra` holds every other
-top-level field the client sent), `dt` (DATE) and `hour` (TINYINT) from the object's partition.
+top-level field the client sent), `country`, `country_code`, `region`, `city`, `browser`, `os`,
+`device` (text, from `context`'s location and parsed user agent; NULL where absent), `is_bot`
+(BOOLEAN, never NULL), `dt` (DATE) and `hour` (TINYINT) from the object's partition.
 
 Memory: the rows of the range are held decoded, as Arrow, while the query runs.
 

@@ -159,13 +159,20 @@ def decode(fmt: str, body: bytes) -> tuple[pa.Table, Damage | None]:
     returns them. Whole objects decode at once; only a faulty one is taken apart."""
     try:
         if fmt == "parquet":
-            return pq.read_table(io.BytesIO(body), schema=columns.SCHEMA), None
+            return parquet_rows(body), None
         return columns.to_rows(_ndjson.decode_lines(gzip.decompress(body))), None
     except _DECODE_ERRORS as exc:
         fault = _first_line(exc)
     if fmt == "parquet":
         return _salvage_parquet(body, fault)
     return _salvage_ndjson(body)
+
+
+def parquet_rows(body: bytes) -> pa.Table:
+    """A whole Parquet object's rows as a table of `columns.SCHEMA` (`columns.conform`: an
+    object written before a column existed reads with it derived, or NULL); raises what
+    pyarrow raises when it cannot be decoded."""
+    return columns.conform(pq.read_table(io.BytesIO(body)))
 
 
 def _salvage_ndjson(body: bytes) -> tuple[pa.Table, Damage | None]:
@@ -241,7 +248,7 @@ def _salvage_parquet(body: bytes, fault: str) -> tuple[pa.Table, Damage]:
     tables, failed = [], []
     for group in range(file.num_row_groups):
         try:
-            tables.append(_conformed(file.read_row_group(group)))
+            tables.append(columns.conform(file.read_row_group(group)))
         except _DECODE_ERRORS as exc:
             if not failed:
                 fault = f"row group {group}: {_first_line(exc)}"
@@ -250,19 +257,6 @@ def _salvage_parquet(body: bytes, fault: str) -> tuple[pa.Table, Damage]:
     if failed:
         fault = f"{len(failed)} of {file.num_row_groups} Parquet row groups unreadable ({fault})"
     return rows, Damage(fault, rows.num_rows, row_groups=tuple(failed))
-
-
-def _conformed(table: pa.Table) -> pa.Table:
-    """`table` as `columns.SCHEMA`, as `pq.read_table(schema=...)` reads it: missing columns
-    NULL, others cast."""
-    count = table.num_rows
-    return pa.table(
-        [
-            table[f.name].cast(f.type) if f.name in table.column_names else pa.nulls(count, f.type)
-            for f in columns.SCHEMA
-        ],
-        schema=columns.SCHEMA,
-    )
 
 
 def _first_line(exc: BaseException) -> str:

@@ -162,17 +162,32 @@ def test_forged_ids_compacted_in_an_earlier_hour_drop_only_their_own_copies(
 
 # --- the Athena view --------------------------------------------------------------------------
 
-DUCKDB_TYPES = {"string": "VARCHAR", "int": "INTEGER", "timestamp": "TIMESTAMPTZ"}
+DUCKDB_TYPES = {
+    "string": "VARCHAR",
+    "int": "INTEGER",
+    "timestamp": "TIMESTAMPTZ",
+    "boolean": "BOOLEAN",
+}
+# Presto's JSON functions the view uses that DuckDB lacks, as Presto defines them:
+# json_extract_scalar gives a scalar's text and NULL for an object, an array or null;
+# json_format gives a JSON value's text (`true`, `"true"`).
+PRESTO_MACROS = (
+    "CREATE MACRO from_iso8601_timestamp(text) AS CAST(text AS TIMESTAMPTZ)",
+    "CREATE MACRO json_extract_scalar(text, path) AS CASE WHEN json_type(text::JSON, path) "
+    "IN ('OBJECT', 'ARRAY', 'NULL') THEN NULL ELSE json_extract_string(text, path) END",
+    "CREATE MACRO json_format(value) AS CAST(value AS VARCHAR)",
+)
 ATHENA_TABLES = ("NdjsonTable", "ParquetTable", "CompactedTable")
 
 
 def athena_in_duckdb() -> Any:
     """A DuckDB with the Glue tables as the template declares them (columns, partitions and
-    Athena's `$path`), and the one Presto function the view uses that DuckDB lacks."""
+    Athena's `$path`), and the Presto functions the view uses that DuckDB lacks."""
     template = load_template()
     con = duckdb.connect(":memory:")
     con.execute("SET TimeZone = 'UTC'")
-    con.execute("CREATE MACRO from_iso8601_timestamp(text) AS CAST(text AS TIMESTAMPTZ)")
+    for macro in PRESTO_MACROS:
+        con.execute(macro)
     for name in ATHENA_TABLES:
         table = template["Resources"][name]["Properties"]["TableInput"]
         declared = table["StorageDescriptor"]["Columns"] + table["PartitionKeys"]

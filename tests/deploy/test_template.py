@@ -3,6 +3,7 @@ variables, time budget, dependencies, build recipe) and to the security it promi
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from shared.archive import ERRORS_PREFIX, columns, partition_path
 from shared.archive.columns import DEDUP_KEY
 from shared.archive.naming import COMPACTED_ROOT, RAW_ROOTS, ROOTS
 from shared.settings import ENV_VARS, ConfigError, Settings
+from tests.abuse.test_shared_message_ids import athena_in_duckdb, insert
 from tests.deploy.conftest import (
     HTTP_METHODS,
     ROOT,
@@ -400,7 +402,23 @@ ATHENA_TABLES = {
 
 
 def athena_type(arrow_type: pa.DataType) -> str:
+    if pa.types.is_boolean(arrow_type):
+        return "boolean"
     return "timestamp" if pa.types.is_timestamp(arrow_type) else "string"
+
+
+# The columns issue 26 added, restated (not read from `columns.SCHEMA`): the Parquet tables and
+# the view must declare each, so that "events by country" needs no JSON path in Athena.
+ENRICHED_COLUMNS = [
+    ("country", "string"),
+    ("country_code", "string"),
+    ("region", "string"),
+    ("city", "string"),
+    ("browser", "string"),
+    ("os", "string"),
+    ("device", "string"),
+    ("is_bot", "boolean"),
+]
 
 
 @pytest.mark.parametrize("name", sorted(ATHENA_TABLES))
@@ -414,11 +432,18 @@ def test_each_athena_table_has_the_archive_columns_and_reads_its_own_root(
     if fmt == "parquet":
         assert "Parquet" in storage["SerdeInfo"]["SerializationLibrary"]
         assert declared == [(f.name, athena_type(f.type)) for f in columns.SCHEMA]
+        assert declared[-len(ENRICHED_COLUMNS) :] == ENRICHED_COLUMNS
     else:
-        # NDJSON holds the events as sent: timestamps are ISO-8601 text, and there is no
-        # `extra` column (the view reads the other formats' `extra` beside NULL).
+        # NDJSON holds the events as sent: timestamps are ISO-8601 text, there is no `extra`
+        # column (the view reads the other formats' `extra` beside NULL), and the columns
+        # derived from `context` are the view's (`json_extract_scalar`), not the table's.
         assert "JsonSerDe" in storage["SerdeInfo"]["SerializationLibrary"]
-        assert declared == [(f.name, "string") for f in columns.SCHEMA if f.name != "extra"]
+        assert declared == [
+            (f.name, "string")
+            for f in columns.SCHEMA
+            if f.name != "extra" and f.name not in columns.DERIVED_COLUMNS
+        ]
+        assert ("context", "string") in declared  # its JSON text, which the view reads
         mapping = {
             k.removeprefix("mapping."): v
             for k, v in storage["SerdeInfo"]["Parameters"].items()
@@ -452,6 +477,81 @@ def test_a_deployed_stack_is_queryable_in_athena_at_once(template: dict[str, Any
         assert f"FROM {table}" in view
     # The key `event-ingest query` and compaction deduplicate by (run in tests/abuse).
     assert f"PARTITION BY {', '.join(DEDUP_KEY)} ORDER BY received_at" in view
+
+
+def test_the_athena_view_has_the_enriched_columns_from_every_table() -> None:
+    """The view's SQL from the template, run in DuckDB over the tables as declared (with
+    Presto's JSON functions as Presto defines them): NDJSON's columns derived from `context`,
+    the Parquet tables' read as stored, older objects' NULL (and `is_bot` false)."""
+    con = athena_in_duckdb()
+    described = {row[0]: row[1] for row in con.execute("DESCRIBE events").fetchall()}
+    assert list(described) == [*columns.SCHEMA.names, "dt", "hour"]
+    assert described["is_bot"] == "BOOLEAN" and described["country"] == "VARCHAR"
+    france = {
+        "location": {"country": "France", "countryCode": "FR", "region": "IDF", "city": "Paris"},
+        "parsedUserAgent": {"browser": "Chrome", "os": "Mac OS X", "device": "Other"},
+    }
+    at = "2024-03-05T13:00:00Z"
+    for n, context in enumerate(
+        [
+            json.dumps(france),
+            json.dumps({**france, "bot": True}),
+            json.dumps({"library": {"name": "analytics.js"}}),  # archived before enrichment
+            json.dumps({"location": 42, "bot": "true"}),  # a client's odd location, no bot
+            json.dumps({"location": {"country": {"name": "France"}, "city": 7}}),
+        ]
+    ):
+        insert(
+            con, "events_ndjson", f"s3://a/{n}.ndjson.gz", at, message_id=f"n{n}", context=context
+        )
+    parquet_france = {
+        "country": "France",
+        "country_code": "FR",
+        "region": "IDF",
+        "city": "Paris",
+        "browser": "Chrome",
+        "os": "Mac OS X",
+        "device": "Other",
+    }
+    insert(
+        con,
+        "events_parquet",
+        "s3://a/p/1.parquet",
+        at,
+        message_id="p1",
+        is_bot=False,
+        **parquet_france,
+    )
+    insert(con, "events_parquet", "s3://a/p/2.parquet", at, message_id="p2")  # an older object
+    insert(
+        con,
+        "events_compacted",
+        "s3://a/c/1.parquet",
+        at,
+        message_id="c1",
+        is_bot=True,
+        **parquet_france,
+    )
+    insert(con, "events_compacted", "s3://a/c/2.parquet", at, message_id="c2")  # an older object
+
+    by_country = con.execute(
+        "SELECT country, count(*) FROM events GROUP BY 1 ORDER BY 1"
+    ).fetchall()
+    assert by_country == [("France", 4), (None, 5)]
+    assert con.execute("SELECT is_bot, count(*) FROM events GROUP BY 1 ORDER BY 1").fetchall() == [
+        (False, 7),
+        (True, 2),
+    ]
+    rows = con.execute(
+        "SELECT message_id, country_code, region, city, browser, os, device FROM events "
+        "WHERE message_id IN ('n0', 'n4', 'p1', 'c2') ORDER BY 1"
+    ).fetchall()
+    assert rows == [
+        ("c2", None, None, None, None, None, None),
+        ("n0", "FR", "IDF", "Paris", "Chrome", "Mac OS X", "Other"),
+        ("n4", None, None, "7", None, None, None),  # a number's text, an object's NULL
+        ("p1", "FR", "IDF", "Paris", "Chrome", "Mac OS X", "Other"),
+    ]
 
 
 def test_cluster_mode_and_shards_are_parameters(template: dict[str, Any]) -> None:

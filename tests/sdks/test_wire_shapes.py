@@ -1,7 +1,7 @@
 """What the SDKs that cannot run here (mobile, JVM, Go, Ruby) put on the wire, replayed byte for
 byte through gunicorn: paths, headers, encodings, chunking and body shapes as their sources
-build them (the SDK table of docs/sdks.md). Each must get `200 {"success": true}` and its events into
-the stream, under the write key's source."""
+build them (the SDK table of docs/sdks.md). Each must get `200 {"success": true}` and its
+events into the stream, under the write key's source."""
 
 from __future__ import annotations
 

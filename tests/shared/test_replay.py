@@ -193,3 +193,32 @@ def test_a_place_recorded_before_sources_counted_resumes_after_every_source(
 
     assert summary.resumed_after == "2024-03-05T13"
     assert sources_of(replayed(redis_client, into)) == [("n", "web")]
+
+
+@pytest.mark.parametrize("fmt", ["ndjson", "parquet", "older parquet"])
+def test_the_derived_columns_never_become_fields_of_replayed_events(
+    s3, redis_client, settings, fmt
+):
+    """`country` ... `is_bot` are read from `context` (the source of truth), not part of the
+    event: a replayed event is the archived one, whatever wrote it (the Parquet of the release
+    before them derives them when read)."""
+    originals = [
+        archives.enriched(archives.ev("e1", "13:10", "Signed Up", "u1"), "France", "FR"),
+        archives.enriched(archives.ev("e2", "13:11", "Page Viewed", "u2"), None, bot=True),
+        archives.ev("e3", "13:12", "Page Viewed", "u3", context={"location": "Paris"}),
+    ]
+    store = ObjectStore(s3, settings.s3_bucket)
+    entries = [(b"1709650000000-1", originals)]
+    if fmt == "ndjson":
+        archives.write_ndjson(store, settings.s3_prefix, entries)
+    elif fmt == "parquet":
+        archives.write_parquet(store, settings.s3_prefix, entries)
+    else:
+        with archives.release_before_derived_columns():
+            archives.write_parquet(store, settings.s3_prefix, entries)
+    into = f"{settings.stream_key}-replayed"
+
+    replayer(s3, redis_client, settings, into).run(WHOLE)
+
+    events = replayed(redis_client, into)
+    assert [{k: v for k, v in e.items() if k != replay.MARK} for e in events] == originals

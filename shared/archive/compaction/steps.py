@@ -290,7 +290,12 @@ class HourRun:
     def read_spill(self, spill: tuple[str, list[int]]) -> pa.Table:
         key, (offset, length) = spill
         body = self.store.get(key, (offset, offset + length - 1))
-        return pa.ipc.open_stream(pa.py_buffer(body)).read_all()
+        rows = pa.ipc.open_stream(pa.py_buffer(body)).read_all()
+        if rows.schema.equals(_SPILL_SCHEMA):
+            return rows
+        # A spill of a plan an older release began (fewer columns): its rows as this
+        # release's, merged with the inputs this one reads (a resumed plan never fails on it).
+        return columns.conform(rows).append_column(rows.schema.field(ORDER), rows[ORDER])
 
     def stored_earlier(self, plan: Plan, part: int, keys: pa.Table) -> pa.Array:
         """The places in `keys` (`DEDUP_KEY` columns) of the keys that a compacted object of

@@ -3,7 +3,10 @@
 What the files hold, for readers that do not use this project's code (pyarrow, DuckDB, Athena):
 
 - exactly the columns of `columns.SCHEMA`, in its order; `dt` and `hour` are not inside the
-  files, only in their path (Hive-style partitions);
+  files, only in their path (Hive-style partitions). The columns derived from `context`
+  (`country` ... `device`, `is_bot`) come last: objects written before they existed lack them,
+  and read with them derived (`columns.conform`) here, NULL in readers that match by name
+  (Athena, DuckDB's `union_by_name`);
 - timestamps as `TIMESTAMP(isAdjustedToUTC=true, MICROS)` (pyarrow reads `timestamp[us,
   tz=UTC]`, DuckDB `TIMESTAMP WITH TIME ZONE`), never nanoseconds, never INT96;
 - zstd at `level` (`GZIP_LEVEL`, 1 to 9; its default 3 is zstd's own); dictionary encoding,
@@ -23,9 +26,10 @@ microseconds whatever its size, which per entry made single-event entries ten ti
 `nbytes` is the size of the entry's events as NDJSON lines, exactly what the NDJSON format
 counts: `FLUSH_MAX_BYTES` means the same in both formats and cuts a stream's flushes in the
 same places. The column data the writer compresses is about 85% of that (no field names, no
-quoting; the benchmark's events). Staged values take about as much memory as NDJSON lines for
-entries of 100 events, and about three times as much for single-event entries (3.6 KB per
-event of 520 bytes), bounded by the same hints.
+quoting; the benchmark's events, measured before the columns derived from `context`, which
+add their values' text and about 29 bytes an event in memory). Staged values take about as
+much memory as NDJSON lines for entries of 100 events, and about three times as much for
+single-event entries (3.6 KB per event of 520 bytes), bounded by the same hints.
 """
 
 from __future__ import annotations

@@ -9,19 +9,16 @@ the lines it keeps as they were, Parquet (raw or compacted) by the archive's Par
 from __future__ import annotations
 
 import gzip
-import io
 from dataclasses import dataclass
 
 import msgspec
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
-from shared.archive import columns
 from shared.archive.formats import ndjson, parquet
 from shared.archive.naming import compacted_part
 from shared.archive.privacy.subjects import Subjects
-from shared.archive.reading import ArchivedObject, Damage, Unreadable
+from shared.archive.reading import ArchivedObject, Damage, Unreadable, parquet_rows
 from shared.archive.storage import ObjectStore
 
 _lines = msgspec.json.Decoder()
@@ -76,7 +73,7 @@ def _ndjson(key: str, body: bytes, subjects: Subjects, level: int) -> tuple[Rewr
 
 def _parquet(key: str, body: bytes, subjects: Subjects, level: int) -> tuple[Rewrite | None, bytes]:
     try:
-        rows = pq.read_table(io.BytesIO(body), schema=columns.SCHEMA)
+        rows = parquet_rows(body)  # an older object's: with the columns it lacks, derived
     except (OSError, ValueError) as exc:
         raise Unreadable(key, Damage(f"cannot be read to remove a subject: {exc}", 0)) from None
     removed = subjects.removed(rows)

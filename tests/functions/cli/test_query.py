@@ -12,9 +12,11 @@ import pty
 import shutil
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
@@ -22,7 +24,8 @@ from functions.cli import main
 from shared.archive import ObjectStore
 from shared.settings import Settings
 from tests import archives, unreadable
-from tests.conftest import free_port, settings_env
+from tests.archives import ev
+from tests.conftest import archived_keys, free_port, settings_env
 from tests.functions.cli import errors
 
 SECRET = "wJalrXUtnFEMI-query-test-secret"
@@ -349,3 +352,120 @@ def test_on_a_terminal_a_table_and_progress(
     text = seen.decode()
     assert f"reading objects: {objects}/{objects}" in text
     assert "┌" in text and "Signed Up" in text and "varchar" in text.lower()
+
+
+# --- the columns derived from `context` (issue 26) ----------------------------------------------
+
+LIBRARY = {"library": {"name": "analytics.js", "version": "2.1.0"}}
+LONG_COUNTRY = "Z" * 10_000
+# Archived before the enrichment existed: no location, no parsed user agent, no bot flag.
+OLDER = [
+    ev("o1", "13:01", "Signed Up", "u1"),
+    ev("o2", "13:02", "Page Viewed", "u2"),
+    ev("o3", "14:01", "Page Viewed", "u3"),
+]
+ENRICHED = [
+    archives.enriched(ev("n1", "13:10", "Signed Up", "u4"), "France", "FR"),
+    archives.enriched(ev("n2", "14:10", "Page Viewed", "u5"), "France", "FR", bot=True),
+    archives.enriched(ev("n3", "14:11", "Page Viewed", "u6"), "Japan", "JP"),
+    archives.enriched(ev("n4", "14:12", "Page Viewed", "u7"), None),  # an address not found
+]
+# What clients sent as their own `context.location`: stored as sent, never a failed read.
+ODD = [
+    ev("x1", "14:20", "Page Viewed", "u8", context={**LIBRARY, "location": 42}),
+    ev(
+        "x2",
+        "14:21",
+        "Page Viewed",
+        "u8",
+        context={**LIBRARY, "location": {"country": {"name": "France"}, "city": 7}, "bot": "yes"},
+    ),
+    ev(
+        "x3",
+        "14:22",
+        "Page Viewed",
+        "u8",
+        context={**LIBRARY, "location": {"country": LONG_COUNTRY}},
+    ),
+]
+BY_COUNTRY = {"France": 2, "Japan": 1, LONG_COUNTRY: 1, "": 6}  # CSV writes NULL as ""
+BY_BOT = {"true": 1, "false": 9}  # the older events' false: never flagged
+
+
+def write_enriched_archive(s3: Any, settings: Settings, kind: str) -> None:
+    """`OLDER` as the release before the derived columns wrote them, then `ENRICHED` and `ODD`
+    as this one writes them: NDJSON, Parquet, or both compacted (hour 13 once by the older
+    release, then again with a late object by this one)."""
+    store = ObjectStore(s3, settings.s3_bucket)
+    prefix = settings.s3_prefix
+    write = archives.write_ndjson if kind == "ndjson" else archives.write_parquet
+    entry = iter(range(1, 100))
+
+    def flush(events: list[dict[str, Any]], writer=write) -> None:
+        writer(store, prefix, [(f"1709650000000-{next(entry)}".encode(), events)])
+
+    with archives.release_before_derived_columns():
+        flush(OLDER[:1])
+        flush(OLDER[1:], archives.write_ndjson if kind == "compacted" else write)
+        if kind == "compacted":
+            archives.compactor(settings, s3, COMPACTED_AT).run()
+    if kind == "compacted":
+        old = [key for key in archived_keys(s3, settings.s3_bucket) if "hour=13" in key]
+        assert len(old) == 1 and set(parquet_columns(store, old[0])) == set(
+            archives.BEFORE_DERIVED_COLUMNS
+        )
+    flush(ENRICHED[:2])
+    flush(ENRICHED[2:], archives.write_ndjson if kind == "compacted" else write)
+    flush(ODD)
+    if kind == "compacted":
+        archives.compactor(settings, s3, COMPACTED_AT).run()
+        keys = archived_keys(s3, settings.s3_bucket)
+        assert all("/compacted/" in key for key in keys), keys
+        for key in keys:  # hour 13 merged its older compacted object with a new one
+            assert parquet_columns(store, key) == archives.DOCUMENTED_COLUMNS
+
+
+COMPACTED_AT = datetime(2024, 3, 7, tzinfo=UTC)
+
+
+def parquet_columns(store: ObjectStore, key: str) -> list[str]:
+    return pq.read_schema(io.BytesIO(store.get(key))).names
+
+
+@pytest.mark.parametrize("kind", ["ndjson", "parquet", "compacted"])
+def test_events_by_country_and_bots_need_no_json_path(
+    s3: Any, settings: Settings, kind: str
+) -> None:
+    write_enriched_archive(s3, settings, kind)
+
+    result = invoke(settings, "SELECT country, count(*) AS n FROM events GROUP BY 1")
+    assert result.exit_code == 0, result.output
+    assert {r["country"]: int(r["n"]) for r in csv_rows(result.stdout)} == BY_COUNTRY
+    result = invoke(settings, "SELECT is_bot, count(*) AS n FROM events GROUP BY 1")
+    assert {r["is_bot"]: int(r["n"]) for r in csv_rows(result.stdout)} == BY_BOT
+    result = invoke(
+        settings,
+        "--format",
+        "json",
+        "SELECT message_id, country, country_code, region, city, browser, os, device, is_bot "
+        "FROM raw_events WHERE message_id IN ('o1', 'n2', 'x2') ORDER BY 1",
+    )
+    assert json.loads(result.stdout) == [
+        {
+            "message_id": "n2",
+            "country": "France",
+            "country_code": "FR",
+            "region": "France region",
+            "city": "France city",
+            "browser": "Chrome",
+            "os": "Mac OS X",
+            "device": "Mac",
+            "is_bot": True,
+        },
+        {"message_id": "o1", **dict.fromkeys(ENRICHED_TEXT), "is_bot": False},
+        # A client's own location: a number's text, an object's NULL; "yes" is not a bot flag.
+        {"message_id": "x2", **dict.fromkeys(ENRICHED_TEXT), "city": "7", "is_bot": False},
+    ]
+
+
+ENRICHED_TEXT = ["country", "country_code", "region", "city", "browser", "os", "device"]

@@ -216,6 +216,7 @@ def test_parquet_is_readable_by_plain_duckdb(tmp_path: Path) -> None:
     assert list(types) == columns.SCHEMA.names
     for name in TIMESTAMP_COLUMNS:
         assert types[name] == "TIMESTAMP WITH TIME ZONE"
+    assert types.pop(columns.IS_BOT) == "BOOLEAN"
     assert {types[name] for name in types if name not in TIMESTAMP_COLUMNS} == {"VARCHAR"}
 
     table = con.sql("SELECT * FROM read_parquet(?)", params=[str(path)]).to_arrow_table()
@@ -225,6 +226,21 @@ def test_parquet_is_readable_by_plain_duckdb(tmp_path: Path) -> None:
         if name in TIMESTAMP_COLUMNS:  # the same instants, whatever zone DuckDB displays
             got = got.cast(pa.timestamp("us", tz="UTC"))
         assert got.to_pylist() == expected.column(name).to_pylist(), name
+
+
+def test_duckdb_reads_older_and_newer_objects_together_by_name(tmp_path: Path) -> None:
+    """Objects written before the derived columns hold a prefix of this release's columns: a
+    reader matching by name (as Athena's Parquet tables do) reads theirs as NULL."""
+    events = [archives.enriched(EVENTS[0], "France", "FR", bot=True)]
+    with archives.release_before_derived_columns():
+        (tmp_path / "1-older.parquet").write_bytes(parquet.write(columns.to_rows(events)))
+    (tmp_path / "2-newer.parquet").write_bytes(parquet.write(columns.to_rows(events)))
+
+    rows = duckdb.sql(
+        "SELECT country, is_bot FROM read_parquet(?, union_by_name = true) ORDER BY 1 NULLS FIRST",
+        params=[str(tmp_path / "*.parquet")],
+    ).fetchall()
+    assert rows == [(None, None), ("France", True)]
 
 
 def test_duckdb_reads_the_partitions_from_the_path_only(tmp_path: Path) -> None:
@@ -264,8 +280,15 @@ def test_parquet_stages_column_values_and_counts_the_ndjson_size() -> None:
     values, nbytes = parquet.stage(events)
     assert pa.Table.from_pydict(values, schema=columns.SCHEMA).equals(columns.to_rows(events))
     assert nbytes == ndjson.stage(events)[1]
-    # What the writer encodes before compression is somewhat smaller: no names, no quotes.
-    assert columns.to_rows(events).nbytes < nbytes
+    # What the writer encodes before compression is somewhat smaller: no names, no quotes ...
+    rows = columns.to_rows(events)
+    derived = list(columns.DERIVED_COLUMNS)
+    assert rows.drop_columns(derived).nbytes < nbytes
+    # ... beside the columns derived from `context`, which repeat part of it: NULL here, they
+    # cost Arrow an offset per row and text column (4 bytes) and validity bits, 29 bytes an
+    # event in memory (and a bit per row and column in the file): not ignorable on these
+    # 130-byte events; on enriched ones, those bytes plus the text of the values repeated.
+    assert rows.select(derived).nbytes <= 30 * len(events)
 
 
 def test_parquet_object_is_the_same_however_entries_cut_the_events() -> None:

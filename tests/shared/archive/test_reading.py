@@ -10,14 +10,23 @@ from datetime import date
 from typing import Any
 
 import msgspec
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from shared.archive import columns, reading
 from shared.archive.formats import parquet
+from shared.archive.privacy.rewrite import rewrite
+from shared.archive.privacy.subjects import Subjects
 from shared.archive.storage import ObjectStore
 from shared.settings import Settings
-from tests.archives import ev
+from tests.archives import (
+    BEFORE_DERIVED_COLUMNS,
+    DOCUMENTED_COLUMNS,
+    enriched,
+    ev,
+    release_before_derived_columns,
+)
 
 
 def lines(count: int) -> list[bytes]:
@@ -122,3 +131,59 @@ def test_read_object_raises_naming_the_object(s3: Any, settings: Settings) -> No
     assert raised.value.key == key
     assert str(raised.value) == f"{key}: {raised.value.damage.reason}"
     assert raised.value.damage.lines == (1,)
+
+
+# --- objects written before the derived columns (issue 26) -------------------------------------
+
+OLDER_EVENTS = [
+    enriched(ev("a", "13:01", "e", "u1"), "France", "FR", bot=True),  # ingest before consumer
+    ev("b", "13:02", "e", "u2"),
+    ev("c", "13:03", "e", "u3", context={"location": {"country": ["not", "a", "name"]}}),
+]
+DERIVED = [
+    {"country": "France", "country_code": "FR", "browser": "Chrome", "is_bot": True},
+    {"country": None, "country_code": None, "browser": None, "is_bot": False},
+    {"country": None, "country_code": None, "browser": None, "is_bot": False},
+]
+
+
+def test_an_older_parquet_object_reads_with_its_derived_columns_whole_or_salvaged() -> None:
+    with release_before_derived_columns():
+        body = parquet.write(columns.to_rows(OLDER_EVENTS))
+    assert pq.read_schema(io.BytesIO(body)).names == BEFORE_DERIVED_COLUMNS
+
+    rows, damage = reading.decode("parquet", body)
+
+    assert damage is None and rows.schema == columns.SCHEMA
+    assert rows.equals(columns.to_rows(OLDER_EVENTS))  # as this release writes them
+    assert rows.select(list(DERIVED[0])).to_pylist() == DERIVED
+    # Salvaging reads row group by row group, through the same mapping.
+    assert reading._salvage_parquet(body, "")[0].equals(rows)
+
+
+def test_a_privacy_rewrite_of_an_older_parquet_object_writes_this_releases_columns(
+    s3: Any, settings: Settings
+) -> None:
+    store = ObjectStore(s3, settings.s3_bucket)
+    with release_before_derived_columns():
+        body = parquet.write(columns.to_rows(OLDER_EVENTS))
+    key = f"{settings.s3_prefix}parquet/dt=2024-03-05/hour=13/1-0_1-0_x.parquet"
+    store.put(key, body, parquet.CONTENT_TYPE)
+
+    done = rewrite(store, reading.archived_object(key, len(body)), Subjects(frozenset({"u2"})), 3)
+
+    assert (done.removed, done.kept) == (1, 2)
+    rows = pq.read_table(io.BytesIO(store.get(key)))
+    assert rows.column_names == DOCUMENTED_COLUMNS
+    assert rows.select(list(DERIVED[0])).to_pylist() == [DERIVED[0], DERIVED[2]]
+
+
+def test_a_parquet_object_without_context_reads_nothing_derived_and_no_bot() -> None:
+    sink = io.BytesIO()
+    pq.write_table(pa.table({"message_id": ["a", "b"]}), sink)
+    rows, damage = reading.decode("parquet", sink.getvalue())
+    assert damage is None
+    assert rows.select(["message_id", "country", "is_bot"]).to_pylist() == [
+        {"message_id": "a", "country": None, "is_bot": False},
+        {"message_id": "b", "country": None, "is_bot": False},
+    ]
