@@ -1,5 +1,6 @@
 """Fixtures for the real-SDK tests: a Node.js install of the JS SDKs (one per machine), running
-a Node script, and waiting for the archive to hold what an SDK sent.
+a Node script, the analytics.js page and Chromium for the browser tests, reading what the stream
+holds, and waiting for the archive to hold what an SDK sent.
 
 The JS packages are pinned by `js/package-lock.json`. They are installed once per machine into
 `${XDG_CACHE_HOME:-~/.cache}/event-ingest/npm/<hash of the lockfile>` with `npm ci`, and every
@@ -10,24 +11,33 @@ CommonJS), so nothing is ever installed into the work tree.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
+import http.server
 import json
 import os
 import shutil
 import subprocess
+import threading
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 
 from local import stack
 from local.stack import stop_process
+from shared import codec
 from shared.settings import Settings
+from shared.shards import shard_keys
 from tests.conftest import archived_events, settings_env
 
 JS_DIR = Path(__file__).resolve().parent / "js"
+BROWSER_DIR = JS_DIR / "browser"
+CHROMIUM = "/usr/bin/chromium"
 LOCKFILE = JS_DIR / "package-lock.json"
 NODE_MIN_MAJOR = 20  # @segment/analytics-node and playwright-core need it
 NPM_CI_TIMEOUT_S = 240
@@ -143,6 +153,57 @@ def _npm_ci(npm: str, root: Path) -> None:
         shutil.rmtree(staging, ignore_errors=True)
 
 
+@pytest.fixture(scope="session")
+def analytics_bundle(node_env: NodeEnv) -> Path:
+    """analytics-next as one IIFE file, built by esbuild into the npm install's cache directory
+    once per version of the entry file (so at most once per session)."""
+    entry = BROWSER_DIR / "entry.js"
+    options = ["--bundle", "--format=iife", "--platform=browser", "--target=es2020"]
+    digest = hashlib.sha256(entry.read_bytes() + " ".join(options).encode()).hexdigest()[:12]
+    bundle = node_env.root / "bundles" / f"analytics-next-{digest}.js"
+    if bundle.exists():
+        return bundle
+    bundle.parent.mkdir(exist_ok=True)
+    staging = bundle.with_name(f"{bundle.name}.tmp-{os.getpid()}")
+    esbuild = node_env.node_modules / "esbuild" / "bin" / "esbuild"
+    args = [node_env.node, str(esbuild), str(entry), *options, f"--outfile={staging}"]
+    args.append("--log-level=warning")
+    done = subprocess.run(args, env=node_env.environ(), capture_output=True, text=True, timeout=120)
+    if done.returncode != 0:
+        pytest.fail(f"esbuild failed ({done.returncode}):\n{done.stderr[-4000:]}")
+    staging.replace(bundle)
+    return bundle
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def page_origin(analytics_bundle: Path, tmp_path: Path) -> Iterator[str]:
+    """page.html, page.js and the bundle, served from another port than gunicorn's."""
+    root = tmp_path / "site"
+    root.mkdir()
+    for name in ("page.html", "page.js"):
+        shutil.copy(BROWSER_DIR / name, root / name)
+    shutil.copy(analytics_bundle, root / "analytics-next.js")
+    handler = functools.partial(_QuietHandler, directory=str(root))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    if not os.access(CHROMIUM, os.X_OK):
+        pytest.skip(f"the browser tests need Chromium at {CHROMIUM} (apt-get install chromium)")
+    return CHROMIUM
+
+
 @pytest.fixture
 def settings(settings: Settings, moto_endpoint: str) -> Settings:
     return dataclasses.replace(
@@ -151,6 +212,16 @@ def settings(settings: Settings, moto_endpoint: str) -> Settings:
         write_keys=((SOURCE, WRITE_KEY), ("other", OTHER_WRITE_KEY)),
         flush_max_events=5000,
     )
+
+
+def streamed_events(redis_client: redis.Redis, settings: Settings) -> list[dict[str, Any]]:
+    """Every event the stream holds (every shard), as ingest stored it."""
+    return [
+        event
+        for key in shard_keys(settings.stream_key, settings.stream_shards)
+        for _, fields in redis_client.xrange(key)
+        for event in codec.decode_entry(fields)
+    ]
 
 
 def archive_until_complete(

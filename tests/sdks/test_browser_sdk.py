@@ -12,14 +12,7 @@ answered 2xx; the archive must then hold exactly the events sent, under the key'
 
 from __future__ import annotations
 
-import functools
-import hashlib
-import http.server
-import os
 import shlex
-import shutil
-import subprocess
-import threading
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,15 +24,11 @@ from shared.settings import Settings
 from tests.conftest import gunicorn_serving
 from tests.sdks import documented
 from tests.sdks.conftest import (
-    JS_DIR,
     WRITE_KEY,
-    NodeEnv,
     archive_until_complete,
     assert_archived_as_sent,
 )
 
-CHROMIUM = "/usr/bin/chromium"
-BROWSER_DIR = JS_DIR / "browser"
 ROUNDS = 3  # of each call per scenario
 SCENARIOS = [
     {"name": "standard", "rounds": ROUNDS},
@@ -57,57 +46,6 @@ PAGE_SEEN_POSTS = {
 # The first test to use node_env may pay for `npm ci` (a few seconds with a warm registry).
 pytestmark = pytest.mark.timeout(300)
 ACCESS_LOG_FORMAT = '%(m)s %(U)s %(s)s "%({content-type}i)s" "%({origin}i)s"'
-
-
-@pytest.fixture(scope="session")
-def analytics_bundle(node_env: NodeEnv) -> Path:
-    """analytics-next as one IIFE file, built by esbuild into the npm install's cache directory
-    once per version of the entry file (so at most once per session)."""
-    entry = BROWSER_DIR / "entry.js"
-    options = ["--bundle", "--format=iife", "--platform=browser", "--target=es2020"]
-    digest = hashlib.sha256(entry.read_bytes() + " ".join(options).encode()).hexdigest()[:12]
-    bundle = node_env.root / "bundles" / f"analytics-next-{digest}.js"
-    if bundle.exists():
-        return bundle
-    bundle.parent.mkdir(exist_ok=True)
-    staging = bundle.with_name(f"{bundle.name}.tmp-{os.getpid()}")
-    esbuild = node_env.node_modules / "esbuild" / "bin" / "esbuild"
-    args = [node_env.node, str(esbuild), str(entry), *options, f"--outfile={staging}"]
-    args.append("--log-level=warning")
-    done = subprocess.run(args, env=node_env.environ(), capture_output=True, text=True, timeout=120)
-    if done.returncode != 0:
-        pytest.fail(f"esbuild failed ({done.returncode}):\n{done.stderr[-4000:]}")
-    staging.replace(bundle)
-    return bundle
-
-
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
-
-@pytest.fixture
-def page_origin(analytics_bundle: Path, tmp_path: Path) -> Iterator[str]:
-    """page.html, page.js and the bundle, served from another port than gunicorn's."""
-    root = tmp_path / "site"
-    root.mkdir()
-    for name in ("page.html", "page.js"):
-        shutil.copy(BROWSER_DIR / name, root / name)
-    shutil.copy(analytics_bundle, root / "analytics-next.js")
-    handler = functools.partial(_QuietHandler, directory=str(root))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
-
-
-@pytest.fixture(scope="session")
-def chromium() -> str:
-    if not os.access(CHROMIUM, os.X_OK):
-        pytest.skip(f"the browser test needs Chromium at {CHROMIUM} (apt-get install chromium)")
-    return CHROMIUM
 
 
 @pytest.fixture

@@ -14,11 +14,9 @@ from typing import Any
 import pytest
 import redis
 
-from shared import codec
 from shared.settings import Settings
-from shared.shards import shard_keys
 from tests.sdks import documented
-from tests.sdks.conftest import SOURCE, WRITE_KEY, NodeEnv
+from tests.sdks.conftest import SOURCE, WRITE_KEY, NodeEnv, streamed_events
 
 # The first test to use node_env may pay for `npm ci` (a few seconds with a warm registry).
 pytestmark = pytest.mark.timeout(300)
@@ -44,12 +42,7 @@ def run_snippet(args: list[str], **options: Any) -> None:
 def assert_documented_event_stored(
     redis_client: redis.Redis, settings: Settings, library: str
 ) -> None:
-    events = [
-        event
-        for key in shard_keys(settings.stream_key, settings.stream_shards)
-        for _, fields in redis_client.xrange(key)
-        for event in codec.decode_entry(fields)
-    ]
+    events = streamed_events(redis_client, settings)
     assert len(events) == 1, f"the stream holds {len(events)} events, not the snippet's one"
     event = events[0]
     for field, value in DOCUMENTED.items():

@@ -3,7 +3,11 @@
 // browser context per scenario of page.js, then prints what each scenario sent and every
 // request the browser made, with its answer or failure.
 // Usage: node drive.cjs '{"pageUrl": "...", "cdn": "...", "writeKey": "...",
-//   "settings": {AnalyticsBrowser.load's settings}, "scenarios": [...]}'
+//   "settings": {AnalyticsBrowser.load's settings}, "scenarios": [...], "userAgent": "..."}'
+// `userAgent` (optional) is given to Chromium as its --user-agent flag, which changes
+// navigator.userAgent and the User-Agent header but not the client hints
+// (navigator.userAgentData still names Chromium on Linux). playwright's per-context
+// `userAgent` would instead send hints it derives from the string (platform, no brands).
 const { chromium } = require('playwright-core')
 
 const CHROMIUM_ARGS = [
@@ -100,9 +104,11 @@ async function runScenario(browser, config, scenario, log) {
 async function main() {
   const config = JSON.parse(process.argv[2])
   const log = { scenarios: {}, requests: [], console: [], pageErrors: [] }
+  const args = [...CHROMIUM_ARGS]
+  if (config.userAgent) args.push(`--user-agent=${config.userAgent}`)
   const browser = await chromium.launch({
     executablePath: config.chromium,
-    args: CHROMIUM_ARGS,
+    args,
     timeout: 15000,
   })
   try {

@@ -2,6 +2,7 @@
 // @segment/analytics-node (Segment's Node SDK) sends the planned events to the host given,
 // then prints what it sent and every HTTP answer it got.
 // Usage: node analytics-node.cjs '{"host": "http://127.0.0.1:8000", "writeKey": "...", "rounds": 100}'
+// With "context": {...}, every call passes it as its `context` (the SDK adds its `library`).
 const { Analytics } = require('@segment/analytics-node')
 const { plan, callArguments, printResult } = require('./plan.cjs')
 
@@ -45,7 +46,8 @@ async function main() {
   const delivered = sent.map(
     (event) =>
       new Promise((resolve) => {
-        analytics[event.type](callArguments(event), (error) => {
+        const args = config.context ? { ...callArguments(event), context: config.context } : callArguments(event)
+        analytics[event.type](args, (error) => {
           if (error) errors.push(`${event.messageId}: ${error}`)
           resolve()
         })
