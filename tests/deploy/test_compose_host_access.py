@@ -19,8 +19,8 @@ import pytest
 
 from functions.ingest.auth import write_keys_of
 from shared.settings import Settings
+from tests.deploy.compose_config import built_here, resolved_config
 from tests.deploy.conftest import ROOT
-from tests.deploy.test_containers import built_here, resolved_config
 
 ENV_FILE = ROOT / "local" / "compose.env"
 PAGE = ROOT / "docs" / "containers.md"

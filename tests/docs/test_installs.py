@@ -11,7 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.docs.test_kept_true import code_in, documents
+from tests.docs.pages import code_in, documents
 
 ROOT = Path(__file__).resolve().parents[2]
 PROJECT = "event-ingest"

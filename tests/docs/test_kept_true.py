@@ -8,14 +8,15 @@ from __future__ import annotations
 import ast
 import re
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import click
 
 from functions.cli import main as cli
 from shared.settings import ENV_VARS
+from tests.docs.cli_walk import commands
 from tests.docs.configuration_page import PAGE, all_rows
+from tests.docs.pages import code_in, documents
 
 ROOT = Path(__file__).resolve().parents[2]
 CODE_DIRS = ("shared", "functions", "local")
@@ -127,15 +128,6 @@ def test_an_undocumented_variable_is_caught(tmp_path: Path) -> None:
 # --- the command line ----------------------------------------------------------------------------
 
 
-def commands(
-    command: click.Command, path: str = "event-ingest"
-) -> Iterator[tuple[str, click.Command]]:
-    yield path, command
-    if isinstance(command, click.Group):
-        for name, subcommand in command.commands.items():
-            yield from commands(subcommand, f"{path} {name}")
-
-
 def missing_help(group: click.Command) -> list[str]:
     missing = []
     for path, command in commands(group):
@@ -166,17 +158,9 @@ def test_a_command_or_option_without_help_is_caught() -> None:
 
 # --- make targets --------------------------------------------------------------------------------
 
-FENCE = re.compile(r"^```[^\n]*\n(.*?)^```", re.MULTILINE | re.DOTALL)
-INLINE_CODE = re.compile(r"`([^`]+)`")
 MAKE = re.compile(r"(?<![\w./-])make\s+([^\n#;&|`]*)")
 SHELL_COMMENT = re.compile(r"(?:^|(?<=\s))#.*$", re.MULTILINE)
 OPTIONS_WITH_VALUES = {"-C", "-f", "-j", "-I", "-o", "-W"}
-
-
-def code_in(markdown: str) -> list[str]:
-    """The fenced blocks and inline code spans: prose such as "make sure" is not a command."""
-    blocks = FENCE.findall(markdown)
-    return blocks + INLINE_CODE.findall(FENCE.sub("", markdown))
 
 
 def make_targets_named(markdown: str) -> set[str]:
@@ -211,10 +195,6 @@ def makefile_targets() -> set[str]:
             targets.update(match.group(1).split())
         not_a_target = False if line and not line.startswith("#") else not_a_target
     return targets
-
-
-def documents() -> list[Path]:
-    return [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 
 
 def test_every_make_target_the_docs_name_exists() -> None:

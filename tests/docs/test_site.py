@@ -15,7 +15,7 @@ import click
 import pytest
 
 from functions.cli import main as cli
-from tests.docs.test_kept_true import commands
+from tests.docs.cli_walk import commands
 
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"

@@ -23,7 +23,7 @@ from shared import codec
 from shared.settings import ConfigError, Settings
 from tests import geoip
 from tests.conftest import free_port, gunicorn_serving, settings_env
-from tests.shared.enrichment.test_user_agents import CHROME_WINDOWS, HEADLESS
+from tests.shared.enrichment.agents import CHROME_WINDOWS, HEADLESS
 
 KEY = "wk_enrichment"
 SOURCE = "web"

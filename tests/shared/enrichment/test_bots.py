@@ -8,7 +8,7 @@ import pytest
 from crawlerdetect import CrawlerDetect
 
 from shared.enrichment.bots import CrawlerDetector, is_browser_traffic
-from tests.shared.enrichment.test_user_agents import (
+from tests.shared.enrichment.agents import (
     CHROME_ANDROID,
     CHROME_WINDOWS,
     HEADLESS,

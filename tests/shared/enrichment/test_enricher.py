@@ -15,7 +15,7 @@ from shared.enrichment import Enricher
 from shared.enrichment.enricher import NEW_AGENTS_PER_REQUEST
 from shared.settings import Settings
 from tests import geoip
-from tests.shared.enrichment.test_user_agents import CHROME_WINDOWS, HEADLESS
+from tests.shared.enrichment.agents import CHROME_WINDOWS, HEADLESS
 
 LONDON = ipaddress.ip_address(geoip.IN_LONDON)
 BROWSER = {"name": "analytics.js", "version": "npm:next-1.70.0"}
