@@ -2,7 +2,8 @@
 
 Events look like what Segment's SDKs send (analytics-python here): mostly `track` with a few
 properties and a `context`, some `identify` and `page`, each with its own `messageId` and
-`timestamp`, about 450 bytes of JSON each. Generation is seeded, so two runs send the same
+`timestamp`, about 450 bytes of JSON each; and, for enrichment's cost, events as analytics.js
+sends them from a browser (`browser_bodies`). Generation is seeded, so two runs send the same
 bytes. Bodies are built once, before a measurement, so the load generator only replays them.
 """
 
@@ -120,6 +121,92 @@ def single_bodies(variants: int = 256, seed: int = 1) -> Bodies:
     headers = {"Content-Type": "application/json", **auth_headers()}
     bodies = [_json.encode(event) for event in make_events(variants, rng)]
     return Bodies("/events", bodies, 1, headers)
+
+
+# analytics.js (analytics-next) in a desktop Chrome on Windows: its user agent string and the
+# client hints (`navigator.userAgentData`) it sends with it.
+BROWSER_USER_AGENT = (
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
+    "Chrome/124.0.0.0 Safari/537.36"
+)
+BROWSER_HINTS = {
+    "brands": [
+        {"brand": "Chromium", "version": "124"},
+        {"brand": "Google Chrome", "version": "124"},
+        {"brand": "Not-A.Brand", "version": "99"},
+    ],
+    "mobile": False,
+    "platform": "Windows",
+}
+BROWSER_LIBRARY = {"name": "analytics.js", "version": "npm:next-1.70.0"}
+
+
+def browser_events(count: int, rng: random.Random) -> list[dict]:
+    """`count` events as analytics.js sends them from one page of one visitor: `track` and
+    `page` with the page's context, the user agent and its client hints, no `context.ip` (a
+    browser does not know its address: the server sets it), `writeKey` and `_metadata`."""
+    now = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
+    anonymous_id = str(uuid.UUID(int=rng.getrandbits(128), version=4))
+    path = rng.choice(_PAGES)
+    out = []
+    for _ in range(count):
+        at = now - timedelta(milliseconds=rng.randrange(60_000))
+        event: dict = (
+            {
+                "type": "track",
+                "event": rng.choice(_EVENT_NAMES),
+                "properties": {"revenue": round(rng.uniform(1, 500), 2), "currency": "USD"},
+            }
+            if rng.random() < 0.8
+            else {"type": "page", "properties": {"path": path, "title": "Example"}}
+        )
+        timestamp = at.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        message_id = uuid.UUID(int=rng.getrandbits(128), version=4)
+        out.append(
+            {
+                **event,
+                "timestamp": timestamp,
+                "integrations": {},
+                "context": {
+                    "page": {
+                        "path": path,
+                        "referrer": "https://www.google.com/",
+                        "search": "",
+                        "title": "Example",
+                        "url": f"https://example.com{path}",
+                    },
+                    "userAgent": BROWSER_USER_AGENT,
+                    "userAgentData": BROWSER_HINTS,
+                    "locale": "en-GB",
+                    "library": BROWSER_LIBRARY,
+                    "timezone": "Europe/London",
+                },
+                "messageId": f"ajs-next-{int(at.timestamp() * 1000)}-{message_id}",
+                "anonymousId": anonymous_id,
+                "userId": None,
+                "writeKey": WRITE_KEY,
+                "sentAt": timestamp,
+                "_metadata": {"bundled": ["Segment.io"], "unbundled": [], "bundledIds": []},
+            }
+        )
+    return out
+
+
+def browser_bodies(size: int, variants: int = 16, seed: int = 1) -> Bodies:
+    """`variants` bodies as analytics.js posts them: `size` events batched to `/v1/b` (its
+    batching dispatcher), or one event to `/v1/t`; `text/plain` (no CORS preflight), the write
+    key in the body, as analytics.js sends it."""
+    rng = random.Random(seed * 1000 + size)
+    headers = {"Content-Type": "text/plain"}
+    if size == 1:
+        bodies = [_json.encode(browser_events(1, rng)[0]) for _ in range(variants)]
+        return Bodies("/v1/t", bodies, 1, headers)
+    sent_at = "2024-05-01T12:00:00.000Z"
+    bodies = [
+        _json.encode({"batch": browser_events(size, rng), "sentAt": sent_at, "writeKey": WRITE_KEY})
+        for _ in range(variants)
+    ]
+    return Bodies("/v1/b", bodies, size, headers)
 
 
 def with_probe(body: bytes, sequence: int) -> bytes:

@@ -325,6 +325,7 @@ def table(results: dict) -> str:
             " rounds taking turns",
         ]
         lines += [rate_limits_line(row) for row in results["rate_limits"]]
+    lines += enrichment_lines(results)
     lines += privacy_lines(results)
     checks = targets(results)
     if checks:
@@ -407,6 +408,46 @@ def rate_limits_line(row: dict) -> str:
         f" {row['redis_on_us']} vs {row['redis_off_us']} us; least of {row['rounds']} x"
         f" {row['requests']} requests)"
     )
+
+
+def enrichment_line(row: dict) -> str:
+    verdict = "met" if row["met"] else "NOT met"
+    return (
+        f"  {row['path']} {row['events_per_request']:>3} event(s), {row['clients']:>4}"
+        f" client(s): {row['on_us']} us per request with enrichment, {row['off_us']} without:"
+        f" {row['cost_us']:+} us ({row['cost_share']:+.1%}), {row['cost_us_per_event']:+} us per"
+        f" event; target {row['target']}: {verdict} (least of {row['rounds']} x"
+        f" {row['requests']} requests)"
+    )
+
+
+def enrichment_cold_start_line(cold: dict) -> str:
+    return (
+        f"  cold start (median of {cold['runs']} fresh processes): opening the database"
+        f" ({cold['database_mb']} MB) {cold['open_database_ms']:.2f} ms, its first lookup"
+        f" {cold['first_lookup_ms']:.3f} ms; the Enricher from Settings"
+        f" {cold['enricher_without_imports_s']:.2f} s, {cold['enricher_with_imports_s']:.2f} s"
+        f" with its imports ({cold['imports_s']:.2f} s)"
+    )
+
+
+def enrichment_lines(results: dict) -> list[str]:
+    """The `enrichment` phase's section (absent when the phase did not run)."""
+    enrichment = results.get("enrichment")
+    if not enrichment:
+        return []
+    database = enrichment["database"]
+    lines = [
+        "",
+        f"enrichment's cost (issue 26): in process, analytics.js's requests to the app with every"
+        f" enrichment on (a City database of {database['networks']:,} networks,"
+        f" IP_HANDLING=anonymize) beside off, rounds taking turns; one client (its location"
+        f" cached), or many (a lookup in the database at every request)",
+    ]
+    lines += [enrichment_line(row) for row in enrichment["rows"]]
+    if enrichment.get("cold_start"):
+        lines.append(enrichment_cold_start_line(enrichment["cold_start"]))
+    return lines
 
 
 def metrics_in_process_line(row: dict) -> str:

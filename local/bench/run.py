@@ -14,7 +14,9 @@ A full run takes every phase of `local/bench/phases/`, in this order:
 9. `metrics`: ingest with METRICS_ENABLED on and off, by server CPU per request;
 10. `cluster`: a Redis Cluster of 3 primaries, STREAM_SHARDS=1 beside 6;
 11. `rate-limits`: in process, the app without rate limits beside with them;
-12. `privacy`: a deletion's local scan and rewrite, NDJSON and Parquet.
+12. `enrichment`: in process, the app with every enrichment on (a City database of a million
+    networks, built once under the results folder) beside off, and its cold start;
+13. `privacy`: a deletion's local scan and rewrite, NDJSON and Parquet.
 
 `--phase` (repeatable, or comma-separated) runs only the phases named, in the order above,
 and starts only what they need (the stack's Redis, moto's S3 server); `--skip` leaves phases out.

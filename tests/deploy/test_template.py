@@ -27,6 +27,7 @@ from tests.deploy.conftest import (
     HTTP_METHODS,
     ROOT,
     TEMPLATE,
+    deployed,
     environment,
     props,
     routed,
@@ -228,6 +229,55 @@ def test_the_public_url_is_a_parameter_the_settings_accept(template: dict[str, A
     ]
     for url in invalid:
         assert not re.fullmatch(pattern, url), url
+
+
+LAYER = "arn:aws:lambda:eu-west-1:123456789012:layer:geolite2-city:3"
+
+
+def test_without_a_geoip_layer_ingest_has_no_layer_and_no_database(
+    template: dict[str, Any],
+) -> None:
+    assert template["Parameters"]["GeoIpLayerArn"]["Default"] == ""
+    ingest = deployed(template, template["Resources"]["IngestFunction"])
+
+    assert "Layers" not in ingest["Properties"]
+    assert "GEOIP_DATABASE" not in ingest["Properties"]["Environment"]["Variables"]
+
+
+def test_a_geoip_layer_is_attached_and_its_database_opened_from_opt(
+    template: dict[str, Any],
+) -> None:
+    """The layer's zip holds GeoLite2-City.mmdb at its root, and Lambda unpacks a layer under
+    /opt (docs/enrichment.md, docs/deploying-aws.md)."""
+    ingest = deployed(template, template["Resources"]["IngestFunction"], GeoIpLayerArn=LAYER)
+
+    assert ingest["Properties"]["Layers"] == [LAYER]
+    database = ingest["Properties"]["Environment"]["Variables"]["GEOIP_DATABASE"]
+    assert database == "/opt/GeoLite2-City.mmdb"
+    assert Settings.from_env({"GEOIP_DATABASE": database}).geoip_database == database
+    for page in ("enrichment.md", "deploying-aws.md"):
+        text = (ROOT / "docs" / page).read_text()
+        assert "GeoIpLayerArn" in text and database in text, page
+    # Only ingest enriches: no other function gets the layer or the database.
+    for name in serverless_functions(template):
+        if name != "IngestFunction":
+            other = deployed(template, template["Resources"][name], GeoIpLayerArn=LAYER)
+            assert "Layers" not in other["Properties"], name
+            assert "GEOIP_DATABASE" not in environment(template, name), name
+
+
+def test_the_geoip_layer_parameter_takes_layer_version_arns_only(
+    template: dict[str, Any],
+) -> None:
+    pattern = template["Parameters"]["GeoIpLayerArn"]["AllowedPattern"]
+    for value in ("", LAYER, "arn:aws-cn:lambda:cn-north-1:123456789012:layer:geo_ip-1:12"):
+        assert re.fullmatch(pattern, value), value
+    for value in (
+        "arn:aws:lambda:eu-west-1:123456789012:layer:geolite2-city",  # no version
+        "geolite2-city:3",
+        "arn:aws:lambda:eu-west-1:123456789012:function:geolite2-city:3",
+    ):
+        assert not re.fullmatch(pattern, value), value
 
 
 def test_ingest_waits_for_a_replica_by_default(template: dict[str, Any]) -> None:

@@ -27,6 +27,7 @@ PHASES = (
     "metrics",
     "cluster",
     "rate-limits",
+    "enrichment",
     "privacy",
 )
 
