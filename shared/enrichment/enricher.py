@@ -103,11 +103,39 @@ class Enricher:
                         kept.append(event)
                     continue
                 context = event["context"] = blank
-            if context is not previous:
+            if context is previous:
+                pass
+            elif self._like_the_last(context, memo):
+                # The common case of a batch: a context like the last one enriched (the same
+                # user agent and hints, nothing of the server's to replace, no client address,
+                # not a crawler's), so the same fields, set without asking again.
+                previous, bot = context, False
+                if ours is not None:
+                    context["ip"] = ours
+                if located is not None and "location" not in context:
+                    context["location"] = located
+                if memo[2] is not None:
+                    context["parsedUserAgent"] = memo[2]
+            else:
                 previous, bot = context, self._enrich_context(context, ours, located, memo, budget)
             if self.drop_bots and not bot:
                 kept.append(event)
         return kept
+
+    @staticmethod
+    def _like_the_last(context: dict[str, Any], memo: list[Any]) -> bool:
+        """Whether `context` would be enriched exactly as the last context was, by what the
+        cheapest checks can tell: its user agent and hints equal the last ones (whose crawler
+        verdict was no), and it holds no field that the slow path reads or replaces."""
+        return (
+            memo[0] is not None
+            and not memo[3]
+            and context.get("userAgent") == memo[0]
+            and "ip" not in context
+            and "parsedUserAgent" not in context
+            and "bot" not in context
+            and context.get("userAgentData") == memo[1]
+        )
 
     def _enrich_context(
         self,

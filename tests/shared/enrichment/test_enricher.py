@@ -231,3 +231,30 @@ def test_what_an_event_grows_by_is_within_max_added_bytes(city_database: Path) -
         before = msgspec.msgpack.encode(prepared(copy.deepcopy(raw)))
         after = msgspec.msgpack.encode(enricher.enrich(prepared(copy.deepcopy(raw)), LONDON, 9))
         assert 0 < len(after) - len(before) <= enricher.max_added_bytes
+
+
+def test_each_event_of_a_batch_is_enriched_as_it_would_be_alone(enricher: Enricher) -> None:
+    """Events like the one before take a shortcut (the same user agent and hints, nothing to
+    replace): whatever differs from one event to the next, each ends as it would alone."""
+    other_hints = {**HINTS, "platform": "macOS"}
+    googlebot = "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)"
+    contexts = [
+        {"userAgent": CHROME_WINDOWS, "userAgentData": HINTS, "library": BROWSER},
+        {"userAgent": CHROME_WINDOWS, "userAgentData": HINTS, "library": BROWSER},
+        {"userAgent": CHROME_WINDOWS, "userAgentData": other_hints, "library": BROWSER},
+        {"userAgent": CHROME_WINDOWS, "userAgentData": other_hints, "ip": "81.2.69.142"},
+        {"userAgent": CHROME_WINDOWS, "userAgentData": other_hints, "parsedUserAgent": "x"},
+        {"userAgent": CHROME_WINDOWS, "userAgentData": other_hints, "bot": False},
+        {"userAgent": CHROME_WINDOWS, "userAgentData": other_hints, "location": {"city": "X"}},
+        {"userAgent": CHROME_WINDOWS},
+        {"userAgent": googlebot, "library": BROWSER},
+        {"userAgent": googlebot, "library": {"name": "analytics-node"}},
+        {"userAgent": googlebot, "library": BROWSER},
+        {"userAgent": HEADLESS, "userAgentData": HINTS},
+        {"userAgent": HEADLESS},
+    ]
+    raw = [{"context": context} for context in contexts]
+    batch = enricher.enrich(prepared(*copy.deepcopy(raw)), LONDON, 10_000)
+    alone = [enricher.enrich(prepared(event), LONDON, 10_000)[0] for event in copy.deepcopy(raw)]
+    assert [event["context"] for event in batch] == [event["context"] for event in alone]
+    assert batch[9]["context"].get("bot") is None and batch[10]["context"]["bot"] is True
