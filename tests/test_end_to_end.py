@@ -197,7 +197,10 @@ def test_with_archive_format_parquet_every_posted_event_is_one_row(settings, htt
     assert sorted(rows.column("message_id").to_pylist()) == sorted(sent)
     for row in rows.to_pylist():
         # What ingest stored: the event as sent, stamped with receivedAt (and timestamp, which
-        # these events lack), read back from the row itself.
+        # these events lack), read back from the row itself, and enriched with the client's
+        # address, loopback's, anonymized (docs/enrichment.md).
         received_at = events.format_timestamp(row["received_at"])
-        stored = {**sent[row["message_id"]], "receivedAt": received_at, "timestamp": received_at}
+        event = sent[row["message_id"]]
+        context = {**event.get("context", {}), "ip": "127.0.0.0"}
+        stored = {**event, "receivedAt": received_at, "timestamp": received_at, "context": context}
         assert row == columns.to_rows([stored]).to_pylist()[0]
