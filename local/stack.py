@@ -49,6 +49,20 @@ ROOT = Path(__file__).resolve().parent.parent
 # EVENT_INGEST_DATA_DIR moves it (the tests run stacks of their own).
 DATA_DIR = Path(os.environ.get("EVENT_INGEST_DATA_DIR") or ROOT / ".data")
 ENV_FILE = DATA_DIR / "stack.env"
+# What the env file sets for a second terminal's commands (event-ingest, curl): the stack's own
+# settings, then the ingest URL and the development key; `make up`'s local/compose.env sets the
+# same names.
+ENV_FILE_SETTINGS = (
+    "REDIS_URL",
+    "STREAM_KEY",
+    "S3_ENDPOINT_URL",
+    "S3_BUCKET",
+    "S3_PREFIX",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_DEFAULT_REGION",
+)
+ENV_FILE_NAMES = (*ENV_FILE_SETTINGS, "INGEST_URL", "WRITE_KEY")
 PIDS_FILE = DATA_DIR / "stack.pids"  # what this run started, for the next one to find
 ARCHIVE_COPY = DATA_DIR / "s3"
 DEV_WRITE_KEY = "dev-write-key"
@@ -345,17 +359,7 @@ def _write_env_file(env: dict[str, str], settings: Settings) -> None:
         "S3_PREFIX": settings.s3_prefix,
         **env,
     }
-    names = (
-        "REDIS_URL",
-        "STREAM_KEY",
-        "S3_ENDPOINT_URL",
-        "S3_BUCKET",
-        "S3_PREFIX",
-        "AWS_ACCESS_KEY_ID",
-        "AWS_SECRET_ACCESS_KEY",
-        "AWS_DEFAULT_REGION",
-    )
-    lines = [f"export {name}={shlex.quote(env[name])}" for name in names if name in env]
+    lines = [f"export {name}={shlex.quote(env[name])}" for name in ENV_FILE_SETTINGS if name in env]
     lines.append(f"export INGEST_URL={shlex.quote('http://' + env['BIND'])}")
     if env.get("WRITE_KEYS") == DEV_DEFAULTS["WRITE_KEYS"]:
         lines.append(f"export WRITE_KEY={DEV_WRITE_KEY}")

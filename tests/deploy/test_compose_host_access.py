@@ -18,6 +18,7 @@ from urllib.parse import urlparse
 import pytest
 
 from functions.ingest.auth import write_keys_of
+from local.stack import ENV_FILE_NAMES
 from shared.settings import Settings
 from tests.deploy.compose_config import built_here, resolved_config
 from tests.deploy.conftest import ROOT
@@ -25,19 +26,8 @@ from tests.deploy.conftest import ROOT
 ENV_FILE = ROOT / "local" / "compose.env"
 PAGE = ROOT / "docs" / "containers.md"
 # What `.data/stack.env` sets (local/stack.py), so that the docs' commands read the same after
-# `make up` as after `make run`. INGEST_URL and WRITE_KEY are for curl; nothing else reads them.
-EXPECTED = {
-    "REDIS_URL",
-    "STREAM_KEY",
-    "S3_ENDPOINT_URL",
-    "S3_BUCKET",
-    "S3_PREFIX",
-    "AWS_ACCESS_KEY_ID",
-    "AWS_SECRET_ACCESS_KEY",
-    "AWS_DEFAULT_REGION",
-    "INGEST_URL",
-    "WRITE_KEY",
-}
+# `make up` as after `make run`.
+EXPECTED = set(ENV_FILE_NAMES)
 # Linux's default ip_local_port_range: where `make run`'s fallback ports and the tests' free
 # ports come from. A fixed port published for the host stays out of it.
 EPHEMERAL_PORTS = range(32768, 61000)
