@@ -1,0 +1,206 @@
+"""One event checked against a tracking plan: its violations, and what the plan does about them.
+
+Every schema is compiled once, when the plan is compiled (`compile_plan`); checking an event is
+then one dict lookup for its rule and a compiled `is_valid`, with the detailed errors walked only
+when the event is invalid.
+
+What is checked, by the event's `type`:
+
+- `track`: `properties` against the event name's schema; a name the plan does not list gives one
+  `Unplanned-Event` (and no other check of its properties).
+- `identify`, `group`: `traits` against the section's schema, when it has one.
+- `page`, `screen`, `alias`: no rule of their own (the plan has no section for them).
+- every type, `page`/`screen`/`alias` included: `context` against the section's `context`
+  schema, when it has one (the issue's "context every event must satisfy").
+
+A field that is absent is checked as `{}` (SDKs leave out empty properties); one that is present
+but not an object (a list, a string, `null`) is a `Datatype-Mismatch` on the field, never an
+exception.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal, NamedTuple
+
+import jsonschema_rs
+
+from shared.plans.model import DEFAULT_SOURCE, Plan, PlanError, Schema, load_plan
+
+UNPLANNED_EVENT = "Unplanned-Event"
+REQUIRED_MISSING = "Required-Missing"
+DATATYPE_MISMATCH = "Datatype-Mismatch"
+ADDITIONAL_PROPERTIES = "Additional-Properties"
+UNKNOWN_VIOLATION = "Unknown-Violation"
+
+Action = Literal["store", "tag", "quarantine", "block"]
+# Severity order: when several violations call for different actions, the most severe wins.
+_SEVERITY: dict[str, int] = {"store": 0, "allow": 0, "tag": 1, "quarantine": 2, "block": 3}
+_ACTIONS: tuple[Action, ...] = ("store", "tag", "quarantine", "block")
+
+# jsonschema-rs error kinds (ValidationErrorKind subclasses, by `kind.name`) to RudderStack's names.
+_KIND_TYPES = {
+    "required": REQUIRED_MISSING,
+    "type": DATATYPE_MISMATCH,
+    "additionalProperties": ADDITIONAL_PROPERTIES,
+}
+
+
+class Violation(NamedTuple):
+    """One way an event breaks its plan: RudderStack's `type`, the property path, one line."""
+
+    type: str
+    property: str
+    message: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"type": self.type, "property": self.property, "message": self.message}
+
+
+@dataclass(frozen=True)
+class _CompiledSource:
+    mode: str
+    unplanned: str
+    track: Mapping[str, Any]
+    identify: Any
+    group: Any
+    context: Any
+
+
+def _compile(schema: Schema, rule: str) -> Any:
+    # validator_for honours `$schema` (Segment's rules say draft-07) and takes 2020-12 otherwise;
+    # compiling also catches what the meta-schema does not (a pattern that is not a regex, a
+    # `$ref` that does not resolve).
+    try:
+        return jsonschema_rs.validator_for(schema)
+    except (jsonschema_rs.ValidationError, jsonschema_rs.ReferencingError, ValueError) as error:
+        first = (getattr(error, "message", None) or str(error)).strip().splitlines()
+        raise PlanError(f"{rule}: does not compile: {first[0] if first else error}") from None
+
+
+class CompiledPlan:
+    """A plan with every schema compiled: an event's `violations`, the `action` they call for."""
+
+    def __init__(self, plan: Plan) -> None:
+        self.plan = plan
+        self._sources: dict[str, _CompiledSource] = {}
+        for name, section in plan.sources.items():
+            rule = f"sources.{name}"
+            self._sources[name] = _CompiledSource(
+                mode=section.mode,
+                unplanned=section.unplanned,
+                track={
+                    event: _compile(schema, f"{rule}.track.{event}.properties")
+                    for event, schema in section.track.items()
+                },
+                identify=_optional(section.identify, f"{rule}.identify.traits"),
+                group=_optional(section.group, f"{rule}.group.traits"),
+                context=_optional(section.context, f"{rule}.context"),
+            )
+        self._default = self._sources.get(DEFAULT_SOURCE)
+
+    def _section(self, source: str | None) -> _CompiledSource | None:
+        section = self._sources.get(source) if source is not None else None
+        return section if section is not None else self._default
+
+    def violations(self, event: dict, source: str | None) -> list[Violation]:
+        """The event's violations of the plan of `source` (`default` if it has no section)."""
+        section = self._section(source)
+        if section is None:
+            return []
+        found: list[Violation] = []
+        kind = event.get("type")
+        if kind == "track":
+            name = event.get("event")
+            validator = section.track.get(name) if isinstance(name, str) else None
+            if validator is None:
+                found.append(
+                    Violation(UNPLANNED_EVENT, "event", f"{name!r} is not in the tracking plan")
+                )
+            else:
+                _check(validator, event, "properties", found)
+        elif kind == "identify" and section.identify is not None:
+            _check(section.identify, event, "traits", found)
+        elif kind == "group" and section.group is not None:
+            _check(section.group, event, "traits", found)
+        if section.context is not None:
+            _check(section.context, event, "context", found)
+        return found
+
+    def action(self, violations: list[Violation], source: str | None) -> Action:
+        """What to do with an event with these violations: the most severe action any calls for.
+
+        An `Unplanned-Event` calls for the section's `unplanned` (`allow` is `store`), every other
+        violation for its `mode`. So `unplanned: allow` lets an unplanned event through untouched
+        only when nothing else is wrong with it: with a `context` violation too, `mode` applies.
+        """
+        section = self._section(source)
+        if section is None or not violations:
+            return "store"
+        worst = 0
+        for violation in violations:
+            wanted = section.unplanned if violation.type == UNPLANNED_EVENT else section.mode
+            worst = max(worst, _SEVERITY[wanted])
+        return _ACTIONS[worst]
+
+
+def _optional(schema: Schema | None, rule: str) -> Any:
+    return None if schema is None else _compile(schema, rule)
+
+
+def _check(validator: Any, event: dict, field: str, found: list[Violation]) -> None:
+    value = event.get(field, _ABSENT)
+    if value is _ABSENT:
+        value = {}
+    elif not isinstance(value, dict):
+        found.append(
+            Violation(DATATYPE_MISMATCH, field, f"{field} is {_json_type(value)}, not an object")
+        )
+        return
+    if validator.is_valid(value):
+        return
+    for error in validator.iter_errors(value):
+        found.extend(_violations_of(error, field))
+
+
+_ABSENT = object()
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    return type(value).__name__
+
+
+def _violations_of(error: jsonschema_rs.ValidationError, field: str) -> list[Violation]:
+    path = ".".join([field, *(str(part) for part in error.instance_path)])
+    kind = error.kind
+    name = kind.name
+    message = error.message.strip().splitlines()[0] if error.message.strip() else name
+    if name == "required":
+        return [Violation(REQUIRED_MISSING, f"{path}.{kind.property}", message)]
+    if name == "additionalProperties":
+        return [
+            Violation(ADDITIONAL_PROPERTIES, f"{path}.{unexpected}", message)
+            for unexpected in kind.unexpected
+        ]
+    return [Violation(_KIND_TYPES.get(name, UNKNOWN_VIOLATION), path, message)]
+
+
+def compile_plan(plan: Plan) -> CompiledPlan:
+    """Every schema of `plan` compiled; PlanError naming the rule of one that does not compile."""
+    return CompiledPlan(plan)
+
+
+def load_compiled(text: str) -> CompiledPlan:
+    """A plan's YAML or JSON text, loaded, checked and compiled."""
+    return compile_plan(load_plan(text))
