@@ -41,6 +41,13 @@ _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(list[dict[str, Any]])
 
 
+def packed(value: Any) -> msgspec.Raw:
+    """`value` encoded once, for events that all hold it: an entry's encoding copies these
+    bytes instead of walking the object again (enrichment's location and parsed user agent,
+    the same for every event of a request). Decoded, it is `value` again."""
+    return msgspec.Raw(_encoder.encode(value))
+
+
 class UndecodableEntry(ValueError):
     """A stream entry that this version cannot turn back into events."""
 

@@ -16,7 +16,11 @@ is cached across requests (user agents repeat: a batch comes from one browser), 
 the lookups of client-sent addresses. A context shared by events (the batch's own, which
 `events.prepare` puts as such into every event that has none of its own) is enriched once:
 its enrichment depends only on what it holds and on the request, so it is the same for all.
-Per event, what remains is a few dictionary operations.
+Per event, what remains is comparing its user agent and hints with the last ones (the deep
+comparison of the hints is most of it) and setting three keys. `location` and
+`parsedUserAgent` are set packed (`codec.packed`), as the events of a request share them: the
+entry's encoding copies their bytes rather than walking them again for every event. So what
+`enrich` returns is for `codec.encode_entry`; decoded, the values are the objects again.
 
 Only ingest imports this package: the consumer's and the compactor's bundles do not ship its
 libraries (tests/shared/test_layers.py).
@@ -29,6 +33,7 @@ from typing import Any
 
 import msgspec
 
+from shared.codec import packed
 from shared.enrichment import addresses, bots, geo, user_agents
 from shared.settings import Settings
 
@@ -83,15 +88,20 @@ class Enricher:
         """Enrich `events` (validated and stamped: each `context`, where present, is a dict) in
         place, for a request from `address` (an ipaddress address, or None when unknown) whose
         body had `body_bytes` (decompressed); the events to store: all of them, or without the
-        bots under DROP_BOTS."""
+        bots under DROP_BOTS. They are ready to encode: `location` and `parsedUserAgent` are
+        packed, so whatever reads events as sent (a tracking plan) reads them before."""
         ours = addresses.stored_form(address, self.ip_handling)
-        located = self.geo.locate(address) if self.geo is not None and address else None
-        kept = [] if self.drop_bots else events
+        located = self.geo.located(address) if self.geo is not None and address else None
+        drop_bots = self.drop_bots
+        kept = [] if drop_bots else events
         previous: Any = None
         bot = False
         blank: dict[str, Any] | None = None
         memo: list[Any] = [None, None, None, False]
         budget = [NEW_AGENTS_PER_REQUEST + body_bytes // BODY_BYTES_PER_NEW_AGENT]
+        # The last context enriched by the slow path, as locals: what the next one is compared
+        # with (its user agent and hints; None: nothing to compare with, or a crawler's).
+        last_agent = last_hints = last_parsed = None
         for event in events:
             context = event.get("context")
             if context is None:
@@ -99,43 +109,37 @@ class Enricher:
                     blank = {}
                     self._enrich_context(blank, ours, located, memo, budget)
                 if not blank:
-                    if self.drop_bots:
+                    if drop_bots:
                         kept.append(event)
                     continue
                 context = event["context"] = blank
             if context is previous:
                 pass
-            elif self._like_the_last(context, memo):
+            elif (
                 # The common case of a batch: a context like the last one enriched (the same
-                # user agent and hints, nothing of the server's to replace, no client address,
-                # not a crawler's), so the same fields, set without asking again.
+                # user agent and hints, nothing of the server's to replace, no client address),
+                # so the same fields, set without asking again. Cheapest checks first.
+                last_agent is not None
+                and context.get("userAgent") == last_agent
+                and "ip" not in context
+                and "parsedUserAgent" not in context
+                and "bot" not in context
+                and context.get("userAgentData") == last_hints
+            ):
                 previous, bot = context, False
                 if ours is not None:
                     context["ip"] = ours
                 if located is not None and "location" not in context:
                     context["location"] = located
-                if memo[2] is not None:
-                    context["parsedUserAgent"] = memo[2]
+                if last_parsed is not None:
+                    context["parsedUserAgent"] = last_parsed
             else:
                 previous, bot = context, self._enrich_context(context, ours, located, memo, budget)
-            if self.drop_bots and not bot:
+                last_agent = None if memo[3] else memo[0]
+                last_hints, last_parsed = memo[1], memo[2]
+            if drop_bots and not bot:
                 kept.append(event)
         return kept
-
-    @staticmethod
-    def _like_the_last(context: dict[str, Any], memo: list[Any]) -> bool:
-        """Whether `context` would be enriched exactly as the last context was, by what the
-        cheapest checks can tell: its user agent and hints equal the last ones (whose crawler
-        verdict was no), and it holds no field that the slow path reads or replaces."""
-        return (
-            memo[0] is not None
-            and not memo[3]
-            and context.get("userAgent") == memo[0]
-            and "ip" not in context
-            and "parsedUserAgent" not in context
-            and "bot" not in context
-            and context.get("userAgentData") == memo[1]
-        )
 
     def _enrich_context(
         self,
@@ -155,7 +159,7 @@ class Enricher:
             else:  # the field is a string
                 stored, address, counts = None, None, True
             if counts:  # the event's own address: its own location
-                located = self.geo.locate(address) if self.geo is not None and address else None
+                located = self.geo.located(address) if self.geo is not None and address else None
             else:
                 stored = ours  # a placeholder: as if none was sent
             if stored is None:
@@ -189,7 +193,7 @@ class Enricher:
 
     def _agent_with(
         self, user_agent: str, hints: Any, budget: list[int]
-    ) -> tuple[dict[str, str] | None, bool]:
+    ) -> tuple[msgspec.Raw | None, bool]:
         """`parsedUserAgent` and the crawler verdict, from the caches, or parsed if `budget`
         (the request's count of parses left) allows; else nothing."""
         if len(user_agent) > user_agents.MAX_USER_AGENT_CHARS:  # absurd: not worth a parse
@@ -202,7 +206,7 @@ class Enricher:
                 budget[0] -= 1
                 parsed, _ = self._parser.parse(user_agent)
                 found = self._agents.put(
-                    user_agent, (parsed, self._crawlers.is_crawler(user_agent))
+                    user_agent, (_packed(parsed), self._crawlers.is_crawler(user_agent))
                 )
             parsed, crawler = found
         if type(hints) is dict:
@@ -213,7 +217,7 @@ class Enricher:
                     if budget[0] <= 0:
                         return None, False
                     budget[0] -= 1
-                    hinted = self._hinted.put(key, self._hinted_of(user_agent, hints))
+                    hinted = self._hinted.put(key, _packed(self._hinted_of(user_agent, hints)))
                 parsed = hinted
         return parsed, crawler
 
@@ -224,6 +228,10 @@ class Enricher:
             else (None, None)
         )
         return user_agents.with_hints(parsed, family, hints)
+
+
+def _packed(value: dict[str, Any] | None) -> msgspec.Raw | None:
+    return None if value is None else packed(value)
 
 
 class _Lru:

@@ -13,6 +13,10 @@ def capped(value: object) -> str | None:
     """`value` if it is a non-empty string, cut to MAX_TEXT_BYTES (at a character boundary)."""
     if not isinstance(value, str) or not value:
         return None
+    # Short enough whatever it holds (UTF-8 takes at most 4 bytes a character), or ASCII (which
+    # `isascii` knows without reading the string): no need to encode it to count its bytes.
+    if len(value) <= MAX_TEXT_BYTES // 4 or (len(value) <= MAX_TEXT_BYTES and value.isascii()):
+        return value
     encoded = value.encode("utf-8", "replace")
     if len(encoded) <= MAX_TEXT_BYTES:
         return value

@@ -15,6 +15,7 @@ from shared.codec import (
     UnencodableEvents,
     decode_entry,
     encode_entry,
+    packed,
 )
 
 SAMPLE = [
@@ -57,6 +58,16 @@ def test_round_trip_of_json_values(value: Any) -> None:
     decoded = decode_entry(encode_entry(events))
     assert decoded == events
     assert type(decoded[0]["value"]) is type(value)
+
+
+def test_a_packed_value_is_stored_as_the_value_itself() -> None:
+    location = {"country": "Sweden", "latitude": 58.4, "city": "Linköping"}
+    shared = packed(location)
+    events = [{"type": "track", "context": {"location": shared}} for _ in range(3)]
+    assert encode_entry(events) == encode_entry(
+        [{"type": "track", "context": {"location": dict(location)}} for _ in range(3)]
+    )
+    assert decode_entry(encode_entry(events))[2]["context"]["location"] == location
 
 
 def test_floats_round_trip_exactly() -> None:

@@ -10,6 +10,7 @@ from typing import Any
 import msgspec
 import pytest
 
+from shared import codec
 from shared import events as events_module
 from shared.enrichment import Enricher
 from shared.enrichment.enricher import NEW_AGENTS_PER_REQUEST
@@ -41,8 +42,15 @@ def prepared(*raw: dict[str, Any], context: dict | None = None) -> list[dict[str
     return events_module.prepare(batch, "2024-05-01T12:00:00.000Z", envelope)
 
 
+def stored(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Events as consumers read them: the enricher packs what events share (codec.packed)."""
+    return codec.decode_entry(codec.encode_entry(events))
+
+
 def test_an_event_gets_ip_location_parsed_user_agent(enricher: Enricher) -> None:
-    [event] = enricher.enrich(prepared({"context": {"userAgent": CHROME_WINDOWS}}), LONDON, 100)
+    [event] = stored(
+        enricher.enrich(prepared({"context": {"userAgent": CHROME_WINDOWS}}), LONDON, 100)
+    )
     assert event["context"] == {
         "userAgent": CHROME_WINDOWS,
         "ip": "81.2.69.0",
@@ -54,7 +62,7 @@ def test_an_event_gets_ip_location_parsed_user_agent(enricher: Enricher) -> None
 
 
 def test_an_event_without_context_gets_one(enricher: Enricher) -> None:
-    [event] = enricher.enrich(prepared({}), LONDON, 100)
+    [event] = stored(enricher.enrich(prepared({}), LONDON, 100))
     assert event["context"] == {"ip": "81.2.69.0", "location": geoip.LONDON.location()}
     [event] = Enricher(Settings(ip_handling="none")).enrich(prepared({}), LONDON, 100)
     assert "context" not in event
@@ -69,8 +77,8 @@ def test_a_client_s_ip_is_cut_and_located_and_its_location_kept(enricher: Enrich
         {"context": {"ip": 81}},
         {"context": {"location": None}},
     ]
-    stored = [e["context"] for e in enricher.enrich(prepared(*sent), LONDON, 1000)]
-    assert stored == [
+    contexts = [e["context"] for e in stored(enricher.enrich(prepared(*sent), LONDON, 1000))]
+    assert contexts == [
         {"ip": "2a02:ec80:1234::", "location": geoip.BERLIN.location()},
         {"ip": "89.160.20.0", "location": {"city": "Home"}},
         {"ip": "81.2.69.0", "location": geoip.LONDON.location()},
@@ -88,7 +96,9 @@ def test_ip_handling_full_and_none(
     city_database: Path, handling: str, ours: str | None, clients: str | None
 ) -> None:
     enricher = Enricher(Settings(ip_handling=handling, geoip_database=str(city_database)))
-    mine, theirs = enricher.enrich(prepared({}, {"context": {"ip": geoip.IN_BERLIN}}), LONDON, 100)
+    mine, theirs = stored(
+        enricher.enrich(prepared({}, {"context": {"ip": geoip.IN_BERLIN}}), LONDON, 100)
+    )
     coarse = handling != "full"
     assert mine["context"].get("ip") == ours
     assert mine["context"]["location"] == geoip.LONDON.location(coarse=coarse)
@@ -140,14 +150,14 @@ def test_bad_user_agents_are_stored_without_that_enrichment(enricher, context) -
 
 def test_hints_of_the_wrong_shape_leave_the_string_s_parse(enricher: Enricher) -> None:
     context = {"userAgentData": [1, 2], "userAgent": HEADLESS}
-    [event] = enricher.enrich(prepared({"context": context}), LONDON, 500)
+    [event] = stored(enricher.enrich(prepared({"context": context}), LONDON, 500))
     assert event["context"]["parsedUserAgent"]["browser"] == "HeadlessChrome"
     assert "bot" not in event["context"]  # no browser SDK, no hints: not browser traffic
 
 
 def test_client_hints_are_preferred(enricher: Enricher) -> None:
     context = {"userAgent": CHROME_WINDOWS, "userAgentData": HINTS, "library": BROWSER}
-    [event] = enricher.enrich(prepared({"context": context}), LONDON, 500)
+    [event] = stored(enricher.enrich(prepared({"context": context}), LONDON, 500))
     assert event["context"]["parsedUserAgent"] == {
         "browser": "Chrome", "browserVersion": "120", "os": "Windows",
     }  # fmt: skip
@@ -155,10 +165,12 @@ def test_client_hints_are_preferred(enricher: Enricher) -> None:
 
 def test_parsed_user_agent_and_bot_are_the_server_s(enricher: Enricher) -> None:
     sent = {"parsedUserAgent": {"browser": "Mine"}, "bot": False}
-    a, b = enricher.enrich(
-        prepared({"context": sent}, {"context": {**sent, "userAgent": CHROME_WINDOWS}}),
-        LONDON,
-        500,
+    a, b = stored(
+        enricher.enrich(
+            prepared({"context": sent}, {"context": {**sent, "userAgent": CHROME_WINDOWS}}),
+            LONDON,
+            500,
+        )
     )
     assert "parsedUserAgent" not in a["context"] and "bot" not in a["context"]
     assert b["context"]["parsedUserAgent"]["browser"] == "Chrome" and "bot" not in b["context"]
@@ -199,6 +211,7 @@ def test_a_shared_batch_context_is_enriched_once_and_alike(enricher: Enricher) -
     batch = prepared({}, {"context": {"ip": geoip.IN_BERLIN}}, {}, context=batch_context)
     first, own, last = enricher.enrich(batch, LONDON, 1000)
     assert first["context"] is last["context"]  # as prepare leaves it: one dict, stored twice
+    first, own, last = stored([first, own, last])
     assert first["context"]["ip"] == "81.2.69.0"
     assert own["context"]["ip"] == "2a02:ec80:1234::"  # its own merged copy, its own address
     assert own["context"]["location"] == geoip.BERLIN.location()

@@ -5,8 +5,12 @@ from __future__ import annotations
 import ipaddress
 from pathlib import Path
 
+import msgspec
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
+from shared.enrichment import geo
 from shared.enrichment.geo import MAX_LOCATION_BYTES, GeoDatabase, location_of
 from shared.enrichment.text import MAX_TEXT_BYTES
 from shared.settings import ConfigError
@@ -49,6 +53,33 @@ def test_coordinates_are_rounded_to_a_tenth_of_a_degree_unless_ips_are_kept_in_f
 )
 def test_an_address_absent_or_private_has_no_location(city_database: Path, address: str) -> None:
     assert locate(GeoDatabase(str(city_database), True), address) is None
+
+
+def test_located_is_the_location_packed_and_cached(city_database: Path) -> None:
+    database = GeoDatabase(str(city_database), True)
+    address = ipaddress.ip_address(geoip.IN_LONDON)
+    assert database.located(address) is database.located(address)
+    assert msgspec.msgpack.decode(database.located(address)) == geoip.LONDON.location()
+    assert database.located(ipaddress.ip_address("10.1.2.3")) is None
+
+
+def test_the_quick_global_check_agrees_with_ipaddress_on_every_ipv4_16_and_ipv6_prefix() -> None:
+    """The shortcut says "global" only where `is_global` does: checked at the first, a middle
+    and the last address of every IPv4 /16 and IPv6 /16 it claims."""
+    for octet in geo._GLOBAL_IPV4_OCTETS:
+        for second in range(256):
+            for low in (0, 0x7F01, 0xFFFF):
+                address = ipaddress.IPv4Address((octet << 24) | (second << 16) | low)
+                assert address.is_global, address
+    for prefix in geo._GLOBAL_IPV6_PREFIXES:
+        for low in (0, 1 << 100, (1 << 112) - 1):
+            address = ipaddress.IPv6Address((prefix << 112) | low)
+            assert address.is_global, address
+
+
+@given(st.ip_addresses())
+def test_the_quick_global_check_is_is_global(address: geo.Address) -> None:
+    assert geo.is_global(address) is address.is_global
 
 
 def test_a_missing_or_unreadable_database_fails_with_one_line_naming_the_path(
