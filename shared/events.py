@@ -88,6 +88,9 @@ class Problem:
 class InvalidRequest(Exception):
     """The request is rejected as a whole; nothing of it may enter the stream."""
 
+    # The answer's error code (a subclass may be more precise).
+    code = "invalid_request"
+
     def __init__(self, problems: list[Problem]) -> None:
         # Only the reported problems: a batch of 8,192 bad events has 57,000 of them.
         shown = "; ".join(

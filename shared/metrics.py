@@ -99,6 +99,22 @@ BOT_EVENTS_DROPPED = Counter(
     ["route"],
 )
 
+# TRACKING_PLAN (functions/ingest/tracking_plan.py). Labels are bounded: the source names of
+# the write keys, the event names the plan lists (any other track event is `unplanned`, any
+# other type its type), RudderStack's violation types.
+PLAN_VIOLATIONS = Counter(
+    f"{PREFIX}tracking_plan_violations_total",
+    "Violations of the tracking plan found in events, by source, event and violation type "
+    "(Unplanned-Event, Required-Missing, Datatype-Mismatch, Additional-Properties, "
+    "Unknown-Violation); at most 5 an event.",
+    ["source", "event", "type"],
+)
+# Blocked on Segment's paths: answered 2xx (its SDKs would drop or retry a 400), never stored.
+EVENTS_BLOCKED = Counter(
+    f"{PREFIX}events_blocked_total",
+    "Events answered 2xx but not stored: the tracking plan blocks them.",
+    ["route"],
+)
 
 # --- the consumer function -------------------------------------------------------------------
 

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
 from redis.credentials import CredentialProvider
+
+from shared.reloaded import Reloaded
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,7 @@ def fetch_from_secrets_manager(secret_id: str) -> str:
     return answer["SecretString"]
 
 
-class CachedSecret:
+class CachedSecret(Reloaded):
     """One secret's value, as `parse` makes it of the secret's string, re-read when older than
     `max_age_s`. The first read raises what fetching or parsing raises; a later one that fails
     either way (a value rotated to garbage, say) keeps the value in use, with a warning."""
@@ -72,39 +73,10 @@ class CachedSecret:
         clock: Callable[[], float] = time.monotonic,
         parse: Callable[[str], Any] = str,
     ) -> None:
+        super().__init__(
+            secret_id, max_age_s, fetch, parse, clock, "secret", (SecretError, ValueError)
+        )
         self.secret_id = secret_id
-        self.max_age_s = max_age_s
-        self._fetch = fetch
-        self._clock = clock
-        self._parse = parse
-        self._lock = threading.Lock()
-        self._value: Any = None
-        self._read_at = 0.0
-
-    def value(self) -> Any:
-        if self._value is None:
-            with self._lock:  # the first read: everyone waits for it, its errors propagate
-                if self._value is None:
-                    self._value = self._parse(self._fetch(self.secret_id))
-                    self._read_at = self._clock()
-            return self._value
-        if self._stale() and self._lock.acquire(blocking=False):
-            try:  # one thread refreshes; the others go on with the current value meanwhile
-                if self._stale():
-                    self._refresh()
-            finally:
-                self._lock.release()
-        return self._value
-
-    def _stale(self) -> bool:
-        return self._clock() - self._read_at >= self.max_age_s
-
-    def _refresh(self) -> None:
-        self._read_at = self._clock()  # failed or not: the next try waits max_age_s
-        try:
-            self._value = self._parse(self._fetch(self.secret_id))
-        except (SecretError, ValueError) as exc:  # messages never quote the value
-            log.warning("secret %s: %s; keeping the value in use", self.secret_id, exc)
 
 
 _cache: dict[str, CachedSecret] = {}

@@ -300,6 +300,12 @@ class Settings:
     geoip_database: str | None = _var("GEOIP_DATABASE", None, _optional_text)
     # Events flagged `context.bot` are answered as accepted but not stored.
     drop_bots: bool = _var("DROP_BOTS", False, _flag)
+    # Ingest only (shared/plans/). The tracking plan, a YAML or JSON file or an s3://bucket/key
+    # object: events checked against it are tagged or blocked by its rules. Unreadable or
+    # invalid at start, ingest does not start; re-read every TRACKING_PLAN_RELOAD_S seconds (a
+    # new plan that cannot be used is refused with a warning, the old one stays).
+    tracking_plan: str | None = _var("TRACKING_PLAN", None, _optional_text)
+    tracking_plan_reload_s: float = _var("TRACKING_PLAN_RELOAD_S", 60.0, _positive_float)
     # Ingest only. Token buckets in Redis, counted in events (0: no limit), 10 s of burst each
     # (functions/ingest/rate_limits.py). Per source: a browser source's key is public, and this
     # bounds what anyone holding it (from however many addresses) takes from the others ...

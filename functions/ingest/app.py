@@ -7,10 +7,11 @@ apig-wsgi for API Gateway (REST, HTTP API v1/v2) and ALB events.
 Two dialects, one path: the native API (`/batch`, `/events`, answering `202 {"accepted": N}`)
 and Segment's tracking API (`/v1/*`, answering `200 {"success": true}` as its SDKs expect).
 Every request goes through the same steps: authenticate, read the body, decode, validate and
-stamp, enrich (shared/enrichment/), encode, one XADD. It is answered only once all its events
-are in the stream as one entry, and a rejected request adds nothing. Events of suppressed
-subjects, and bots under DROP_BOTS, are answered alike and left out of the entry
-(functions/ingest/suppression.py, shared/enrichment/).
+stamp, check against the tracking plan (functions/ingest/tracking_plan.py), enrich
+(shared/enrichment/), encode, one XADD. It is answered only once all its events are in the
+stream as one entry, and a rejected request adds nothing. Events of suppressed subjects, bots
+under DROP_BOTS and events a plan blocks on Segment's paths are answered alike and left out of
+the entry (functions/ingest/suppression.py, shared/enrichment/).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from functions.ingest.sdk_settings import (
     rudderstack_source_config,
 )
 from functions.ingest.suppression import Suppression
+from functions.ingest.tracking_plan import TrackingPlan
 from shared import codec, events, logs, metrics
 from shared.enrichment import Enricher
 from shared.settings import Settings
@@ -107,6 +109,8 @@ class Ingest:
         # The client's address, location, user agent and bot flag (docs/enrichment.md): a
         # missing or unreadable GEOIP_DATABASE stops the start here.
         self.enricher = Enricher(settings)
+        # TRACKING_PLAN (docs/tracking-plans.md): unreadable or invalid, the start stops here.
+        self.tracking_plan = TrackingPlan(settings)
 
     @property
     def stream(self) -> EventStream | ShardedStream:
@@ -162,14 +166,20 @@ class Ingest:
             envelope,
             max_event_bytes=max_event if len(body) > max_event else None,
         )
+        # Suppression first: a suppressed subject's events are neither checked nor refused.
+        unsuppressed = self.suppression.kept(prepared)
+        planned = self.tracking_plan.checked(unsuppressed, source, refuse_blocked=not segment)
         kept = self.enricher.enrich(prepared, address, len(body))  # no bots under DROP_BOTS
-        if len(kept) < len(prepared):
-            g.bots_dropped = len(prepared) - len(kept)
         max_stored = events.max_stored_bytes(
-            len(body), len(prepared), source, self.enricher.max_added_bytes
+            len(body),
+            len(prepared),
+            source,
+            self.enricher.max_added_bytes + self.tracking_plan.max_added_bytes,
         )
         entry = self._encode(prepared, max_stored)  # refused alike, suppressed, bots or not
-        stored = self.suppression.kept(kept)
+        stored = _all_of(kept, planned) if planned is not prepared else kept
+        if len(stored) < len(planned):  # bots among what was neither suppressed nor blocked
+            g.bots_dropped = len(planned) - len(stored)
         if not stored:  # answered as if stored
             return len(prepared)
         if len(stored) < len(prepared):
@@ -207,6 +217,12 @@ class Ingest:
         if too_large or len(entry[b"d"]) > max_stored:
             raise RequestEntityTooLarge("the events grow too large once stamped; send fewer")
         return entry
+
+
+def _all_of(kept: list[dict[str, Any]], planned: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The events of `kept` that are also in `planned` (both subsets of one request's)."""
+    storing = {id(event) for event in planned}
+    return [event for event in kept if id(event) in storing]
 
 
 def create_app(settings: Settings | None = None) -> Flask:
@@ -371,7 +387,7 @@ def _cacheable(response: Response, shared: bool) -> Response:
 def _register_error_handlers(app: Flask) -> None:
     @app.errorhandler(events.InvalidRequest)
     def invalid(exc: events.InvalidRequest) -> Response:
-        return error_response(400, "invalid_request", exc.summary(), **exc.details())
+        return error_response(400, exc.code, exc.summary(), **exc.details())
 
     # For these 503s nothing was accepted; the client keeps the events and retries.
     refusals = _Throttled(

@@ -3,9 +3,9 @@ has the names and the exposition) and, at LOG_LEVEL=debug, an access line.
 
 The request path marks what it learned on `flask.g` (`Ingest` sets `ingesting`, `events`,
 `source` and `body_bytes`; `error_response` sets `error`, a 429 also `rate_limited`; the
-suppression filter `suppressed`, DROP_BOTS `bots_dropped`); the hook below turns that into
-counts and the access line once the request is answered, so the request path itself stays
-free of metric and log calls.
+suppression filter `suppressed`, DROP_BOTS `bots_dropped`, the tracking plan `violations` and
+`blocked`); the hook below turns that into counts and the access line once the request is
+answered, so the request path itself stays free of metric and log calls.
 """
 
 from __future__ import annotations
@@ -77,13 +77,18 @@ def _count(route: str, status: int, duration_s: float) -> None:
         return
     events = g.get("events", 0)
     _child(metrics.BODY_BYTES, route).inc(g.get("body_bytes", 0))
+    for labels in g.get("violations", ()):  # (source, event, type): refused requests' too
+        _child(metrics.PLAN_VIOLATIONS, *labels).inc()
     if 200 <= status < 300:
         suppressed, bots = g.get("suppressed", 0), g.get("bots_dropped", 0)
-        _child(metrics.EVENTS_ACCEPTED, route).inc(events - suppressed - bots)
+        blocked = g.get("blocked", 0)
+        _child(metrics.EVENTS_ACCEPTED, route).inc(events - suppressed - bots - blocked)
         if suppressed:
             _child(metrics.EVENTS_SUPPRESSED, route).inc(suppressed)
         if bots:
             _child(metrics.BOT_EVENTS_DROPPED, route).inc(bots)
+        if blocked:
+            _child(metrics.EVENTS_BLOCKED, route).inc(blocked)
         return
     reason = g.get("error", "internal")
     _child(metrics.REQUESTS_REFUSED, reason).inc()

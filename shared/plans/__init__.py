@@ -1,2 +1,3 @@
 """Tracking plans: the plan as a model (`model`), Segment's Public API export read into it
-(`segment`), and the validation of one event against it (`validation`)."""
+(`segment`), the validation of one event against it (`validation`), and where the
+deployment's plan is read from and re-read (`source`)."""

@@ -47,6 +47,21 @@ _KIND_TYPES = {
 }
 
 
+# Bounds on what one event's violations hold (the tag, `context.violations`, is stored with the
+# event: its size must be a constant ingest can count, events.max_stored_bytes): at most this
+# many violations, paths and messages cut to these many UTF-8 bytes (a message may quote the
+# value, which the client chose).
+MAX_VIOLATIONS = 5
+MAX_PROPERTY_BYTES = 96
+MAX_MESSAGE_BYTES = 120
+# The most MsgPack bytes `context.violations` adds to an event: its key (11) and array header
+# (1); per violation a map header (1), "type" (5) and the longest type (1 + 21), "property" (9)
+# and "message" (8), each text with a 2-byte header.
+MAX_TAG_BYTES = 12 + MAX_VIOLATIONS * (
+    1 + 5 + 22 + 9 + 2 + MAX_PROPERTY_BYTES + 8 + 2 + MAX_MESSAGE_BYTES
+)
+
+
 class Violation(NamedTuple):
     """One way an event breaks its plan: RudderStack's `type`, the property path, one line."""
 
@@ -116,7 +131,11 @@ class CompiledPlan:
             validator = section.track.get(name) if isinstance(name, str) else None
             if validator is None:
                 found.append(
-                    Violation(UNPLANNED_EVENT, "event", f"{name!r} is not in the tracking plan")
+                    Violation(
+                        UNPLANNED_EVENT,
+                        "event",
+                        _cut(f"{name!r} is not in the tracking plan", MAX_MESSAGE_BYTES),
+                    )
                 )
             else:
                 _check(validator, event, "properties", found)
@@ -124,9 +143,20 @@ class CompiledPlan:
             _check(section.identify, event, "traits", found)
         elif kind == "group" and section.group is not None:
             _check(section.group, event, "traits", found)
-        if section.context is not None:
+        if section.context is not None and len(found) < MAX_VIOLATIONS:
             _check(section.context, event, "context", found)
-        return found
+        return found[:MAX_VIOLATIONS]
+
+    def event_label(self, event: dict, source: str | None) -> str:
+        """The event's name as the metrics count it, from a bounded set: a track event's name
+        if the plan of `source` lists it, else `unplanned`; any other event's type."""
+        kind = event.get("type")
+        if kind != "track":
+            return str(kind)
+        section = self._section(source)
+        name = event.get("event")
+        planned = section is not None and isinstance(name, str) and name in section.track
+        return name if planned else "unplanned"
 
     def action(self, violations: list[Violation], source: str | None) -> Action:
         """What to do with an event with these violations: the most severe action any calls for.
@@ -160,8 +190,12 @@ def _check(validator: Any, event: dict, field: str, found: list[Violation]) -> N
         return
     if validator.is_valid(value):
         return
+    # Errors are produced as they are asked for: an event with thousands of bad properties
+    # costs no more than MAX_VIOLATIONS of them.
     for error in validator.iter_errors(value):
         found.extend(_violations_of(error, field))
+        if len(found) >= MAX_VIOLATIONS:
+            return
 
 
 _ABSENT = object()
@@ -185,15 +219,24 @@ def _violations_of(error: jsonschema_rs.ValidationError, field: str) -> list[Vio
     path = ".".join([field, *(str(part) for part in error.instance_path)])
     kind = error.kind
     name = kind.name
-    message = error.message.strip().splitlines()[0] if error.message.strip() else name
+    text = error.message.strip()
+    message = _cut(text.splitlines()[0] if text else name, MAX_MESSAGE_BYTES)
     if name == "required":
-        return [Violation(REQUIRED_MISSING, f"{path}.{kind.property}", message)]
+        return [Violation(REQUIRED_MISSING, _cut(f"{path}.{kind.property}"), message)]
     if name == "additionalProperties":
         return [
-            Violation(ADDITIONAL_PROPERTIES, f"{path}.{unexpected}", message)
-            for unexpected in kind.unexpected
+            Violation(ADDITIONAL_PROPERTIES, _cut(f"{path}.{unexpected}"), message)
+            for unexpected in kind.unexpected[:MAX_VIOLATIONS]
         ]
-    return [Violation(_KIND_TYPES.get(name, UNKNOWN_VIOLATION), path, message)]
+    return [Violation(_KIND_TYPES.get(name, UNKNOWN_VIOLATION), _cut(path), message)]
+
+
+def _cut(text: str, limit: int = MAX_PROPERTY_BYTES) -> str:
+    """`text` in at most `limit` UTF-8 bytes, cut at a character boundary, marked by "…"."""
+    encoded = text.encode("utf-8", "replace")
+    if len(encoded) <= limit:
+        return text
+    return encoded[: limit - 3].decode("utf-8", "ignore") + "…"
 
 
 def compile_plan(plan: Plan) -> CompiledPlan:

@@ -1,0 +1,88 @@
+"""The tracking plan at ingest (TRACKING_PLAN, shared/plans/): each event a request stores is
+checked against the plan of its source, and its violations act as the plan says:
+
+- `tag`: the event is stored with `context.violations` (at most MAX_VIOLATIONS of them, each
+  `{type, property, message}`), in a context of its own (a batch's shared context is copied);
+- `block`: the event is not stored. On Segment's paths the request is still answered as
+  accepted (an SDK can do nothing with a 400 but drop the batch, or retry it forever); on the
+  native `/batch` and `/events` the answer is 400 `tracking_plan_violation` listing the
+  violations, and nothing of the request is stored, as with any invalid request.
+
+Suppressed events are never checked: suppression comes first (functions/ingest/app.py), so a
+suppressed subject's blocked event is answered 2xx and stored nowhere. The plan checks events
+as the client sent them (stamped, before enrichment adds the server's fields to `context`).
+
+For the metrics (functions/ingest/instrumentation.py), `flask.g` gets `violations`, a list of
+(source, event, violation type) labels, and `blocked`, the count of events not stored.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import g
+
+from shared import events
+from shared.plans.source import reloading_plan
+from shared.plans.validation import MAX_TAG_BYTES, Violation
+from shared.settings import Settings
+
+
+class Blocked(events.InvalidRequest):
+    """A native request holding an event the plan blocks: refused whole, with its violations."""
+
+    code = "tracking_plan_violation"
+
+
+class TrackingPlan:
+    """The plan one ingest process applies to each request's events (none without
+    TRACKING_PLAN). Unreadable or invalid at start: ConfigError, and ingest does not start."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._plan = reloading_plan(settings)
+        # What tagging adds to an event at most (events.max_stored_bytes counts it).
+        self.max_added_bytes = 0 if self._plan is None else MAX_TAG_BYTES
+
+    def checked(
+        self, prepared: list[dict[str, Any]], source: str | None, refuse_blocked: bool
+    ) -> list[dict[str, Any]]:
+        """The events of `prepared` to store, violators tagged in place; `Blocked` if
+        `refuse_blocked` (the native paths) and the plan blocks any of them."""
+        if self._plan is None:
+            return prepared
+        plan = self._plan.value()
+        kept: list[dict[str, Any]] = []
+        blocked: list[events.Problem] = []
+        labels: list[tuple[str, str, str]] = []
+        source_label = source or "default"
+        for index, event in enumerate(prepared):
+            found = plan.violations(event, source)
+            if not found:
+                kept.append(event)
+                continue
+            name = plan.event_label(event, source)
+            labels.extend((source_label, name, violation.type) for violation in found)
+            action = plan.action(found, source)
+            if action == "block":
+                blocked.extend(_problem(index, violation) for violation in found)
+                continue
+            if action != "store":
+                _tag(event, found)
+            kept.append(event)
+        g.violations = labels
+        if blocked and refuse_blocked:
+            raise Blocked(blocked)
+        g.blocked = len(prepared) - len(kept)
+        return kept if len(kept) < len(prepared) else prepared
+
+
+def _tag(event: dict[str, Any], found: list[Violation]) -> None:
+    # A context of its own: the batch's context may be shared by the events that had none.
+    context = event.get("context")
+    tagged = dict(context) if isinstance(context, dict) else {}
+    tagged["violations"] = [violation.as_dict() for violation in found]
+    event["context"] = tagged
+
+
+def _problem(index: int, violation: Violation) -> events.Problem:
+    return events.Problem(index, violation.property, f"{violation.type}: {violation.message}")
