@@ -49,7 +49,8 @@ test: $(VENV)/.installed lint
 # for its 6.2): CI runs them on Redis 6.2 after `make test` ran everything on Debian's 7.x.
 REDIS_TESTS := tests/shared/test_stream.py tests/shared/test_status.py tests/shared/test_replay.py \
 	tests/shared/test_shards.py \
-	tests/shared/test_compaction.py tests/shared/archive/privacy tests/functions \
+	tests/shared/test_compaction.py tests/shared/test_compaction_kills.py \
+	tests/shared/test_compaction_release.py tests/shared/archive/privacy tests/functions \
 	tests/faults tests/local/test_redis_server.py tests/test_end_to_end.py
 test-redis: $(VENV)/.installed
 	$(PYTEST) $(REDIS_TESTS)

@@ -16,7 +16,9 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
+from functions.cli import main
 from local import stack
 from local.stack import stop_process
 from shared.archive import ObjectStore
@@ -52,11 +54,20 @@ def post(url: str, events: list[dict]) -> None:
         assert answer.status == 202
 
 
-def query(settings, sql: str) -> list[dict]:
+def query(settings, sql: str, console_script: bool = False) -> list[dict]:
+    """`event-ingest query --format json`: with `console_script`, the installed script in a
+    process of its own; else the same click command in this process (CliRunner, the settings
+    as its environment), which saves a Python start and the query's imports, about 1 s of
+    each query's 1.4 s. The raw counts go through the script, the other answers in-process."""
+    args = ["query", "--format", "json", sql]
+    if not console_script:
+        result = CliRunner().invoke(main, args, env=settings_env(settings))
+        assert result.exit_code == 0, (result.output, result.exception)
+        return json.loads(result.stdout)
     script = shutil.which("event-ingest", path=str(Path(sys.executable).parent))
     assert script, "the event-ingest console script is not installed"
     done = subprocess.run(
-        [script, "query", "--format", "json", sql],
+        [script, *args],
         env=settings_env(settings),
         capture_output=True,
         text=True,
@@ -110,7 +121,7 @@ def test_queries_count_each_event_once_before_and_after_compaction(
         {(u,): n for u, n in expected_by_user.items()},
         120,
     )
-    assert query(settings, raw) == [{"n": 150}]
+    assert query(settings, raw, console_script=True) == [{"n": 150}]
 
     # Compaction, an hour later (the hour the events landed in is then closed).
     store = ObjectStore.from_settings(settings)
@@ -118,7 +129,7 @@ def test_queries_count_each_event_once_before_and_after_compaction(
     summary = compactor.run()
     assert [hour.error for hour in summary.hours] == [None] * len(summary.hours)
     assert answers() == before
-    assert query(settings, raw) == [{"n": 120}]  # the stored copies are now exact too
+    assert query(settings, raw, console_script=True) == [{"n": 120}]  # now exact too
     keys = archived_keys(http_s3, settings.s3_bucket, settings.s3_prefix)
     archived = [k for k in keys if "/dt=" in k]
     assert archived and all(k.startswith(settings.s3_prefix + COMPACTED_ROOT) for k in archived)

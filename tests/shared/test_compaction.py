@@ -2,16 +2,14 @@
 
 Inputs are written by the real writers (`tests.archives`: gzip NDJSON through `Buffer` and
 `ObjectStore`, Parquet through `columns.to_rows`), with duplicates across objects, hours and
-days. `view` is what `event-ingest query` answers (each `source` and `message_id` once: the
-earliest `received_at`, then the first object in key order, then the first row), computed here in
-Python so these tests do not need DuckDB, as the compactor does not.
+days. `view` (tests/shared/compacting.py) is what `event-ingest query` answers. Compaction
+killed at each change is tested in test_compaction_kills.py and test_compaction_release.py.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import io
-import itertools
 import json
 import signal
 import subprocess
@@ -29,92 +27,30 @@ import pytest
 import redis
 
 from shared import shards, status
-from shared.archive import ObjectStore, columns, compaction, naming, partitions, reading
-from shared.archive.compaction import Compactor, dedup, plan, steps
+from shared.archive import ObjectStore, columns, compaction, naming, partitions
+from shared.archive.compaction import dedup, plan, steps
 from shared.archive.naming import ROOTS, Part, compacted_part
 from shared.archive.partitions import HourRange, hour_label
 from shared.settings import ConfigError, Settings
 from tests import archives
-from tests.archives import Client, Crash, ev
+from tests.archives import Client, ev
 from tests.conftest import settings_env
 from tests.fresh_process import in_a_fresh_process
-
-NOW = datetime(2024, 3, 7, tzinfo=UTC)
-HOURS = ["2024-03-04T23", "2024-03-05T13", "2024-03-05T14", "2024-03-05T15", "2024-03-06T00"]
-
-
-def at(label: str) -> datetime:
-    return datetime.strptime(label, "%Y-%m-%dT%H").replace(tzinfo=UTC)
-
-
-def make(settings: Settings, s3: Any, client: Any = None, now=NOW, **options: Any) -> Compactor:
-    return archives.compactor(settings, client or s3, now, **options)
-
-
-def store_of(s3: Any, settings: Settings) -> ObjectStore:
-    return ObjectStore(s3, settings.s3_bucket)
-
-
-def objects(s3: Any, settings: Settings) -> dict[str, bytes]:
-    return archives.objects(s3, settings.s3_bucket)
-
-
-def listed(s3: Any, settings: Settings) -> list[reading.ArchivedObject]:
-    """Every archived object, raw and compacted, of every root, in key order."""
-    found = set()
-    for root in ROOTS:
-        prefix = settings.s3_prefix + root
-        found.update(reading.list_objects(ObjectStore(s3, settings.s3_bucket), prefix, HourRange()))
-    return sorted(found)
-
-
-def rows(s3: Any, settings: Settings) -> list[dict[str, Any]]:
-    """Every archived row, in key order, with its object's key, hour and place in it."""
-    found = []
-    for item in listed(s3, settings):
-        for place, row in enumerate(
-            reading.read_object(ObjectStore(s3, settings.s3_bucket), item).to_pylist()
-        ):
-            hour = f"{item.dt.isoformat()}T{item.hour:02d}"
-            found.append({**row, "_key": item.key, "_hour": hour, "_place": place})
-    return found
-
-
-def essence(row: dict[str, Any]) -> tuple:
-    """What a query shows of a row: its columns and partition (not which object held it)."""
-    return (row["_hour"], *(row[name] for name in columns.SCHEMA.names))
-
-
-def view(s3: Any, settings: Settings) -> Counter:
-    """What `event-ingest query` answers over the whole archive, as a multiset of rows."""
-    first: dict[tuple, tuple] = {}
-    unkeyed = []
-    for row in rows(s3, settings):
-        if row["message_id"] is None:
-            unkeyed.append(essence(row))
-            continue
-        key = (row["source"], row["message_id"])
-        rank = (row["received_at"], row["_key"], row["_place"])
-        if key not in first or rank < first[key][0]:
-            first[key] = (rank, essence(row))
-    return Counter([e for _, e in first.values()] + unkeyed)
-
-
-def stored(s3: Any, settings: Settings) -> Counter:
-    """Every stored row, duplicates included."""
-    return Counter(essence(row) for row in rows(s3, settings))
-
-
-def archive_keys(s3: Any, settings: Settings) -> list[str]:
-    return [item.key for item in listed(s3, settings)]
-
-
-def assert_fully_compacted(s3: Any, settings: Settings, expected: Counter) -> None:
-    """Each event stored once, as the query chose it; only compacted objects; no staging."""
-    assert stored(s3, settings) == expected
-    keys = list(objects(s3, settings))
-    assert keys == archive_keys(s3, settings), "staging or stray objects left"
-    assert all(compacted_part(key) for key in keys), keys
+from tests.shared.compacting import (
+    HOURS,
+    NOW,
+    SMALL,
+    archive_keys,
+    assert_fully_compacted,
+    at,
+    listed,
+    make,
+    objects,
+    rows,
+    store_of,
+    view,
+    write_busy_hours,
+)
 
 
 @pytest.fixture
@@ -379,45 +315,6 @@ def test_the_dedup_window(s3: Any, settings: Settings, store: ObjectStore) -> No
 
 # --- big hours: parts and steps -----------------------------------------------------------------
 
-# Small enough that the busy hours below need several parts and split steps.
-SMALL = {"object_bytes": 2500, "step_bytes": 3000}
-
-
-def write_busy_hours(store: ObjectStore, prefix: str) -> None:
-    """Hour 13: 8 objects of 30 events over 120 IDs (many copies, at times equal to the
-    minute), from two sources that share IDs; hour 14: copies of some of them (a retry across
-    the boundary), new ones, and anonymous ones (no source) with the same IDs."""
-    entry = itertools.count(1)
-    for obj in range(8):
-        events = [
-            ev(
-                f"m{(obj * 23 + i * 7) % 120}",
-                f"13:{(obj * 7 + i) % 60:02d}",
-                "e",
-                f"u{i % 5}",
-                properties={"o": obj, "i": i},
-                source="backend" if obj == 4 else "web",
-            )
-            for i in range(30)
-        ]
-        write = archives.write_parquet if obj % 3 == 0 else archives.write_ndjson
-        write(store, prefix, [(f"{next(entry):03d}-0".encode(), events)])
-    for obj in range(3):
-        events = [
-            ev(
-                f"{'m' if i % 2 else 'n'}{obj * 10 + i}",
-                f"14:{i:02d}",
-                "e",
-                "u",
-                properties={"o": obj},
-            )
-            for i in range(20)
-        ]
-        if obj == 2:
-            for event in events:
-                del event["source"]  # anonymous mode
-        archives.write_ndjson(store, prefix, [(f"{next(entry):03d}-0".encode(), events)])
-
 
 class Steps:
     """A budget that lets `steps` steps start, then runs out."""
@@ -491,180 +388,7 @@ def test_a_survey_lists_each_root_once(s3: Any, settings: Settings, store: Objec
     assert all(prefix.count("parquet/") <= 1 for prefix, _ in calls.lists)
 
 
-# --- killed at any step -----------------------------------------------------------------------
-
-
-def prepare_direct(s3: Any, settings: Settings) -> dict[str, Any]:
-    archives.write_archive(store_of(s3, settings), settings.s3_prefix, "mixed")
-    return {}
-
-
-def prepare_parts(s3: Any, settings: Settings) -> dict[str, Any]:
-    write_busy_hours(store_of(s3, settings), settings.s3_prefix)
-    return {"object_bytes": 8000, "step_bytes": 8000}  # hour 13: 4 parts, 4 split steps
-
-
-def prepare_late(s3: Any, settings: Settings) -> dict[str, Any]:
-    """A compacted archive, then late objects: one in hour 13 with an earlier copy of an event
-    compacted in hour 14 (which must drop its own), and one in hour 15."""
-    store = store_of(s3, settings)
-    archives.write_archive(store, settings.s3_prefix, "mixed")
-    make(settings, s3).run()
-    archives.write_ndjson(
-        store,
-        settings.s3_prefix,
-        [
-            (
-                b"1709650000000-1",
-                [
-                    ev("m5", "13:59", "Order Completed", "u2", properties={"late": 1}),
-                    ev("m11", "13:58", "Signed Up", "u6"),
-                ],
-            )
-        ],
-    )
-    archives.write_parquet(
-        store,
-        settings.s3_prefix,
-        [
-            (
-                b"1709650000000-2",
-                [
-                    ev("m6", "15:20", "Order Completed", "u1", properties={"late": 1}),
-                    ev("m12", "15:21", "Signed Up", "u6"),
-                ],
-            )
-        ],
-    )
-    return {}
-
-
-SCENARIOS = {"one part": prepare_direct, "parts": prepare_parts, "late objects": prepare_late}
-
-
-def snapshot(s3: Any, settings: Settings) -> dict[str, tuple[bytes, str]]:
-    found = {}
-    for key in objects(s3, settings):
-        answer = s3.get_object(Bucket=settings.s3_bucket, Key=key)
-        found[key] = (answer["Body"].read(), answer["ContentType"])
-    return found
-
-
-def restore(s3: Any, settings: Settings, snapped: dict[str, tuple[bytes, str]]) -> None:
-    for key, (body, content_type) in snapped.items():
-        s3.put_object(Bucket=settings.s3_bucket, Key=key, Body=body, ContentType=content_type)
-
-
-# "one part" is left out: "late objects" compacts its hours again, through the same steps.
-@pytest.mark.parametrize("scenario", ["parts", "late objects"])
-def test_a_rerun_after_a_kill_at_any_change_gives_the_same_archive(
-    s3: Any, settings: Settings, scenario: str
-) -> None:
-    options = SCENARIOS[scenario](s3, settings)
-    prepared = snapshot(s3, settings)
-    expected = view(s3, settings)
-    make(settings, s3, **options).run()
-    assert_fully_compacted(s3, settings, expected)
-    compacted = objects(s3, settings)
-
-    for die_at in itertools.count():
-        attempt = archives.fresh_bucket(s3, settings)
-        restore(s3, attempt, prepared)
-        try:
-            make(attempt, s3, Client(s3, die_at=die_at), **options).run()
-        except Crash:
-            pass
-        else:
-            break  # it made every change before dying: every step has been killed once
-        summary = make(attempt, s3, **options).run()
-
-        assert {h.state for h in summary.hours} <= {"compacted", "unchanged"}, summary
-        assert objects(s3, attempt) == compacted, f"killed before change {die_at}"
-    assert die_at > 10
-
-
-def test_a_plan_the_release_before_the_derived_columns_began_ends_right_in_this_one(
-    s3: Any, settings: Settings
-) -> None:
-    """A deploy while an hour is being compacted: the release before issue 26 (its Parquet
-    and spills without the derived columns, nothing derived) killed at each change, then this
-    release resumes its plan: it reads the older spills and objects (with the columns derived
-    from `context`), and ends with each event once, as the query chose it. A merge killed
-    between storing its object and its marker leaves an older object that this release's redo
-    does not overwrite (its bytes, so its name, differ): two objects then claim one part, and
-    the next run merges them (`plan.needs_work`), so nothing is lost or kept twice."""
-    options = prepare_parts(s3, settings)
-    with archives.release_before_derived_columns():  # ingest enriched, the consumer was older
-        archives.write_parquet(
-            store_of(s3, settings),
-            settings.s3_prefix,
-            [
-                (
-                    b"900-0",
-                    [
-                        archives.enriched(
-                            ev(f"m{n}", "13:30", "e", "u9"), "France", "FR", bot=n == 3
-                        )
-                        for n in range(1, 6)
-                    ],
-                )
-            ],
-        )
-    prepared = snapshot(s3, settings)
-    expected = view(s3, settings)
-    assert any(row[columns.SCHEMA.names.index("country") + 1] == "France" for row in expected)
-    runs_after = Counter()
-    for die_at in itertools.count():
-        attempt = archives.fresh_bucket(s3, settings)
-        restore(s3, attempt, prepared)
-        try:
-            with archives.release_before_derived_columns():
-                make(attempt, s3, Client(s3, die_at=die_at), **options).run()
-        except Crash:
-            pass
-        else:
-            break
-        working = 0  # the runs of this release that compacted something
-        while True:
-            summary = make(attempt, s3, **options).run()
-            assert not summary.failures(), summary
-            if not summary.count("compacted"):
-                break
-            working += 1
-            assert working <= 2
-        runs_after[working] += 1
-        assert_fully_compacted(s3, attempt, expected)
-    assert die_at > 10
-    assert runs_after[2] > 0, "no kill left an older merge's object beside its redo"
-
-
-def keyed(answer: Counter) -> Counter:
-    return Counter({row: n for row, n in answer.items() if row[1] is not None})
-
-
-@pytest.mark.parametrize("scenario", SCENARIOS)
-def test_a_query_at_any_moment_sees_each_event_once(
-    s3: Any, settings: Settings, scenario: str
-) -> None:
-    options = SCENARIOS[scenario](s3, settings)
-    expected = view(s3, settings)
-    seen = []
-
-    def query() -> None:
-        seen.append(view(s3, settings))
-
-    make(settings, s3, Client(s3, after_change=query), **options).run()
-
-    assert len(seen) > 10
-    for moment, answer in enumerate(seen):
-        assert keyed(answer) == keyed(expected), f"after change {moment}"
-        # A row without a message_id cannot be told from its copy: between storing the
-        # compacted object and removing its inputs, a query counts it twice (ingest always
-        # gives events one, so only rows written by other means can lack it).
-        unkeyed = answer - keyed(answer)
-        assert set(unkeyed) == set(expected - keyed(expected))
-        assert max(unkeyed.values(), default=1) <= 2
-    assert_fully_compacted(s3, settings, expected)
+# --- determinism ------------------------------------------------------------------------------
 
 
 def test_deterministic_names_and_bytes(s3: Any, settings: Settings) -> None:
