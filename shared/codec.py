@@ -5,13 +5,18 @@ An entry is a Redis Stream field map:
     v  format version (b"1")
     n  number of events, as decimal text (lets tools count without unpacking)
     d  the events, a MsgPack array of maps
+    q  optional: the positions in `d` of the events a tracking plan quarantines, as decimal
+       text separated by commas (b"0,3"); the consumer stores them under `quarantine/`
 
 The version lets the format evolve: a reader refuses versions it does not know instead of
-misreading them.
+misreading them. A field it does not know it ignores: a consumer older than `q` stores the
+quarantined events with the others (tagged with their violations), which is why consumers are
+deployed first (docs/upgrading.md).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import msgspec
@@ -60,12 +65,34 @@ class UnencodableEvents(ValueError):
         self.indexes = indexes
 
 
-def encode_entry(events: list[dict[str, Any]]) -> dict[bytes, bytes]:
+def encode_entry(
+    events: list[dict[str, Any]], quarantined: Iterable[int] = ()
+) -> dict[bytes, bytes]:
+    """The entry of `events`, the positions `quarantined` marked as such."""
     try:
         packed = _encoder.encode(events)
     except OverflowError:
         raise UnencodableEvents(_unencodable_indexes(events)) from None
-    return {b"v": FORMAT_VERSION, b"n": b"%d" % len(events), b"d": packed}
+    entry = {b"v": FORMAT_VERSION, b"n": b"%d" % len(events), b"d": packed}
+    marked = b",".join(b"%d" % index for index in sorted(set(quarantined)))
+    if marked:
+        entry[b"q"] = marked
+    return entry
+
+
+def quarantined_of(fields: dict[bytes, bytes], count: int) -> frozenset[int]:
+    """The positions of an entry's quarantined events (none without `q`); UndecodableEntry for
+    a `q` that is not positions among its `count` events."""
+    marked = fields.get(b"q")
+    if not marked:
+        return frozenset()
+    try:
+        positions = frozenset(int(part) for part in marked.split(b","))
+    except ValueError:
+        raise UndecodableEntry("its quarantine mark is not a list of positions") from None
+    if not all(0 <= position < count for position in positions):
+        raise UndecodableEntry("its quarantine mark names events it does not hold")
+    return positions
 
 
 def _unencodable_indexes(events: list[dict[str, Any]]) -> list[int]:

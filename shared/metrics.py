@@ -115,6 +115,12 @@ EVENTS_BLOCKED = Counter(
     "Events answered 2xx but not stored: the tracking plan blocks them.",
     ["route"],
 )
+EVENTS_QUARANTINED = Counter(
+    f"{PREFIX}events_quarantined_total",
+    "Events in the stream marked for the quarantine (stored under quarantine/, never with the "
+    "other events): the tracking plan quarantines them.",
+    ["route"],
+)
 
 # --- the consumer function -------------------------------------------------------------------
 

@@ -35,6 +35,7 @@ import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
 
 from functions.consumer.privacy import PrivacyFilter
 from functions.consumer.recovery import Recovery
@@ -191,13 +192,17 @@ class _Run:
                 if not fields:
                     raise codec.UndecodableEntry("entry data is gone from the stream")
                 decoded = codec.decode_entry(fields)
-                kept = self.privacy.kept(decoded)
+                marked = codec.quarantined_of(fields, len(decoded))
+                events, quarantined = _apart(decoded, marked)
+                kept = self.privacy.kept(events)
+                kept_apart = self.privacy.kept(quarantined) if quarantined else quarantined
                 # An entry left with no event is still acknowledged with this flush.
-                self.buffer.add(entry_id, kept)
+                self.buffer.add(entry_id, kept, kept_apart)
             except (codec.UndecodableEntry, UnarchivableEvent) as exc:
                 self.dead_letter(entry_id, fields, str(exc))
                 continue
-            self.summary.events_dropped_privacy += len(decoded) - len(kept)
+            dropped = len(decoded) - len(kept) - len(kept_apart)
+            self.summary.events_dropped_privacy += dropped
             if size_hint_reached(self.buffer, self.settings):
                 self.flush(in_background=True)
 
@@ -273,3 +278,13 @@ class _Run:
         finally:
             metrics.FLUSH_DURATION.observe(time.monotonic() - started)
             self.counters.sync()
+
+
+def _apart(
+    events: list[dict[str, Any]], quarantined: frozenset[int]
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """An entry's events for the archive, and those for the quarantine (`codec`'s `q`)."""
+    if not quarantined:
+        return events, []
+    archived = [event for index, event in enumerate(events) if index not in quarantined]
+    return archived, [events[index] for index in sorted(quarantined)]

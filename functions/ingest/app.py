@@ -40,7 +40,7 @@ from functions.ingest.sdk_settings import (
     rudderstack_source_config,
 )
 from functions.ingest.suppression import Suppression
-from functions.ingest.tracking_plan import TrackingPlan
+from functions.ingest.tracking_plan import TrackingPlan, positions
 from shared import codec, events, logs, metrics
 from shared.enrichment import Enricher
 from shared.settings import Settings
@@ -168,7 +168,9 @@ class Ingest:
         )
         # Suppression first: a suppressed subject's events are neither checked nor refused.
         unsuppressed = self.suppression.kept(prepared)
-        planned = self.tracking_plan.checked(unsuppressed, source, refuse_blocked=not segment)
+        planned, quarantined = self.tracking_plan.checked(
+            unsuppressed, source, refuse_blocked=not segment
+        )
         kept = self.enricher.enrich(prepared, address, len(body))  # no bots under DROP_BOTS
         max_stored = events.max_stored_bytes(
             len(body),
@@ -176,14 +178,17 @@ class Ingest:
             source,
             self.enricher.max_added_bytes + self.tracking_plan.max_added_bytes,
         )
-        entry = self._encode(prepared, max_stored)  # refused alike, suppressed, bots or not
+        # Refused alike, suppressed, bots or not.
+        entry = self._encode(prepared, max_stored, positions(prepared, quarantined))
         stored = _all_of(kept, planned) if planned is not prepared else kept
         if len(stored) < len(planned):  # bots among what was neither suppressed nor blocked
             g.bots_dropped = len(planned) - len(stored)
         if not stored:  # answered as if stored
             return len(prepared)
         if len(stored) < len(prepared):
-            entry = self._encode(stored, max_stored)
+            entry = self._encode(stored, max_stored, positions(stored, quarantined))
+        if quarantined:
+            g.quarantined = len(positions(stored, quarantined))
         buckets = self.rate_limits.buckets(source, address)
         try:
             self.stream.add(entry, cost=len(stored), buckets=buckets)
@@ -202,11 +207,14 @@ class Ingest:
                 raise Unauthorized("a valid write key is required (HTTP Basic user name)") from None
             raise
 
-    def _encode(self, prepared: list[dict[str, Any]], max_stored: int) -> dict[bytes, bytes]:
-        """The stream entry of `prepared`, which may hold at most `max_stored` bytes of events
-        (what `events.check_stored_size` guarantees) and never more than readers expect."""
+    def _encode(
+        self, prepared: list[dict[str, Any]], max_stored: int, quarantined: list[int]
+    ) -> dict[bytes, bytes]:
+        """The stream entry of `prepared` (`quarantined`: the positions marked so), which may
+        hold at most `max_stored` bytes of events (what `events.check_stored_size` guarantees)
+        and never more than readers expect."""
         try:
-            entry = codec.encode_entry(prepared)
+            entry = codec.encode_entry(prepared, quarantined)
         except codec.UnencodableEvents as exc:
             message = "holds an integer outside the 64-bit range"
             problems = [events.Problem(i, "", message) for i in exc.indexes]

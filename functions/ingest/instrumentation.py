@@ -3,9 +3,9 @@ has the names and the exposition) and, at LOG_LEVEL=debug, an access line.
 
 The request path marks what it learned on `flask.g` (`Ingest` sets `ingesting`, `events`,
 `source` and `body_bytes`; `error_response` sets `error`, a 429 also `rate_limited`; the
-suppression filter `suppressed`, DROP_BOTS `bots_dropped`, the tracking plan `violations` and
-`blocked`); the hook below turns that into counts and the access line once the request is
-answered, so the request path itself stays free of metric and log calls.
+suppression filter `suppressed`, DROP_BOTS `bots_dropped`, the tracking plan `violations`,
+`blocked` and `quarantined`); the hook below turns that into counts and the access line once
+the request is answered, so the request path itself stays free of metric and log calls.
 """
 
 from __future__ import annotations
@@ -89,6 +89,8 @@ def _count(route: str, status: int, duration_s: float) -> None:
             _child(metrics.BOT_EVENTS_DROPPED, route).inc(bots)
         if blocked:
             _child(metrics.EVENTS_BLOCKED, route).inc(blocked)
+        if quarantined := g.get("quarantined", 0):
+            _child(metrics.EVENTS_QUARANTINED, route).inc(quarantined)
         return
     reason = g.get("error", "internal")
     _child(metrics.REQUESTS_REFUSED, reason).inc()

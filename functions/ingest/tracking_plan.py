@@ -3,6 +3,9 @@ checked against the plan of its source, and its violations act as the plan says:
 
 - `tag`: the event is stored with `context.violations` (at most MAX_VIOLATIONS of them, each
   `{type, property, message}`), in a context of its own (a batch's shared context is copied);
+- `quarantine`: the event is tagged alike and stored under a root of its own (`quarantine/`),
+  never with the other events: the stream entry marks it (`codec`'s `q` field), and the
+  consumer stores it there;
 - `block`: the event is not stored. On Segment's paths the request is still answered as
   accepted (an SDK can do nothing with a 400 but drop the batch, or retry it forever); on the
   native `/batch` and `/events` the answer is 400 `tracking_plan_violation` listing the
@@ -13,7 +16,8 @@ suppressed subject's blocked event is answered 2xx and stored nowhere. The plan 
 as the client sent them (stamped, before enrichment adds the server's fields to `context`).
 
 For the metrics (functions/ingest/instrumentation.py), `flask.g` gets `violations`, a list of
-(source, event, violation type) labels, and `blocked`, the count of events not stored.
+(source, event, violation type) labels, `blocked`, the count of events not stored, and
+`quarantined`.
 """
 
 from __future__ import annotations
@@ -45,13 +49,15 @@ class TrackingPlan:
 
     def checked(
         self, prepared: list[dict[str, Any]], source: str | None, refuse_blocked: bool
-    ) -> list[dict[str, Any]]:
-        """The events of `prepared` to store, violators tagged in place; `Blocked` if
-        `refuse_blocked` (the native paths) and the plan blocks any of them."""
+    ) -> tuple[list[dict[str, Any]], set[int]]:
+        """The events of `prepared` to store, violators tagged in place, and the `id()`s of
+        those to quarantine; `Blocked` if `refuse_blocked` (the native paths) and the plan
+        blocks any of them."""
         if self._plan is None:
-            return prepared
+            return prepared, _NONE
         plan = self._plan.value()
         kept: list[dict[str, Any]] = []
+        quarantined: set[int] = set()
         blocked: list[events.Problem] = []
         labels: list[tuple[str, str, str]] = []
         source_label = source or "default"
@@ -68,12 +74,24 @@ class TrackingPlan:
                 continue
             if action != "store":
                 _tag(event, found)
+            if action == "quarantine":
+                quarantined.add(id(event))
             kept.append(event)
         g.violations = labels
         if blocked and refuse_blocked:
             raise Blocked(blocked)
         g.blocked = len(prepared) - len(kept)
-        return kept if len(kept) < len(prepared) else prepared
+        return (kept if len(kept) < len(prepared) else prepared), quarantined
+
+
+_NONE: set[int] = set()
+
+
+def positions(stored: list[dict[str, Any]], quarantined: set[int]) -> list[int]:
+    """Where in `stored` the events to quarantine are (the entry's mark)."""
+    if not quarantined:
+        return []
+    return [index for index, event in enumerate(stored) if id(event) in quarantined]
 
 
 def _tag(event: dict[str, Any], found: list[Violation]) -> None:

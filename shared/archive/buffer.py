@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from shared.archive.formats import Format, named
-from shared.archive.naming import RAW_ROOTS, object_key
+from shared.archive.naming import QUARANTINE_ROOT, RAW_ROOTS, object_key
 from shared.archive.partitions import partition_path
 from shared.settings import Settings
 
@@ -45,30 +45,39 @@ class Buffer:
         """What every object of this buffer is stored as."""
         return self._format.CONTENT_TYPE
 
-    def add(self, entry_id: bytes, events: list[dict[str, Any]]) -> None:
-        """Stage one entry's events; all or nothing if one of them cannot be placed or staged."""
+    def add(
+        self,
+        entry_id: bytes,
+        events: list[dict[str, Any]],
+        quarantined: list[dict[str, Any]] | None = None,
+    ) -> None:
+        """Stage one entry's events, and those of them to store under the quarantine's root
+        (`naming.QUARANTINE_ROOT`); all or nothing if one of them cannot be placed or staged."""
         # An entry is one request, whose events share one receivedAt: usually one group.
-        groups: dict[str, list[dict[str, Any]]] = {}
-        for event in events:
-            groups.setdefault(partition_path(event), []).append(event)
-        staged = [(path, len(group), *self._format.stage(group)) for path, group in groups.items()]
-        for path, count, chunk, nbytes in staged:
-            partition = self._partitions.setdefault(path, _Partition())
+        groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        for root, part in (("", events), (QUARANTINE_ROOT, quarantined or ())):
+            for event in part:
+                groups.setdefault((root, partition_path(event)), []).append(event)
+        staged = [
+            (where, len(group), *self._format.stage(group)) for where, group in groups.items()
+        ]
+        for where, count, chunk, nbytes in staged:
+            partition = self._partitions.setdefault(where, _Partition())
             partition.entry_ids.append(entry_id)
             partition.staged.append(chunk)
             partition.events += count
             self.bytes += nbytes
         self.entry_ids.append(entry_id)
-        self.events += len(events)
+        self.events += sum(len(group) for group in groups.values())
         if self.started_at is None:
             self.started_at = time.monotonic()
 
     def objects(self, prefix: str, level: int = 3) -> Iterator[tuple[str, bytes, int]]:
         """(key, body, event count) for each object this buffer becomes, under the format's
-        root in `prefix`; store each body as `content_type`."""
-        root = prefix + RAW_ROOTS[self.format]
-        for path, partition in self._partitions.items():
-            key = object_key(root, path, partition.entry_ids, self._format.SUFFIX, self.salt)
+        root in `prefix` (or in the quarantine's); store each body as `content_type`."""
+        for (root, path), partition in self._partitions.items():
+            under = prefix + root + RAW_ROOTS[self.format]
+            key = object_key(under, path, partition.entry_ids, self._format.SUFFIX, self.salt)
             yield key, self._format.encode(partition.staged, level), partition.events
 
     def __len__(self) -> int:

@@ -21,6 +21,10 @@ ERRORS_PREFIX = "errors/"
 RAW_ROOTS = {"ndjson": "", "parquet": "parquet/"}
 COMPACTED_ROOT = "compacted/"
 ROOTS = (*RAW_ROOTS.values(), COMPACTED_ROOT)
+# Events a tracking plan quarantines: an archive of their own under S3_PREFIX, in the same
+# layout (`quarantine/dt=.../`, `quarantine/parquet/dt=.../`), which nothing reads as `events`
+# (readers list the roots above under S3_PREFIX itself) and compaction never merges.
+QUARANTINE_ROOT = "quarantine/"
 # Objects that cannot be decoded, set aside by compaction under S3_PREFIX, outside every root:
 # `<S3_PREFIX>_unreadable/<original key>`, with `<that>.reason.json` beside each. Readers list
 # only the roots' `dt=` partitions, so nothing here is read as events.

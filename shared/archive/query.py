@@ -34,6 +34,11 @@ top-level field the client sent), `country`, `country_code`, `region`, `city`, `
 `device` (text, from `context`'s location and parsed user agent; NULL where absent), `is_bot`
 (BOOLEAN, never NULL), `dt` (DATE) and `hour` (TINYINT) from the object's partition.
 
+A third view, `quarantined`, holds the events a tracking plan quarantined (stored under
+`quarantine/`, never in `events`): the columns of `raw_events` and `violations` (JSON, from
+`context.violations`), not deduplicated. Its objects are listed and read only for a query that
+names it.
+
 Memory: the rows of the range are held decoded, as Arrow, while the query runs.
 
 An object that cannot be decoded (`reading.Unreadable`: corrupt or truncated gzip, a line that
@@ -60,6 +65,7 @@ import pyarrow as pa
 
 from shared.archive import columns, partitions, reading
 from shared.archive.columns import DEDUP_KEY
+from shared.archive.naming import QUARANTINE_ROOT
 from shared.archive.partitions import HourRange, partition
 from shared.archive.privacy.store import RegulationStore
 from shared.archive.privacy.subjects import without_pending
@@ -76,6 +82,8 @@ DOWNLOAD_WORKERS = 8
 
 _ARCHIVE = "_archive"  # the rows, registered from Arrow
 _OBJECTS = "_objects"  # (_object, object_key): which object each row came from
+_QUARANTINE, _QUARANTINE_OBJECTS = "_quarantine", "_quarantine_objects"  # the same, held apart
+_QUARANTINED_NAME = re.compile(r"\bquarantined\b", re.IGNORECASE)
 _ORDINALS = [("_object", pa.int32()), ("_position", pa.int64())]
 # The connection downloads nothing: every extension it uses (json, icu) is built into the wheel.
 _CONFIG = {
@@ -184,9 +192,15 @@ class Archive:
     rows: int = 0
     # Objects left out because they cannot be decoded (`skip_unreadable`), and why.
     skipped: list[reading.Unreadable] = field(default_factory=list)
+    # Defines `quarantined`, reading the quarantine's objects of the range: done by the first
+    # query that names it, so that no other query lists or reads them.
+    read_quarantined: Callable[[], None] | None = None
 
     def run(self, sql: str) -> Result | None:
         """Run every statement of `sql`; the result of the last one, None if it returns none."""
+        if self.read_quarantined is not None and _QUARANTINED_NAME.search(sql):
+            self.read_quarantined()
+            self.read_quarantined = None
         try:
             relation = self.connection.sql(sql)
         except duckdb.Error as exc:
@@ -252,24 +266,33 @@ def open_archive(
     out (`Archive.skipped`). The subjects of the pending deletions `forget` are left out, as
     if their deletion were done."""
     skipped: dict[ArchivedObject, reading.Unreadable] | None = {} if skip_unreadable else None
-    try:
-        listed = reading.list_objects(store, prefix, hours)
-        tables = _read_all(store, prefix, listed, progress, workers, skipped)
-    except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
-        raise ArchiveUnreachable(_storage_error(exc, store.bucket, endpoint)) from None
-    except reading.Unreadable as exc:
-        raise UnreadableObject(exc) from None
-    objects = sorted(tables)
+
+    def read(under: str, show: Progress | None) -> tuple[pa.Table, list[ArchivedObject]]:
+        try:
+            listed = reading.list_objects(store, under, hours)
+            tables = _read_all(store, under, listed, show, workers, skipped)
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+            raise ArchiveUnreachable(_storage_error(exc, store.bucket, endpoint)) from None
+        except reading.Unreadable as exc:
+            raise UnreadableObject(exc) from None
+        objects = sorted(tables)
+        rows = _rows_table([(item, tables[item]) for item in objects])
+        return without_pending(rows, forget or []), objects
+
+    rows, objects = read(prefix, progress)
     con = duckdb.connect(":memory:", config=_CONFIG)
     try:
-        rows = _rows_table([(item, tables[item]) for item in objects])
-        rows = without_pending(rows, forget or [])
         _define_views(con, rows, _objects_table(objects))
     except BaseException:
         con.close()
         raise
+
+    def quarantined() -> None:  # read only by a query that names it
+        held, apart = read(prefix + QUARANTINE_ROOT, None)
+        _define_quarantined(con, held, _objects_table(apart))
+
     left_out = [skipped[item] for item in sorted(skipped or {})]
-    return Archive(con, objects, rows.num_rows, left_out)
+    return Archive(con, objects, rows.num_rows, left_out, quarantined)
 
 
 # --- reading --------------------------------------------------------------------------------
@@ -413,6 +436,22 @@ QUALIFY row_number() OVER (
 ) = 1
 UNION ALL
 SELECT {names} FROM typed WHERE message_id IS NULL
+"""
+    )
+
+
+def _define_quarantined(con: Any, rows: pa.Table, objects: pa.Table) -> None:
+    """`quarantined`: the events a tracking plan quarantined, as `raw_events` has them (no
+    deduplication: each is there to be looked at), with their `violations`."""
+    con.register(_QUARANTINE, rows)
+    con.register(_QUARANTINE_OBJECTS, objects)
+    con.execute(
+        f"""
+CREATE TEMP VIEW quarantined AS
+SELECT {_select_list("a")},
+       CAST(json_extract(CAST(a.context AS JSON), '$.violations') AS JSON) AS violations,
+       o.object_key AS object_key
+FROM {_QUARANTINE} AS a JOIN {_QUARANTINE_OBJECTS} AS o ON a._object = o._object
 """
     )
 

@@ -79,19 +79,8 @@ class _CompiledOnChange:
 
     def __call__(self, text: str) -> CompiledPlan:
         if text != self._text or self._plan is None:
-            plan = load_compiled(text)
-            _refuse_quarantine(plan)
-            self._plan, self._text = plan, text
+            self._plan, self._text = load_compiled(text), text
         return self._plan
-
-
-def _refuse_quarantine(plan: CompiledPlan) -> None:
-    """Quarantine needs the consumer's `quarantine/` root, which is not built yet (issue 27):
-    until it is, a plan asking for it is refused rather than half applied."""
-    for name, section in plan.plan.sources.items():
-        for rule, value in (("mode", section.mode), ("unplanned", section.unplanned)):
-            if value == "quarantine":
-                raise PlanError(f"sources.{name}.{rule}: quarantine is not available yet")
 
 
 def reloading_plan(settings: Settings) -> Reloaded | None:

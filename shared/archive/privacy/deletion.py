@@ -20,7 +20,8 @@ A pass takes every pending deletion together:
    plans again). An hour is marked under `_privacy/deleting/` while it is gone through, so
    that a pass killed in it goes through it again even once no object of it holds a subject
    (its older versions and spills may);
-5. it removes the subjects from the dead letters and the objects set aside as unreadable.
+5. it removes the subjects from the quarantine (`quarantine/`: every object, and their older
+   versions), the dead letters and the objects set aside as unreadable.
 A deletion is finished when a pass went through every step with nothing left (no busy hour,
 no entry waiting); its IDs in clear are then dropped, its hashes and counts kept. Every step
 can be done again: a pass killed anywhere is resumed by the next, which ends the same way
@@ -45,7 +46,7 @@ from shared.archive.compaction import locks
 from shared.archive.compaction.compactor import STAGING, Budget, OutOfTime, RemainingMs
 from shared.archive.compaction.locks import HourLock
 from shared.archive.compaction.reports import one_line
-from shared.archive.naming import ERRORS_PREFIX, ROOTS, UNREADABLE_ROOT
+from shared.archive.naming import ERRORS_PREFIX, QUARANTINE_ROOT, ROOTS, UNREADABLE_ROOT
 from shared.archive.privacy import letters, unreadable, versions
 from shared.archive.privacy.finding import Finder
 from shared.archive.privacy.rewrite import rewrite
@@ -245,7 +246,18 @@ class Deletion:
             tally.objects_removed += done.emptied
             tally.objects_rewritten += not done.emptied
 
+    def _quarantine(self, subjects: Subjects, tally: Tally) -> None:
+        """The events a tracking plan quarantined: every object of `quarantine/` (no finder
+        looks there, and the quarantine is small), and their older versions."""
+        quarantine = self.settings.s3_prefix + QUARANTINE_ROOT
+        for item in reading.list_objects(self.store, quarantine, partitions.HourRange()):
+            tally.objects_scanned += 1
+            self._rewrite_one(item, subjects, tally)
+        for root in ROOTS:
+            tally.versions_deleted += versions.sweep(self.store, quarantine + root, subjects)
+
     def _letters_and_set_aside(self, subjects: Subjects, tally: Tally) -> None:
+        self._quarantine(subjects, tally)
         keys = shards.shard_keys(self.settings.stream_key, self.settings.stream_shards)
         tally.add(letters.scrub_bucket_letters(self.store, subjects))
         dead_keys = [shards.dead_letter_key(key) for key in keys]

@@ -437,7 +437,7 @@ def test_each_unexpected_error_gets_its_own_request_id(
 def test_unexpected_error_is_logged_with_its_request_id(
     client: FlaskClient, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    def explode(events: list[dict[str, Any]]) -> dict[bytes, bytes]:
+    def explode(*_events: Any) -> dict[bytes, bytes]:
         raise RuntimeError("logged detail")
 
     monkeypatch.setattr(codec, "encode_entry", explode)

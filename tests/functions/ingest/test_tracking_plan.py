@@ -257,7 +257,6 @@ def test_a_changed_plan_is_picked_up_and_a_malformed_one_refused(
         ("sources:\n  web:\n    track:\n      A:\n        properties: {type: 12}\n",
          "sources.web.track.A.properties"),
         ("sources: [", "TRACKING_PLAN"),
-        ("sources:\n  web:\n    mode: quarantine\n", "quarantine is not available yet"),
     ],
 )  # fmt: skip
 def test_a_plan_that_cannot_be_used_stops_the_start_in_one_line(

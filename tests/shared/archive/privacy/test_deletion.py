@@ -1,6 +1,6 @@
 """A deletion carried out over every place events are stored: raw NDJSON and Parquet objects,
-compacted hours, old object versions, dead letters (bucket and Redis) and the live stream; a
-linked anonymous ID followed one level; every other event kept exactly once."""
+compacted hours, the quarantine, old object versions, dead letters (bucket and Redis) and the
+live stream; a linked anonymous ID followed one level; every other event kept exactly once."""
 
 from __future__ import annotations
 
@@ -69,6 +69,10 @@ def seed(settings: Settings, store: ObjectStore, client: redis.Redis) -> None:
     # an object rewritten again later: its old version holds the subject too
     write_ndjson(store, prefix, [(b"1709632800001-0", events_of(5, 11, "d"))])
     write_ndjson(store, prefix, [(b"1709632800001-0", events_of(5, 11, "d"))])
+    # events a tracking plan quarantined, in both formats
+    quarantine = prefix + naming.QUARANTINE_ROOT
+    write_ndjson(store, quarantine, [(b"1709632800005-0", events_of(5, 14, "q"))])
+    write_parquet(store, quarantine, [(b"1709632800006-0", events_of(5, 15, "r"))])
     letter_fields = codec.encode_entry(events_of(5, 12, "e"))
     key, body = naming.error_object(b"1709640000000-0", letter_fields, "poison")
     store.put(key, body, "application/json")
@@ -126,6 +130,11 @@ def test_a_deletion_leaves_no_trace_of_the_subject_and_every_other_event_once(
 
     after = everything_stored(s3, settings, redis_client)
     assert SUBJECT.encode() not in after
+    # The quarantine was rewritten too, its other events kept.
+    quarantine = settings.s3_prefix + naming.QUARANTINE_ROOT
+    held_apart = {k: decoded(k, b) for k, b in objects(s3, settings.s3_bucket).items()}
+    held_apart = {k: v for k, v in held_apart.items() if k.startswith(quarantine)}
+    assert len(held_apart) == 2 and all(b"carol" in body for body in held_apart.values())
     # The linked ID stays only on the shared device's events, under bob (counted below).
     assert after.count(LINKED.encode()) < before.count(LINKED.encode())
     expected = Counter({k: v for k, v in counts.items() if k[0] != SUBJECT and k != (None, LINKED)})
