@@ -10,6 +10,7 @@ import click
 
 from functions.cli.compact import compact
 from functions.cli.dead_letters import dead_letters
+from functions.cli.plan import plan
 from functions.cli.privacy import privacy
 from functions.cli.query import query
 from functions.cli.replay import replay
@@ -27,3 +28,4 @@ main.add_command(status)
 main.add_command(dead_letters)
 main.add_command(replay)
 main.add_command(privacy)
+main.add_command(plan)
