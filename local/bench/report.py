@@ -326,6 +326,7 @@ def table(results: dict) -> str:
         ]
         lines += [rate_limits_line(row) for row in results["rate_limits"]]
     lines += enrichment_lines(results)
+    lines += plan_lines(results)
     lines += privacy_lines(results)
     checks = targets(results)
     if checks:
@@ -448,6 +449,31 @@ def enrichment_lines(results: dict) -> list[str]:
     if enrichment.get("cold_start"):
         lines.append(enrichment_cold_start_line(enrichment["cold_start"]))
     return lines
+
+
+def plan_line(row: dict) -> str:
+    verdict = "met" if row["met"] else "NOT met"
+    return (
+        f"  /batch {row['events_per_request']:>3} event(s), {row['kind']}: {row['on_us']} us per"
+        f" request with a {row['planned_events']}-event plan, {row['off_us']} without:"
+        f" {row['cost_us']:+} us ({row['cost_share']:+.1%}), {row['cost_us_per_event']:+} us per"
+        f" event; target {row['target']}: {verdict} (least of {row['rounds']} x"
+        f" {row['requests']} requests)"
+    )
+
+
+def plan_lines(results: dict) -> list[str]:
+    """The `plans` phase's section (absent when the phase did not run)."""
+    plans = results.get("plans")
+    if not plans:
+        return []
+    return [
+        "",
+        f"a tracking plan's cost (issue 27): in process, /batch bodies of planned events to the"
+        f" app with a {plans['planned_events']}-event plan (tag mode) beside none, rounds taking"
+        f" turns",
+        *(plan_line(row) for row in plans["rows"]),
+    ]
 
 
 def metrics_in_process_line(row: dict) -> str:

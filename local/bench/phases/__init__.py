@@ -28,6 +28,7 @@ PHASES = (
     "cluster",
     "rate-limits",
     "enrichment",
+    "plans",
     "privacy",
 )
 
