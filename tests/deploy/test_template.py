@@ -20,7 +20,7 @@ from functions.ingest.app import BROWSER_PREFIXES, create_app
 from local import lambda_build
 from shared.archive import ERRORS_PREFIX, columns, partition_path
 from shared.archive.columns import DEDUP_KEY
-from shared.archive.naming import COMPACTED_ROOT, RAW_ROOTS, ROOTS
+from shared.archive.naming import COMPACTED_ROOT, QUARANTINE_ROOT, RAW_ROOTS, ROOTS
 from shared.settings import ENV_VARS, ConfigError, Settings
 from tests.athena_in_duckdb import athena_in_duckdb, insert
 from tests.deploy.conftest import (
@@ -448,6 +448,9 @@ ATHENA_TABLES = {
     "NdjsonTable": (RAW_ROOTS["ndjson"], "ndjson"),
     "ParquetTable": (RAW_ROOTS["parquet"], "parquet"),
     "CompactedTable": (COMPACTED_ROOT, "parquet"),
+    # The quarantine: the same layout under its own root (shared/archive/naming.py).
+    "QuarantinedNdjsonTable": (QUARANTINE_ROOT + RAW_ROOTS["ndjson"], "ndjson"),
+    "QuarantinedParquetTable": (QUARANTINE_ROOT + RAW_ROOTS["parquet"], "parquet"),
 }
 
 
@@ -513,7 +516,8 @@ def test_each_athena_table_has_the_archive_columns_and_reads_its_own_root(
 
 
 def test_the_athena_tables_cover_every_root_the_archive_writes(template: dict[str, Any]) -> None:
-    assert sorted(root for root, _ in ATHENA_TABLES.values()) == sorted(ROOTS)
+    quarantine = [QUARANTINE_ROOT + root for root in RAW_ROOTS.values()]
+    assert sorted(root for root, _ in ATHENA_TABLES.values()) == sorted([*ROOTS, *quarantine])
     # A projected partition path is exactly what the partitioner writes under a root.
     assert partition_path({"receivedAt": "2026-11-30T07:00:00.000Z"}) == "dt=2026-11-30/hour=07/"
 
