@@ -51,7 +51,8 @@ REDIS_TESTS := tests/shared/test_stream.py tests/shared/test_status.py tests/sha
 	tests/shared/test_shards.py \
 	tests/shared/test_compaction.py tests/shared/test_compaction_kills.py \
 	tests/shared/test_compaction_release.py tests/shared/archive/privacy tests/functions \
-	tests/faults tests/local/test_redis_server.py tests/test_end_to_end.py
+	tests/faults tests/local/test_redis_server.py tests/test_end_to_end.py \
+	tests/test_tracking_plan_end_to_end.py
 test-redis: $(VENV)/.installed
 	$(PYTEST) $(REDIS_TESTS)
 
