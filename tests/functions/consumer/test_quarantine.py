@@ -63,7 +63,7 @@ def test_quarantined_events_are_stored_apart_and_queryable(
         "good", "bad", "unplanned", "good-2",
     ]  # fmt: skip
 
-    make_drainer(planned, s3).drain(Budget(5))
+    make_drainer(planned, s3).drain(Budget(1.5))
     keys = archived_keys(s3, planned.s3_bucket)
     quarantine = planned.s3_prefix + naming.QUARANTINE_ROOT
     root = naming.RAW_ROOTS[planned.archive_format]
@@ -91,6 +91,6 @@ def test_an_entry_with_a_bad_quarantine_mark_is_a_dead_letter(
 ) -> None:
     entry = codec.encode_entry([order("a"), order("b")])
     redis_client.xadd(settings.stream_key, {**entry, b"q": mark})
-    make_drainer(settings, s3).drain(Budget(5))
+    make_drainer(settings, s3).drain(Budget(1))
     keys = archived_keys(s3, settings.s3_bucket)
     assert keys and all(k.startswith(naming.ERRORS_PREFIX) for k in keys)
