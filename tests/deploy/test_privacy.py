@@ -157,7 +157,12 @@ def test_the_privacy_function_queries_the_tables_the_template_declares(template)
         for resource in template["Resources"].values()
         if resource["Type"] == "AWS::Glue::Table"
     ]
-    assert sorted(t["TableInput"]["Name"] for t in tables) == sorted(athena.TABLES)
+    names = sorted(t["TableInput"]["Name"] for t in tables)
+    # The quarantine's tables are not searched: a pass rewrites every object of quarantine/
+    # (Deletion._quarantine, tests/shared/archive/privacy/test_deletion.py).
+    searched = [name for name in names if not name.startswith("quarantined_")]
+    assert searched == sorted(athena.TABLES)
+    assert sorted(set(names) - set(searched)) == ["quarantined_ndjson", "quarantined_parquet"]
     assert all(t["DatabaseName"] == {"Ref": "ArchiveDatabase"} for t in tables)
     assert template["Parameters"]["GlueDatabaseName"]["Default"] == Settings().athena_database
     finder = AthenaFinder.from_settings(
