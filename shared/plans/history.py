@@ -25,7 +25,7 @@ from typing import Any
 import msgspec
 
 from shared.plans.model import DEFAULT_SOURCE
-from shared.plans.validation import CompiledPlan
+from shared.plans.validation import CompiledPlan, json_type
 
 # The archive's columns an event is rebuilt from, in this order.
 EVENTS_SQL = (
@@ -141,7 +141,7 @@ class _Shape:
         if not isinstance(fields, dict):
             return
         for key, value in fields.items():
-            self.types[key].add(_json_type(value))
+            self.types[key].add(json_type(value))
             self.present[key] += 1
 
     def schema(self) -> dict[str, Any]:
@@ -180,17 +180,3 @@ def draft(events: Iterable[tuple[str | None, dict]]) -> dict[str, Any]:
                 section[kind] = {"traits": traits[name][kind].schema()}
         document[name] = section
     return {"sources": document}
-
-
-def _json_type(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int | float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list):
-        return "array"
-    return "object"

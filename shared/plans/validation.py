@@ -201,18 +201,29 @@ def _check(validator: Any, event: dict, field: str, found: list[Violation]) -> N
 _ABSENT = object()
 
 
-def _json_type(value: Any) -> str:
+def json_type(value: Any) -> str:
+    """The JSON Schema type of a decoded JSON value (`number` for integers too)."""
     if value is None:
         return "null"
     if isinstance(value, bool):
-        return "a boolean"
+        return "boolean"
     if isinstance(value, int | float):
-        return "a number"
+        return "number"
     if isinstance(value, str):
-        return "a string"
+        return "string"
     if isinstance(value, list):
-        return "an array"
-    return type(value).__name__
+        return "array"
+    return "object"
+
+
+_WITH_ARTICLE = {"boolean": "a boolean", "number": "a number", "string": "a string",
+                 "array": "an array", "object": "an object"}  # fmt: skip
+
+
+def _json_type(value: Any) -> str:
+    """How a message names the type of `value`: `null`, `a number`, `an array`."""
+    kind = json_type(value)
+    return _WITH_ARTICLE.get(kind, kind)
 
 
 def _violations_of(error: jsonschema_rs.ValidationError, field: str) -> list[Violation]:
