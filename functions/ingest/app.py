@@ -179,16 +179,18 @@ class Ingest:
             self.enricher.max_added_bytes + self.tracking_plan.max_added_bytes,
         )
         # Refused alike, suppressed, bots or not.
-        entry = self._encode(prepared, max_stored, positions(prepared, quarantined))
+        marked = positions(prepared, quarantined)
+        entry = self._encode(prepared, max_stored, marked)
         stored = _all_of(kept, planned) if planned is not prepared else kept
         if len(stored) < len(planned):  # bots among what was neither suppressed nor blocked
             g.bots_dropped = len(planned) - len(stored)
         if not stored:  # answered as if stored
             return len(prepared)
         if len(stored) < len(prepared):
-            entry = self._encode(stored, max_stored, positions(stored, quarantined))
-        if quarantined:
-            g.quarantined = len(positions(stored, quarantined))
+            marked = positions(stored, quarantined)
+            entry = self._encode(stored, max_stored, marked)
+        if marked:
+            g.quarantined = len(marked)
         buckets = self.rate_limits.buckets(source, address)
         try:
             self.stream.add(entry, cost=len(stored), buckets=buckets)

@@ -22,6 +22,7 @@ For the metrics (functions/ingest/instrumentation.py), `flask.g` gets `violation
 
 from __future__ import annotations
 
+from collections.abc import Set as AbstractSet
 from typing import Any
 
 from flask import g
@@ -49,7 +50,7 @@ class TrackingPlan:
 
     def checked(
         self, prepared: list[dict[str, Any]], source: str | None, refuse_blocked: bool
-    ) -> tuple[list[dict[str, Any]], set[int]]:
+    ) -> tuple[list[dict[str, Any]], AbstractSet[int]]:
         """The events of `prepared` to store, violators tagged in place, and the `id()`s of
         those to quarantine; `Blocked` if `refuse_blocked` (the native paths) and the plan
         blocks any of them."""
@@ -84,10 +85,10 @@ class TrackingPlan:
         return (kept if len(kept) < len(prepared) else prepared), quarantined
 
 
-_NONE: set[int] = set()
+_NONE: frozenset[int] = frozenset()
 
 
-def positions(stored: list[dict[str, Any]], quarantined: set[int]) -> list[int]:
+def positions(stored: list[dict[str, Any]], quarantined: AbstractSet[int]) -> list[int]:
     """Where in `stored` the events to quarantine are (the entry's mark)."""
     if not quarantined:
         return []
