@@ -267,10 +267,12 @@ def open_archive(
     if their deletion were done."""
     skipped: dict[ArchivedObject, reading.Unreadable] | None = {} if skip_unreadable else None
 
-    def read(under: str, show: Progress | None) -> tuple[pa.Table, list[ArchivedObject]]:
+    def read(
+        under: str, show: Progress | None, unreadable: dict | None
+    ) -> tuple[pa.Table, list[ArchivedObject]]:
         try:
             listed = reading.list_objects(store, under, hours)
-            tables = _read_all(store, under, listed, show, workers, skipped)
+            tables = _read_all(store, under, listed, show, workers, unreadable)
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
             raise ArchiveUnreachable(_storage_error(exc, store.bucket, endpoint)) from None
         except reading.Unreadable as exc:
@@ -279,7 +281,7 @@ def open_archive(
         rows = _rows_table([(item, tables[item]) for item in objects])
         return without_pending(rows, forget or []), objects
 
-    rows, objects = read(prefix, progress)
+    rows, objects = read(prefix, progress, skipped)
     con = duckdb.connect(":memory:", config=_CONFIG)
     try:
         _define_views(con, rows, _objects_table(objects))
@@ -288,7 +290,9 @@ def open_archive(
         raise
 
     def quarantined() -> None:  # read only by a query that names it
-        held, apart = read(prefix + QUARANTINE_ROOT, None)
+        # Read after `skipped` was reported: an unreadable object fails the query, never left
+        # out unsaid.
+        held, apart = read(prefix + QUARANTINE_ROOT, None, None)
         _define_quarantined(con, held, _objects_table(apart))
 
     left_out = [skipped[item] for item in sorted(skipped or {})]

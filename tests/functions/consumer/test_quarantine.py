@@ -94,3 +94,17 @@ def test_an_entry_with_a_bad_quarantine_mark_is_a_dead_letter(
     make_drainer(settings, s3).drain(Budget(1))
     keys = archived_keys(s3, settings.s3_bucket)
     assert keys and all(k.startswith(naming.ERRORS_PREFIX) for k in keys)
+
+
+def test_an_unreadable_quarantine_object_fails_the_query_even_when_skipping(
+    settings: Settings, s3: Any
+) -> None:
+    """`--skip-unreadable` reports what it leaves out when the archive is opened, before any
+    query names `quarantined`: an unreadable quarantine object is an error, never unsaid."""
+    key = f"{settings.s3_prefix}{naming.QUARANTINE_ROOT}dt=2024-03-05/hour=14/bad.ndjson.gz"
+    s3.put_object(Bucket=settings.s3_bucket, Key=key, Body=b"not gzip")
+    store = ObjectStore(s3, settings.s3_bucket)
+    with query.open_archive(store, settings.s3_prefix, skip_unreadable=True) as archive:
+        assert list(archive.run("SELECT count(*) FROM events").rows()) == [(0,)]
+        with pytest.raises(query.UnreadableObject, match=r"bad\.ndjson\.gz"):
+            archive.run("SELECT count(*) FROM quarantined")
