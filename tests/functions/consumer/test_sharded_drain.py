@@ -140,5 +140,13 @@ def test_the_pool_is_sized_from_the_shards_and_the_keys_left_to_drain(settings, 
     assert consumer.pool_size == consumer.client.connection_pool.max_connections == 129
     consumer.store = ObjectStore(s3, settings.s3_bucket)
     assert len(shards.keys_to_drain(consumer.client, settings.stream_key, 64)) == 96
-    assert consumer.drain(Budget(1)).events_archived == 2
+    archived = 0
+
+    def drained() -> bool:  # a loaded machine may not read all 96 keys within one short budget
+        nonlocal archived
+        archived += consumer.drain(Budget(1)).events_archived
+        return archived >= 2
+
+    wait_until(drained, timeout_s=20, interval_s=0, what="the one entry archived")
+    assert archived == 2
     assert consumer.pool_size == consumer.client.connection_pool.max_connections == 193
