@@ -18,6 +18,7 @@ exclusions, as crawlerdetect does. User agents longer than MAX_USER_AGENT_CHARS 
 
 from __future__ import annotations
 
+import functools
 import re
 
 import ua_parser_rs
@@ -64,6 +65,14 @@ class CrawlerDetector:
             return False
         stripped = self._exclusions.sub("", user_agent).strip()
         return bool(stripped) and self._matches(stripped)
+
+
+@functools.cache
+def shared_detector() -> CrawlerDetector:
+    """The process's one detector, made on first use: compiling crawlerdetect's patterns takes
+    about a third of a second, and a detector keeps nothing of any request, so every app a
+    process builds (a test session builds hundreds) shares it."""
+    return CrawlerDetector()
 
 
 def _rust_matcher(patterns: list[str]) -> ua_parser_rs.DeviceExtractor:

@@ -59,8 +59,9 @@ _hints_key = msgspec.json.Encoder().encode
 
 
 class Enricher:
-    """Built once per process from Settings (opening GEOIP_DATABASE, reading ua-parser's and
-    crawlerdetect's rules: about half a second); `enrich` then runs once per request."""
+    """Built once per process from Settings (opening GEOIP_DATABASE; ua-parser's and
+    crawlerdetect's rules, about half a second to read, are read by the first enricher of a
+    process and shared); `enrich` then runs once per request."""
 
     def __init__(self, settings: Settings) -> None:
         self.ip_handling = settings.ip_handling
@@ -70,8 +71,8 @@ class Enricher:
             if settings.geoip_database
             else None
         )
-        self._parser = user_agents.UserAgentParser()
-        self._crawlers = bots.CrawlerDetector()
+        self._parser = user_agents.shared_parser()
+        self._crawlers = bots.shared_detector()
         self._agents = _Lru(AGENT_CACHE)  # user agent: (parsedUserAgent, crawler)
         self._hinted = _Lru(AGENT_CACHE)  # (user agent, hints as JSON): parsedUserAgent
         self.max_added_bytes = (

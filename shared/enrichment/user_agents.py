@@ -24,6 +24,7 @@ Hints of any other shape are ignored.
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Any
 
@@ -80,6 +81,14 @@ class UserAgentParser:
         if (device := result.device) is not None and device.family != UNKNOWN:
             parsed["device"] = capped(device.family)
         return {k: v for k, v in parsed.items() if v} or None, family
+
+
+@functools.cache
+def shared_parser() -> UserAgentParser:
+    """The process's one parser, made on first use: reading ua-parser's rules takes about a
+    quarter of a second, and a parser keeps nothing of any request, so every app a process
+    builds (a test session builds hundreds) shares it."""
+    return UserAgentParser()
 
 
 def with_hints(
