@@ -143,9 +143,11 @@ def test_on_lambda_each_invocation_prints_its_counts_as_emf(settings):
 METRICS_TOKEN = "scraper-token"
 
 
-def scrape(http: urllib3.PoolManager, url: str) -> dict:
-    bearer = {"Authorization": f"Bearer {METRICS_TOKEN}"}
-    answer = http.request("GET", f"{url}/metrics", headers=bearer)
+def scrape(url: str) -> dict:
+    """On a connection of its own: a kept-alive one could be the killed worker's, or be closed
+    by gunicorn's keep-alive timeout just as it is reused (a reset, seen on a loaded host)."""
+    headers = {"Authorization": f"Bearer {METRICS_TOKEN}", "Connection": "close"}
+    answer = urllib3.PoolManager(retries=False).request("GET", f"{url}/metrics", headers=headers)
     assert answer.status == 200
     return samples(answer.data.decode())
 
@@ -231,11 +233,10 @@ def test_under_gunicorn_every_worker_counts_and_freshness_follows_the_consumer(
         statuses = post_until_both_workers_counted(url, master, metrics_dir)
         accepted, refused = statuses[202], statuses[400]
         assert set(statuses) == {202, 400} and refused == statuses.total() // 10
-        http = urllib3.PoolManager(retries=False)
-        first = scrape(http, url)
+        first = scrape(url)
         # Whichever worker answers the scrape, the sums are every worker's.
         for _ in range(6):
-            assert event_counts(scrape(urllib3.PoolManager(retries=False), url)) == (
+            assert event_counts(scrape(url)) == (
                 accepted * 3,
                 refused,
             )
@@ -244,12 +245,12 @@ def test_under_gunicorn_every_worker_counts_and_freshness_follows_the_consumer(
         os.kill(worker_pids(master)[0], signal.SIGKILL)
         wait_until(lambda: len(worker_pids(master)) == 2, what="gunicorn to respawn a worker")
         wait_until(lambda: _answers(url), what="gunicorn to answer")
-        assert event_counts(scrape(http, url)) == (accepted * 3, refused)
+        assert event_counts(scrape(url)) == (accepted * 3, refused)
 
         # No consumer runs: the oldest unarchived entry gets older.
         fresh = value(first, "event_ingest_freshness_seconds", group="archiver")
         time.sleep(1.5)
-        stale = scrape(http, url)
+        stale = scrape(url)
         assert value(stale, "event_ingest_freshness_seconds", group="archiver") >= fresh + 1
         assert value(stale, "event_ingest_backlog_entries", group="archiver") == accepted
         assert value(stale, "event_ingest_backlog_events", group="archiver") == accepted * 3
@@ -259,11 +260,11 @@ def test_under_gunicorn_every_worker_counts_and_freshness_follows_the_consumer(
         try:
 
             def caught_up() -> bool:
-                found = scrape(http, url)
+                found = scrape(url)
                 return value(found, "event_ingest_backlog_entries", group="archiver") == 0
 
             wait_until(caught_up, timeout_s=30, what="the consumer to catch up")
-            final = scrape(http, url)
+            final = scrape(url)
             assert value(final, "event_ingest_freshness_seconds", group="archiver") == 0
         finally:
             runner.send_signal(signal.SIGTERM)
