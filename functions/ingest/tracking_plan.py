@@ -29,7 +29,7 @@ from flask import g
 
 from shared import events
 from shared.plans.source import reloading_plan
-from shared.plans.validation import MAX_TAG_BYTES, Violation
+from shared.plans.validation import MAX_TAG_BYTES, CompiledPlan, Violation
 from shared.settings import Settings
 
 
@@ -57,35 +57,53 @@ class TrackingPlan:
         if self._plan is None:
             return prepared, _NONE
         plan = self._plan.value()
-        kept: list[dict[str, Any]] = []
-        quarantined: set[int] = set()
-        blocked: list[events.Problem] = []
-        labels: list[tuple[str, str, str]] = []
-        source_label = source or "default"
-        for index, event in enumerate(prepared):
-            found = plan.violations(event, source)
-            if not found:
-                kept.append(event)
-                continue
-            name = plan.event_label(event, source)
-            labels.extend((source_label, name, violation.type) for violation in found)
-            action = plan.action(found, source)
-            if action == "block":
-                blocked.extend(_problem(index, violation) for violation in found)
-                continue
-            if action != "store":
-                _tag(event, found)
-            if action == "quarantine":
-                quarantined.add(id(event))
-            kept.append(event)
-        g.violations = labels
-        if blocked and refuse_blocked:
-            raise Blocked(blocked)
-        g.blocked = len(prepared) - len(kept)
-        return (kept if len(kept) < len(prepared) else prepared), quarantined
+        violations = plan.violations
+        for index, event in enumerate(prepared):  # most requests break no rule: nothing made
+            if found := violations(event, source):
+                return _acted_on(plan, prepared, source, refuse_blocked, index, found)
+        return prepared, _NONE
 
 
 _NONE: frozenset[int] = frozenset()
+
+
+def _acted_on(
+    plan: CompiledPlan,
+    prepared: list[dict[str, Any]],
+    source: str | None,
+    refuse_blocked: bool,
+    first: int,
+    found: list[Violation],
+) -> tuple[list[dict[str, Any]], AbstractSet[int]]:
+    """`checked` from the first event that breaks a rule, at `first`, with its `found`."""
+    kept: list[dict[str, Any]] = prepared[:first]
+    quarantined: set[int] = set()
+    blocked: list[events.Problem] = []
+    labels: list[tuple[str, str, str]] = []
+    source_label = source or "default"
+    for index in range(first, len(prepared)):
+        event = prepared[index]
+        if index > first:
+            found = plan.violations(event, source)
+        if not found:
+            kept.append(event)
+            continue
+        name = plan.event_label(event, source)
+        labels.extend((source_label, name, violation.type) for violation in found)
+        action = plan.action(found, source)
+        if action == "block":
+            blocked.extend(_problem(index, violation) for violation in found)
+            continue
+        if action != "store":
+            _tag(event, found)
+        if action == "quarantine":
+            quarantined.add(id(event))
+        kept.append(event)
+    g.violations = labels
+    if blocked and refuse_blocked:
+        raise Blocked(blocked)
+    g.blocked = len(prepared) - len(kept)
+    return (kept if len(kept) < len(prepared) else prepared), quarantined
 
 
 def positions(stored: list[dict[str, Any]], quarantined: AbstractSet[int]) -> list[int]:

@@ -145,7 +145,7 @@ class CompiledPlan:
             _check(section.group, event, "traits", found)
         if section.context is not None and len(found) < MAX_VIOLATIONS:
             _check(section.context, event, "context", found)
-        return found[:MAX_VIOLATIONS]
+        return found if len(found) <= MAX_VIOLATIONS else found[:MAX_VIOLATIONS]
 
     def event_label(self, event: dict, source: str | None) -> str:
         """The event's name as the metrics count it, from a bounded set: a track event's name

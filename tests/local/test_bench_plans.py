@@ -64,8 +64,17 @@ def test_the_rows_say_the_cost_and_the_verdict(settings: Settings) -> None:
         assert row["cost_us_per_event"] == pytest.approx(
             (row["on_us"] - row["off_us"]) / row["events_per_request"], abs=0.11
         )
-        assert row["met"] == (row["cost_us_per_event"] <= plan_cost.TARGET_US_PER_EVENT)
+        # The check alone costs something, less than a whole request, per event as per row.
+        assert 0 < row["check_us"] < row["on_us"]
+        assert row["check_us_per_event"] == pytest.approx(
+            row["check_us"] / row["events_per_request"], abs=0.011
+        )
+        assert row["met"] == (row["check_us_per_event"] <= plan_cost.TARGET_US_PER_EVENT)
         assert ("NOT met" in report.plan_line(row)) == (not row["met"])
+    # What the check alone times is the check: describing and tagging a violation costs more
+    # than passing (about 17 µs against 1 per event).
+    valid, violating = (r["check_us"] for r in rows if r["events_per_request"] == 10)
+    assert violating > valid
     assert report.plan_lines({"plans": {"planned_events": 50, "rows": rows}})[1].startswith(
         "a tracking plan's cost (issue 27)"
     )
