@@ -65,6 +65,25 @@ def pytest_configure(config: pytest.Config) -> None:
     config.pluginmanager.register(FaultTable(), "fault-table")
 
 
+# The files that take longest (a minute or more of one worker), run first: pytest-xdist hands
+# out whole files in the order collected, and one of these handed out last is the suite's tail,
+# one worker busy while the others are done. Measured with `--durations`; keep it to the few.
+LONGEST_FIRST = (
+    "tests/shared/test_compaction_kills.py",
+    "tests/local/test_lambda_build.py",
+    "tests/shared/archive/privacy/test_deletion_resume.py",
+    "tests/shared/test_compaction_release.py",
+    "tests/local/test_stack.py",
+    "tests/shared/test_compaction.py",
+    "tests/functions/consumer/test_drain.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {path: n for n, path in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.nodeid.partition("::")[0], len(rank)))
+
+
 def wait_until(predicate, timeout_s: float = 20.0, interval_s: float = 0.05, what: str = ""):
     """Poll until `predicate()` is truthy and return its value; fail the test on timeout."""
     deadline = time.monotonic() + timeout_s
