@@ -417,8 +417,7 @@ def enrichment_line(row: dict) -> str:
         f"  {row['path']} {row['events_per_request']:>3} event(s), {row['clients']:>4}"
         f" client(s): {row['on_us']} us per request with enrichment, {row['off_us']} without:"
         f" {row['cost_us']:+} us ({row['cost_share']:+.1%}), {row['cost_us_per_event']:+} us per"
-        f" event; the check alone {row['check_us']} us per request, {row['check_us_per_event']}"
-        f" us per event; target {row['target']}: {verdict} (least of {row['rounds']} x"
+        f" event; target {row['target']}: {verdict} (least of {row['rounds']} x"
         f" {row['requests']} requests)"
     )
 
