@@ -1,5 +1,5 @@
-"""The venv holds exactly what is locked: `make` installs the dev lock with hashes, then the project
-without dependencies, so a fresh clone tests the versions that were tested before it."""
+"""The venv holds exactly what is locked: `make` installs the dev lock with hashes (by uv), then
+the project without dependencies, so a fresh clone tests the versions that were tested before it."""
 
 from __future__ import annotations
 
@@ -103,14 +103,17 @@ def test_make_run_installs_the_dev_locks_versions_of_what_it_runs_and_no_test_to
 
 def test_make_run_installs_the_run_lock_alone(tmp_path) -> None:
     """On a fresh clone (no venv yet), what `make run` would do."""
+    uv = tmp_path / "uv"
     planned = subprocess.run(
-        ["make", "-n", "run", f"VENV={tmp_path / 'venv'}"],
+        ["make", "-n", "run", f"VENV={tmp_path / 'venv'}", f"VENV_UV={uv}"],
         cwd=ROOT,
         capture_output=True,
         text=True,
         check=True,
     ).stdout
     installs = [line for line in planned.splitlines() if " pip install " in line]
-    assert len(installs) == 2, planned
-    assert installs[0].endswith(f"--require-hashes -r {RUN_LOCK.relative_to(ROOT)}")
-    assert installs[1].endswith("--no-deps --no-build-isolation -e .")
+    assert len(installs) == 3, planned
+    assert installs[0].endswith('pip install --quiet "uv==0.13.9"')  # which installs the lock
+    assert installs[1].startswith(f"{uv}/bin/uv pip install ")
+    assert installs[1].endswith(f"--require-hashes -r {RUN_LOCK.relative_to(ROOT)}")
+    assert installs[2].endswith("--no-deps --no-build-isolation -e .")
