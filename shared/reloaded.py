@@ -45,6 +45,9 @@ class Reloaded:
         self._read_at = 0.0
 
     def value(self) -> Any:
+        value = self._value  # asked for on every request: the common case first, one comparison
+        if value is not None and self._clock() - self._read_at < self.max_age_s:
+            return value
         if self._value is None:
             with self._lock:  # the first read: everyone waits for it, its errors propagate
                 if self._value is None:

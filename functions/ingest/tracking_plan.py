@@ -57,11 +57,10 @@ class TrackingPlan:
         if self._plan is None:
             return prepared, _NONE
         plan = self._plan.value()
-        violations = plan.violations
-        for index, event in enumerate(prepared):  # most requests break no rule: nothing made
-            if found := violations(event, source):
-                return _acted_on(plan, prepared, source, refuse_blocked, index, found)
-        return prepared, _NONE
+        first = plan.first_violating(prepared, source)
+        if first is None:  # most requests break no rule: nothing made
+            return prepared, _NONE
+        return _acted_on(plan, prepared, source, refuse_blocked, *first)
 
 
 _NONE: frozenset[int] = frozenset()

@@ -116,36 +116,38 @@ class CompiledPlan:
         self._default = self._sources.get(DEFAULT_SOURCE)
 
     def _section(self, source: str | None) -> _CompiledSource | None:
-        section = self._sources.get(source) if source is not None else None
-        return section if section is not None else self._default
+        return self._sources.get(source, self._default)  # `source` None: no such key
+
+    def first_violating(
+        self, events: list[dict], source: str | None
+    ) -> tuple[int, list[Violation]] | None:
+        """The position of the first of `events` that breaks a rule of the plan of `source`,
+        and its violations; None if none does. Ingest asks it of every request, and most
+        events pass: a planned track event that passes costs a schema check and a few
+        lookups, the section being looked up once per request."""
+        section = self._section(source)
+        if section is None:
+            return None
+        track = section.track if section.context is None else None  # else: every rule, always
+        for index, event in enumerate(events):
+            if track is not None and event.get("type") == "track":
+                name = event.get("event")
+                validator = track.get(name) if type(name) is str else None
+                properties = event.get("properties")
+                if (
+                    validator is not None
+                    and type(properties) is dict
+                    and validator.is_valid(properties)
+                ):
+                    continue
+            if found := _section_violations(section, event):
+                return index, found
+        return None
 
     def violations(self, event: dict, source: str | None) -> list[Violation]:
         """The event's violations of the plan of `source` (`default` if it has no section)."""
         section = self._section(source)
-        if section is None:
-            return []
-        found: list[Violation] = []
-        kind = event.get("type")
-        if kind == "track":
-            name = event.get("event")
-            validator = section.track.get(name) if isinstance(name, str) else None
-            if validator is None:
-                found.append(
-                    Violation(
-                        UNPLANNED_EVENT,
-                        "event",
-                        _cut(f"{name!r} is not in the tracking plan", MAX_MESSAGE_BYTES),
-                    )
-                )
-            else:
-                _check(validator, event, "properties", found)
-        elif kind == "identify" and section.identify is not None:
-            _check(section.identify, event, "traits", found)
-        elif kind == "group" and section.group is not None:
-            _check(section.group, event, "traits", found)
-        if section.context is not None and len(found) < MAX_VIOLATIONS:
-            _check(section.context, event, "context", found)
-        return found if len(found) <= MAX_VIOLATIONS else found[:MAX_VIOLATIONS]
+        return [] if section is None else _section_violations(section, event)
 
     def event_label(self, event: dict, source: str | None) -> str:
         """The event's name as the metrics count it, from a bounded set: a track event's name
@@ -173,6 +175,27 @@ class CompiledPlan:
             wanted = section.unplanned if violation.type == UNPLANNED_EVENT else section.mode
             worst = max(worst, _SEVERITY[wanted])
         return _ACTIONS[worst]
+
+
+def _section_violations(section: _CompiledSource, event: dict) -> list[Violation]:
+    """The event's violations of one source's section, at most MAX_VIOLATIONS."""
+    found: list[Violation] = []
+    kind = event.get("type")
+    if kind == "track":
+        name = event.get("event")
+        validator = section.track.get(name) if type(name) is str else None
+        if validator is None:
+            message = _cut(f"{name!r} is not in the tracking plan", MAX_MESSAGE_BYTES)
+            found.append(Violation(UNPLANNED_EVENT, "event", message))
+        else:
+            _check(validator, event, "properties", found)
+    elif kind == "identify" and section.identify is not None:
+        _check(section.identify, event, "traits", found)
+    elif kind == "group" and section.group is not None:
+        _check(section.group, event, "traits", found)
+    if section.context is not None and len(found) < MAX_VIOLATIONS:
+        _check(section.context, event, "context", found)
+    return found if len(found) <= MAX_VIOLATIONS else found[:MAX_VIOLATIONS]
 
 
 def _optional(schema: Schema | None, rule: str) -> Any:

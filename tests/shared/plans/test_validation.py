@@ -4,6 +4,8 @@ fields."""
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from shared.plans.validation import Violation, load_compiled
 
@@ -147,3 +149,35 @@ def test_the_most_severe_action_wins() -> None:
     # And an unplanned event to block beats a mode of tag.
     compiled = plan(mode="tag", unplanned="block")
     assert compiled.action(compiled.violations(event, "web"), "web") == "block"
+
+
+# Events of every kind the shortcut of `first_violating` must tell apart from the full check.
+EVENTS = st.sampled_from(
+    [
+        order({"revenue": 12.5}),  # passes
+        order({"revenue": "12.5"}),  # Datatype-Mismatch
+        order({}),  # Required-Missing
+        order([1]),  # not an object
+        {"type": "track", "event": "Order Completed"},  # absent: checked as empty
+        {"type": "track", "event": "Signed Up", "properties": {}},  # unplanned
+        {"type": "track", "event": ["Order Completed"], "properties": {"revenue": 1}},
+        {"type": "identify", "traits": {"email": "a@b.c"}},
+        {"type": "identify", "traits": {}},
+        {"type": "page", "properties": {"anything": [1]}},
+        {
+            "type": "track",
+            "event": "Order Completed",
+            "properties": {"revenue": 1},
+            "context": {"app": {}},
+        },  # breaks the context schema only
+    ]
+)
+WITHOUT_CONTEXT = PLAN[: PLAN.index("    context:")]  # the same plan without its last rule
+
+
+@pytest.mark.parametrize("template", [PLAN, WITHOUT_CONTEXT], ids=["context", "no context"])
+@given(batch=st.lists(EVENTS, max_size=6), source=st.sampled_from(["web", "ios", None]))
+def test_the_first_violating_event_is_the_first_with_violations(template, batch, source) -> None:
+    compiled = load_compiled(template.format(mode="tag", unplanned="tag"))
+    found = [(i, v) for i, e in enumerate(batch) if (v := compiled.violations(e, source))]
+    assert compiled.first_violating(batch, source) == (found[0] if found else None)
