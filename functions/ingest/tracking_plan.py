@@ -74,30 +74,33 @@ def _acted_on(
     first: int,
     found: list[Violation],
 ) -> tuple[list[dict[str, Any]], AbstractSet[int]]:
-    """`checked` from the first event that breaks a rule, at `first`, with its `found`."""
-    kept: list[dict[str, Any]] = prepared[:first]
+    """`checked` from the first event that breaks a rule, at `first`, with its `found`: each
+    violating event acted on, the passing ones between them kept as they are."""
+    kept: list[dict[str, Any]] = []
     quarantined: set[int] = set()
     blocked: list[events.Problem] = []
     labels: list[tuple[str, str, str]] = []
     source_label = source or "default"
-    for index in range(first, len(prepared)):
+    passed_from = 0  # the passing events from here to the violating one are kept
+    violating: tuple[int, list[Violation]] | None = (first, found)
+    while violating is not None:
+        index, found = violating
+        kept.extend(prepared[passed_from:index])
         event = prepared[index]
-        if index > first:
-            found = plan.violations(event, source)
-        if not found:
-            kept.append(event)
-            continue
         name = plan.event_label(event, source)
         labels.extend((source_label, name, violation.type) for violation in found)
         action = plan.action(found, source)
         if action == "block":
             blocked.extend(_problem(index, violation) for violation in found)
-            continue
-        if action != "store":
-            _tag(event, found)
-        if action == "quarantine":
-            quarantined.add(id(event))
-        kept.append(event)
+        else:
+            if action != "store":
+                _tag(event, found)
+            if action == "quarantine":
+                quarantined.add(id(event))
+            kept.append(event)
+        passed_from = index + 1
+        violating = plan.first_violating(prepared, source, passed_from)
+    kept.extend(prepared[passed_from:])
     g.violations = labels
     if blocked and refuse_blocked:
         raise Blocked(blocked)

@@ -119,17 +119,18 @@ class CompiledPlan:
         return self._sources.get(source, self._default)  # `source` None: no such key
 
     def first_violating(
-        self, events: list[dict], source: str | None
+        self, events: list[dict], source: str | None, start: int = 0
     ) -> tuple[int, list[Violation]] | None:
-        """The position of the first of `events` that breaks a rule of the plan of `source`,
-        and its violations; None if none does. Ingest asks it of every request, and most
-        events pass: a planned track event that passes costs a schema check and a few
-        lookups, the section being looked up once per request."""
+        """The position of the first of `events` from `start` on that breaks a rule of the
+        plan of `source`, and its violations; None if none does. Ingest asks it of every
+        request, and most events pass: a planned track event that passes costs a schema check
+        and a few lookups, the section being looked up once per call."""
         section = self._section(source)
         if section is None:
             return None
         track = section.track if section.context is None else None  # else: every rule, always
-        for index, event in enumerate(events):
+        for index in range(start, len(events)):
+            event = events[index]
             if track is not None and event.get("type") == "track":
                 name = event.get("event")
                 validator = track.get(name) if type(name) is str else None
