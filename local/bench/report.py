@@ -453,13 +453,13 @@ def enrichment_lines(results: dict) -> list[str]:
 
 def plan_line(row: dict) -> str:
     verdict = "met" if row["met"] else "NOT met"
+    judged = f"target {row['target']}: {verdict}" if row["target"] else "no target"
     return (
         f"  /batch {row['events_per_request']:>3} event(s), {row['kind']}: {row['on_us']} us per"
         f" request with a {row['planned_events']}-event plan, {row['off_us']} without:"
         f" {row['cost_us']:+} us ({row['cost_share']:+.1%}), {row['cost_us_per_event']:+} us per"
         f" event; the check alone {row['check_us']} us per request, {row['check_us_per_event']}"
-        f" us per event; target {row['target']}: {verdict} (least of {row['rounds']} x"
-        f" {row['requests']} requests)"
+        f" us per event; {judged} (least of {row['rounds']} x {row['requests']} requests)"
     )
 
 
