@@ -13,6 +13,7 @@ from typing import Any
 import click
 import msgspec
 
+from functions.cli.options import read_range_options
 from functions.cli.terminal import StatusLine, needs_duckdb
 
 FORMATS = ("table", "csv", "json")
@@ -24,19 +25,7 @@ _json = msgspec.json.Encoder(decimal_format="number", enc_hook=str)
 
 
 @click.command(context_settings={"max_content_width": 100})
-@click.option(
-    "--from",
-    "start",
-    metavar="DATE[THH]",
-    help="First hour to read (UTC): YYYY-MM-DD or YYYY-MM-DDTHH. Default: the first archived.",
-)
-@click.option(
-    "--to",
-    "end",
-    metavar="DATE[THH]",
-    help="Last hour to read, included (UTC); a date means up to its 23:00 hour. "
-    "Default: the last archived.",
-)
+@read_range_options
 @click.option(
     "--format",
     "fmt",
