@@ -4,33 +4,17 @@ drafted from the events stored (`draft`), or read from Segment's export (`from-s
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
 import click
 import msgspec
 
+from functions.cli.options import read_range_options
 from functions.cli.terminal import StatusLine, needs_duckdb
 
 _json = msgspec.json.Encoder()
-
-
-def _range_options(command: Callable) -> Callable:
-    """`--from` and `--to`, as `event-ingest query` has them."""
-    command = click.option(
-        "--to",
-        "end",
-        metavar="DATE[THH]",
-        help="Last hour to read, included (UTC); a date means up to its 23:00 hour. "
-        "Default: the last archived.",
-    )(command)
-    return click.option(
-        "--from",
-        "start",
-        metavar="DATE[THH]",
-        help="First hour to read (UTC): YYYY-MM-DD or YYYY-MM-DDTHH. Default: the first archived.",
-    )(command)
 
 
 @click.group(context_settings={"max_content_width": 100})
@@ -39,7 +23,7 @@ def plan() -> None:
 
 
 @plan.command()
-@_range_options
+@read_range_options
 @click.option(
     "--format",
     "fmt",
@@ -68,7 +52,7 @@ def check(start: str | None, end: str | None, fmt: str, plan_file: str) -> None:
 
 
 @plan.command()
-@_range_options
+@read_range_options
 @click.option(
     "--out",
     type=click.Path(dir_okay=False, writable=True),
@@ -124,23 +108,7 @@ def from_segment(source: str, mode: str, unplanned: str, out: str | None, export
         loaded, unmapped = load_segment_plan(export.read(), source, mode, unplanned)
     except PlanError as exc:
         raise click.ClickException(str(exc)) from None
-    section = loaded.sources[source]
-    document = {
-        "sources": {
-            source: {
-                "mode": section.mode,
-                "unplanned": section.unplanned,
-                "track": {name: {"properties": s} for name, s in section.track.items()},
-                **(
-                    {"identify": {"traits": section.identify}}
-                    if section.identify is not None
-                    else {}
-                ),
-                **({"group": {"traits": section.group}} if section.group is not None else {}),
-                **({"context": section.context} if section.context is not None else {}),
-            }
-        }
-    }
+    document = {"sources": {source: loaded.sources[source].as_document()}}
     for item in unmapped:
         click.echo(f"not mapped: {item}", err=True)
     _write(yaml.safe_dump(document, sort_keys=False, allow_unicode=True, width=100), out)

@@ -59,6 +59,20 @@ class SourcePlan:
     group: Schema | None = None
     context: Schema | None = None
 
+    def as_document(self) -> dict[str, Any]:
+        """The section as a plan file writes it: what `source_from_dict` reads back."""
+        document: dict[str, Any] = {
+            "mode": self.mode,
+            "unplanned": self.unplanned,
+            "track": {name: {"properties": schema} for name, schema in self.track.items()},
+        }
+        for key in ("identify", "group"):
+            if (traits := getattr(self, key)) is not None:
+                document[key] = {"traits": traits}
+        if self.context is not None:
+            document["context"] = self.context
+        return document
+
 
 @dataclass(frozen=True)
 class Plan:

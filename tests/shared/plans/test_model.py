@@ -8,7 +8,7 @@ import json
 import pytest
 import yaml
 
-from shared.plans.model import PlanError, load_plan
+from shared.plans.model import PlanError, load_plan, source_from_dict
 from shared.plans.validation import load_compiled
 
 ISSUE_EXAMPLE = """
@@ -114,3 +114,24 @@ def test_a_duplicate_json_key_is_refused() -> None:
     text = '{"sources": {"web": {"track": {"E": {"properties": {}}, "E": {"properties": {}}}}}}'
     with pytest.raises(PlanError, match="duplicate key 'E'"):
         load_plan(text)
+
+
+@pytest.mark.parametrize(
+    "section",
+    [
+        {"mode": "block", "unplanned": "tag", "track": {}},
+        {
+            "mode": "quarantine",
+            "unplanned": "allow",
+            "track": {"Order Completed": {"properties": {"type": "object", "required": ["a"]}}},
+            "identify": {"traits": {"type": "object"}},
+            "group": {"traits": True},
+            "context": {"type": "object", "properties": {"app": {"type": "object"}}},
+        },
+    ],
+    ids=["bare", "every rule"],
+)
+def test_a_section_written_out_reads_back_the_same(section: dict) -> None:
+    read = source_from_dict("web", section)
+    assert read.as_document() == section
+    assert source_from_dict("web", read.as_document()) == read
