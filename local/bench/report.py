@@ -411,14 +411,26 @@ def rate_limits_line(row: dict) -> str:
     )
 
 
-def enrichment_line(row: dict) -> str:
+def _with_and_without(row: dict, with_what: str) -> str:
+    """An in-process A/B row's figures: per request with `with_what` and without, the cost."""
+    return (
+        f"{row['on_us']} us per request with {with_what}, {row['off_us']} without:"
+        f" {row['cost_us']:+} us ({row['cost_share']:+.1%}), {row['cost_us_per_event']:+} us per"
+        f" event"
+    )
+
+
+def _judged(row: dict) -> str:
+    """The row's verdict against its target, and how it was measured."""
     verdict = "met" if row["met"] else "NOT met"
+    judged = f"target {row['target']}: {verdict}" if row["target"] else "no target"
+    return f"{judged} (least of {row['rounds']} x {row['requests']} requests)"
+
+
+def enrichment_line(row: dict) -> str:
     return (
         f"  {row['path']} {row['events_per_request']:>3} event(s), {row['clients']:>4}"
-        f" client(s): {row['on_us']} us per request with enrichment, {row['off_us']} without:"
-        f" {row['cost_us']:+} us ({row['cost_share']:+.1%}), {row['cost_us_per_event']:+} us per"
-        f" event; target {row['target']}: {verdict} (least of {row['rounds']} x"
-        f" {row['requests']} requests)"
+        f" client(s): {_with_and_without(row, 'enrichment')}; {_judged(row)}"
     )
 
 
@@ -452,14 +464,11 @@ def enrichment_lines(results: dict) -> list[str]:
 
 
 def plan_line(row: dict) -> str:
-    verdict = "met" if row["met"] else "NOT met"
-    judged = f"target {row['target']}: {verdict}" if row["target"] else "no target"
+    plan = f"a {row['planned_events']}-event plan"
     return (
-        f"  /batch {row['events_per_request']:>3} event(s), {row['kind']}: {row['on_us']} us per"
-        f" request with a {row['planned_events']}-event plan, {row['off_us']} without:"
-        f" {row['cost_us']:+} us ({row['cost_share']:+.1%}), {row['cost_us_per_event']:+} us per"
-        f" event; the check alone {row['check_us']} us per request, {row['check_us_per_event']}"
-        f" us per event; {judged} (least of {row['rounds']} x {row['requests']} requests)"
+        f"  /batch {row['events_per_request']:>3} event(s), {row['kind']}:"
+        f" {_with_and_without(row, plan)}; the check alone {row['check_us']} us per request,"
+        f" {row['check_us_per_event']} us per event; {_judged(row)}"
     )
 
 
