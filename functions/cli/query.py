@@ -51,12 +51,14 @@ def query(
 
     \b
     Tables:
-      events      each event once: of the rows sharing a source and a
-                  message_id, the copy with the earliest received_at (then the
-                  first object in key order) among the hours read; two sources'
-                  events with one ID are two events. The deduplication is a
-                  window over every row read, paid by each query that reads
-                  `events`.
+      events      each event once, as compaction keeps it: compacted hours as
+                  stored; in the hours not yet compacted, of the rows sharing a
+                  source and a message_id, the copy with the earliest
+                  received_at (then the first object in key order), unless a
+                  compacted hour within DEDUP_WINDOW before holds it. Two
+                  sources' events with one ID are two events. That
+                  deduplication is a window over the rows held, paid by each
+                  query that reads `events`.
       raw_events  every archived row, duplicates included, plus object_key:
                   cheaper, and exact after `event-ingest compact`.
 
@@ -68,8 +70,9 @@ def query(
 
     \b
     --from/--to bound the partitions read: nothing outside them is listed
-    beyond its prefix or downloaded. Without them the whole archive is read,
-    and held in memory while the query runs.
+    beyond its prefix or downloaded. Without them the whole archive is read.
+    Compacted hours are streamed (only the columns the SQL uses are
+    downloaded); the hours not yet compacted are held in memory.
 
     \b
     An object that cannot be decoded fails the query, naming it, unless

@@ -123,6 +123,25 @@ def compaction_memory_line(row: dict) -> str:
     )
 
 
+# `event-ingest query`'s own peak RSS over compacted archives (issue 28): at most this, and
+# the larger archive's at most QUERY_RSS_GROWTH times the smaller's.
+QUERY_RSS_LIMIT_MB = 600
+QUERY_RSS_GROWTH = 1.15
+
+
+def query_memory_line(row: dict) -> str:
+    small, large = row["small"], row["large"]
+    peaks = [round(r["peak_rss_bytes"] / 2**20) for r in (small, large)]
+    met = max(peaks) < QUERY_RSS_LIMIT_MB and row["rss_ratio"] <= QUERY_RSS_GROWTH
+    return (
+        f"  query memory, the group-by by `event-ingest query` over compacted events: peak RSS"
+        f" {peaks[0]:,} MB ({small['seconds']:.2f} s) over {small['events']:,},"
+        f" {peaks[1]:,} MB ({large['seconds']:.2f} s) over {large['events']:,}:"
+        f" {row['rss_ratio']:.2f}x (target < {QUERY_RSS_LIMIT_MB} MB at both and at most"
+        f" {QUERY_RSS_GROWTH:.2f}x: {'met' if met else 'NOT MET'})"
+    )
+
+
 def privacy_scan_line(fmt: str, row: dict) -> str:
     runs = row.get("runs_eps", [])
     spread = f" [{_n(min(runs))}..{_n(max(runs))}]" if len(runs) > 1 else ""
@@ -289,6 +308,8 @@ def table(results: dict) -> str:
             lines.append(compaction_line(archive["compaction"]))
         if archive.get("compaction_memory"):
             lines.append(compaction_memory_line(archive["compaction_memory"]))
+        if archive.get("query_memory"):
+            lines.append(query_memory_line(archive["query_memory"]))
     if results.get("crowd"):
         lines += ["", "a normal client while 500 idle keep-alive and 100 slow connections are open"]
         lines += [crowd_line(row) for row in results["crowd"]]

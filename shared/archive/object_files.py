@@ -43,11 +43,11 @@ class ObjectFiles(AbstractFileSystem):
     cachable = False  # one per query: fsspec must not hand it to another store's reader
 
     def __init__(
-        self, store: ObjectStore, listed: list[ArchivedObject], block_bytes: int = BLOCK_BYTES
+        self, store: ObjectStore, listed: list[ArchivedObject], block_bytes: int | None = None
     ) -> None:
         super().__init__()
         self.store = store
-        self.block_bytes = block_bytes
+        self.block_bytes = block_bytes or BLOCK_BYTES
         self.sizes = {item.key: item.size for item in listed}
         self.gone: set[str] = set()
 

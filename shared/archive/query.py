@@ -1,30 +1,42 @@
-"""SQL over the archive: list → prune → read → deduplicate → answer, in an embedded DuckDB.
+"""SQL over the archive: list → prune → read or stream → deduplicate → answer, in an embedded
+DuckDB.
 
 `open_archive` lists the objects of an hour range (`reading.list_objects`, which prunes by
-partition: nothing outside the range is listed beyond its prefix or downloaded), downloads and
-decodes them with boto3 (`reading.read_object`, the same for gzip NDJSON and Parquet), and hands
-the rows to an in-process DuckDB as one Arrow table. DuckDB never touches S3 itself, so no
-extension (httpfs) is needed, and the connection refuses to download one.
+partition: nothing outside the range is listed beyond its prefix or downloaded), then:
+
+- the hours whose objects are all compacted ones are **streamed**: opening reads each object's
+  footer (its row count, and that it is Parquet of this schema), and DuckDB reads the objects
+  itself as the query scans them, through `ObjectFiles` (the bucket as an fsspec filesystem
+  over `ObjectStore`): the footer, then the column chunks the SQL uses, in ranged GETs, with
+  `dt`/`hour` from the path so that a filter on them skips other hours' objects. Nothing of
+  them is held beyond what DuckDB scans;
+- the other hours (the consumer's objects not yet compacted, late objects, and the compacted
+  objects beside them) are **held**: downloaded and decoded with boto3 (`reading.read_object`,
+  the same for gzip NDJSON and Parquet) and handed to DuckDB as one Arrow table, as are
+  compacted objects written before a column of `columns.SCHEMA` existed (derived here), and
+  everything while a deletion is pending (`forget`: the IDs it links are found across rows).
+
+DuckDB downloads nothing itself, so no extension (httpfs) is needed, and the connection refuses
+to download one.
 
 Two views answer queries:
 
 - `raw_events`: every row of every object read, with `object_key`, the object it came from.
-- `events`: each event once: of the rows sharing a `source` and a non-NULL `message_id`
-  (`columns.DEDUP_KEY`; a NULL source, anonymous mode, is one source of its own), the copy
-  with the earliest `received_at`, then the first in object key order, then the first in its
-  object. Two sources' events with the same ID are two events: an ID is unique only within the
-  source that sent it, and a source whose key is public could otherwise hide another's events
-  by sending their IDs first. Rows without a `message_id` all stay. With a range, duplicates
-  are resolved among what the range holds: a copy whose earlier twin lies outside it counts.
+- `events`: each event once, by compaction's rule. Streamed rows are as compaction stored them
+  (once per `columns.DEDUP_KEY` within the hour and the DEDUP_WINDOW before it): nothing is
+  added to them, so a fully compacted range needs no set of IDs. Of the held rows sharing a
+  `source` and a non-NULL `message_id` (a NULL source, anonymous mode, is one source of its
+  own), the copy with the earliest `received_at`, then the first in object key order, then the
+  first in its object, unless a streamed (compacted) hour within `window_h` (DEDUP_WINDOW) hours
+  before holds that key: compaction will drop it. Two sources' events with the same ID are two
+  events: an ID is unique only within the source that sent it, and a source whose key is public
+  could otherwise hide another's events by sending their IDs first. Rows without a
+  `message_id` all stay. With a range, duplicates are resolved among what the range holds.
 
-What the deduplication costs: `events` is a window (`row_number() OVER (PARTITION BY source,
-message_id ORDER BY received_at, position)`) over every row of the range. DuckDB hashes all
-rows by their key, sorts each group, and keeps one, for every query that reads `events` (it is
-a view: nothing is paid by a query that reads only `raw_events`). Time and memory grow with
-the rows read, not with what the query asks for: roughly a group-by over the key on top of the
-query itself. Filters on `dt`/`hour` in the query are not pushed below the window;
-bound the range with `--from`/`--to` instead. After compaction the archive stores each event
-once, and `raw_events` gives the same answers without the window.
+What the deduplication costs: a window (`row_number() OVER (PARTITION BY source, message_id
+ORDER BY received_at, position)`) over the held rows, and an anti-join with the keys of the
+compacted objects in the window before them, for every query that reads `events`. Memory: the
+held rows, as Arrow, while the query runs; the streamed ones are not held.
 
 Columns of both (see `shared.archive.columns`): `message_id`, `type`, `event`, `name`,
 `user_id`, `anonymous_id`, `group_id`, `previous_id`, `source` (text; an empty ID is NULL),
@@ -36,10 +48,12 @@ top-level field the client sent), `country`, `country_code`, `region`, `city`, `
 
 A third view, `quarantined`, holds the events a tracking plan quarantined (stored under
 `quarantine/`, never in `events`): the columns of `raw_events` and `violations` (JSON, from
-`context.violations`), not deduplicated. Its objects are listed and read only for a query that
-names it.
+`context.violations`), not deduplicated. Its objects are listed and read (held) only for a
+query that names it.
 
-Memory: the rows of the range are held decoded, as Arrow, while the query runs.
+An object that changes under a query: one gone between listing and reading makes its hour be
+listed and read again; a streamed one gone while DuckDB runs the query makes the archive open
+anew and the query run again (`Archive.recover`), at most RELIST_ATTEMPTS times.
 
 An object that cannot be decoded (`reading.Unreadable`: corrupt or truncated gzip, a line that
 is not a JSON object, bad Parquet) fails the query with `UnreadableObject`, naming it; with
@@ -62,10 +76,12 @@ from urllib.parse import urlsplit
 import botocore.exceptions
 import duckdb
 import pyarrow as pa
+import pyarrow.parquet as pq
 
-from shared.archive import columns, partitions, reading
+from shared.archive import columns, object_files, partitions, reading
 from shared.archive.columns import DEDUP_KEY
-from shared.archive.naming import QUARANTINE_ROOT
+from shared.archive.naming import QUARANTINE_ROOT, compacted_part
+from shared.archive.object_files import ObjectFiles
 from shared.archive.partitions import HourRange, partition
 from shared.archive.privacy.store import RegulationStore
 from shared.archive.privacy.subjects import without_pending
@@ -79,6 +95,11 @@ from shared.settings import Settings
 RELIST_ATTEMPTS = 5
 # Downloads in flight at once: S3 latency, not CPU, bounds a query over many small objects.
 DOWNLOAD_WORKERS = 8
+# The tail of a streamed object fetched at opening, for its footer (the row count, the schema):
+# what pyarrow reads of a footer first, so that one GET holds it all.
+FOOTER_BYTES = 64 * 1024
+# DEDUP_WINDOW's default (the settings' own), for callers that give none.
+DEDUP_WINDOW_H = Settings.dedup_window_h
 
 _ARCHIVE = "_archive"  # the rows, registered from Arrow
 _OBJECTS = "_objects"  # (_object, object_key): which object each row came from
@@ -143,7 +164,7 @@ def check(sql: str) -> None:
         if not statements:
             raise BadQuery("no SQL statement given")
         if len(statements) == 1 and statements[0].type == duckdb.StatementType.SELECT:
-            _define_views(con, _rows_table([]), _objects_table([]))
+            _define_views(con, _rows_table([]), [])
             try:
                 con.sql(statements[0].query)
             except duckdb.Error as exc:
@@ -155,6 +176,8 @@ class Result:
     """What the last statement of a query returned: its columns, then its rows."""
 
     relation: Any  # duckdb.DuckDBPyRelation
+    archive: Archive | None = None  # what ran it, to run it again if the archive changed
+    sql: str = ""
 
     @property
     def columns(self) -> list[str]:
@@ -167,20 +190,32 @@ class Result:
     def rows(self, batch_size: int = 10_000) -> Iterator[tuple[Any, ...]]:
         """Every row, as Python values. The query runs to its end in this call, so an error at
         run time is raised here, before the caller writes anything."""
-        try:
-            iterator = self.relation.iter_rows(batch_size)
-            first = next(iterator, None)
-        except duckdb.Error as exc:
-            raise BadQuery(_first_line(exc)) from None
+        iterator, first = self._running(lambda: self._first(batch_size))
         return iter(()) if first is None else itertools.chain([first], iterator)
 
     def box(self) -> str:
         """The rows drawn as DuckDB draws them: a box with column names and types; long
         results show their first and last rows and say how many there are."""
-        try:
-            return str(self.relation)
-        except duckdb.Error as exc:
-            raise BadQuery(_first_line(exc)) from None
+        return self._running(lambda: str(self.relation))
+
+    def _first(self, batch_size: int) -> tuple[Iterator[tuple[Any, ...]], Any]:
+        iterator = self.relation.iter_rows(batch_size)
+        return iterator, next(iterator, None)
+
+    def _running(self, run: Callable[[], Any]) -> Any:
+        """`run()`; when DuckDB fails because a streamed object changed meanwhile, the query
+        again over the archive opened anew (Archive.recover)."""
+        for attempt in itertools.count(1):
+            try:
+                return run()
+            except duckdb.Error as exc:
+                if self.archive is None:
+                    raise BadQuery(_first_line(exc)) from None
+                self.archive.recover(exc, attempt)
+                again = self.archive.run(self.sql)
+                assert again is not None  # it returned rows the first time
+                self.relation = again.relation
+        raise AssertionError("unreachable")
 
 
 @dataclass
@@ -195,17 +230,52 @@ class Archive:
     # Defines `quarantined`, reading the quarantine's objects of the range: done by the first
     # query that names it, so that no other query lists or reads them.
     read_quarantined: Callable[[], None] | None = None
+    # The objects DuckDB streams, and how to open the same range anew when one of them is
+    # gone before DuckDB read it (a compaction replaced it).
+    files: ObjectFiles | None = None
+    reopen: Callable[[], Archive] | None = None
 
     def run(self, sql: str) -> Result | None:
         """Run every statement of `sql`; the result of the last one, None if it returns none."""
-        if self.read_quarantined is not None and _QUARANTINED_NAME.search(sql):
-            self.read_quarantined()
-            self.read_quarantined = None
-        try:
-            relation = self.connection.sql(sql)
-        except duckdb.Error as exc:
+        for attempt in itertools.count(1):
+            if self.read_quarantined is not None and _QUARANTINED_NAME.search(sql):
+                self.read_quarantined()
+                self.read_quarantined = None
+            try:
+                relation = self.connection.sql(sql)
+            except duckdb.Error as exc:
+                self.recover(exc, attempt)
+                continue
+            return None if relation is None else Result(relation, self, sql)
+        raise AssertionError("unreachable")
+
+    def recover(self, exc: duckdb.Error, attempt: int) -> None:
+        """After DuckDB failed with `exc` on the `attempt`th run of a query: if a streamed object
+        was gone, this archive opened anew (listed again: the compaction's new objects read
+        instead), for the query to run again; else the error, as the query's own."""
+        if self.files is None or not self.files.gone:
+            unreadable = self._unreadable_in(exc)
+            if unreadable is not None:
+                raise UnreadableObject(unreadable) from None
             raise BadQuery(_first_line(exc)) from None
-        return None if relation is None else Result(relation)
+        if self.reopen is None or attempt > RELIST_ATTEMPTS:
+            gone = sorted(self.files.gone)[0]
+            raise ArchiveChanging(
+                f"objects such as {gone} kept changing while they were read"
+                f" ({RELIST_ATTEMPTS} listings); try again"
+            ) from None
+        fresh = self.reopen()
+        self.connection.close()
+        for name in ("connection", "objects", "rows", "skipped", "read_quarantined", "files"):
+            setattr(self, name, getattr(fresh, name))
+
+    def _unreadable_in(self, exc: duckdb.Error) -> reading.Unreadable | None:
+        """The streamed object DuckDB's error names, as Unreadable; None if it names none."""
+        message = str(exc)
+        for item in self.objects:
+            if object_files.url(item.key) in message:
+                return reading.Unreadable(item.key, reading.Damage(_first_line(exc), 0))
+        return None
 
     def close(self) -> None:
         self.connection.close()
@@ -246,6 +316,7 @@ def open_from_settings(
         endpoint=settings.s3_endpoint_url,
         skip_unreadable=skip_unreadable,
         forget=pending,
+        window_h=settings.dedup_window_h,
     )
 
 
@@ -259,32 +330,36 @@ def open_archive(
     endpoint: str | None = None,
     skip_unreadable: bool = False,
     forget: list[Regulation] | None = None,
+    window_h: int = DEDUP_WINDOW_H,
 ) -> Archive:
     """List the objects of `hours`, read them, and return a DuckDB with `events` and
     `raw_events` over their rows. `endpoint` only names the endpoint in error messages. An
     object that cannot be decoded raises UnreadableObject, or with `skip_unreadable` is left
     out (`Archive.skipped`). The subjects of the pending deletions `forget` are left out, as
-    if their deletion were done."""
+    if their deletion were done. `window_h` is the DEDUP_WINDOW, in hours."""
+
+    def reopen() -> Archive:
+        return open_archive(
+            store,
+            prefix,
+            hours,
+            workers=workers,
+            endpoint=endpoint,
+            skip_unreadable=skip_unreadable,
+            forget=forget,
+            window_h=window_h,
+        )
+
     skipped: dict[ArchivedObject, reading.Unreadable] | None = {} if skip_unreadable else None
-
-    def read(
-        under: str, show: Progress | None, unreadable: dict | None
-    ) -> tuple[pa.Table, list[ArchivedObject]]:
-        try:
-            listed = reading.list_objects(store, under, hours)
-            tables = _read_all(store, under, listed, show, workers, unreadable)
-        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
-            raise ArchiveUnreachable(_storage_error(exc, store.bucket, endpoint)) from None
-        except reading.Unreadable as exc:
-            raise UnreadableObject(exc) from None
-        objects = sorted(tables)
-        rows = _rows_table([(item, tables[item]) for item in objects])
-        return without_pending(rows, forget or []), objects
-
-    rows, objects = read(prefix, progress, skipped)
+    # Finding the subjects a pending deletion links to takes every row in hand.
+    read = _reading(store, hours, workers, endpoint, stream=not forget)
+    held = read(prefix, progress, skipped)
+    rows = without_pending(held.rows, forget or [])
     con = duckdb.connect(":memory:", config=_CONFIG)
+    files = ObjectFiles(store, held.streamed)
     try:
-        _define_views(con, rows, _objects_table(objects))
+        con.register_filesystem(files)
+        _define_views(con, rows, held.in_hand, held.streamed, window_h)
     except BaseException:
         con.close()
         raise
@@ -292,11 +367,44 @@ def open_archive(
     def quarantined() -> None:  # read only by a query that names it
         # Read after `skipped` was reported: an unreadable object fails the query, never left
         # out unsaid.
-        held, apart = read(prefix + QUARANTINE_ROOT, None, None)
-        _define_quarantined(con, held, _objects_table(apart))
+        apart = read(prefix + QUARANTINE_ROOT, None, None)
+        _define_quarantined(con, apart.rows, _objects_table(apart.in_hand))
 
     left_out = [skipped[item] for item in sorted(skipped or {})]
-    return Archive(con, objects, rows.num_rows, left_out, quarantined)
+    objects = sorted([*held.in_hand, *held.streamed])
+    count = rows.num_rows + held.streamed_rows
+    return Archive(con, objects, count, left_out, quarantined, files, reopen)
+
+
+@dataclass
+class _Held:
+    """What opening read of a root: the rows in hand (`in_hand`, the objects they came from in
+    key order), and the compacted objects DuckDB streams (`streamed`, `streamed_rows` rows)."""
+
+    rows: pa.Table
+    in_hand: list[ArchivedObject]
+    streamed: list[ArchivedObject]
+    streamed_rows: int
+
+
+def _reading(
+    store: ObjectStore, hours: HourRange, workers: int, endpoint: str | None, stream: bool
+) -> Callable[[str, Progress | None, dict | None], _Held]:
+    def read(under: str, show: Progress | None, unreadable: dict | None) -> _Held:
+        try:
+            listed = reading.list_objects(store, under, hours)
+            tables, footers = _read_all(
+                store, under, listed, show, workers, unreadable, stream and under.endswith("/")
+            )
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+            raise ArchiveUnreachable(_storage_error(exc, store.bucket, endpoint)) from None
+        except reading.Unreadable as exc:
+            raise UnreadableObject(exc) from None
+        in_hand = sorted(tables)
+        rows = _rows_table([(item, tables[item]) for item in in_hand])
+        return _Held(rows, in_hand, sorted(footers), sum(footers.values()))
+
+    return read
 
 
 # --- reading --------------------------------------------------------------------------------
@@ -309,12 +417,16 @@ def _read_all(
     progress: Progress | None,
     workers: int,
     unreadable: dict[ArchivedObject, reading.Unreadable] | None,
-) -> dict[ArchivedObject, pa.Table]:
-    """Every listed object's rows. An object that cannot be decoded raises Unreadable, or with
-    `unreadable` given, is left out and put there. When an object is gone (a compaction merged
-    it and removed it after the listing), everything read from its partition is dropped and
-    the partition is listed and read again, so no event is counted twice nor missed."""
+    stream: bool,
+) -> tuple[dict[ArchivedObject, pa.Table], dict[ArchivedObject, int]]:
+    """Every listed object's rows, in hand, but for the objects of the hours that only hold
+    compacted objects (with `stream`), whose footers only are read (their row counts): DuckDB
+    streams those. An object that cannot be decoded raises Unreadable, or with `unreadable`
+    given, is left out and put there. When an object is gone (a compaction merged it and
+    removed it after the listing), everything read from its partition is dropped and the
+    partition is listed and read again, so no event is counted twice nor missed."""
     tables: dict[ArchivedObject, pa.Table] = {}
+    footers: dict[ArchivedObject, int] = {}
     relisted: dict[tuple[date, int], int] = defaultdict(int)
     total, done = len(listed), 0
     if progress:
@@ -323,20 +435,27 @@ def _read_all(
     try:
         pending = listed
         while pending:
-            futures: dict[Future[pa.Table], ArchivedObject] = {
-                pool.submit(reading.read_object, store, item): item for item in pending
+            streamed = _compacted_hours(pending) if stream else set()
+            futures: dict[Future[pa.Table | int], ArchivedObject] = {
+                pool.submit(_read_one, store, item, (item.dt, item.hour) in streamed): item
+                for item in pending
             }
             changed: set[tuple[date, int]] = set()
             for future in as_completed(futures):
                 item = futures[future]
                 try:
-                    tables[item] = future.result()
+                    read = future.result()
                 except ObjectGone:
                     changed.add((item.dt, item.hour))
                 except reading.Unreadable as exc:
                     if unreadable is None:
                         raise
                     unreadable[item] = exc
+                else:
+                    if isinstance(read, int):
+                        footers[item] = read
+                    else:
+                        tables[item] = read
                 done += 1
                 if progress:
                     progress(done, total)
@@ -348,9 +467,9 @@ def _read_all(
                         f"the objects of {partition(day, hour).rstrip('/')} kept changing "
                         f"while they were read ({RELIST_ATTEMPTS} listings); try again"
                     )
-                for read in (tables, unreadable or {}):
-                    for item in [item for item in read if (item.dt, item.hour) == (day, hour)]:
-                        del read[item]
+                for read_ in (tables, footers, unreadable or {}):
+                    for item in [item for item in read_ if (item.dt, item.hour) == (day, hour)]:
+                        del read_[item]
                 again = reading.list_partition(store, prefix, day, hour)
                 total += len(again)
                 pending += again
@@ -358,7 +477,33 @@ def _read_all(
                 progress(done, total)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
-    return tables
+    return tables, footers
+
+
+def _compacted_hours(listed: list[ArchivedObject]) -> set[tuple[date, int]]:
+    """The hours of `listed` whose objects are all compacted ones."""
+    hours: dict[tuple[date, int], bool] = {}
+    for item in listed:
+        compacted = compacted_part(item.key) is not None
+        hours[item.dt, item.hour] = hours.get((item.dt, item.hour), True) and compacted
+    return {hour for hour, only_compacted in hours.items() if only_compacted}
+
+
+def _read_one(store: ObjectStore, item: ArchivedObject, streamed: bool) -> pa.Table | int:
+    """The object's rows; for a streamed one, its row count from its footer, unless it was
+    written before a column of `columns.SCHEMA` existed: then its rows, derived
+    (`columns.conform`), as DuckDB cannot derive them."""
+    if not streamed:
+        return reading.read_object(store, item)
+    file = store.open(item.key, item.size)
+    file.fetch(item.size - FOOTER_BYTES, item.size)
+    try:
+        metadata = pq.ParquetFile(pa.PythonFile(file, mode="r")).metadata
+    except reading.DECODE_ERRORS as exc:
+        raise reading.Unreadable(item.key, reading.not_parquet(exc)) from None
+    if not set(columns.SCHEMA.names) <= set(metadata.schema.names):
+        return reading.read_object(store, item)
+    return metadata.num_rows
 
 
 def _rows_table(read: list[tuple[ArchivedObject, pa.Table]]) -> pa.Table:
@@ -413,35 +558,101 @@ def _select_list(alias: str) -> str:
     return ",\n       ".join(out)
 
 
-def _define_views(con: Any, rows: pa.Table, objects: pa.Table) -> None:
+def _define_views(
+    con: Any,
+    rows: pa.Table,
+    in_hand: list[ArchivedObject],
+    streamed: list[ArchivedObject] = (),  # type: ignore[assignment]
+    window_h: int = DEDUP_WINDOW_H,
+) -> None:
+    """`raw_events` and `events` over the rows in hand and the `streamed` objects (which DuckDB
+    reads itself, through the ObjectFiles registered with `con`)."""
     con.execute("SET TimeZone = 'UTC'")
     con.register(_ARCHIVE, rows)
-    con.register(_OBJECTS, objects)
+    con.register(_OBJECTS, _objects_table(in_hand))
     names = ", ".join(_quote(name) for name in (*columns.SCHEMA.names, "dt", "hour"))
     key = ", ".join(_quote(name) for name in DEDUP_KEY)
+    typed_stream = (
+        f"SELECT {_select_list('s')}, {_object_key('s')} AS object_key FROM {_scan(streamed)} AS s"
+    )
     con.execute(
         f"""
 CREATE TEMP VIEW raw_events AS
 SELECT {_select_list("a")},
        o.object_key AS object_key
 FROM {_ARCHIVE} AS a JOIN {_OBJECTS} AS o ON a._object = o._object
+{f"UNION ALL {typed_stream}" if streamed else ""}
 """
+    )
+    window = _window_before(in_hand, streamed, window_h)
+    stored_before = (
+        f"""
+WHERE NOT EXISTS (
+  SELECT 1 FROM {_scan(window)} AS w
+  WHERE NULLIF(w.message_id, '') = f.message_id AND w.source IS NOT DISTINCT FROM f.source
+    AND {_hour_index("w")} BETWEEN {_hour_index("f")} - {window_h} AND {_hour_index("f")} - 1
+)"""
+        if window
+        else ""
     )
     con.execute(
         f"""
 CREATE TEMP VIEW events AS
 WITH typed AS (
   SELECT {_select_list("a")}, a._position AS _position FROM {_ARCHIVE} AS a
+),
+first AS (
+  SELECT {names} FROM typed
+  WHERE message_id IS NOT NULL
+  QUALIFY row_number() OVER (
+    PARTITION BY {key} ORDER BY received_at NULLS LAST, _position
+  ) = 1
 )
-SELECT {names} FROM typed
-WHERE message_id IS NOT NULL
-QUALIFY row_number() OVER (
-  PARTITION BY {key} ORDER BY received_at NULLS LAST, _position
-) = 1
+SELECT {names} FROM first AS f{stored_before}
 UNION ALL
 SELECT {names} FROM typed WHERE message_id IS NULL
+{f"UNION ALL SELECT {names} FROM ({typed_stream})" if streamed else ""}
 """
     )
+
+
+def _scan(objects: list[ArchivedObject]) -> str:
+    """DuckDB's read of Parquet `objects`, with `dt` and `hour` from their paths."""
+    names = ", ".join(_literal(object_files.url(item.key)) for item in objects)
+    return (
+        f"read_parquet([{names}], hive_partitioning = true, filename = true,"
+        " hive_types = {'dt': DATE, 'hour': TINYINT})"
+    )
+
+
+def _object_key(alias: str) -> str:
+    return f"substr({alias}.filename, {len(object_files.url('')) + 1})"
+
+
+def _hour_index(alias: str) -> str:
+    """Hours since 1970 of the row's partition."""
+    return f"(datediff('hour', DATE '1970-01-01', {alias}.dt) + {alias}.hour)"
+
+
+def _window_before(
+    in_hand: list[ArchivedObject], streamed: list[ArchivedObject], window_h: int
+) -> list[ArchivedObject]:
+    """The streamed objects of the `window_h` hours before an hour whose rows are in hand:
+    where an earlier, compacted copy of an event in hand may be."""
+    hours = {_hour_number(item) for item in in_hand}
+    return [
+        item
+        for item in streamed
+        if any(0 < hour - _hour_number(item) <= window_h for hour in hours)
+    ]
+
+
+def _hour_number(item: ArchivedObject) -> int:
+    return int(item.hour_start.timestamp()) // 3600
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
 
 
 def _define_quarantined(con: Any, rows: pa.Table, objects: pa.Table) -> None:

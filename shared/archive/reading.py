@@ -42,7 +42,7 @@ LINES_LISTED = 1000
 # the text before the fault.
 _PIECE = 64 * 1024
 # What decoding bytes already downloaded raises when they are not what their format says.
-_DECODE_ERRORS = (
+DECODE_ERRORS = (
     msgspec.DecodeError,
     EOFError,  # gzip truncated
     OSError,  # gzip.BadGzipFile; nothing else reads a file here
@@ -161,7 +161,7 @@ def decode(fmt: str, body: bytes) -> tuple[pa.Table, Damage | None]:
         if fmt == "parquet":
             return parquet_rows(body), None
         return columns.to_rows(_ndjson.decode_lines(gzip.decompress(body))), None
-    except _DECODE_ERRORS as exc:
+    except DECODE_ERRORS as exc:
         fault = _first_line(exc)
     if fmt == "parquet":
         return _salvage_parquet(body, fault)
@@ -243,13 +243,13 @@ def _salvage_parquet(body: bytes, fault: str) -> tuple[pa.Table, Damage]:
     """Every row group that reads, when the file's footer does."""
     try:
         file = pq.ParquetFile(io.BytesIO(body))
-    except _DECODE_ERRORS as exc:
-        return columns.SCHEMA.empty_table(), Damage(f"not a Parquet file ({_first_line(exc)})", 0)
+    except DECODE_ERRORS as exc:
+        return columns.SCHEMA.empty_table(), not_parquet(exc)
     tables, failed = [], []
     for group in range(file.num_row_groups):
         try:
             tables.append(columns.conform(file.read_row_group(group)))
-        except _DECODE_ERRORS as exc:
+        except DECODE_ERRORS as exc:
             if not failed:
                 fault = f"row group {group}: {_first_line(exc)}"
             failed.append(group)
@@ -257,6 +257,11 @@ def _salvage_parquet(body: bytes, fault: str) -> tuple[pa.Table, Damage]:
     if failed:
         fault = f"{len(failed)} of {file.num_row_groups} Parquet row groups unreadable ({fault})"
     return rows, Damage(fault, rows.num_rows, row_groups=tuple(failed))
+
+
+def not_parquet(exc: BaseException) -> Damage:
+    """The damage of an object whose Parquet footer does not read."""
+    return Damage(f"not a Parquet file ({_first_line(exc)})", 0)
 
 
 def _first_line(exc: BaseException) -> str:

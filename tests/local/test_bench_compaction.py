@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from local.bench import archive_reading, report
+from local.bench import archive_reading, query_memory, report
 from shared.archive import ObjectStore
 from shared.settings import Settings
 from tests.conftest import settings_env
@@ -28,3 +28,24 @@ def test_the_compaction_line_says_its_peak_rss(
     assert 0 < row["arrow_peak_bytes"] < row["peak_rss_bytes"]
     line = report.compaction_line(row)
     assert f"peak RSS {row['peak_rss_mb']:,} MB (Arrow {row['arrow_peak_mb']:,} MB)" in line
+
+
+def test_the_query_memory_line_says_the_query_processes_own_peaks(
+    settings: Settings, http_s3: Any, moto_endpoint: str
+) -> None:
+    store = ObjectStore(http_s3, settings.s3_bucket)
+    env = settings_env(settings, S3_ENDPOINT_URL=moto_endpoint)
+
+    row = query_memory.compare(store, env, "bench/query-memory/", sizes=(500, 1_500))
+
+    names = query_memory.EVENT_NAMES
+    for measured in (row["small"], row["large"]):
+        share = measured["events"] // len(names)
+        assert measured["answer"] == [[name, str(share)] for name in sorted(names)]
+        assert 50 * 2**20 <= measured["peak_rss_bytes"] < 2_000 * 2**20
+    assert row["rss_ratio"] == round(
+        row["large"]["peak_rss_bytes"] / row["small"]["peak_rss_bytes"], 3
+    )
+    line = report.query_memory_line(row)
+    assert f"over 500, {round(row['large']['peak_rss_bytes'] / 2**20):,} MB" in line
+    assert line.endswith(": met)")

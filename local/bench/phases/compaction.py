@@ -1,14 +1,15 @@
 """Phase `compaction`: `event-ingest compact` over the NDJSON archive of the `archive` phase
 (written here first when that phase did not run), in a process of its own: its throughput and
 peak RSS; its peak memory for an hour alone and after a DEDUP_WINDOW of busy compacted hours;
-and the group-by over the compacted archive. Its figures join the `archive` section."""
+the group-by over the compacted archive; and `event-ingest query`'s own peak RSS over 1M and
+3M compacted events (`query_memory`). Its figures join the `archive` section."""
 
 from __future__ import annotations
 
 import os
 from typing import Any
 
-from local.bench import archive_reading, report
+from local.bench import archive_reading, query_memory, report
 from local.bench.context import Bench, say
 from local.bench.phases import archive
 
@@ -31,4 +32,6 @@ def run(bench: Bench) -> dict[str, Any]:
     say(report.compaction_memory_line(result["compaction_memory"]))
     result["query"]["compacted"] = archive_reading.time_query(store, ndjson)
     say(report.archive_query_line("compacted", result["query"]["compacted"]))
+    result["query_memory"] = query_memory.compare(store, env, "bench/query-memory/")
+    say(report.query_memory_line(result["query_memory"]))
     return {"archive": result}
