@@ -12,7 +12,7 @@ from typing import Any
 import boto3
 import pytest
 
-from shared.archive import ObjectStore, columns, object_files, query
+from shared.archive import ObjectStore, columns, query
 from shared.archive.formats import parquet
 from shared.archive.naming import Part, compacted_key
 from shared.archive.partitions import HourRange
@@ -72,10 +72,7 @@ def in_hand(archive: query.Archive) -> int:
     return answer(archive, "SELECT count(*) FROM _archive")[0][0]
 
 
-def test_a_compacted_hour_is_streamed_a_column_at_a_time(
-    store: CountingStore, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(object_files, "BLOCK_BYTES", 4096)  # a GET's least, set short
+def test_a_compacted_hour_is_streamed_a_column_at_a_time(store: CountingStore) -> None:
     events = [
         event(at(13, i % 60), messageId=f"m{i}", properties={"noise": _noise(i)})
         for i in range(5000)
