@@ -3,6 +3,7 @@ or a pipe."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
 import sys
@@ -14,7 +15,7 @@ import click
 import msgspec
 
 from functions.cli.options import read_range_options
-from functions.cli.terminal import StatusLine, needs_duckdb
+from functions.cli.terminal import StatusLine, needs_duckdb, ticking
 
 FORMATS = ("table", "csv", "json")
 # What makes a spreadsheet read a cell as a formula (OWASP's CSV injection list): an archived
@@ -93,7 +94,8 @@ def query(
          WHERE event = 'Signed Up' GROUP BY source ORDER BY n DESC"
 
     Reads S3_BUCKET, S3_PREFIX, S3_ENDPOINT_URL and the AWS credentials like the
-    functions do. Progress (objects read) goes to stderr on a terminal only.
+    functions do. Progress (objects read, then compacted objects scanned) goes
+    to stderr on a terminal only. Ctrl-C stops the query at once.
     """
     try:
         from shared.archive import query as archive_query
@@ -115,11 +117,20 @@ def query(
         with archive:
             result = archive.run(sql)
             if result is not None:
-                _write(result, fmt)
+                with _scanning(archive) as scanned:
+                    result.ran = scanned
+                    _write(result, fmt)
     except archive_query.UnreadableObject as exc:
         raise click.ClickException(f"{exc} (--skip-unreadable leaves such objects out)") from None
     except (archive_query.QueryError, ConfigError) as exc:
         raise click.ClickException(str(exc)) from None
+
+
+def _scanning(archive: Any) -> Any:
+    """Progress while DuckDB scans the streamed (compacted) objects, on a terminal."""
+    if not archive.scanned()[1]:
+        return contextlib.nullcontext(lambda: None)
+    return ticking(lambda read, of: f"scanning compacted objects: {read}/{of}", archive.scanned)
 
 
 def _say_skipped(skipped: list[Any]) -> None:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import click
@@ -22,7 +24,12 @@ class StatusLine:
         return self._draw if sys.stderr.isatty() else None
 
     def __exit__(self, *exc_info: object) -> None:
+        self.clear()
+
+    def clear(self) -> None:
+        """Erase the line, if it was drawn."""
         if self.shown:
+            self.shown = False
             sys.stderr.write("\r\033[K")
             sys.stderr.flush()
 
@@ -30,6 +37,45 @@ class StatusLine:
         self.shown = True
         sys.stderr.write(f"\r\033[K{self.render(*args)}")
         sys.stderr.flush()
+
+
+@contextlib.contextmanager
+def ticking(
+    render: Callable[..., str], poll: Callable[[], tuple[Any, ...]], every_s: float = 0.25
+) -> Iterator[Callable[[], None]]:
+    """While the block runs, a StatusLine redrawn with `render(*poll())` at its start, then every
+    `every_s` seconds from a thread of its own (the main thread is busy in a query), on a
+    terminal only. Yields `done()`, which draws it a last time and erases it, so that the answer
+    starts on a clean line: call it before writing one."""
+    status = StatusLine(render)
+    with status as draw:
+        if draw is None:
+            yield lambda: None
+            return
+        stopped = threading.Event()
+        drawing = threading.Lock()
+
+        def tick() -> None:
+            while not stopped.wait(every_s):
+                with drawing:
+                    if not stopped.is_set():
+                        draw(*poll())
+
+        def done() -> None:
+            with drawing:
+                if not stopped.is_set():
+                    stopped.set()
+                    draw(*poll())
+                    status.clear()
+
+        draw(*poll())
+        ticker = threading.Thread(target=tick, name="status-line", daemon=True)
+        ticker.start()
+        try:
+            yield done
+        finally:
+            done()
+            ticker.join()
 
 
 def table(rows: list[dict[str, Any]]) -> None:

@@ -45,6 +45,7 @@ class ObjectFiles(AbstractFileSystem):
         self.store = store
         self.sizes = {item.key: item.size for item in listed}
         self.gone: set[str] = set()
+        self.read: set[str] = set()  # the objects DuckDB has read from (progress)
 
     def info(self, path: str, **_: Any) -> dict[str, Any]:
         key = self._strip_protocol(path)
@@ -69,6 +70,7 @@ class ObjectFiles(AbstractFileSystem):
 
     def fetch(self, key: str, start: int, end: int) -> bytes:
         """Bytes `start` to `end` (excluded) of the object `key`."""
+        self.read.add(key)
         try:
             return self.store.get(key, (start, end - 1))
         except ObjectGone:

@@ -178,6 +178,8 @@ class Result:
     relation: Any  # duckdb.DuckDBPyRelation
     archive: Archive | None = None  # what ran it, to run it again if the archive changed
     sql: str = ""
+    # Called once the query has run, before any row is returned (the command line's progress).
+    ran: Callable[[], None] | None = None
 
     @property
     def columns(self) -> list[str]:
@@ -207,14 +209,19 @@ class Result:
         again over the archive opened anew (Archive.recover)."""
         for attempt in itertools.count(1):
             try:
-                return run()
+                outcome = run()
             except duckdb.Error as exc:
                 if self.archive is None:
+                    _raise_if_interrupted(exc)
                     raise BadQuery(_first_line(exc)) from None
                 self.archive.recover(exc, attempt)
                 again = self.archive.run(self.sql)
                 assert again is not None  # it returned rows the first time
                 self.relation = again.relation
+                continue
+            if self.ran is not None:
+                self.ran()
+            return outcome
         raise AssertionError("unreachable")
 
 
@@ -253,6 +260,7 @@ class Archive:
         """After DuckDB failed with `exc` on the `attempt`th run of a query: if a streamed object
         was gone, this archive opened anew (listed again: the compaction's new objects read
         instead), for the query to run again; else the error, as the query's own."""
+        _raise_if_interrupted(exc)
         if self.files is None or not self.files.gone:
             unreadable = self._unreadable_in(exc)
             if unreadable is not None:
@@ -268,6 +276,12 @@ class Archive:
         self.connection.close()
         for name in ("connection", "objects", "rows", "skipped", "read_quarantined", "files"):
             setattr(self, name, getattr(fresh, name))
+
+    def scanned(self) -> tuple[int, int]:
+        """(streamed objects DuckDB has read from, streamed objects): a query's progress."""
+        if self.files is None:
+            return 0, 0
+        return len(self.files.read), len(self.files.sizes)
 
     def _unreadable_in(self, exc: duckdb.Error) -> reading.Unreadable | None:
         """The streamed object DuckDB's error names, as Unreadable; None if it names none."""
@@ -676,6 +690,17 @@ def _quote(name: str) -> str:
 
 
 # --- errors ---------------------------------------------------------------------------------
+
+
+def _raise_if_interrupted(exc: duckdb.Error) -> None:
+    """KeyboardInterrupt (Ctrl-C) for a query DuckDB stopped because of one: its own interrupt,
+    or one raised while it read an object through ObjectFiles, which it reports as an error
+    holding the Python traceback."""
+    lines = str(exc).strip().splitlines()
+    if isinstance(exc, duckdb.InterruptException) or (
+        lines and lines[-1].startswith("KeyboardInterrupt")
+    ):
+        raise KeyboardInterrupt from None
 
 
 def _first_line(exc: BaseException) -> str:

@@ -207,3 +207,33 @@ def test_a_compacted_object_that_is_not_parquet_is_named(store: CountingStore) -
     with opened(store, skip_unreadable=True) as archive:
         assert [item.key for item in archive.skipped] == [key]
         assert answer(archive, "SELECT count(*) FROM events") == [(0,)]
+
+
+def test_a_filter_on_the_partition_reads_no_other_hour(store: CountingStore) -> None:
+    """Past the footers read at opening, a query with `WHERE hour = 13` reads nothing of hour
+    14's object (DuckDB reads the footer of the first object named, 13's, for the schema)."""
+    first = compacted(store, 13, [event(at(13, i), messageId=f"a{i}") for i in range(10)])
+    later = compacted(store, 14, [event(at(14, i), messageId=f"b{i}") for i in range(10)])
+    with opened(store) as archive:
+        store.read.clear()
+        assert answer(archive, "SELECT count(*) FROM events WHERE hour = 13") == [(10,)]
+        assert answer(
+            archive, "SELECT count(*) FROM raw_events WHERE dt = DATE '2024-03-05' AND hour < 14"
+        ) == [(10,)]
+    assert first in store.read and later not in store.read
+
+
+def test_ctrl_c_while_duckdb_reads_an_object_is_ctrl_c(
+    store: CountingStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DuckDB reports a KeyboardInterrupt raised in a read through ObjectFiles as an error
+    holding its traceback: the query raises KeyboardInterrupt again, not a one-line error."""
+    compacted(store, 13, [event(at(13), messageId="m")])
+    with opened(store) as archive:
+
+        def interrupted(*_: Any) -> bytes:
+            raise KeyboardInterrupt
+
+        monkeypatch.setattr(store, "get", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            answer(archive, "SELECT count(DISTINCT message_id) FROM events")
