@@ -49,3 +49,20 @@ def test_the_query_memory_line_says_the_query_processes_own_peaks(
     line = report.query_memory_line(row)
     assert f"over 500, {round(row['large']['peak_rss_bytes'] / 2**20):,} MB" in line
     assert line.endswith(": met)")
+
+
+def test_the_query_process_line_says_its_rate_against_the_target(
+    settings: Settings, http_s3: Any, moto_endpoint: str
+) -> None:
+    prefix = "bench/archive-ndjson/"
+    store = ObjectStore(http_s3, settings.s3_bucket)
+    stored = archive_reading.write_archive(store, prefix, 2_000, "ndjson")
+    env = settings_env(settings, S3_ENDPOINT_URL=moto_endpoint)
+
+    row = query_memory.process_row(env, prefix, stored)
+
+    assert sum(int(n) for _, n in row["answer"]) == 2_000  # the 1% stored twice counted once
+    assert 0 < row["seconds"] < row["process_s"]
+    assert row["events_per_s"] == round(stored / row["process_s"])
+    line = report.query_process_line("ndjson", row)
+    assert f": {row['events_per_s']:,} rows/s (target >= 150,000: " in line

@@ -24,7 +24,7 @@ def run(bench: Bench) -> dict[str, Any]:
     result = bench.results["archive"]
     if result is None:
         rows = archive_reading.write_archive(store, ndjson, events, "ndjson")
-        result = {"events": events, "query": {}, "rows_stored": rows}
+        result = {"events": events, "query": {}, "process": {}, "rows_stored": rows}
     env = {**os.environ, **bench.stack.env}
     result["compaction"] = archive_reading.compact(env, ndjson)
     say(report.compaction_line(result["compaction"]))
@@ -32,6 +32,10 @@ def run(bench: Bench) -> dict[str, Any]:
     say(report.compaction_memory_line(result["compaction_memory"]))
     result["query"]["compacted"] = archive_reading.time_query(store, ndjson)
     say(report.archive_query_line("compacted", result["query"]["compacted"]))
+    compacted = result["compaction"]["events_written"]
+    row = query_memory.process_row(env, ndjson, compacted)
+    result.setdefault("process", {})["compacted"] = row
+    say(report.query_process_line("compacted", row))
     result["query_memory"] = query_memory.compare(store, env, "bench/query-memory/")
     say(report.query_memory_line(result["query_memory"]))
     return {"archive": result}
