@@ -12,6 +12,8 @@ list its partition again.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -46,6 +48,8 @@ class ObjectFiles(AbstractFileSystem):
         self.sizes = {item.key: item.size for item in listed}
         self.gone: set[str] = set()
         self.read: set[str] = set()  # the objects DuckDB has read from (progress)
+        # Objects downloaded whole beforehand, read from memory: `serving` puts one there.
+        self._held: dict[str, bytes] = {}
 
     def info(self, path: str, **_: Any) -> dict[str, Any]:
         key = self._strip_protocol(path)
@@ -68,8 +72,20 @@ class ObjectFiles(AbstractFileSystem):
         key = self._strip_protocol(path)
         return ObjectFile(self, key, mode, size=self.info(key)["size"], cache_type="none")
 
+    @contextlib.contextmanager
+    def serving(self, key: str, body: bytes) -> Iterator[str]:
+        """The object `key`, downloaded whole as `body`, served from memory while the block
+        runs; yields its name for DuckDB."""
+        self.sizes[key], self._held[key] = len(body), body
+        try:
+            yield url(key)
+        finally:
+            del self.sizes[key], self._held[key]
+
     def fetch(self, key: str, start: int, end: int) -> bytes:
         """Bytes `start` to `end` (excluded) of the object `key`."""
+        if key in self._held:
+            return self._held[key][start:end]
         self.read.add(key)
         try:
             return self.store.get(key, (start, end - 1))

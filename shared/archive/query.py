@@ -65,6 +65,7 @@ from __future__ import annotations
 
 import itertools
 import re
+import threading
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
@@ -78,7 +79,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from shared.archive import columns, object_files, partitions, reading
+from shared.archive import columns, ndjson_in_duckdb, object_files, partitions, reading
 from shared.archive.columns import DEDUP_KEY
 from shared.archive.naming import QUARANTINE_ROOT, compacted_part
 from shared.archive.object_files import ObjectFiles
@@ -445,13 +446,14 @@ def _read_all(
     total, done = len(listed), 0
     if progress:
         progress(done, total)
+    native = _NativeReader(store)
     pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="archive-read")
     try:
         pending = listed
         while pending:
             streamed = _compacted_hours(pending) if stream else set()
             futures: dict[Future[pa.Table | int], ArchivedObject] = {
-                pool.submit(_read_one, store, item, (item.dt, item.hour) in streamed): item
+                pool.submit(_read_one, native, item, (item.dt, item.hour) in streamed): item
                 for item in pending
             }
             changed: set[tuple[date, int]] = set()
@@ -503,12 +505,13 @@ def _compacted_hours(listed: list[ArchivedObject]) -> set[tuple[date, int]]:
     return {hour for hour, only_compacted in hours.items() if only_compacted}
 
 
-def _read_one(store: ObjectStore, item: ArchivedObject, streamed: bool) -> pa.Table | int:
+def _read_one(native: _NativeReader, item: ArchivedObject, streamed: bool) -> pa.Table | int:
     """The object's rows; for a streamed one, its row count from its footer, unless it was
     written before a column of `columns.SCHEMA` existed: then its rows, derived
     (`columns.conform`), as DuckDB cannot derive them."""
+    store = native.store
     if not streamed:
-        return reading.read_object(store, item)
+        return native.read(item)
     file = store.open(item.key, item.size)
     file.fetch(item.size - FOOTER_BYTES, item.size)
     try:
@@ -518,6 +521,36 @@ def _read_one(store: ObjectStore, item: ArchivedObject, streamed: bool) -> pa.Ta
     if not set(columns.SCHEMA.names) <= set(metadata.schema.names):
         return reading.read_object(store, item)
     return metadata.num_rows
+
+
+class _NativeReader:
+    """Reads held objects, each in one GET: gzip NDJSON decoded by DuckDB
+    (`ndjson_in_duckdb`), in a DuckDB of each reading thread; Parquet, and NDJSON that mapping
+    does not take, by `reading`."""
+
+    def __init__(self, store: ObjectStore) -> None:
+        self.store = store
+        self._local = threading.local()
+
+    def read(self, item: ArchivedObject) -> pa.Table:
+        if item.format != "ndjson":
+            return reading.read_object(self.store, item)
+        body = self.store.get(item.key)  # one GET; ObjectGone when it is gone
+        con, files = self._connection()
+        with files.serving(item.key, body) as name:
+            rows = ndjson_in_duckdb.rows(con, name)
+        if rows is not None:
+            return rows
+        return reading.read_rows(item, body)  # says what is wrong, or keeps what decodes
+
+    def _connection(self) -> tuple[Any, ObjectFiles]:
+        if not hasattr(self._local, "connection"):
+            files = ObjectFiles(self.store, [])
+            con = duckdb.connect(":memory:", config={**_CONFIG, "threads": 1})
+            con.execute("SET TimeZone = 'UTC'")
+            con.register_filesystem(files)
+            self._local.connection, self._local.files = con, files
+        return self._local.connection, self._local.files
 
 
 def _rows_table(read: list[tuple[ArchivedObject, pa.Table]]) -> pa.Table:

@@ -142,7 +142,12 @@ def archived_object(key: str, size: int) -> ArchivedObject | None:
 
 def read_object(store: ObjectStore, item: ArchivedObject) -> pa.Table:
     """The object's rows, as a table of `columns.SCHEMA`; Unreadable unless all decode."""
-    rows, damage = read_salvaging(store, item)
+    return read_rows(item, store.get(item.key))
+
+
+def read_rows(item: ArchivedObject, body: bytes) -> pa.Table:
+    """`read_object` for an object already downloaded as `body`."""
+    rows, damage = decode(item.format, body)
     if damage is not None:
         raise Unreadable(item.key, damage)
     return rows
