@@ -86,121 +86,120 @@ def _without(extra: str | None, field: str) -> str | None:
 
 
 def _select(url: str) -> str:
-    """Each line parsed twice, by two functions DuckDB runs in C++: once for every value the
-    columns need (one `json_extract` of a list of paths), once for `extra` (the line without the
-    known fields, by an RFC 7386 merge patch that sets them to null)."""
-    paths = [
-        *(f"$.{field}" for field in _FIELDS),
-        *(f"$.context.{part}.{key}" for part, fields in _DERIVED for key in fields.values()),
-        "$.context.bot",
-    ]
-    values = f"[{', '.join(_literal(path) for path in paths)}]"
+    """Each line parsed three times, by functions DuckDB runs in C++: once for the text of the
+    values the text columns need (`json_extract_string` of a list of paths: a string as it is,
+    anything else as its JSON, which is `columns`' rule), once for the JSON of the others, and
+    once for `extra` (the line without the known fields: an RFC 7386 merge patch setting them to
+    null). The values are then named once (`text_0`, `json_0`, ...), so each is used as is."""
+    texts = [f"$.{field}" for field in columns.TEXT_FIELDS.values()] + _DERIVED_PATHS
+    jsons = [f"$.{field}" for field in _JSON_FIELDS] + _DERIVED_PATHS + ["$.context.bot"]
     known = "{" + ",".join(f'"{field}":null' for field in sorted(columns._KNOWN)) + "}"
-    time_fields = list(columns.TIME_FIELDS.items())
-    late = ", ".join(
-        f"{_literal(field)}, CASE WHEN {_bad_time(field)} THEN {_field(field)} END"
-        for _, field in time_fields
-    )
-    extra = f"json_merge_patch(rest, json_object({late}))"
-    derived = [
-        f"{_scalar(_at(len(_FIELDS) + index))} AS {column}"
-        for index, column in enumerate(column for _, fields in _DERIVED for column in fields)
-    ]
-    selected = [
-        *(
-            f"{_text(_field(field), column in columns.ID_COLUMNS)} AS {column}"
-            for column, field in columns.TEXT_FIELDS.items()
-        ),
-        *(f"{_time(field)} AS {column}" for column, field in time_fields),
-        *(f"{_for_python(field)} AS _{column}_text" for column, field in time_fields),
-        *(f"{_json(_field(field))} AS {column}" for column, field in columns.JSON_FIELDS.items()),
-        f"CASE WHEN {extra} = '{{}}'::JSON THEN NULL ELSE {extra}::VARCHAR END AS {columns.EXTRA}",
-        *derived,
-        f"COALESCE({_at(len(paths) - 1)} = 'true'::JSON, false) AS {columns.IS_BOT}",
-    ]
-    # Left to Python: a time field holding an object (a merge patch would drop the nulls
-    # inside it), a number with a fraction where text belongs (DuckDB writes it its own way).
-    texts = [_field(field) for field in columns.TEXT_FIELDS.values()]
-    texts += [_at(len(_FIELDS) + index) for index in range(len(derived))]
-    objects = " AND ".join(
-        [
-            *(f"COALESCE(json_type({_field(f)}) != 'OBJECT', true)" for _, f in time_fields),
-            *(f"COALESCE(json_type({value}) != 'DOUBLE', true)" for value in texts),
-        ]
-    )
     lines = (
         f"SELECT json AS j FROM read_ndjson_objects({_literal(url)}, compression = 'gzip',"
         " format = 'newline_delimited')"
     )
-    parts = (
-        f"SELECT json_type(j) = 'OBJECT' AS _object, json_extract(j, {values}) AS v,"
-        f" json_merge_patch(j, {_literal(known)}) AS rest FROM ({lines})"
+    parsed = (
+        f"SELECT json_type(j) = 'OBJECT' AS is_object, json_extract_string(j, {_list(texts)}) AS t,"
+        f" json_extract(j, {_list(jsons)}) AS v, json_merge_patch(j, {_literal(known)}) AS rest"
+        f" FROM ({lines})"
     )
-    return f"SELECT _object AND {objects} AS _object, {', '.join(selected)} FROM ({parts})"
+    named = ", ".join(
+        [
+            *(f"t[{i + 1}] AS text_{i}" for i in range(len(texts))),
+            *(f"v[{i + 1}] AS json_{i}" for i in range(len(jsons))),
+            *(f"json_type(v[{i + 1}]) AS type_{i}" for i in range(len(jsons))),
+        ]
+    )
+    timed = ", ".join(
+        _cast(f"json_{_json_at(field)}", f"type_{_json_at(field)}") + f" AS cast_{column}"
+        for column, field in columns.TIME_FIELDS.items()
+    )
+    values = f"SELECT is_object, rest, {named} FROM ({parsed})"
+    cast = f"SELECT *, {timed} FROM ({values})"
+    derived_at = len(columns.TEXT_FIELDS)
+    derived_json_at = len(_JSON_FIELDS)
+    late = [
+        (field, f"type_{_json_at(field)} != 'NULL' AND cast_{column} IS NULL")
+        for column, field in columns.TIME_FIELDS.items()
+    ]
+    patch = ", ".join(
+        f"{_literal(field)}, CASE WHEN {bad} THEN json_{_json_at(field)} END" for field, bad in late
+    )
+    # Most lines have no late value: their `extra` is `rest` as it is, patched only otherwise.
+    extra = (
+        f"CASE WHEN {' OR '.join(f'({bad})' for _, bad in late)}"
+        f" THEN json_merge_patch(rest, json_object({patch})) ELSE rest END"
+    )
+    with_extra = f"SELECT *, {extra} AS extra_json FROM ({cast})"
+    derived_columns = [c for _, fields in _DERIVED for c in fields]
+    selected = [
+        *(
+            f"NULLIF(text_{i}, '') AS {column}"
+            if column in columns.ID_COLUMNS
+            else f"text_{i} AS {column}"
+            for i, column in enumerate(columns.TEXT_FIELDS)
+        ),
+        *(f"cast_{column} AS {column}" for column in columns.TIME_FIELDS),
+        *(
+            f"CASE WHEN cast_{column} IS NULL AND type_{_json_at(field)} = 'VARCHAR'"
+            f" THEN json_{_json_at(field)}->>'$' END AS _{column}_text"
+            for column, field in columns.TIME_FIELDS.items()
+        ),
+        *(
+            f"CASE WHEN type_{_json_at(field)} = 'NULL' THEN NULL"
+            f" ELSE CAST(json_{_json_at(field)} AS VARCHAR) END AS {column}"
+            for column, field in columns.JSON_FIELDS.items()
+        ),
+        f"CASE WHEN {extra} = '{{}}'::JSON THEN NULL ELSE {extra}::VARCHAR END AS {columns.EXTRA}",
+        *(
+            f"CASE WHEN type_{derived_json_at + i} IN ('OBJECT', 'ARRAY', 'NULL') THEN NULL"
+            f" ELSE text_{derived_at + i} END AS {column}"
+            for i, column in enumerate(derived_columns)
+        ),
+        f"COALESCE(json_{len(jsons) - 1} = 'true'::JSON, false) AS {columns.IS_BOT}",
+    ]
+    # Left to Python: a time field holding an object (a merge patch would drop the nulls
+    # inside it), a number with a fraction where text belongs (DuckDB writes it its own way).
+    text_types = [_json_at(field) for field in columns.TEXT_FIELDS.values()]
+    text_types += [derived_json_at + i for i in range(len(derived_columns))]
+    fallback = " AND ".join(
+        [
+            *(
+                f"COALESCE(type_{_json_at(field)} != 'OBJECT', true)"
+                for field in columns.TIME_FIELDS.values()
+            ),
+            *(f"COALESCE(type_{i} != 'DOUBLE', true)" for i in text_types),
+        ]
+    )
+    return f"SELECT is_object AND {fallback} AS _object, {', '.join(selected)} FROM ({with_extra})"
 
 
-# The top-level fields the columns read, in the order of the paths extracted.
-_FIELDS = [
+# The fields whose JSON the columns read: the text fields (only for their type), the time
+# fields and the JSON fields, in this order of `json_0`, `json_1`, ...
+_JSON_FIELDS = [
     *columns.TEXT_FIELDS.values(),
     *columns.TIME_FIELDS.values(),
     *columns.JSON_FIELDS.values(),
 ]
-# (part of `context`, {column: key}) of the derived columns but `is_bot` (the last path).
+# (part of `context`, {column: key}) of the derived columns but `is_bot` (the last JSON path).
 _DERIVED = [("location", columns.LOCATION_FIELDS), ("parsedUserAgent", columns.USER_AGENT_FIELDS)]
+_DERIVED_PATHS = [f"$.context.{part}.{key}" for part, fields in _DERIVED for key in fields.values()]
 
 
-def _at(index: int) -> str:
-    return f"v[{index + 1}]"
-
-
-def _field(name: str) -> str:
-    """A top-level field's JSON value; NULL when missing."""
-    return _at(_FIELDS.index(name))
-
-
-def _text(value: str, is_id: bool) -> str:
-    text = (
-        f"CASE json_type({value}) WHEN 'VARCHAR' THEN {value}->>'$' WHEN 'NULL' THEN NULL"
-        f" ELSE CAST({value} AS VARCHAR) END"
-    )
-    return f"NULLIF({text}, '')" if is_id else text
-
-
-def _scalar(value: str) -> str:
+def _cast(value: str, kind: str) -> str:
+    """The instant DuckDB casts from a string of the usual shape; NULL for any other value."""
     return (
-        f"CASE json_type({value}) WHEN 'VARCHAR' THEN {value}->>'$'"
-        f" WHEN 'OBJECT' THEN NULL WHEN 'ARRAY' THEN NULL WHEN 'NULL' THEN NULL"
-        f" ELSE CAST({value} AS VARCHAR) END"
+        f"CASE WHEN {kind} = 'VARCHAR' AND regexp_full_match({value}->>'$', {_literal(_ISO)})"
+        f" THEN TRY_CAST({value}->>'$' AS TIMESTAMPTZ) END"
     )
 
 
-def _json(value: str) -> str:
-    return f"CASE WHEN json_type({value}) = 'NULL' THEN NULL ELSE CAST({value} AS VARCHAR) END"
+def _json_at(field: str) -> int:
+    return _JSON_FIELDS.index(field)
 
 
-def _string(field: str) -> str:
-    value = _field(field)
-    return f"(CASE json_type({value}) WHEN 'VARCHAR' THEN {value}->>'$' END)"
-
-
-def _time(field: str) -> str:
-    """The instant DuckDB casts (NULL for a string it leaves to Python)."""
-    text = _string(field)
-    return (
-        f"CASE WHEN regexp_full_match({text}, {_literal(_ISO)})"
-        f" THEN TRY_CAST({text} AS TIMESTAMPTZ) END"
-    )
-
-
-def _for_python(field: str) -> str:
-    """A string DuckDB did not cast: Python tells whether it is a timestamp."""
-    return f"CASE WHEN {_time(field)} IS NULL THEN {_string(field)} END"
-
-
-def _bad_time(field: str) -> str:
-    """A value (not JSON null) DuckDB did not cast: in `extra` unless Python parses it."""
-    value = _field(field)
-    return f"(json_type({value}) != 'NULL' AND {_time(field)} IS NULL)"
+def _list(paths: list[str]) -> str:
+    return f"[{', '.join(_literal(path) for path in paths)}]"
 
 
 def _literal(text: str) -> str:

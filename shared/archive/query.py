@@ -11,8 +11,9 @@ partition: nothing outside the range is listed beyond its prefix or downloaded),
   `dt`/`hour` from the path so that a filter on them skips other hours' objects. Nothing of
   them is held beyond what DuckDB scans;
 - the other hours (the consumer's objects not yet compacted, late objects, and the compacted
-  objects beside them) are **held**: downloaded and decoded with boto3 (`reading.read_object`,
-  the same for gzip NDJSON and Parquet) and handed to DuckDB as one Arrow table, as are
+  objects beside them) are **held**: each downloaded in one GET and decoded (gzip NDJSON by
+  DuckDB, `ndjson_in_duckdb`, in a DuckDB of each reading thread; Parquet, and what that
+  mapping leaves to Python, by `reading`) and handed to DuckDB as one Arrow table, as are
   compacted objects written before a column of `columns.SCHEMA` existed (derived here), and
   everything while a deletion is pending (`forget`: the IDs it links are found across rows).
 
