@@ -26,12 +26,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from local.bench.compaction_memory import ROOT, peak_rss_bytes, random_ids
-from shared.archive import ObjectStore, columns
-from shared.archive.formats import parquet
-from shared.archive.naming import Part, compacted_key
+from local.bench.compaction_memory import ROOT, compacted_hour, peak_rss_bytes, random_ids
+from shared.archive import ObjectStore
 
 SMALL, LARGE = 1_000_000, 3_000_000
 HOUR_EVENTS = 250_000
@@ -65,34 +62,13 @@ def write_archive(store: ObjectStore, prefix: str, events: int) -> int:
 
 
 def _write_hour(store: ObjectStore, prefix: str, hour: datetime, count: int) -> None:
-    step_us = 3_600_000_000 // (count + 1)
-    start_us = int(hour.timestamp() * 1_000_000)
-    received = pa.array(range(start_us, start_us + step_us * count, step_us), pa.int64())
     names = pa.array([EVENT_NAMES[i % len(EVENT_NAMES)] for i in range(count)], pa.string())
-    data: dict[str, pa.Array] = {
-        "message_id": random_ids(count),
-        "type": pa.repeat(pa.scalar("track"), count),
-        "event": names,
-        "source": pa.repeat(pa.scalar("bench"), count),
-        "received_at": received.cast(columns.TIMESTAMP),
-        "properties": pa.repeat(pa.scalar(PROPERTIES), count),
-        "context": pa.repeat(pa.scalar(CONTEXT), count),
-        "is_bot": pa.repeat(pa.scalar(False), count),
-    }
-    rows = pa.table(
-        [data.get(f.name, pa.nulls(count, f.type)) for f in columns.SCHEMA], schema=columns.SCHEMA
+    text = {"type": "track", "source": "bench", "properties": PROPERTIES, "context": CONTEXT}
+    data = {name: pa.repeat(pa.scalar(value), count) for name, value in text.items()}
+    data.update(
+        message_id=random_ids(count), event=names, is_bot=pa.repeat(pa.scalar(False), count)
     )
-    sink = pa.BufferOutputStream()
-    pq.write_table(
-        rows,
-        sink,
-        row_group_size=parquet.ROW_GROUP_ROWS,
-        compression="zstd",
-        compression_level=1,
-        sorting_columns=[pq.SortingColumn(columns.SCHEMA.get_field_index("received_at"))],
-    )
-    body = sink.getvalue().to_pybytes()
-    store.put(compacted_key(prefix, hour, Part(0, 1), body), body, parquet.CONTENT_TYPE)
+    compacted_hour(store, prefix, hour, count, data)
 
 
 def measure(env: dict[str, str], prefix: str) -> dict[str, Any]:

@@ -5,20 +5,27 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from local.bench import archive_reading, query_memory, report
 from shared.archive import ObjectStore
 from shared.settings import Settings
 from tests.conftest import settings_env
 
+PREFIX = "bench/archive-ndjson/"
+
+
+@pytest.fixture
+def stored(settings: Settings, http_s3: Any) -> int:
+    """The benchmark's NDJSON archive of 2,000 events (and 1% stored twice): rows stored."""
+    store = ObjectStore(http_s3, settings.s3_bucket)
+    return archive_reading.write_archive(store, PREFIX, 2_000, "ndjson")
+
 
 def test_the_compaction_line_says_its_peak_rss(
-    settings: Settings, http_s3: Any, moto_endpoint: str
+    settings: Settings, moto_endpoint: str, stored: int
 ) -> None:
-    prefix = "bench/archive-ndjson/"
-    store = ObjectStore(http_s3, settings.s3_bucket)
-    stored = archive_reading.write_archive(store, prefix, 2_000, "ndjson")
-
-    row = archive_reading.compact(settings_env(settings, S3_ENDPOINT_URL=moto_endpoint), prefix)
+    row = archive_reading.compact(settings_env(settings, S3_ENDPOINT_URL=moto_endpoint), PREFIX)
 
     assert (row["hours"], row["events_read"], row["errors"]) == (archive_reading.HOURS, stored, [])
     assert row["events_written"] == 2_000  # the 1% stored twice are dropped
@@ -52,14 +59,11 @@ def test_the_query_memory_line_says_the_query_processes_own_peaks(
 
 
 def test_the_query_process_line_says_its_rate_against_the_target(
-    settings: Settings, http_s3: Any, moto_endpoint: str
+    settings: Settings, moto_endpoint: str, stored: int
 ) -> None:
-    prefix = "bench/archive-ndjson/"
-    store = ObjectStore(http_s3, settings.s3_bucket)
-    stored = archive_reading.write_archive(store, prefix, 2_000, "ndjson")
     env = settings_env(settings, S3_ENDPOINT_URL=moto_endpoint)
 
-    row = query_memory.process_row(env, prefix, stored)
+    row = query_memory.process_row(env, PREFIX, stored)
 
     assert sum(int(n) for _, n in row["answer"]) == 2_000  # the 1% stored twice counted once
     assert 0 < row["seconds"] < row["process_s"]

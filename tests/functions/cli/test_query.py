@@ -7,8 +7,6 @@ import csv
 import dataclasses
 import io
 import json
-import os
-import pty
 import shutil
 import subprocess
 import sys
@@ -27,6 +25,7 @@ from tests import archives, unreadable
 from tests.archives import ev
 from tests.conftest import archived_keys, free_port, settings_env
 from tests.functions.cli import errors
+from tests.functions.cli.terminal import on_terminal
 
 SECRET = "wJalrXUtnFEMI-query-test-secret"
 
@@ -327,29 +326,10 @@ def test_on_a_terminal_a_table_and_progress(
     store = ObjectStore(http_s3, settings.s3_bucket)
     objects = len(archives.write_archive(store, settings.s3_prefix, "mixed"))
     env = settings_env(dataclasses.replace(settings, s3_endpoint_url=moto_endpoint))
-    leader, follower = pty.openpty()
-    try:
-        process = subprocess.Popen(
-            [console_script(), "query", "SELECT event, count(*) AS n FROM events GROUP BY 1"],
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=follower,
-            stderr=follower,
-        )
-        os.close(follower)
-        seen = b""
-        while True:
-            try:
-                chunk = os.read(leader, 4096)
-            except OSError:  # EIO: the process closed the terminal
-                break
-            if not chunk:
-                break
-            seen += chunk
-        assert process.wait(timeout=60) == 0
-    finally:
-        os.close(leader)
-    text = seen.decode()
+    text, status = on_terminal(
+        [console_script(), "query", "SELECT event, count(*) AS n FROM events GROUP BY 1"], env
+    )
+    assert status == 0
     assert f"reading objects: {objects}/{objects}" in text
     assert "┌" in text and "Signed Up" in text and "varchar" in text.lower()
 

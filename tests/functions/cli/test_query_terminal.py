@@ -4,11 +4,7 @@ shows how many of the objects it has scanned, and Ctrl-C stops it at once, clean
 from __future__ import annotations
 
 import dataclasses
-import os
-import pty
 import re
-import signal
-import subprocess
 from typing import Any
 
 import pytest
@@ -17,36 +13,10 @@ from local.bench import query_memory
 from shared.archive import ObjectStore
 from shared.settings import Settings
 from tests.conftest import settings_env
+from tests.functions.cli.terminal import on_terminal
 from tests.functions.cli.test_query import console_script
 
 SCANNING = b"scanning compacted objects: "
-
-
-def on_terminal(args: list[str], env: dict[str, str], interrupt_at: bytes | None = None):
-    """Run the console script with a terminal as its stdout and stderr; what it wrote, and its
-    exit status. With `interrupt_at`, SIGINT (Ctrl-C) once that text appears."""
-    leader, follower = pty.openpty()
-    try:
-        process = subprocess.Popen(
-            [console_script(), *args], env=env, stdin=subprocess.DEVNULL, stdout=follower,
-            stderr=follower, start_new_session=True,
-        )  # fmt: skip
-        os.close(follower)
-        seen = b""
-        while True:
-            try:
-                chunk = os.read(leader, 4096)
-            except OSError:  # EIO: the process closed the terminal
-                break
-            if not chunk:
-                break
-            seen += chunk
-            if interrupt_at is not None and interrupt_at in seen:
-                process.send_signal(signal.SIGINT)
-                interrupt_at = None
-        return seen.decode(errors="replace"), process.wait(timeout=60)
-    finally:
-        os.close(leader)
 
 
 @pytest.fixture
@@ -61,7 +31,7 @@ def compacted_env(
 
 
 def test_progress_counts_the_objects_scanned(compacted_env: dict[str, str]) -> None:
-    text, status = on_terminal(["query", query_memory.GROUP_BY], compacted_env)
+    text, status = on_terminal([console_script(), "query", query_memory.GROUP_BY], compacted_env)
     assert status == 0, text
     # Drawn before the scan (DuckDB has read one footer to bind the SQL), and at its end.
     assert re.search(f"{SCANNING.decode()}[01]/60", text)
@@ -72,9 +42,8 @@ def test_progress_counts_the_objects_scanned(compacted_env: dict[str, str]) -> N
 
 
 def test_ctrl_c_stops_the_scan_cleanly(compacted_env: dict[str, str]) -> None:
-    text, status = on_terminal(
-        ["query", "SELECT count(DISTINCT message_id) FROM events"], compacted_env, SCANNING
-    )
+    command = [console_script(), "query", "SELECT count(DISTINCT message_id) FROM events"]
+    text, status = on_terminal(command, compacted_env, SCANNING)
     assert status == 1
     assert text.rstrip().endswith("Aborted!")
     assert "Traceback" not in text and "┌" not in text
