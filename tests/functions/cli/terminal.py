@@ -1,11 +1,23 @@
-"""Running the console script on a terminal (a pty), as a person does."""
+"""The console script, and running it on a terminal (a pty), as a person does."""
 
 from __future__ import annotations
 
 import os
 import pty
+import shutil
 import signal
 import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def console_script() -> str:
+    script = shutil.which("event-ingest", path=str(Path(sys.executable).parent))
+    if script is None:
+        pytest.fail("event-ingest is not installed: pip install -e '.[dev]'")
+    return script
 
 
 def on_terminal(

@@ -7,9 +7,7 @@ import csv
 import dataclasses
 import io
 import json
-import shutil
 import subprocess
-import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -25,7 +23,7 @@ from tests import archives, unreadable
 from tests.archives import ev
 from tests.conftest import archived_keys, free_port, settings_env
 from tests.functions.cli import errors
-from tests.functions.cli.terminal import on_terminal
+from tests.functions.cli.terminal import console_script, on_terminal
 
 SECRET = "wJalrXUtnFEMI-query-test-secret"
 
@@ -273,13 +271,6 @@ def test_help_says_the_defaults() -> None:
 
 
 # --- the console script, against moto's HTTP server ------------------------------------------
-
-
-def console_script() -> str:
-    script = shutil.which("event-ingest", path=str(Path(sys.executable).parent))
-    if script is None:
-        pytest.fail("event-ingest is not installed: pip install -e '.[dev]'")
-    return script
 
 
 def test_the_console_script_over_http(

@@ -13,8 +13,7 @@ from local.bench import query_memory
 from shared.archive import ObjectStore
 from shared.settings import Settings
 from tests.conftest import settings_env
-from tests.functions.cli.terminal import on_terminal
-from tests.functions.cli.test_query import console_script
+from tests.functions.cli.terminal import console_script, on_terminal
 
 SCANNING = b"scanning compacted objects: "
 
