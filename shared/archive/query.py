@@ -66,6 +66,8 @@ from __future__ import annotations
 
 import itertools
 import re
+import shutil
+import tempfile
 import threading
 from collections import defaultdict
 from collections.abc import Callable, Iterator
@@ -243,6 +245,7 @@ class Archive:
     # gone before DuckDB read it (a compaction replaced it).
     files: ObjectFiles | None = None
     reopen: Callable[[], Archive] | None = None
+    spill: str | None = None  # where DuckDB spills (`_connect`), removed at close
 
     def run(self, sql: str) -> Result | None:
         """Run every statement of `sql`; the result of the last one, None if it returns none."""
@@ -275,9 +278,10 @@ class Archive:
                 f" ({RELIST_ATTEMPTS} listings); try again"
             ) from None
         fresh = self.reopen()
-        self.connection.close()
+        self.close()
         for name in ("connection", "objects", "rows", "skipped", "read_quarantined", "files"):
             setattr(self, name, getattr(fresh, name))
+        self.spill = fresh.spill
 
     def scanned(self) -> tuple[int, int]:
         """(streamed objects DuckDB has read from, streamed objects): a query's progress."""
@@ -294,7 +298,7 @@ class Archive:
         return None
 
     def close(self) -> None:
-        self.connection.close()
+        _discard(self.connection, self.spill)
 
     def __enter__(self) -> Archive:
         return self
@@ -371,13 +375,13 @@ def open_archive(
     read = _reading(store, hours, workers, endpoint, stream=not forget)
     held = read(prefix, progress, skipped)
     rows = without_pending(held.rows, forget or [])
-    con = duckdb.connect(":memory:", config=_CONFIG)
+    con, spill = _connect()
     files = ObjectFiles(store, held.streamed)
     try:
         con.register_filesystem(files)
         _define_views(con, rows, held.in_hand, held.streamed, window_h)
     except BaseException:
-        con.close()
+        _discard(con, spill)
         raise
 
     def quarantined() -> None:  # read only by a query that names it
@@ -389,7 +393,21 @@ def open_archive(
     left_out = [skipped[item] for item in sorted(skipped or {})]
     objects = sorted([*held.in_hand, *held.streamed])
     count = rows.num_rows + held.streamed_rows
-    return Archive(con, objects, count, left_out, quarantined, files, reopen)
+    return Archive(con, objects, count, left_out, quarantined, files, reopen, spill)
+
+
+def _connect() -> tuple[Any, str]:
+    """An in-memory DuckDB, and the directory it spills a large sort or group-by into: a private
+    one (mode 0700) under the system's temporary directory, never DuckDB's default `.tmp` in
+    the working directory, as what it spills is events; `_discard` removes both."""
+    spill = tempfile.mkdtemp(prefix="event-ingest-query-")
+    return duckdb.connect(":memory:", config={**_CONFIG, "temp_directory": spill}), spill
+
+
+def _discard(con: Any, spill: str | None) -> None:
+    con.close()
+    if spill is not None:
+        shutil.rmtree(spill, ignore_errors=True)
 
 
 @dataclass
@@ -547,7 +565,8 @@ class _NativeReader:
     def _connection(self) -> tuple[Any, ObjectFiles]:
         if not hasattr(self._local, "connection"):
             files = ObjectFiles(self.store, [])
-            con = duckdb.connect(":memory:", config={**_CONFIG, "threads": 1})
+            # One object at a time: nothing to spill (an empty temp_directory disables it).
+            con = duckdb.connect(":memory:", config={**_CONFIG, "threads": 1, "temp_directory": ""})
             con.execute("SET TimeZone = 'UTC'")
             con.register_filesystem(files)
             self._local.connection, self._local.files = con, files

@@ -6,7 +6,9 @@ again from the new listing; an object whose footer is not Parquet is named."""
 from __future__ import annotations
 
 import hashlib
+import tempfile
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import boto3
@@ -237,3 +239,19 @@ def test_ctrl_c_while_duckdb_reads_an_object_is_ctrl_c(
         monkeypatch.setattr(store, "get", interrupted)
         with pytest.raises(KeyboardInterrupt):
             answer(archive, "SELECT count(DISTINCT message_id) FROM events")
+
+
+def test_duckdb_spills_into_a_private_directory_removed_at_close(
+    store: CountingStore, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What DuckDB spills (a large sort or group-by) is events: never in the working directory
+    (DuckDB's default `.tmp`), only in a directory of the user's own, gone when the query is."""
+    monkeypatch.chdir(tmp_path)
+    compacted(store, 13, [event(at(13), messageId="m")])
+    archive = opened(store)
+    spill = Path(answer(archive, "SELECT current_setting('temp_directory')")[0][0])
+    assert spill.is_dir() and spill.parent == Path(tempfile.gettempdir())
+    assert spill.stat().st_mode & 0o777 == 0o700
+    archive.close()
+    assert not spill.exists()
+    assert list(tmp_path.iterdir()) == []
