@@ -157,7 +157,9 @@ def test_a_line_that_is_not_an_object_is_left_to_python(con: Any, tmp_path: Path
 
 
 @pytest.mark.parametrize(
-    "body", [b"not gzip", gzip.compress(b'{"messageId": "m"}\n{"messageId": \n')[:-9]]
+    "body",
+    [b"not gzip", gzip.compress(b'{"messageId": "m"}\n{"messageId": \n', mtime=0)[:-9]],
+    ids=["not-gzip", "truncated"],
 )
 def test_what_duckdb_cannot_read_is_left_to_python(con: Any, tmp_path: Path, body: bytes) -> None:
     path = tmp_path / "object.ndjson.gz"
