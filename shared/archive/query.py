@@ -279,9 +279,8 @@ class Archive:
             ) from None
         fresh = self.reopen()
         self.close()
-        for name in ("connection", "objects", "rows", "skipped", "read_quarantined", "files"):
-            setattr(self, name, getattr(fresh, name))
-        self.spill = fresh.spill
+        # This archive becomes the fresh one; how to open it anew stays.
+        vars(self).update({name: v for name, v in vars(fresh).items() if name != "reopen"})
 
     def scanned(self) -> tuple[int, int]:
         """(streamed objects DuckDB has read from, streamed objects): a query's progress."""
@@ -371,9 +370,9 @@ def open_archive(
         )
 
     skipped: dict[ArchivedObject, reading.Unreadable] | None = {} if skip_unreadable else None
+    read = _reading(store, hours, workers, endpoint)
     # Finding the subjects a pending deletion links to takes every row in hand.
-    read = _reading(store, hours, workers, endpoint, stream=not forget)
-    held = read(prefix, progress, skipped)
+    held = read(prefix, progress, skipped, not forget)
     rows = without_pending(held.rows, forget or [])
     con, spill = _connect()
     files = ObjectFiles(store, held.streamed)
@@ -387,7 +386,8 @@ def open_archive(
     def quarantined() -> None:  # read only by a query that names it
         # Read after `skipped` was reported: an unreadable object fails the query, never left
         # out unsaid.
-        apart = read(prefix + QUARANTINE_ROOT, None, None)
+        # Held whole: `quarantined` is defined over rows in hand only.
+        apart = read(prefix + QUARANTINE_ROOT, None, None, False)
         _define_quarantined(con, apart.rows, _objects_table(apart.in_hand))
 
     left_out = [skipped[item] for item in sorted(skipped or {})]
@@ -422,14 +422,15 @@ class _Held:
 
 
 def _reading(
-    store: ObjectStore, hours: HourRange, workers: int, endpoint: str | None, stream: bool
-) -> Callable[[str, Progress | None, dict | None], _Held]:
-    def read(under: str, show: Progress | None, unreadable: dict | None) -> _Held:
+    store: ObjectStore, hours: HourRange, workers: int, endpoint: str | None
+) -> Callable[[str, Progress | None, dict | None, bool], _Held]:
+    """`read(under, progress, unreadable, stream)`: the objects of `hours` under the root
+    `under`, the compacted hours streamed if `stream`, as `_Held`."""
+
+    def read(under: str, show: Progress | None, unreadable: dict | None, stream: bool) -> _Held:
         try:
             listed = reading.list_objects(store, under, hours)
-            tables, footers = _read_all(
-                store, under, listed, show, workers, unreadable, stream and under.endswith("/")
-            )
+            tables, footers = _read_all(store, under, listed, show, workers, unreadable, stream)
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
             raise ArchiveUnreachable(_storage_error(exc, store.bucket, endpoint)) from None
         except reading.Unreadable as exc:
@@ -465,14 +466,14 @@ def _read_all(
     total, done = len(listed), 0
     if progress:
         progress(done, total)
-    native = _NativeReader(store)
+    reader = _ObjectReader(store)
     pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="archive-read")
     try:
         pending = listed
         while pending:
             streamed = _compacted_hours(pending) if stream else set()
             futures: dict[Future[pa.Table | int], ArchivedObject] = {
-                pool.submit(_read_one, native, item, (item.dt, item.hour) in streamed): item
+                pool.submit(reader.read, item, (item.dt, item.hour) in streamed): item
                 for item in pending
             }
             changed: set[tuple[date, int]] = set()
@@ -512,6 +513,7 @@ def _read_all(
                 progress(done, total)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+        reader.close()
     return tables, footers
 
 
@@ -524,34 +526,25 @@ def _compacted_hours(listed: list[ArchivedObject]) -> set[tuple[date, int]]:
     return {hour for hour, only_compacted in hours.items() if only_compacted}
 
 
-def _read_one(native: _NativeReader, item: ArchivedObject, streamed: bool) -> pa.Table | int:
-    """The object's rows; for a streamed one, its row count from its footer, unless it was
-    written before a column of `columns.SCHEMA` existed: then its rows, derived
-    (`columns.conform`), as DuckDB cannot derive them."""
-    store = native.store
-    if not streamed:
-        return native.read(item)
-    file = store.open(item.key, item.size)
-    file.fetch(item.size - FOOTER_BYTES, item.size)
-    try:
-        metadata = pq.ParquetFile(pa.PythonFile(file, mode="r")).metadata
-    except reading.DECODE_ERRORS as exc:
-        raise reading.Unreadable(item.key, reading.not_parquet(exc)) from None
-    if not set(columns.SCHEMA.names) <= set(metadata.schema.names):
-        return reading.read_object(store, item)
-    return metadata.num_rows
-
-
-class _NativeReader:
-    """Reads held objects, each in one GET: gzip NDJSON decoded by DuckDB
-    (`ndjson_in_duckdb`), in a DuckDB of each reading thread; Parquet, and NDJSON that mapping
-    does not take, by `reading`."""
+class _ObjectReader:
+    """Reads the objects of an opening, from the pool's threads: a held object's rows, each in
+    one GET (gzip NDJSON decoded by DuckDB, `ndjson_in_duckdb`, in a DuckDB of each thread;
+    Parquet, and NDJSON that mapping does not take, by `reading`), or a streamed object's row
+    count from its footer. `close` closes the threads' DuckDBs."""
 
     def __init__(self, store: ObjectStore) -> None:
         self.store = store
         self._local = threading.local()
+        self._connections: list[Any] = []
 
-    def read(self, item: ArchivedObject) -> pa.Table:
+    def read(self, item: ArchivedObject, streamed: bool) -> pa.Table | int:
+        return self._footer_rows(item) if streamed else self._rows(item)
+
+    def close(self) -> None:
+        for con in self._connections:
+            con.close()
+
+    def _rows(self, item: ArchivedObject) -> pa.Table:
         if item.format != "ndjson":
             return reading.read_object(self.store, item)
         body = self.store.get(item.key)  # one GET; ObjectGone when it is gone
@@ -562,6 +555,20 @@ class _NativeReader:
             return rows
         return reading.read_rows(item, body)  # says what is wrong, or keeps what decodes
 
+    def _footer_rows(self, item: ArchivedObject) -> pa.Table | int:
+        """The row count of a streamed object, from its footer; its rows, derived
+        (`columns.conform`), if it was written before a column of `columns.SCHEMA` existed, as
+        DuckDB cannot derive them."""
+        file = self.store.open(item.key, item.size)
+        file.fetch(item.size - FOOTER_BYTES, item.size)
+        try:
+            metadata = pq.ParquetFile(pa.PythonFile(file, mode="r")).metadata
+        except reading.DECODE_ERRORS as exc:
+            raise reading.Unreadable(item.key, reading.not_parquet(exc)) from None
+        if not set(columns.SCHEMA.names) <= set(metadata.schema.names):
+            return reading.read_object(self.store, item)
+        return metadata.num_rows
+
     def _connection(self) -> tuple[Any, ObjectFiles]:
         if not hasattr(self._local, "connection"):
             files = ObjectFiles(self.store, [])
@@ -570,6 +577,7 @@ class _NativeReader:
             con.execute("SET TimeZone = 'UTC'")
             con.register_filesystem(files)
             self._local.connection, self._local.files = con, files
+            self._connections.append(con)
         return self._local.connection, self._local.files
 
 
