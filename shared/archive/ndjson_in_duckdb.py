@@ -9,9 +9,9 @@ TimeZone must be UTC) and maps each line in SQL:
   as NULL, anything else as its JSON text; an empty ID as NULL (`columns._text`);
 - timestamps: ISO-8601 strings of the usual shape (a 4-digit year from 1000, `T`, seconds, up
   to 6 decimals, `Z` or an offset or none) are cast by DuckDB; any other string is parsed
-  afterwards by `columns._timestamp` (Python's `datetime.fromisoformat`), one by one (they are
-  rare: the server writes `receivedAt` and `timestamp` itself), so that exactly what Python
-  accepts is a timestamp; a value that is not one reads as NULL and is kept in `extra`;
+  afterwards by `columns._timestamp` (Python's `datetime.fromisoformat`), those rows alone
+  (they are rare: the server writes `receivedAt` and `timestamp` itself), so that exactly what
+  Python accepts is a timestamp; a value that is not one reads as NULL and is kept in `extra`;
 - JSON columns and `extra`: the same JSON values, written by DuckDB: equal as JSON, but the
   text may differ from msgspec's in number formatting (`1.5e16` as `15000000000000000.0`) and
   the case of escapes (`\\u001F`);
@@ -56,26 +56,31 @@ def rows(con: Any, url: str) -> pa.Table | None:
 
 def _with_python_timestamps(table: pa.Table) -> pa.Table:
     """`table` with the timestamps DuckDB left to Python (`_<column>_text`) parsed, and each
-    that parses taken out of `extra`, where the SQL put every value it did not cast."""
-    extra = None
+    that parses taken out of `extra`, where the SQL put every value it did not cast. Only those
+    rows pass through Python."""
     for column, field in columns.TIME_FIELDS.items():
-        texts = table[f"_{column}_text"]
+        texts = table[f"_{column}_text"].combine_chunks()
         if texts.null_count == len(texts):
             continue
-        moments = table[column].to_pylist()
-        extra = extra if extra is not None else table[columns.EXTRA].to_pylist()
-        for index, text in enumerate(texts.to_pylist()):
-            moment = None if text is None else columns._timestamp(text)
-            if moment is not None:
-                moments[index] = moment
-                extra[index] = _without(extra[index], field)
-        table = table.set_column(
-            table.schema.get_field_index(column), column, pa.array(moments, columns.TIMESTAMP)
-        )
-    if extra is not None:
-        index = table.schema.get_field_index(columns.EXTRA)
-        table = table.set_column(index, columns.EXTRA, pa.array(extra, pa.string()))
+        rare = pc.is_valid(texts)
+        moments = [columns._timestamp(text) for text in texts.filter(rare).to_pylist()]
+        if all(moment is None for moment in moments):
+            continue
+        extras = table[columns.EXTRA].filter(rare).to_pylist()
+        kept = [
+            _without(extra, field) if moment is not None else extra
+            for extra, moment in zip(extras, moments, strict=True)
+        ]
+        table = _replaced(table, column, rare, pa.array(moments, columns.TIMESTAMP))
+        table = _replaced(table, columns.EXTRA, rare, pa.array(kept, pa.string()))
     return table
+
+
+def _replaced(table: pa.Table, column: str, where: Any, values: pa.Array) -> pa.Table:
+    """`table` with `column`'s values at the rows `where` is true replaced by `values`."""
+    index = table.schema.get_field_index(column)
+    replaced = pc.replace_with_mask(table[column].combine_chunks(), where, values)
+    return table.set_column(index, column, replaced)
 
 
 def _without(extra: str | None, field: str) -> str | None:
