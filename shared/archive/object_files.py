@@ -7,7 +7,9 @@ their sizes are known, so nothing is asked of the bucket but their bytes) under
 `archive://<key>`. Objects are immutable under their names, so their modification time is
 a constant. An object that is gone when read (a compaction replaced it after the listing)
 raises FileNotFoundError in DuckDB's read and is remembered in `gone`, so that the caller can
-list its partition again.
+list its partition again. `read` names the objects DuckDB has read from (a query's progress).
+`serving(key, body)` serves an object already downloaded whole from memory instead (the held
+NDJSON objects, which DuckDB decodes).
 """
 
 from __future__ import annotations
