@@ -227,14 +227,13 @@ def release_before_derived_columns() -> Iterator[None]:
     follow it), nothing derived. What it writes is what that release wrote (the writer is the
     same code over the older schema)."""
     old_schema = pa.schema([columns.SCHEMA.field(name) for name in BEFORE_DERIVED_COLUMNS])
-    saved = (columns.SCHEMA, columns._derive, steps._SPILL_SCHEMA)
+    saved = (columns.SCHEMA, steps._SPILL_SCHEMA)
     columns.SCHEMA = old_schema
-    columns._derive = lambda context, values: None
     steps._SPILL_SCHEMA = old_schema.append(pa.field(ORDER, pa.int64()))
     try:
         yield
     finally:
-        columns.SCHEMA, columns._derive, steps._SPILL_SCHEMA = saved
+        columns.SCHEMA, steps._SPILL_SCHEMA = saved
 
 
 class Crash(BaseException):

@@ -128,6 +128,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=int, default=250, help="samples per second")
     parser.add_argument("--loadgen", choices=["wrk", "python"], default="wrk")
     parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument(
+        "--archive-format", choices=["ndjson", "parquet"], default="ndjson", help="the consumer's"
+    )
+    parser.add_argument("--only", choices=["ingest", "drain"], help="profile only this side")
     args = parser.parse_args(argv)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     out_dir = ROOT / ".data" / "bench" / f"profile-{stamp}"
@@ -137,8 +141,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         stack.start_storage(BUCKET)
         client = redis.Redis.from_url(stack.env["REDIS_URL"])
-        print(_profile_ingest(stack, client, out_dir, args), flush=True)
-        print(_profile_drain(stack, client, out_dir, args), flush=True)
+        if args.only != "drain":
+            print(_profile_ingest(stack, client, out_dir, args), flush=True)
+        if args.only != "ingest":
+            print(_profile_drain(stack, client, out_dir, args), flush=True)
     finally:
         stack.close()
         for path in (out_dir / "redis").glob("*"):
@@ -172,8 +178,9 @@ def _profile_ingest(stack: Stack, client: redis.Redis, out_dir: Path, args) -> s
 def _profile_drain(stack: Stack, client: redis.Redis, out_dir: Path, args) -> str:
     client.delete(STREAM_KEY)
     filled = backlog.fill(client, STREAM_KEY, payloads.stream_entries(100), args.drain_events, 100)
-    runner = stack.start_runners(1, {"S3_PREFIX": "bench/profile/"}, "runner-profile")[0]
-    out = out_dir / "consumer-drain.txt"
+    env = {"S3_PREFIX": "bench/profile/", "ARCHIVE_FORMAT": args.archive_format}
+    runner = stack.start_runners(1, env, "runner-profile")[0]
+    out = out_dir / f"consumer-drain-{args.archive_format}.txt"
     spies: list[subprocess.Popen] = []
     started = threading.Event()
 
@@ -188,7 +195,7 @@ def _profile_drain(stack: Stack, client: redis.Redis, out_dir: Path, args) -> st
     stop(runner, 2)
     first, last = progress.samples[0][0], progress.samples[-1][0]
     head = (
-        f"\n== consumer, 1 process draining {filled.events:,} events:"
+        f"\n== consumer, 1 process draining {filled.events:,} events as {args.archive_format}:"
         f" {filled.events / (last - first):,.0f} events/s (under py-spy at {args.rate} Hz)"
     )
     return head + "\n" + summarize(out)

@@ -32,11 +32,13 @@ read through the same mapping, so both formats answer a query alike.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from shared.events import parse_timestamp
 from shared.values import as_text
@@ -99,63 +101,196 @@ DEDUP_KEY = ("source", "message_id")
 
 _KNOWN = frozenset((*TEXT_FIELDS.values(), *TIME_FIELDS.values(), *JSON_FIELDS.values()))
 _json = msgspec.json.Encoder()
+_json_decode = msgspec.json.Decoder()
+# What `to_rows` gathers from each event: the raw values of these columns ...
+_RAW_COLUMNS = (*TEXT_FIELDS, *TIME_FIELDS, *DERIVED_COLUMNS)
+_RAW_KEYS = (*TEXT_FIELDS.values(), *TIME_FIELDS.values())
+# ... and, per event, the JSON of these, one line each, in this order.
+_JSON_KEYS = tuple(JSON_FIELDS.values())
+_JSON_COLUMNS_GATHERED = (*JSON_FIELDS, EXTRA)
+_NO_CONTEXT: dict[str, Any] = {}
+# The timestamps Arrow casts itself: for these, Arrow's ISO-8601 parser and Python's
+# `datetime.fromisoformat` agree on the instant (a year from 1000 to 8999: from 9999, an offset
+# can take the instant past what Python holds); any other string is parsed by Python.
+_ARROW_ISO = (
+    r"^[1-8][0-9]{3}-[0-9]{2}-[0-9]{2}T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]"
+    r"(\.[0-9]{1,6})?(Z|[+-]([01][0-9]|2[0-3]):[0-5][0-9])$"
+)
+_NULL_TEXT = pa.scalar(None, pa.string())
+
+
+class Staged(NamedTuple):
+    """Events on their way to rows: gathered by `to_columns`, made rows by `to_table`."""
+
+    rows: list[tuple[Any, ...]]  # per event, the raw values of `_RAW_COLUMNS`
+    json_lines: bytes  # per event, the JSON of each of `_JSON_COLUMNS_GATHERED`, a line each
 
 
 def to_rows(events: list[dict[str, Any]]) -> pa.Table:
     """The events as a table of `SCHEMA`."""
-    return pa.Table.from_pydict(to_columns(events), schema=SCHEMA)
+    return to_table([to_columns(events)])
 
 
-def to_columns(events: list[dict[str, Any]]) -> dict[str, list[Any]]:
-    """The same mapping as `to_rows`, as `SCHEMA`'s columns of Python values, before Arrow:
-    building a table costs tens of microseconds whatever its size, so a writer that gathers
-    many small batches (the consumer's Parquet staging, one stream entry at a time) maps each
-    batch at once and builds one table from all of them."""
-    columns: dict[str, list[Any]] = {name: [] for name in SCHEMA.names}
+def to_columns(events: list[dict[str, Any]]) -> Staged:
+    """The first half of `to_rows`: what each column takes from each event, as it is (one pass
+    over the events, in Python), and the text of the JSON columns. A writer that gathers many
+    small batches (the consumer's Parquet staging, one stream entry at a time) stages each
+    batch while its events are fresh in the CPU's cache and builds one table from all of
+    them: building one costs tens of microseconds whatever its size. Raises what encoding
+    the events as JSON raises (a map key JSON cannot hold), and nothing else."""
+    return Staged(*_gathered(events))
+
+
+def to_table(parts: list[Staged]) -> pa.Table:
+    """The events staged in `parts`, in order, as one table of `SCHEMA`: column by column in
+    Arrow (a column of strings at once; a column holding anything else, such as a number as
+    an ID or a timestamp of an unusual shape, value by value in Python, which keeps each
+    column exactly what the rules above say). Raises nothing for what `to_columns` staged."""
+    rows = [row for part in parts for row in part.rows]
+    raw = dict(zip(_RAW_COLUMNS, zip(*rows, strict=True), strict=True)) if rows else {}
+    values = {name: raw.get(name, ()) for name in _RAW_COLUMNS}
+    arrays = {column: _text_column(values[column], column in ID_COLUMNS) for column in TEXT_FIELDS}
+    late: dict[int, dict[str, Any]] = {}  # row -> the time fields that are not timestamps
+    for column, field in TIME_FIELDS.items():
+        arrays[column], failed = _time_column(values[column])
+        for row in failed:
+            late.setdefault(row, {})[field] = values[column][row]
+    json_lines = b"".join(part.json_lines for part in parts)
+    arrays.update(zip(_JSON_COLUMNS_GATHERED, _json_columns(json_lines), strict=True))
+    arrays[EXTRA] = _with_late_values(arrays[EXTRA], late)
+    for column in (*LOCATION_FIELDS, *USER_AGENT_FIELDS):
+        arrays[column] = _scalar_column(values[column])
+    arrays[IS_BOT] = pa.array(values[IS_BOT], pa.bool_())
+    return pa.table([arrays[name] for name in SCHEMA.names], schema=SCHEMA)
+
+
+def _gathered(events: list[dict[str, Any]]) -> tuple[list[tuple[Any, ...]], bytes]:
+    """Per event, the raw values of `_RAW_COLUMNS`; and the JSON of `_JSON_COLUMNS_GATHERED`,
+    a line each, event after event."""
+    rows = []
+    jsons: list[Any] = []
     for event in events:
-        for column, field in TEXT_FIELDS.items():
-            columns[column].append(_text(event.get(field), column in ID_COLUMNS))
-        extra = {name: value for name, value in event.items() if name not in _KNOWN}
-        for column, field in TIME_FIELDS.items():
-            value = event.get(field)
-            moment = _timestamp(value)
-            if moment is None and value is not None:
-                extra[field] = value
-            columns[column].append(moment)
-        for column, field in JSON_FIELDS.items():
-            value = event.get(field)
-            columns[column].append(None if value is None else _json.encode(value).decode())
-        columns[EXTRA].append(_json.encode(extra).decode() if extra else None)
-        _derive(event.get("context"), columns)
-    return columns
+        context = event.get("context")
+        if not isinstance(context, dict):
+            context = _NO_CONTEXT
+        location = context.get("location")
+        if not isinstance(location, dict):
+            location = _NO_CONTEXT
+        agent = context.get("parsedUserAgent")
+        if not isinstance(agent, dict):
+            agent = _NO_CONTEXT
+        rows.append(
+            (
+                *map(event.get, _RAW_KEYS),
+                *map(location.get, LOCATION_FIELDS.values()),
+                *map(agent.get, USER_AGENT_FIELDS.values()),
+                context.get("bot") is True,
+            )
+        )
+        jsons.extend(map(event.get, _JSON_KEYS))
+        jsons.append(None if _KNOWN.issuperset(event) else _unknown_fields(event))
+    return rows, _json.encode_lines(jsons)
+
+
+def _unknown_fields(event: dict[str, Any]) -> dict[str, Any]:
+    return {name: value for name, value in event.items() if name not in _KNOWN}
+
+
+def _strings(values: Sequence[Any]) -> pa.Array | None:
+    """`values` as a string array when all are strings or None (Arrow's own conversion);
+    None when one is anything else (a number, bytes, an object)."""
+    try:
+        array = pa.array(values)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
+        return None
+    if pa.types.is_null(array.type):
+        return array.cast(pa.string())
+    return array if pa.types.is_string(array.type) else None
+
+
+def _text_column(values: Sequence[Any], is_id: bool) -> pa.Array:
+    array = _strings(values)
+    if array is None:
+        array = pa.array([_text(value, is_id=False) for value in values], pa.string())
+    if is_id:
+        return pc.if_else(pc.equal(array, ""), _NULL_TEXT, array)
+    return array
+
+
+def _scalar_column(values: Sequence[Any]) -> pa.Array:
+    array = _strings(values)
+    if array is None:
+        array = pa.array([_scalar_text(value) for value in values], pa.string())
+    return array
+
+
+def _time_column(values: Sequence[Any]) -> tuple[pa.Array, list[int]]:
+    """The instants of `values`, and the rows whose value is not one (but not missing):
+    strings of the usual shape cast by Arrow, a column with any other value by Python."""
+    texts = _strings(values)
+    if texts is not None and pc.all(pc.match_substring_regex(texts, _ARROW_ISO)).as_py() in (
+        True,
+        None,  # all NULL
+    ):
+        try:
+            return texts.cast(TIMESTAMP), []
+        except pa.ArrowInvalid:  # the usual shape, not a date (February 30th)
+            pass
+    moments = [_timestamp(value) for value in values]
+    failed = [
+        row
+        for row, (value, moment) in enumerate(zip(values, moments, strict=True))
+        if moment is None and value is not None
+    ]
+    return pa.array(moments, TIMESTAMP), failed
+
+
+def _json_columns(json_lines: bytes) -> list[pa.Array]:
+    """The columns of `_JSON_COLUMNS_GATHERED` from their lines; a JSON null (or a missing
+    field, encoded as one) as NULL."""
+    lines = pc.split_pattern(pa.array([json_lines], pa.large_binary()), b"\n").values
+    lines = lines.slice(0, len(lines) - 1).cast(pa.large_string()).cast(pa.string())
+    lines = pc.if_else(pc.equal(lines, "null"), _NULL_TEXT, lines)
+    grid = pa.FixedSizeListArray.from_arrays(lines, len(_JSON_COLUMNS_GATHERED))
+    return [pc.list_element(grid, at) for at in range(len(_JSON_COLUMNS_GATHERED))]
+
+
+def _with_late_values(extra: pa.Array, late: dict[int, dict[str, Any]]) -> pa.Array:
+    """`extra` with the raw values of the time fields that are not timestamps added, after
+    the client's other unknown fields, so that nothing the client sent is lost."""
+    if not late:
+        return extra
+    texts = extra.to_pylist()
+    for row, fields in late.items():
+        found = _json_decode.decode(texts[row]) if texts[row] is not None else {}
+        texts[row] = _json.encode({**found, **fields}).decode()
+    return pa.array(texts, pa.string())
 
 
 def conform(table: pa.Table) -> pa.Table:
     """`table` (a Parquet object's or a spill's rows, of this release or an older one) as a
     table of `SCHEMA`: its columns cast, the derived columns it lacks derived from its
-    `context` column (written before they existed), any other column it lacks NULL."""
+    `context` column (written before they existed), as `to_rows` derives them; any other
+    column it lacks NULL."""
     present = set(table.column_names)
-    derived: dict[str, list[Any]] = {}
+    derived: dict[str, Any] = {}
     if "context" not in present:  # not this archive's: nothing to derive from, and no bot
-        derived = {IS_BOT: [False] * table.num_rows}
+        derived = {IS_BOT: pa.array([False] * table.num_rows, pa.bool_())}
     elif not present.issuperset(DERIVED_COLUMNS):
-        derived = {name: [] for name in DERIVED_COLUMNS}
-        for text in table["context"].to_pylist():
-            _derive(_decoded(text), derived)
+        contexts = [{"context": _decoded(text)} for text in table["context"].to_pylist()]
+        rows = to_rows(contexts)  # of `SCHEMA`, whichever columns it has
+        derived = {name: rows[name] for name in DERIVED_COLUMNS if name in rows.column_names}
     return pa.table(
         [
             table[f.name].cast(f.type)
             if f.name in present
-            else pa.array(derived[f.name], f.type)
+            else derived[f.name]
             if f.name in derived
             else pa.nulls(table.num_rows, f.type)
             for f in SCHEMA
         ],
         schema=SCHEMA,
     )
-
-
-_json_decode = msgspec.json.Decoder()
 
 
 def to_event(row: dict[str, Any]) -> dict[str, Any]:
@@ -177,17 +312,6 @@ def to_event(row: dict[str, Any]) -> dict[str, Any]:
     if row.get(EXTRA) is not None:
         event.update(_json_decode.decode(row[EXTRA]))
     return event
-
-
-def _derive(context: Any, columns: dict[str, list[Any]]) -> None:
-    """Append the derived columns' values of one event, from its `context`."""
-    context = context if isinstance(context, dict) else {}
-    for source, fields in (("location", LOCATION_FIELDS), ("parsedUserAgent", USER_AGENT_FIELDS)):
-        found = context.get(source)
-        found = found if isinstance(found, dict) else {}
-        for column, key in fields.items():
-            columns[column].append(_scalar_text(found.get(key)))
-    columns[IS_BOT].append(context.get("bot") is True)
 
 
 def _scalar_text(value: Any) -> str | None:

@@ -7,7 +7,7 @@ TimeZone must be UTC) and maps each line in SQL:
 
 - text columns: a JSON string as it is, an integer as its digits, a JSON null or a missing key
   as NULL, anything else as its JSON text; an empty ID as NULL (`columns._text`);
-- timestamps: ISO-8601 strings of the usual shape (a 4-digit year from 1000, `T`, seconds, up
+- timestamps: ISO-8601 strings of the usual shape (a year from 1000 to 8999, `T`, seconds, up
   to 6 decimals, `Z` or an offset or none) are cast by DuckDB; any other string is parsed
   afterwards by `columns._timestamp` (Python's `datetime.fromisoformat`), those rows alone
   (they are rare: the server writes `receivedAt` and `timestamp` itself), so that exactly what
@@ -34,9 +34,10 @@ import pyarrow.compute as pc
 
 from shared.archive import columns
 
-# What DuckDB casts itself: every such string means the same instant to it and to Python.
+# What DuckDB casts itself: every such string means the same instant to it and to Python (a
+# year from 1000 to 8999: from 9999, an offset can take the instant past what Python holds).
 _ISO = (
-    r"[1-9][0-9]{3}-[0-9]{2}-[0-9]{2}T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]"
+    r"[1-8][0-9]{3}-[0-9]{2}-[0-9]{2}T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]"
     r"(\.[0-9]{1,6})?(Z|[+-]([01][0-9]|2[0-3]):[0-5][0-9])?"
 )
 _decode = msgspec.json.Decoder().decode

@@ -10,6 +10,8 @@ from typing import Any
 
 import msgspec
 
+from shared.archive.partitions import UnarchivableEvent
+
 SUFFIX = ".ndjson.gz"
 CONTENT_TYPE = "application/x-ndjson"
 
@@ -17,7 +19,12 @@ _json_encoder = msgspec.json.Encoder()
 
 
 def stage(events: list[dict[str, Any]]) -> tuple[bytes, int]:
-    lines = encode_lines(events)
+    """The events' lines and their size; UnarchivableEvent for an event JSON cannot hold (a
+    map whose keys are not text or numbers: MsgPack has them, so an entry may)."""
+    try:
+        lines = encode_lines(events)
+    except (TypeError, ValueError, OverflowError, msgspec.EncodeError) as exc:
+        raise UnarchivableEvent(f"cannot be written as JSON: {exc}") from exc
     return lines, len(lines)
 
 

@@ -9,40 +9,38 @@ What the files hold, for readers that do not use this project's code (pyarrow, D
   (Athena, DuckDB's `union_by_name`);
 - timestamps as `TIMESTAMP(isAdjustedToUTC=true, MICROS)` (pyarrow reads `timestamp[us,
   tz=UTC]`, DuckDB `TIMESTAMP WITH TIME ZONE`), never nanoseconds, never INT96;
-- zstd at `level` (`GZIP_LEVEL`, 1 to 9; its default 3 is zstd's own); dictionary encoding,
-  column statistics and row groups of up to 1,048,576 rows (pyarrow's defaults: a flush of at
-  most `FLUSH_MAX_EVENTS` rows is one row group); data pages v1, which every reader reads.
+- zstd at `level` (`GZIP_LEVEL`, 1 to 9; its default 3 is zstd's own); dictionary encoding
+  and column statistics (pyarrow's defaults); row groups of `ROW_GROUP_ROWS` (131,072) rows;
+  data pages v1, which every reader reads.
 
 Deterministic: the same events give the same bytes, however entries cut them. The writer
 stores no clock or random value; its footer names the writer (`created_by: parquet-cpp-arrow
 version ...`) and holds the Arrow schema, so a retried flush rewrites its object with the same
 bytes while the pyarrow version is the same, and with the same rows across versions.
 
-Staging maps each entry's events to column values at once (`columns.to_columns`), so that an
-event that cannot become a row fails its entry, which is dead-lettered alone, never a flush.
-The Arrow table is built once per object, at flush time: building one costs tens of
-microseconds whatever its size, which per entry made single-event entries ten times slower.
+Staging gathers each entry's values (`columns.to_columns`, while its events are fresh in the
+CPU's cache); the Arrow table is built once per object, at flush time (`columns.to_table`,
+column by column): building one costs tens of microseconds whatever its size. An entry fails
+at staging for exactly what NDJSON cannot hold (a map key JSON has no form for), and is
+dead-lettered alone; building the table then cannot fail.
 
 `nbytes` is the size of the entry's events as NDJSON lines, exactly what the NDJSON format
 counts: `FLUSH_MAX_BYTES` means the same in both formats and cuts a stream's flushes in the
 same places. The column data the writer compresses is about 85% of that (no field names, no
-quoting; the benchmark's events, measured before the columns derived from `context`, which
-add their values' text and about 29 bytes an event in memory). Staged values take about as
-much memory as NDJSON lines for entries of 100 events, and about three times as much for
-single-event entries (3.6 KB per event of 520 bytes), bounded by the same hints.
+quoting). Staged values hold the values the events had (shared, not copied) and the text of
+their JSON columns: about the lines' size for entries of 100 events, three times for
+single-event entries, which `FLUSH_MAX_BYTES` bounds (test_formats measures it).
 """
 
 from __future__ import annotations
 
-from itertools import chain
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from shared.archive import columns
-from shared.archive.formats.ndjson import encode_lines
-from shared.archive.partitions import UnarchivableEvent
+from shared.archive.formats import ndjson
 
 SUFFIX = ".parquet"
 CONTENT_TYPE = "application/vnd.apache.parquet"
@@ -50,20 +48,14 @@ COMPRESSION = "zstd"
 ROW_GROUP_ROWS = 131_072
 _RECEIVED_AT = columns.SCHEMA.get_field_index("received_at")
 
-Columns = dict[str, list[Any]]  # one entry's events as `columns.SCHEMA`'s columns
+
+def stage(events: list[dict[str, Any]]) -> tuple[columns.Staged, int]:
+    _, nbytes = ndjson.stage(events)  # fails for exactly what NDJSON cannot hold
+    return columns.to_columns(events), nbytes
 
 
-def stage(events: list[dict[str, Any]]) -> tuple[Columns, int]:
-    try:
-        values = columns.to_columns(events)
-    except (ValueError, TypeError, OverflowError, pa.ArrowException) as exc:
-        raise UnarchivableEvent(f"cannot be written as Parquet rows: {exc}") from exc
-    return values, len(encode_lines(events))
-
-
-def encode(staged: list[Columns], level: int = 3) -> bytes:
-    merged = {name: list(chain.from_iterable(part[name] for part in staged)) for name in staged[0]}
-    return write(pa.Table.from_pydict(merged, schema=columns.SCHEMA), level)
+def encode(staged: list[columns.Staged], level: int = 3) -> bytes:
+    return write(columns.to_table(staged), level)
 
 
 def write(rows: pa.Table, level: int = 3, sorted_by_time: bool = False) -> bytes:

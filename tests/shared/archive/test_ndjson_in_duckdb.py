@@ -18,85 +18,9 @@ from hypothesis import strategies as st
 
 from shared.archive import columns, ndjson_in_duckdb
 from shared.archive.formats import ndjson
+from tests.shared.archive.generated_events import event_strategy
 
 JSON_COLUMNS = set(columns.JSON_COLUMNS)
-# What the archive can hold: the events come from MsgPack, whose integers are 64-bit (ingest
-# refuses others).
-integers = st.integers(-(2**63), 2**64 - 1)
-
-scalars = st.one_of(
-    st.none(),
-    st.booleans(),
-    integers,
-    st.floats(allow_nan=False, allow_infinity=False),
-    st.text(max_size=12),
-)
-json_values = st.recursive(
-    scalars,
-    lambda inner: (
-        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3)
-    ),
-    max_leaves=8,
-)
-ids = st.one_of(st.none(), st.just(""), st.text(max_size=12), integers)
-instants = st.datetimes(
-    min_value=__import__("datetime").datetime(1000, 1, 1),
-    timezones=st.one_of(st.none(), st.timezones()),
-)
-timestamps = st.one_of(
-    st.none(),
-    instants.map(lambda moment: moment.isoformat()),
-    instants.map(lambda moment: moment.isoformat(sep=" ", timespec="milliseconds")),
-    instants.map(lambda moment: moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")),
-    st.sampled_from(
-        [
-            "2024-05-01T12:00:00.000Z",
-            "2024-05-01",
-            "2024-13-01T00:00:00Z",
-            "2024-01-01T24:00:00Z",
-            "2024-02-30T00:00:00Z",
-            "0001-01-01T00:00:00+01:00",
-            "20240501T120000Z",
-            "not a time",
-            "",
-        ]
-    ),
-    integers,
-    st.booleans(),
-    st.lists(integers, max_size=2),
-)  # an object: left to Python (the last test)
-names = st.one_of(st.none(), st.text(max_size=12), integers, st.booleans())
-places = st.dictionaries(
-    st.sampled_from(["country", "countryCode", "region", "city", "latitude"]), names | json_values
-)
-agents = st.dictionaries(st.sampled_from(["browser", "os", "device", "browserVersion"]), names)
-contexts = st.one_of(
-    json_values,
-    st.fixed_dictionaries(
-        {},
-        optional={
-            "location": places | json_values,
-            "parsedUserAgent": agents | json_values,
-            "bot": st.sampled_from([True, False, 1, "true", None]),
-            "library": json_values,
-        },
-    ),
-)
-extra_keys = st.text(min_size=1, max_size=8).filter(lambda key: key not in columns._KNOWN)
-events = st.fixed_dictionaries(
-    {},
-    optional={
-        **{field: ids for field in ("messageId", "userId", "anonymousId", "groupId", "previousId")},
-        **{field: names for field in ("type", "event", "name", "source")},
-        **{field: timestamps for field in columns.TIME_FIELDS.values()},
-        **{field: json_values for field in ("properties", "traits", "integrations")},
-        "context": contexts,
-    },
-).flatmap(
-    lambda event: st.dictionaries(extra_keys, json_values, max_size=3).map(
-        lambda extra: {**event, **extra}
-    )
-)
 
 
 @pytest.fixture(scope="module")
@@ -132,7 +56,7 @@ def left_to_python(event: dict[str, Any]) -> bool:
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(batch=st.lists(events, min_size=1, max_size=12))
+@given(batch=st.lists(event_strategy(), min_size=1, max_size=12))
 def test_duckdb_maps_ndjson_as_the_python_mapping_does(
     con: Any, tmp_path_factory: pytest.TempPathFactory, batch: list[dict[str, Any]]
 ) -> None:

@@ -1,0 +1,102 @@
+"""Hypothesis strategies for events of every shape the archive's column mapping must handle
+(`columns.to_rows`, and the mappings checked against it): IDs as integers and empty strings,
+timestamps of every shape and none, fields beyond the known ones, the `context` the derived
+columns read."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from hypothesis import strategies as st
+
+from shared.archive import columns
+
+# What the archive can hold: the events come from MsgPack, whose integers are 64-bit (ingest
+# refuses others).
+integers = st.integers(-(2**63), 2**64 - 1)
+
+
+def event_strategy(every_shape: bool = False) -> st.SearchStrategy[dict]:
+    """Events as the consumer decodes them from a stream entry. With `every_shape`, also a
+    fraction where text belongs, an object as a timestamp, and bytes (MsgPack has them, JSON
+    has not: only an entry written by something else than ingest can hold them)."""
+    scalars = st.one_of(
+        st.none(),
+        st.booleans(),
+        integers,
+        st.floats(allow_nan=False, allow_infinity=False),
+        st.text(max_size=12),
+        *([st.binary(max_size=4)] if every_shape else []),
+    )
+    json_values = st.recursive(
+        scalars,
+        lambda inner: (
+            st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3)
+        ),
+        max_leaves=8,
+    )
+    wider = [scalars] if every_shape else []
+    ids = st.one_of(st.none(), st.just(""), st.text(max_size=12), integers, *wider)
+    names = st.one_of(st.none(), st.text(max_size=12), integers, st.booleans(), *wider)
+    instants = st.datetimes(
+        min_value=datetime(1000, 1, 1), timezones=st.one_of(st.none(), st.timezones())
+    )
+    timestamps = st.one_of(
+        st.none(),
+        instants.map(lambda moment: moment.isoformat()),
+        instants.map(lambda moment: moment.isoformat(sep=" ", timespec="milliseconds")),
+        instants.map(lambda moment: moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")),
+        st.sampled_from(
+            [
+                "2024-05-01T12:00:00.000Z",
+                "2024-05-01",
+                "2024-13-01T00:00:00Z",
+                "2024-01-01T24:00:00Z",
+                "2024-02-30T00:00:00Z",
+                "2024-05-01T11:59:60Z",
+                "0001-01-01T00:00:00+01:00",
+                "9999-12-31T23:00:00-05:00",
+                "20240501T120000Z",
+                "2024-05-01T12:00:00.1234567Z",
+                "not a time",
+                "",
+            ]
+        ),
+        integers,
+        st.booleans(),
+        st.lists(integers, max_size=2),
+        *([st.dictionaries(st.text(max_size=3), scalars, max_size=2)] if every_shape else []),
+    )
+    places = st.dictionaries(
+        st.sampled_from(["country", "countryCode", "region", "city", "latitude"]),
+        names | json_values,
+    )
+    agents = st.dictionaries(st.sampled_from(["browser", "os", "device", "browserVersion"]), names)
+    contexts = st.one_of(
+        json_values,
+        st.fixed_dictionaries(
+            {},
+            optional={
+                "location": places | json_values,
+                "parsedUserAgent": agents | json_values,
+                "bot": st.sampled_from([True, False, 1, "true", None]),
+                "library": json_values,
+            },
+        ),
+    )
+    extra_keys = st.text(min_size=1, max_size=8).filter(lambda key: key not in columns._KNOWN)
+    return st.fixed_dictionaries(
+        {},
+        optional={
+            **{field: ids for field in ("messageId", "userId", "anonymousId", "groupId")},
+            "previousId": ids,
+            **{field: names for field in ("type", "event", "name", "source")},
+            **{field: timestamps for field in columns.TIME_FIELDS.values()},
+            **{field: json_values for field in ("properties", "traits", "integrations")},
+            "context": contexts,
+        },
+    ).flatmap(
+        lambda event: st.dictionaries(extra_keys, json_values, max_size=3).map(
+            lambda extra: {**event, **extra}
+        )
+    )

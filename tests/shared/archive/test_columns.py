@@ -1,0 +1,67 @@
+"""The archive's column mapping (shared/archive/columns.py), column by column in Arrow, gives
+exactly the table the value-by-value mapping of the release before gave (frozen in
+`row_by_row`), for events of every shape, however the events are cut into staged parts."""
+
+from __future__ import annotations
+
+from itertools import pairwise
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from shared.archive import columns
+from tests.shared.archive import row_by_row
+from tests.shared.archive.generated_events import event_strategy
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(batch=st.lists(event_strategy(every_shape=True), max_size=12), data=st.data())
+def test_columns_map_events_as_the_row_by_row_mapping(
+    batch: list[dict[str, Any]], data: st.DataObject
+) -> None:
+    expected = row_by_row.to_rows(batch)
+    assert columns.to_rows(batch).equals(expected)
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(batch)), max_size=3)))
+    bounds = [0, *cuts, len(batch)]
+    parts = [columns.to_columns(batch[a:b]) for a, b in pairwise(bounds)]
+    assert columns.to_table(parts).equals(expected)
+
+
+@pytest.mark.parametrize(
+    "moments",
+    [
+        ["2024-05-01T12:00:00.000Z", "2024-05-01T12:00:00.5+05:30", None],
+        ["2024-05-01T12:00:00.000Z", "2024-02-30T00:00:00Z"],  # the usual shape, not a date
+        ["2024-05-01T12:00:00.000Z", "2024-05-01 12:00:00"],  # another shape: Python's
+        ["9999-12-31T23:00:00-05:00"],  # past what Python holds once in UTC
+        ["2024-05-01T12:00:00Z", 1714564800],
+    ],
+    ids=["usual", "not-a-date", "other-shape", "overflow", "a-number"],
+)
+def test_a_column_of_timestamps_reads_as_python_reads_each(moments: list[Any]) -> None:
+    """Arrow casts a column of the usual shape at once; any other value sends the column to
+    Python, value by value, and what is not a timestamp is kept in `extra`."""
+    batch = [{"messageId": str(at), "sentAt": moment} for at, moment in enumerate(moments)]
+    assert columns.to_rows(batch).equals(row_by_row.to_rows(batch))
+
+
+def test_no_events_make_an_empty_table() -> None:
+    assert columns.to_rows([]).equals(columns.SCHEMA.empty_table())
+    assert columns.to_table([columns.to_columns([])] * 2).num_rows == 0
+
+
+def test_values_arrow_would_convert_its_own_way_are_converted_as_text() -> None:
+    """Bytes (which Arrow would take as text) and numbers where text belongs read as Python
+    writes them: bytes as their JSON (base64), a number as its digits."""
+    batch = [
+        {"userId": b"\x00\xff", "context": {"location": {"country": b"FR"}}},
+        {"userId": 12, "context": {"location": {"country": 1.5}}},
+    ]
+    rows = columns.to_rows(batch).select(["user_id", "country"]).to_pylist()
+    assert rows == [
+        {"user_id": '"AP8="', "country": '"RlI="'},
+        {"user_id": "12", "country": "1.5"},
+    ]
+    assert rows == row_by_row.to_rows(batch).select(["user_id", "country"]).to_pylist()
