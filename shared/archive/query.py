@@ -80,6 +80,7 @@ from urllib.parse import urlsplit
 import botocore.exceptions
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from shared.archive import columns, ndjson_in_duckdb, object_files, partitions, reading
@@ -599,11 +600,17 @@ def _rows_table(read: list[tuple[ArchivedObject, pa.Table]]) -> pa.Table:
             pa.repeat(pa.scalar(item.dt, pa.date32()), n),
             pa.repeat(pa.scalar(item.hour, pa.int8()), n),
             pa.repeat(pa.scalar(ordinal, pa.int32()), n),
-            pa.array(range(position, position + n), pa.int64()),
+            _sequence(position, n),
         ]
         parts.append(pa.Table.from_arrays([*table.columns, *extra], schema=schema))
         position += n
     return pa.concat_tables(parts) if parts else schema.empty_table()
+
+
+def _sequence(start: int, n: int) -> pa.Array:
+    """`start`, `start + 1`, ... (`n` of them), made by Arrow: a Python `range` converted one
+    integer at a time holds the GIL for each, which the threads decoding objects wait on."""
+    return pc.add(pc.cumulative_sum(pa.repeat(pa.scalar(1, pa.int64()), n)), start - 1)
 
 
 def _objects_table(objects: list[ArchivedObject]) -> pa.Table:
