@@ -181,6 +181,24 @@ def privacy_rewrite_line(fmt: str, row: dict) -> str:
     )
 
 
+# Issue 28: one consumer writing Parquet drains at least this share of its NDJSON rate.
+PARQUET_DRAIN_RATIO_TARGET = 0.8
+
+
+def drain_format_line(rows: list[dict]) -> str | None:
+    """One consumer's Parquet drain rate over its NDJSON rate, in the same run; None unless
+    the run drained both."""
+    single = {row.get("format", "ndjson"): row for row in rows if row["consumers"] == 1}
+    if not {"ndjson", "parquet"} <= single.keys():
+        return None
+    ratio = single["parquet"]["events_per_s"] / single["ndjson"]["events_per_s"]
+    met = ratio >= PARQUET_DRAIN_RATIO_TARGET
+    return (
+        f"  1 consumer writing Parquet drains {ratio:.2f}x its NDJSON rate"
+        f" (target >= {PARQUET_DRAIN_RATIO_TARGET}x: {'met' if met else 'NOT MET'})"
+    )
+
+
 def drain_line(row: dict) -> str:
     per_event = row["cores"].get("consumers", 0) * 1e6 / row["events_per_s"]
     return (
@@ -316,6 +334,8 @@ def table(results: dict) -> str:
             f"drain (FLUSH_INTERVAL_S=1, default size hints); cores = {'/'.join(DRAIN_CORES)}",
         ]
         lines += [drain_line(row) for row in results["drain"]]
+        ratio = drain_format_line(results["drain"])
+        lines += [ratio] if ratio else []
     if results.get("archive"):
         archive = results["archive"]
         lines += ["", f"the archive read back ({archive['events']:,} events, 1% stored twice)"]

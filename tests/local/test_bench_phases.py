@@ -95,3 +95,21 @@ def test_the_report_names_its_run_commit_machine_versions_and_phases(
     header = report.table(results)
     assert f"commit {head[:7]}" in header
     assert "phases memory, drain" in header
+
+
+def drained(consumers: int, fmt: str, rate: int) -> dict:
+    return {"consumers": consumers, "format": fmt, "events_per_s": rate}
+
+
+def test_the_drain_report_says_parquet_against_ndjson_and_the_target() -> None:
+    """Issue 28's target: one consumer writing Parquet drains at least 0.8x its NDJSON rate in
+    the same run (the 2-consumer row is not the comparison)."""
+    rows = [drained(1, "ndjson", 200_000), drained(2, "ndjson", 390_000)]
+    assert report.drain_format_line(rows) is None  # no Parquet drained: nothing to compare
+    line = report.drain_format_line([*rows, drained(1, "parquet", 150_000)])
+    assert (
+        line
+        == "  1 consumer writing Parquet drains 0.75x its NDJSON rate (target >= 0.8x: NOT MET)"
+    )
+    line = report.drain_format_line([*rows, drained(1, "parquet", 160_000)])
+    assert line is not None and line.endswith("0.80x its NDJSON rate (target >= 0.8x: met)")

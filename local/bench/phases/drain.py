@@ -24,6 +24,9 @@ def run(bench: Bench) -> dict[str, Any]:
         row = _drain_once(bench, pool, consumers, archive_format)
         rows.append(row)
         say(report.drain_line(row))
+    ratio = report.drain_format_line(rows)
+    if ratio:
+        say(ratio)
     bench.client.delete(STREAM_KEY)
     return {"drain": rows}
 
