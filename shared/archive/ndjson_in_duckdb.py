@@ -19,8 +19,9 @@ TimeZone must be UTC) and maps each line in SQL:
 
 None when the object is not what this mapping expects (a line that is not a JSON object, JSON
 DuckDB cannot read, bad gzip), or holds what it would map otherwise than Python (an object as a
-timestamp, a number with a fraction as an ID, a name or a place): the caller decodes it in
-Python (`reading`), which keeps what decodes and says what is wrong.
+timestamp, a number with a fraction as an ID, a name or a place, an object or an array as an
+ID or a name): the caller decodes it in Python (`reading`), which keeps what decodes and says
+what is wrong.
 """
 
 from __future__ import annotations
@@ -165,7 +166,8 @@ def _select(url: str) -> str:
         f"COALESCE(json_{len(jsons) - 1} = 'true'::JSON, false) AS {columns.IS_BOT}",
     ]
     # Left to Python: a time field holding an object (a merge patch would drop the nulls
-    # inside it), a number with a fraction where text belongs (DuckDB writes it its own way).
+    # inside it), a number with a fraction where text belongs, or an object or an array in a
+    # text field (DuckDB writes numbers and escapes its own way).
     text_types = [_json_at(field) for field in columns.TEXT_FIELDS.values()]
     text_types += [derived_json_at + i for i in range(len(derived_columns))]
     fallback = " AND ".join(
@@ -175,6 +177,10 @@ def _select(url: str) -> str:
                 for field in columns.TIME_FIELDS.values()
             ),
             *(f"COALESCE(type_{i} != 'DOUBLE', true)" for i in text_types),
+            *(
+                f"COALESCE(type_{_json_at(field)} NOT IN ('OBJECT', 'ARRAY'), true)"
+                for field in columns.TEXT_FIELDS.values()
+            ),
         ]
     )
     return f"SELECT is_object AND {fallback} AS _object, {', '.join(selected)} FROM ({with_extra})"

@@ -41,7 +41,8 @@ def as_compared(name: str, values: list[Any]) -> list[Any]:
 
 
 def left_to_python(event: dict[str, Any]) -> bool:
-    """What the DuckDB mapping leaves to Python: a fraction as text, an object as a time."""
+    """What the DuckDB mapping leaves to Python: a fraction as text, an object as a time, an
+    object or an array in a text field."""
     context = event.get("context")
     context = context if isinstance(context, dict) else {}
     texts = [event.get(field) for field in columns.TEXT_FIELDS.values()]
@@ -52,7 +53,12 @@ def left_to_python(event: dict[str, Any]) -> bool:
         found = context.get(part)
         texts += [found.get(key) for key in fields.values()] if isinstance(found, dict) else []
     times = [event.get(field) for field in columns.TIME_FIELDS.values()]
-    return any(isinstance(v, float) for v in texts) or any(isinstance(v, dict) for v in times)
+    own = [event.get(field) for field in columns.TEXT_FIELDS.values()]
+    return (
+        any(isinstance(v, float) for v in texts)
+        or any(isinstance(v, dict) for v in times)
+        or any(isinstance(v, (dict, list)) for v in own)
+    )
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -103,3 +109,19 @@ def test_a_fraction_where_text_belongs_is_left_to_python(con: Any, tmp_path: Pat
     assert decoded(con, path, [{"context": {"location": {"country": 1e16}}}]) is None
     assert decoded(con, path, [{"userId": 1.5}]) is None
     assert decoded(con, path, [{"userId": 15, "properties": {"x": 1e16}}]) is not None
+
+
+@pytest.mark.parametrize(
+    "value", [{"id": 1.5e16}, {"id": "\x1f"}, ["a", 1]], ids=["fraction", "escape", "array"]
+)
+def test_an_object_or_an_array_where_text_belongs_is_left_to_python(
+    con: Any, tmp_path: Path, value: Any
+) -> None:
+    """Python reads it as msgspec writes its JSON (`1.5e16`, `\\u001f`); DuckDB would write
+    `15000000000000000.0` and `\\u001F`. As a place (derived columns) it reads as NULL in
+    both, and stays with DuckDB."""
+    path = tmp_path / "object.ndjson.gz"
+    assert decoded(con, path, [{"messageId": "m", "userId": value}]) is None
+    context = {"location": {"city": value}}
+    native = decoded(con, path, [{"messageId": "m", "context": context}])
+    assert native is not None and native["city"].to_pylist() == [None]
