@@ -8,7 +8,9 @@ read through the same mapping, so both formats answer a query alike.
   integer ID (analytics-ruby sends them) reads as its digits, an empty string as NULL.
 - Timestamps are UTC, microseconds. A value that is not ISO-8601 (only `originalTimestamp` is
   not checked at ingest) reads as NULL, and its raw value is kept in `extra`.
-- `properties`, `traits`, `context`, `integrations` are JSON text.
+- `properties`, `traits`, `context`, `integrations` are JSON text; a JSON null as NULL, and so
+  is a value JSON has no form for (NaN or an infinity: only an entry written by something other
+  than ingest can carry one), as its NDJSON line reads.
 - `extra` is a JSON object of every other top-level field the client sent (`_metadata`,
   `channel`, `userProperties`, ...); NULL when there are none. Nothing the client sent is lost.
 - `country`, `country_code`, `region`, `city` (from `context.location`: `country`,
@@ -34,6 +36,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from types import MappingProxyType
 from typing import Any, NamedTuple
 
 import msgspec
@@ -102,13 +105,12 @@ DEDUP_KEY = ("source", "message_id")
 _KNOWN = frozenset((*TEXT_FIELDS.values(), *TIME_FIELDS.values(), *JSON_FIELDS.values()))
 _json = msgspec.json.Encoder()
 _json_decode = msgspec.json.Decoder()
-# What `to_rows` gathers from each event: the raw values of these columns ...
+# What `to_columns` gathers from each event: the raw values of these columns ...
 _RAW_COLUMNS = (*TEXT_FIELDS, *TIME_FIELDS, *DERIVED_COLUMNS)
 _RAW_KEYS = (*TEXT_FIELDS.values(), *TIME_FIELDS.values())
 # ... and, per event, the JSON of these, one line each, in this order.
 _JSON_KEYS = tuple(JSON_FIELDS.values())
-_JSON_COLUMNS_GATHERED = (*JSON_FIELDS, EXTRA)
-_NO_CONTEXT: dict[str, Any] = {}
+_NO_CONTEXT = MappingProxyType({})
 # The timestamps Arrow casts itself: for these, Arrow's ISO-8601 parser and Python's
 # `datetime.fromisoformat` agree on the instant (a year from 1000 to 8999: from 9999, an offset
 # can take the instant past what Python holds); any other string is parsed by Python.
@@ -123,7 +125,7 @@ class Staged(NamedTuple):
     """Events on their way to rows: gathered by `to_columns`, made rows by `to_table`."""
 
     rows: list[tuple[Any, ...]]  # per event, the raw values of `_RAW_COLUMNS`
-    json_lines: bytes  # per event, the JSON of each of `_JSON_COLUMNS_GATHERED`, a line each
+    json_lines: bytes  # per event, the JSON of each of `JSON_COLUMNS`, a line each
 
 
 def to_rows(events: list[dict[str, Any]]) -> pa.Table:
@@ -136,8 +138,9 @@ def to_columns(events: list[dict[str, Any]]) -> Staged:
     over the events, in Python), and the text of the JSON columns. A writer that gathers many
     small batches (the consumer's Parquet staging, one stream entry at a time) stages each
     batch while its events are fresh in the CPU's cache and builds one table from all of
-    them: building one costs tens of microseconds whatever its size. Raises what encoding
-    the events as JSON raises (a map key JSON cannot hold), and nothing else."""
+    them: building one costs tens of microseconds whatever its size. For events that encode
+    as JSON (`formats.ndjson.stage` checks it first): it encodes only some of their values,
+    so a value JSON cannot hold elsewhere (a map with a nil key as an ID) fails `to_table`."""
     return Staged(*_gathered(events))
 
 
@@ -145,7 +148,7 @@ def to_table(parts: list[Staged]) -> pa.Table:
     """The events staged in `parts`, in order, as one table of `SCHEMA`: column by column in
     Arrow (a column of strings at once; a column holding anything else, such as a number as
     an ID or a timestamp of an unusual shape, value by value in Python, which keeps each
-    column exactly what the rules above say). Raises nothing for what `to_columns` staged."""
+    column exactly what the rules above say). Raises nothing for events that encode as JSON."""
     rows = [row for part in parts for row in part.rows]
     raw = dict(zip(_RAW_COLUMNS, zip(*rows, strict=True), strict=True)) if rows else {}
     values = {name: raw.get(name, ()) for name in _RAW_COLUMNS}
@@ -156,7 +159,7 @@ def to_table(parts: list[Staged]) -> pa.Table:
         for row in failed:
             late.setdefault(row, {})[field] = values[column][row]
     json_lines = b"".join(part.json_lines for part in parts)
-    arrays.update(zip(_JSON_COLUMNS_GATHERED, _json_columns(json_lines), strict=True))
+    arrays.update(zip(JSON_COLUMNS, _json_columns(json_lines), strict=True))
     arrays[EXTRA] = _with_late_values(arrays[EXTRA], late)
     for column in (*LOCATION_FIELDS, *USER_AGENT_FIELDS):
         arrays[column] = _scalar_column(values[column])
@@ -165,7 +168,7 @@ def to_table(parts: list[Staged]) -> pa.Table:
 
 
 def _gathered(events: list[dict[str, Any]]) -> tuple[list[tuple[Any, ...]], bytes]:
-    """Per event, the raw values of `_RAW_COLUMNS`; and the JSON of `_JSON_COLUMNS_GATHERED`,
+    """Per event, the raw values of `_RAW_COLUMNS`; and the JSON of `JSON_COLUMNS`,
     a line each, event after event."""
     rows = []
     jsons: list[Any] = []
@@ -198,10 +201,12 @@ def _unknown_fields(event: dict[str, Any]) -> dict[str, Any]:
 
 def _strings(values: Sequence[Any]) -> pa.Array | None:
     """`values` as a string array when all are strings or None (Arrow's own conversion);
-    None when one is anything else (a number, bytes, an object)."""
+    None when one is anything else (a number, bytes, an object, a date). A fast path only:
+    whatever Arrow makes of other values, or whatever it raises on a mix of them (a date and
+    a NaN: ValueError), the caller converts the column value by value instead."""
     try:
         array = pa.array(values)
-    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
+    except (ValueError, TypeError, OverflowError):  # ArrowInvalid, ArrowTypeError among them
         return None
     if pa.types.is_null(array.type):
         return array.cast(pa.string())
@@ -246,24 +251,28 @@ def _time_column(values: Sequence[Any]) -> tuple[pa.Array, list[int]]:
 
 
 def _json_columns(json_lines: bytes) -> list[pa.Array]:
-    """The columns of `_JSON_COLUMNS_GATHERED` from their lines; a JSON null (or a missing
-    field, encoded as one) as NULL."""
+    """The columns of `JSON_COLUMNS` from their lines; a JSON null (or a missing field,
+    encoded as one) as NULL. All of them are one array of lines until they are apart: 64-bit
+    offsets, as a flush's JSON may pass 2 GiB where one column does not."""
     lines = pc.split_pattern(pa.array([json_lines], pa.large_binary()), b"\n").values
-    lines = lines.slice(0, len(lines) - 1).cast(pa.large_string()).cast(pa.string())
-    lines = pc.if_else(pc.equal(lines, "null"), _NULL_TEXT, lines)
-    grid = pa.FixedSizeListArray.from_arrays(lines, len(_JSON_COLUMNS_GATHERED))
-    return [pc.list_element(grid, at) for at in range(len(_JSON_COLUMNS_GATHERED))]
+    lines = lines.slice(0, len(lines) - 1).cast(pa.large_string())
+    grid = pa.FixedSizeListArray.from_arrays(lines, len(JSON_COLUMNS))
+    found = [pc.list_element(grid, at).cast(pa.string()) for at in range(len(JSON_COLUMNS))]
+    return [pc.if_else(pc.equal(column, "null"), _NULL_TEXT, column) for column in found]
 
 
 def _with_late_values(extra: pa.Array, late: dict[int, dict[str, Any]]) -> pa.Array:
     """`extra` with the raw values of the time fields that are not timestamps added, after
-    the client's other unknown fields, so that nothing the client sent is lost."""
+    the client's other unknown fields, so that nothing the client sent is lost. Written into
+    the object's text, not decoded and encoded again, which would merge keys JSON cannot tell
+    apart (`1` and `"1"` in a map MsgPack carried)."""
     if not late:
         return extra
     texts = extra.to_pylist()
     for row, fields in late.items():
-        found = _json_decode.decode(texts[row]) if texts[row] is not None else {}
-        texts[row] = _json.encode({**found, **fields}).decode()
+        added = _json.encode(fields).decode()
+        found = texts[row]
+        texts[row] = added if found is None else f"{found[:-1]},{added[1:]}"
     return pa.array(texts, pa.string())
 
 
@@ -278,7 +287,9 @@ def conform(table: pa.Table) -> pa.Table:
         derived = {IS_BOT: pa.array([False] * table.num_rows, pa.bool_())}
     elif not present.issuperset(DERIVED_COLUMNS):
         contexts = [{"context": _decoded(text)} for text in table["context"].to_pylist()]
-        rows = to_rows(contexts)  # of `SCHEMA`, whichever columns it has
+        # `SCHEMA`'s derived columns (all of them, but where a test stands in for the release
+        # before them with a `SCHEMA` that has none).
+        rows = to_rows(contexts)
         derived = {name: rows[name] for name in DERIVED_COLUMNS if name in rows.column_names}
     return pa.table(
         [
@@ -295,7 +306,7 @@ def conform(table: pa.Table) -> pa.Table:
 
 def to_event(row: dict[str, Any]) -> dict[str, Any]:
     """An event from a row of `SCHEMA` (as `Table.to_pylist` gives it): the inverse of
-    `to_columns`, but for what the columns cannot keep (IDs sent as numbers come back as
+    `to_rows`, but for what the columns cannot keep (IDs sent as numbers come back as
     text; timestamps as ISO-8601 UTC, the same instant in microseconds)."""
     event: dict[str, Any] = {}
     for column, field in TEXT_FIELDS.items():

@@ -15,7 +15,7 @@ TimeZone must be UTC) and maps each line in SQL:
 - JSON columns and `extra`: the same JSON values, written by DuckDB: equal as JSON, but the
   text may differ from msgspec's in number formatting (`1.5e16` as `15000000000000000.0`) and
   the case of escapes (`\\u001F`);
-- the columns derived from `context` as `columns._derive` reads them.
+- the columns derived from `context` as `columns.to_rows` reads them.
 
 None when the object is not what this mapping expects (a line that is not a JSON object, JSON
 DuckDB cannot read, bad gzip), or holds what it would map otherwise than Python (an object as a

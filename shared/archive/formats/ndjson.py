@@ -20,10 +20,11 @@ _json_encoder = msgspec.json.Encoder()
 
 def stage(events: list[dict[str, Any]]) -> tuple[bytes, int]:
     """The events' lines and their size; UnarchivableEvent for an event JSON cannot hold (a
-    map whose keys are not text or numbers: MsgPack has them, so an entry may)."""
+    map whose keys are not text or numbers, or nested deeper than the encoder goes: MsgPack
+    has them, so an entry may)."""
     try:
         lines = encode_lines(events)
-    except (TypeError, ValueError, OverflowError, msgspec.EncodeError) as exc:
+    except (TypeError, ValueError, OverflowError, RecursionError, msgspec.EncodeError) as exc:
         raise UnarchivableEvent(f"cannot be written as JSON: {exc}") from exc
     return lines, len(lines)
 

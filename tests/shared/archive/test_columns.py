@@ -4,6 +4,8 @@ exactly the table the value-by-value mapping of the release before gave (frozen 
 
 from __future__ import annotations
 
+import math
+from datetime import UTC, datetime
 from itertools import pairwise
 from typing import Any
 
@@ -65,3 +67,41 @@ def test_values_arrow_would_convert_its_own_way_are_converted_as_text() -> None:
         {"user_id": "12", "country": "1.5"},
     ]
     assert rows == row_by_row.to_rows(batch).select(["user_id", "country"]).to_pylist()
+
+
+WHEN = datetime(2024, 5, 1, 12, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        lambda value: {"userId": value},
+        lambda value: {"sentAt": value},
+        lambda value: {"context": {"location": {"city": value}}},
+    ],
+    ids=["text", "time", "derived"],
+)
+def test_a_column_arrow_cannot_convert_is_converted_value_by_value(event: Any) -> None:
+    """A date (a MsgPack timestamp) and a NaN in one column make Arrow's conversion raise
+    ValueError: the column is converted value by value, never the flush failed."""
+    batch = [event(WHEN), event(math.nan), event("x")]
+    assert columns.to_rows(batch).equals(row_by_row.to_rows(batch))
+
+
+def test_a_json_field_json_has_no_form_for_reads_as_null() -> None:
+    """NaN or an infinity as a whole JSON field (only MsgPack carries them) reads as NULL, as
+    the NDJSON line (`"properties":null`) reads; inside a value it is written `null`."""
+    batch = [
+        {"messageId": "a", "properties": math.nan},
+        {"messageId": "b", "properties": {"n": math.inf}},
+    ]
+    assert columns.to_rows(batch)["properties"].to_pylist() == [None, '{"n":null}']
+
+
+def test_late_values_join_extra_without_merging_its_keys() -> None:
+    """A time field that is not a timestamp is kept in `extra` after the client's own unknown
+    fields, whose text is kept as it is: `1` and `"1"` stay two keys."""
+    batch = [{"messageId": "a", "x": {1: "a", "1": "b"}, "sentAt": "not a time"}]
+    [extra] = columns.to_rows(batch)["extra"].to_pylist()
+    assert extra == '{"x":{"1":"a","1":"b"},"sentAt":"not a time"}'
+    assert columns.to_rows(batch).equals(row_by_row.to_rows(batch))
