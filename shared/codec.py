@@ -115,3 +115,5 @@ def decode_entry(fields: dict[bytes, bytes]) -> list[dict[str, Any]]:
         raise UndecodableEntry("entry has no 'd' field") from None
     except msgspec.DecodeError as exc:
         raise UndecodableEntry(f"events are not a MsgPack list of maps: {exc}") from None
+    except RecursionError:  # ingest never nests so deep: another writer did
+        raise UndecodableEntry("events are nested deeper than the decoder goes") from None

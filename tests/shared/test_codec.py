@@ -141,6 +141,7 @@ def test_empty_fields_are_refused() -> None:
         msgspec.msgpack.encode(["track"]),
         msgspec.msgpack.encode([{1: "int key"}]),  # map keys must be strings
         msgspec.msgpack.encode("just a string"),
+        b"\x91\x81\xa1p" + b"\x91" * 5000 + b"\x90",  # nested deeper than the decoder goes
     ],
     ids=[
         "empty",
@@ -153,6 +154,7 @@ def test_empty_fields_are_refused() -> None:
         "strings",
         "int-keys",
         "string",
+        "too-deep",
     ],
 )
 def test_undecodable_data_is_refused(data: bytes) -> None:
