@@ -110,7 +110,11 @@ def query(
         settings = Settings.from_env()
         with StatusLine(lambda done, total: f"reading objects: {done}/{total}") as progress:
             archive = archive_query.open_from_settings(
-                settings, hours, progress=progress, skip_unreadable=skip_unreadable
+                settings,
+                hours,
+                progress=progress,
+                skip_unreadable=skip_unreadable,
+                columns_read=archive_query.columns_read_by(sql),
             )
         if archive.skipped:
             _say_skipped(archive.skipped)

@@ -45,15 +45,29 @@ _decode = msgspec.json.Decoder().decode
 _encode = msgspec.json.Encoder().encode
 
 
-def rows(con: Any, url: str) -> pa.Table | None:
-    """The rows of the gzip NDJSON object `url`; None when DuckDB cannot map it (see above)."""
+def rows(con: Any, url: str, needed: frozenset[str] | None = None) -> pa.Table | None:
+    """The rows of the gzip NDJSON object `url`; None when DuckDB cannot map it (see above).
+    With `needed`, only those columns are mapped (DuckDB leaves out the work of the others,
+    which are NULL): for a query that reads only them."""
+    select = _select(url)
+    if needed is not None:
+        kept = [name for name in columns.SCHEMA.names if name in needed]
+        kept += [f"_{name}_text" for name in columns.TIME_FIELDS if name in needed]
+        select = f"SELECT _object, {', '.join(kept)} FROM ({select})"
     try:
-        table = con.sql(_select(url)).to_arrow_table()
+        table = con.sql(select).to_arrow_table()
     except duckdb.Error:
         return None
     if table.num_rows and not pc.all(table["_object"]).as_py():
         return None
-    return _with_python_timestamps(table).select(columns.SCHEMA.names).cast(columns.SCHEMA)
+    table = _with_python_timestamps(table)
+    mapped = {
+        field.name: table[field.name]
+        if field.name in table.column_names
+        else pa.nulls(len(table), field.type)
+        for field in columns.SCHEMA
+    }
+    return pa.table(mapped).cast(columns.SCHEMA)
 
 
 def _with_python_timestamps(table: pa.Table) -> pa.Table:
@@ -61,6 +75,8 @@ def _with_python_timestamps(table: pa.Table) -> pa.Table:
     that parses taken out of `extra`, where the SQL put every value it did not cast. Only those
     rows pass through Python."""
     for column, field in columns.TIME_FIELDS.items():
+        if f"_{column}_text" not in table.column_names:  # not needed
+            continue
         texts = table[f"_{column}_text"].combine_chunks()
         if texts.null_count == len(texts):
             continue
@@ -68,12 +84,14 @@ def _with_python_timestamps(table: pa.Table) -> pa.Table:
         moments = [columns._timestamp(text) for text in texts.filter(rare).to_pylist()]
         if all(moment is None for moment in moments):
             continue
+        table = _replaced(table, column, rare, pa.array(moments, columns.TIMESTAMP))
+        if columns.EXTRA not in table.column_names:  # not needed
+            continue
         extras = table[columns.EXTRA].filter(rare).to_pylist()
         kept = [
             _without(extra, field) if moment is not None else extra
             for extra, moment in zip(extras, moments, strict=True)
         ]
-        table = _replaced(table, column, rare, pa.array(moments, columns.TIMESTAMP))
         table = _replaced(table, columns.EXTRA, rare, pa.array(kept, pa.string()))
     return table
 

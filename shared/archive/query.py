@@ -65,6 +65,7 @@ objects aside under `_unreadable/`, which no query reads.
 from __future__ import annotations
 
 import itertools
+import json
 import re
 import shutil
 import tempfile
@@ -174,6 +175,50 @@ def check(sql: str) -> None:
                 con.sql(statements[0].query)
             except duckdb.Error as exc:
                 raise BadQuery(_first_line(exc)) from None
+
+
+def columns_read_by(sql: str) -> frozenset[str] | None:
+    """The columns of `events` and `raw_events` that `sql` reads, as DuckDB plans it over the
+    archive's views (the columns its scans of the rows project); None (read them all) unless
+    `sql` is one SELECT whose plan says so plainly. A query's answer never depends on a
+    column left out: DuckDB itself found that it does not read it."""
+    with duckdb.connect(":memory:", config=_CONFIG) as con:
+        try:
+            statements = con.extract_statements(sql)
+            if len(statements) != 1 or statements[0].type != duckdb.StatementType.SELECT:
+                return None
+            _define_views(con, _rows_table([]), [])
+            [(_, plan)] = con.sql("EXPLAIN (FORMAT JSON) " + statements[0].query).fetchall()
+            projected = _scanned_columns(json.loads(plan))
+        except (duckdb.Error, ValueError, TypeError, KeyError):
+            return None
+    if projected is None:
+        return None
+    return frozenset(projected) & frozenset(columns.SCHEMA.names) | frozenset(
+        (*DEDUP_KEY, "received_at")
+    )
+
+
+def _scanned_columns(plan: Any) -> set[str] | None:
+    """The columns every Arrow scan of `plan` (DuckDB's EXPLAIN as JSON) projects; None when
+    the plan scans none or names a scan's columns otherwise than as a list of names."""
+    found: set[str] = set()
+    scans = 0
+    nodes = list(plan) if isinstance(plan, list) else [plan]
+    while nodes:
+        node = nodes.pop()
+        if not isinstance(node, dict):
+            return None
+        if "ARROW_SCAN" in str(node.get("name", "")):
+            projections = node.get("extra_info", {}).get("Projections")
+            if isinstance(projections, str):
+                projections = [projections]
+            if not isinstance(projections, list):
+                return None
+            found.update(projections)
+            scans += 1
+        nodes.extend(node.get("children", []))
+    return found if scans else None
 
 
 @dataclass
@@ -313,6 +358,7 @@ def open_from_settings(
     progress: Progress | None = None,
     *,
     skip_unreadable: bool = False,
+    columns_read: frozenset[str] | None = None,
 ) -> Archive:
     """`open_archive` over the bucket and prefix the functions use (`S3_*` variables)."""
     try:
@@ -337,6 +383,7 @@ def open_from_settings(
         skip_unreadable=skip_unreadable,
         forget=pending,
         window_h=settings.dedup_window_h,
+        columns_read=columns_read,
     )
 
 
@@ -351,12 +398,15 @@ def open_archive(
     skip_unreadable: bool = False,
     forget: list[Regulation] | None = None,
     window_h: int = DEDUP_WINDOW_H,
+    columns_read: frozenset[str] | None = None,
 ) -> Archive:
     """List the objects of `hours`, read them, and return a DuckDB with `events` and
     `raw_events` over their rows. `endpoint` only names the endpoint in error messages. An
     object that cannot be decoded raises UnreadableObject, or with `skip_unreadable` is left
     out (`Archive.skipped`). The subjects of the pending deletions `forget` are left out, as
-    if their deletion were done. `window_h` is the DEDUP_WINDOW, in hours."""
+    if their deletion were done. `window_h` is the DEDUP_WINDOW, in hours. `columns_read`:
+    the only columns of `events` and `raw_events` the queries to come read (`columns_read_by`
+    a query); the NDJSON objects held are then decoded for those only, the others NULL."""
 
     def reopen() -> Archive:
         return open_archive(
@@ -368,12 +418,14 @@ def open_archive(
             skip_unreadable=skip_unreadable,
             forget=forget,
             window_h=window_h,
+            columns_read=columns_read,
         )
 
     skipped: dict[ArchivedObject, reading.Unreadable] | None = {} if skip_unreadable else None
     read = _reading(store, hours, workers, endpoint)
-    # Finding the subjects a pending deletion links to takes every row in hand.
-    held = read(prefix, progress, skipped, not forget)
+    # Finding the subjects a pending deletion links to takes every row in hand, whole.
+    needed = None if forget else columns_read
+    held = read(prefix, progress, skipped, not forget, needed)
     rows = without_pending(held.rows, forget or [])
     con, spill = _connect()
     files = ObjectFiles(store, held.streamed)
@@ -388,7 +440,7 @@ def open_archive(
         # Read after `skipped` was reported: an unreadable object fails the query, never left
         # out unsaid.
         # Held whole: `quarantined` is defined over rows in hand only.
-        apart = read(prefix + QUARANTINE_ROOT, None, None, False)
+        apart = read(prefix + QUARANTINE_ROOT, None, None, False, None)
         _define_quarantined(con, apart.rows, _objects_table(apart.in_hand))
 
     left_out = [skipped[item] for item in sorted(skipped or {})]
@@ -424,14 +476,24 @@ class _Held:
 
 def _reading(
     store: ObjectStore, hours: HourRange, workers: int, endpoint: str | None
-) -> Callable[[str, Progress | None, dict | None, bool], _Held]:
-    """`read(under, progress, unreadable, stream)`: the objects of `hours` under the root
-    `under`, the compacted hours streamed if `stream`, as `_Held`."""
+) -> Callable[[str, Progress | None, dict | None, bool, frozenset[str] | None], _Held]:
+    """`read(under, progress, unreadable, stream, needed)`: the objects of `hours` under the
+    root `under`, the compacted hours streamed if `stream`, the NDJSON ones decoded for the
+    columns `needed` only (all: None), as `_Held`."""
 
-    def read(under: str, show: Progress | None, unreadable: dict | None, stream: bool) -> _Held:
+    def read(
+        under: str,
+        show: Progress | None,
+        unreadable: dict | None,
+        stream: bool,
+        needed: frozenset[str] | None,
+    ) -> _Held:
         try:
             listed = reading.list_objects(store, under, hours)
-            tables, footers = _read_all(store, under, listed, show, workers, unreadable, stream)
+            reader = _ObjectReader(store, needed)
+            tables, footers = _read_all(
+                store, under, listed, show, workers, unreadable, stream, reader
+            )
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
             raise ArchiveUnreachable(_storage_error(exc, store.bucket, endpoint)) from None
         except reading.Unreadable as exc:
@@ -454,6 +516,7 @@ def _read_all(
     workers: int,
     unreadable: dict[ArchivedObject, reading.Unreadable] | None,
     stream: bool,
+    reader: _ObjectReader,
 ) -> tuple[dict[ArchivedObject, pa.Table], dict[ArchivedObject, int]]:
     """Every listed object's rows, in hand, but for the objects of the hours that only hold
     compacted objects (with `stream`), whose footers only are read (their row counts): DuckDB
@@ -467,7 +530,6 @@ def _read_all(
     total, done = len(listed), 0
     if progress:
         progress(done, total)
-    reader = _ObjectReader(store)
     pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="archive-read")
     try:
         pending = listed
@@ -533,8 +595,9 @@ class _ObjectReader:
     Parquet, and NDJSON that mapping does not take, by `reading`), or a streamed object's row
     count from its footer. `close` closes the threads' DuckDBs."""
 
-    def __init__(self, store: ObjectStore) -> None:
+    def __init__(self, store: ObjectStore, needed: frozenset[str] | None = None) -> None:
         self.store = store
+        self.needed = needed
         self._local = threading.local()
         self._connections: list[Any] = []
 
@@ -551,7 +614,7 @@ class _ObjectReader:
         body = self.store.get(item.key)  # one GET; ObjectGone when it is gone
         con, files = self._connection()
         with files.serving(item.key, body) as name:
-            rows = ndjson_in_duckdb.rows(con, name)
+            rows = ndjson_in_duckdb.rows(con, name, self.needed)
         if rows is not None:
             return rows
         return reading.read_rows(item, body)  # says what is wrong, or keeps what decodes

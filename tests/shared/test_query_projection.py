@@ -1,0 +1,102 @@
+"""`event-ingest query` decodes the NDJSON objects it holds for the columns the SQL reads only
+(issue 28): DuckDB's own plan of the SQL over the archive's views names them
+(`query.columns_read_by`), and the answers are the same as with every column decoded."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from shared.archive import ObjectStore, columns, query
+from shared.settings import Settings
+from tests import archives
+from tests.shared.archive.conftest import event
+
+PREFIX = "events/"
+KEYS = {"message_id", "source", "received_at"}  # the dedup rule's, always read
+EVENTS = [
+    event(
+        "2024-03-05T13:00:00.000Z",
+        messageId="a",
+        properties={"plan": "pro", "n": 1.5},
+        context={"location": {"country": "France"}, "parsedUserAgent": {"browser": "Chrome"}},
+        sentAt="not a time",  # kept in `extra`
+        channel="web",
+    ),
+    event("2024-03-05T13:01:00.000Z", messageId="a", properties={"plan": "copy"}),  # a copy
+    event(
+        "2024-03-05T13:02:00.000Z",
+        messageId="b",
+        userId=42,
+        originalTimestamp="2024-03-05 13:01:59+01:00",  # a shape Python parses
+        context={"bot": True},
+    ),
+    event("2024-03-05T14:00:00.000Z", messageId="c", event="other", traits={"x": None}),
+    event("2024-03-05T14:01:00.000Z", event="no id"),
+]
+QUERIES = [
+    "SELECT event, count(*) AS n FROM events GROUP BY event ORDER BY n DESC, event",
+    "SELECT * FROM events ORDER BY message_id NULLS LAST, event",
+    "SELECT e FROM events e ORDER BY e.message_id NULLS LAST",
+    "SELECT count(*) FROM raw_events",
+    "SELECT country, browser, is_bot, count(*) FROM events GROUP BY ALL ORDER BY ALL",
+    "SELECT extra, sent_at, original_timestamp FROM raw_events ORDER BY received_at",
+    "SELECT properties->>'plan' AS plan FROM events WHERE user_id IS NULL ORDER BY plan",
+    "SELECT COLUMNS('.*_id') FROM events ORDER BY ALL",
+    "WITH t AS (SELECT * FROM raw_events) SELECT count(DISTINCT traits) FROM t",
+]
+
+
+@pytest.fixture
+def store(s3: Any, settings: Settings) -> ObjectStore:
+    store = ObjectStore(s3, settings.s3_bucket)
+    archives.write_ndjson(store, PREFIX, [(b"1-0", EVENTS[:3]), (b"2-0", EVENTS[3:])])
+    return store
+
+
+def answer(store: ObjectStore, sql: str, columns_read: frozenset[str] | None) -> list[tuple]:
+    with query.open_archive(store, PREFIX, columns_read=columns_read) as archive:
+        return list(archive.run(sql).rows())
+
+
+@pytest.mark.parametrize("sql", QUERIES, ids=range(len(QUERIES)))
+def test_the_answer_is_the_same_with_only_the_columns_read_decoded(
+    store: ObjectStore, sql: str
+) -> None:
+    assert answer(store, sql, query.columns_read_by(sql)) == answer(store, sql, None)
+
+
+def test_a_group_by_reads_its_column_and_the_dedup_keys_only() -> None:
+    sql = "SELECT event, count(*) FROM events GROUP BY event"
+    assert query.columns_read_by(sql) == {"event", *KEYS}
+    assert query.columns_read_by("SELECT count(*) FROM raw_events") == KEYS
+
+
+@pytest.mark.parametrize(
+    "sql",
+    ["SELECT e FROM events e", "SELECT * FROM raw_events", "SELECT to_json(r) FROM raw_events r"],
+    ids=["row-as-struct", "star", "row-as-json"],
+)
+def test_a_query_reading_whole_rows_reads_every_column(sql: str) -> None:
+    assert query.columns_read_by(sql) == set(columns.SCHEMA.names)
+
+
+@pytest.mark.parametrize(
+    "sql",
+    ["SELECT 1; SELECT 2", "SELECT * FROM quarantined", "CREATE TABLE x AS SELECT 1"],
+    ids=["two-statements", "quarantined", "not-a-select"],
+)
+def test_what_the_plan_does_not_say_plainly_reads_everything(sql: str) -> None:
+    assert query.columns_read_by(sql) is None
+
+
+def test_columns_not_read_are_not_decoded(store: ObjectStore) -> None:
+    """The proof that the work is left out: a column the SQL does not read is NULL in the rows
+    held (seen here through a second query, which a single `event-ingest query` never runs)."""
+    needed = query.columns_read_by("SELECT event FROM events")
+    assert needed is not None and "properties" not in needed
+    [(decoded,)] = answer(store, "SELECT count(properties) FROM raw_events", needed)
+    assert decoded == 0
+    [(decoded,)] = answer(store, "SELECT count(properties) FROM raw_events", None)
+    assert decoded == 2  # the two copies of "a" have properties
