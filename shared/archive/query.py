@@ -200,8 +200,9 @@ def columns_read_by(sql: str) -> frozenset[str] | None:
 
 
 def _scanned_columns(plan: Any) -> set[str] | None:
-    """The columns every Arrow scan of `plan` (DuckDB's EXPLAIN as JSON) projects; None when
-    the plan scans none or names a scan's columns otherwise than as a list of names."""
+    """The columns every Arrow scan of `plan` (DuckDB's EXPLAIN as JSON) projects, and any of
+    `columns.SCHEMA`'s a scan's other details name (a filter pushed into it); None when the
+    plan scans none or names a scan's columns otherwise than as a list of names."""
     found: set[str] = set()
     scans = 0
     nodes = list(plan) if isinstance(plan, list) else [plan]
@@ -210,12 +211,15 @@ def _scanned_columns(plan: Any) -> set[str] | None:
         if not isinstance(node, dict):
             return None
         if "ARROW_SCAN" in str(node.get("name", "")):
-            projections = node.get("extra_info", {}).get("Projections")
+            details = dict(node.get("extra_info", {}))
+            projections = details.pop("Projections", None)
             if isinstance(projections, str):
                 projections = [projections]
             if not isinstance(projections, list):
                 return None
             found.update(projections)
+            named = set(re.findall(r"\w+", json.dumps(details)))
+            found.update(named & set(columns.SCHEMA.names))
             scans += 1
         nodes.extend(node.get("children", []))
     return found if scans else None

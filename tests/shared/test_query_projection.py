@@ -100,3 +100,21 @@ def test_columns_not_read_are_not_decoded(store: ObjectStore) -> None:
     assert decoded == 0
     [(decoded,)] = answer(store, "SELECT count(properties) FROM raw_events", None)
     assert decoded == 2  # the two copies of "a" have properties
+
+
+def test_a_filter_pushed_into_a_scan_names_its_columns() -> None:
+    """Where DuckDB pushes a filter into the scan, the columns it tests may be missing from the
+    scan's projections: the columns any detail of the scan names are read too."""
+    plan = [
+        {
+            "name": "PROJECTION",
+            "children": [
+                {
+                    "name": "PYTHON_ARROW_SCAN",
+                    "extra_info": {"Projections": "event", "Filters": "country='FR' AND is_bot"},
+                }
+            ],
+        }
+    ]
+    assert query._scanned_columns(plan) == {"event", "country", "is_bot"}
+    assert query._scanned_columns([{"name": "PROJECTION", "children": []}]) is None
