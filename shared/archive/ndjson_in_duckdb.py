@@ -50,6 +50,10 @@ def rows(con: Any, url: str, needed: frozenset[str] | None = None) -> pa.Table |
     With `needed`, only those columns are mapped (DuckDB leaves out the work of the others,
     which are NULL): for a query that reads only them."""
     select = _select(url)
+    if needed is not None and columns.EXTRA in needed:
+        # `extra` holds a time field's value until Python, which reads the time columns, parses
+        # it as a timestamp and takes it out.
+        needed = needed | frozenset(columns.TIME_FIELDS)
     if needed is not None:
         kept = [name for name in columns.SCHEMA.names if name in needed]
         kept += [f"_{name}_text" for name in columns.TIME_FIELDS if name in needed]

@@ -190,7 +190,10 @@ def columns_read_by(sql: str) -> frozenset[str] | None:
             _define_views(con, _rows_table([]), [])
             [(_, plan)] = con.sql("EXPLAIN (FORMAT JSON) " + statements[0].query).fetchall()
             projected = _scanned_columns(json.loads(plan))
-        except (duckdb.Error, ValueError, TypeError, KeyError):
+        except duckdb.Error as exc:
+            _raise_if_interrupted(exc)  # Ctrl-C stops here as anywhere else
+            return None
+        except (ValueError, TypeError, KeyError, RecursionError):  # a plan shape not foreseen
             return None
     if projected is None:
         return None
@@ -199,10 +202,17 @@ def columns_read_by(sql: str) -> frozenset[str] | None:
     )
 
 
+# What the Arrow scans of the views' plan may project (`_ARCHIVE`'s and `_OBJECTS`' columns),
+# and what a scan's details may hold beside its projections: anything else is a plan this
+# code does not read plainly.
+_SCANNABLE = frozenset((*columns.SCHEMA.names, "dt", "hour", "_object", "_position", "object_key"))
+_SCAN_DETAILS = frozenset({"Function", "Projections", "Estimated Cardinality"})
+
+
 def _scanned_columns(plan: Any) -> set[str] | None:
-    """The columns every Arrow scan of `plan` (DuckDB's EXPLAIN as JSON) projects, and any of
-    `columns.SCHEMA`'s a scan's other details name (a filter pushed into it); None when the
-    plan scans none or names a scan's columns otherwise than as a list of names."""
+    """The columns every Arrow scan of `plan` (DuckDB's EXPLAIN as JSON) projects; None when
+    the plan scans none, or a scan says anything but a list of known column names (a filter
+    pushed into it, a projection by number): then which columns it reads is not plain."""
     found: set[str] = set()
     scans = 0
     nodes = list(plan) if isinstance(plan, list) else [plan]
@@ -211,15 +221,17 @@ def _scanned_columns(plan: Any) -> set[str] | None:
         if not isinstance(node, dict):
             return None
         if "ARROW_SCAN" in str(node.get("name", "")):
-            details = dict(node.get("extra_info", {}))
-            projections = details.pop("Projections", None)
+            details = node.get("extra_info", {})
+            projections = details.get("Projections")
             if isinstance(projections, str):
                 projections = [projections]
-            if not isinstance(projections, list):
+            if (
+                not set(details) <= _SCAN_DETAILS
+                or not isinstance(projections, list)
+                or not set(projections) <= _SCANNABLE
+            ):
                 return None
             found.update(projections)
-            named = set(re.findall(r"\w+", json.dumps(details)))
-            found.update(named & set(columns.SCHEMA.names))
             scans += 1
         nodes.extend(node.get("children", []))
     return found if scans else None
