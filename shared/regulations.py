@@ -265,16 +265,27 @@ class CachedView:
         return cls(lambda: client().hgetall(name), reload_s)
 
     def current(self) -> PrivacyView:
-        now = self._clock()
-        if self._read_at is not None and now - self._read_at < self._reload_s:
+        """The view, read again when it is `reload_s` old. While one thread reads it, the
+        others go on with the last copy; before the first read ends, they wait for it: the
+        empty view a process starts with is not a copy of anything (it let the events of a
+        suppressed subject through while the first read was under way)."""
+        if self._fresh(self._clock()):
             return self._view
-        with self._lock:
-            if self._read_at is None or now - self._read_at >= self._reload_s:
-                self._read_at = now
+        if not self._lock.acquire(blocking=self._read_at is None):
+            return self._view  # another thread is reading the next copy
+        try:
+            now = self._clock()
+            if not self._fresh(now):
                 try:
                     found = parse_view(self._read())
                 except Exception:  # Redis away: the request goes on, with what was known
                     found = None
                 if found is not None:
                     self._view = found
+                self._read_at = now
+        finally:
+            self._lock.release()
         return self._view
+
+    def _fresh(self, now: float) -> bool:
+        return self._read_at is not None and now - self._read_at < self._reload_s

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from datetime import UTC, datetime
 
 import pytest
@@ -114,3 +115,53 @@ def test_a_cached_view_reloads_after_its_period_and_keeps_what_it_knew_when_redi
     served = None
     now[0] = 5.0
     assert cache.current().suppresses({"userId": "u"}) and len(reads) == 3
+
+
+def test_before_its_first_read_ends_a_cached_view_is_waited_for_not_taken_empty() -> None:
+    """The shards' drainers (or ingest's concurrent requests) ask at once: the one that does
+    not read waits for the first copy instead of taking the empty view the process starts
+    with, which let a suppressed subject's events through."""
+    hashed = regulations.subject_hash(KEY, "userId", "u")
+    served = {b"key": KEY.hex().encode(), f"s:{hashed}".encode(): b"r1"}
+    reading, release = threading.Event(), threading.Event()
+
+    def read() -> dict[bytes, bytes]:
+        reading.set()
+        release.wait(timeout=30)
+        return served
+
+    cache = CachedView(read, reload_s=60.0)
+    first = threading.Thread(target=cache.current)
+    first.start()
+    assert reading.wait(timeout=30)
+    seen: list[PrivacyView] = []
+    second = threading.Thread(target=lambda: seen.append(cache.current()))
+    second.start()
+    release.set()
+    first.join(timeout=30)
+    second.join(timeout=30)
+    assert seen and seen[0].suppresses({"userId": "u"})
+
+
+def test_while_a_cached_view_is_read_again_the_others_go_on_with_the_last_copy() -> None:
+    now = [0.0]
+    hashed = regulations.subject_hash(KEY, "userId", "u")
+    served = {b"key": KEY.hex().encode(), f"s:{hashed}".encode(): b"r1"}
+    reading, release = threading.Event(), threading.Event()
+    slow = [False]
+
+    def read() -> dict[bytes, bytes]:
+        if slow[0]:
+            reading.set()
+            release.wait(timeout=30)
+        return served
+
+    cache = CachedView(read, reload_s=1.0, clock=lambda: now[0])
+    assert cache.current().suppresses({"userId": "u"})
+    now[0], slow[0] = 2.0, True
+    reloading = threading.Thread(target=cache.current)
+    reloading.start()
+    assert reading.wait(timeout=30)
+    assert cache.current().suppresses({"userId": "u"})  # at once, the last copy
+    release.set()
+    reloading.join(timeout=30)
