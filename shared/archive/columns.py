@@ -141,7 +141,29 @@ def to_columns(events: list[dict[str, Any]]) -> Staged:
     them: building one costs tens of microseconds whatever its size. For events that encode
     as JSON (`formats.ndjson.stage` checks it first): it encodes only some of their values,
     so a value JSON cannot hold elsewhere (a map with a nil key as an ID) fails `to_table`."""
-    return Staged(*_gathered(events))
+    rows = []
+    jsons: list[Any] = []
+    for event in events:
+        context = event.get("context")
+        if not isinstance(context, dict):
+            context = _NO_CONTEXT
+        location = context.get("location")
+        if not isinstance(location, dict):
+            location = _NO_CONTEXT
+        agent = context.get("parsedUserAgent")
+        if not isinstance(agent, dict):
+            agent = _NO_CONTEXT
+        rows.append(
+            (
+                *map(event.get, _RAW_KEYS),
+                *map(location.get, LOCATION_FIELDS.values()),
+                *map(agent.get, USER_AGENT_FIELDS.values()),
+                context.get("bot") is True,
+            )
+        )
+        jsons.extend(map(event.get, _JSON_KEYS))
+        jsons.append(None if _KNOWN.issuperset(event) else _unknown_fields(event))
+    return Staged(rows, _json.encode_lines(jsons))
 
 
 def to_table(parts: list[Staged]) -> pa.Table:
@@ -165,34 +187,6 @@ def to_table(parts: list[Staged]) -> pa.Table:
         arrays[column] = _scalar_column(values[column])
     arrays[IS_BOT] = pa.array(values[IS_BOT], pa.bool_())
     return pa.table([arrays[name] for name in SCHEMA.names], schema=SCHEMA)
-
-
-def _gathered(events: list[dict[str, Any]]) -> tuple[list[tuple[Any, ...]], bytes]:
-    """Per event, the raw values of `_RAW_COLUMNS`; and the JSON of `JSON_COLUMNS`,
-    a line each, event after event."""
-    rows = []
-    jsons: list[Any] = []
-    for event in events:
-        context = event.get("context")
-        if not isinstance(context, dict):
-            context = _NO_CONTEXT
-        location = context.get("location")
-        if not isinstance(location, dict):
-            location = _NO_CONTEXT
-        agent = context.get("parsedUserAgent")
-        if not isinstance(agent, dict):
-            agent = _NO_CONTEXT
-        rows.append(
-            (
-                *map(event.get, _RAW_KEYS),
-                *map(location.get, LOCATION_FIELDS.values()),
-                *map(agent.get, USER_AGENT_FIELDS.values()),
-                context.get("bot") is True,
-            )
-        )
-        jsons.extend(map(event.get, _JSON_KEYS))
-        jsons.append(None if _KNOWN.issuperset(event) else _unknown_fields(event))
-    return rows, _json.encode_lines(jsons)
 
 
 def _unknown_fields(event: dict[str, Any]) -> dict[str, Any]:

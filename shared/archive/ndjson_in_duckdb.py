@@ -124,12 +124,12 @@ def _select(url: str) -> str:
     jsons = [f"$.{field}" for field in _JSON_FIELDS] + _DERIVED_PATHS + ["$.context.bot"]
     known = "{" + ",".join(f'"{field}":null' for field in sorted(columns._KNOWN)) + "}"
     lines = (
-        f"SELECT json AS j FROM read_ndjson_objects({_literal(url)}, compression = 'gzip',"
+        f"SELECT json AS j FROM read_ndjson_objects({sql_literal(url)}, compression = 'gzip',"
         " format = 'newline_delimited')"
     )
     parsed = (
         f"SELECT json_type(j) = 'OBJECT' AS is_object, json_extract_string(j, {_list(texts)}) AS t,"
-        f" json_extract(j, {_list(jsons)}) AS v, json_merge_patch(j, {_literal(known)}) AS rest"
+        f" json_extract(j, {_list(jsons)}) AS v, json_merge_patch(j, {sql_literal(known)}) AS rest"
         f" FROM ({lines})"
     )
     named = ", ".join(
@@ -152,7 +152,8 @@ def _select(url: str) -> str:
         for column, field in columns.TIME_FIELDS.items()
     ]
     patch = ", ".join(
-        f"{_literal(field)}, CASE WHEN {bad} THEN json_{_json_at(field)} END" for field, bad in late
+        f"{sql_literal(field)}, CASE WHEN {bad} THEN json_{_json_at(field)} END"
+        for field, bad in late
     )
     # Most lines have no late value: their `extra` is `rest` as it is, patched only otherwise.
     extra = (
@@ -223,7 +224,7 @@ _DERIVED_PATHS = [f"$.context.{part}.{key}" for part, fields in _DERIVED for key
 def _cast(value: str, kind: str) -> str:
     """The instant DuckDB casts from a string of the usual shape; NULL for any other value."""
     return (
-        f"CASE WHEN {kind} = 'VARCHAR' AND regexp_full_match({value}->>'$', {_literal(_ISO)})"
+        f"CASE WHEN {kind} = 'VARCHAR' AND regexp_full_match({value}->>'$', {sql_literal(_ISO)})"
         f" THEN TRY_CAST({value}->>'$' AS TIMESTAMPTZ) END"
     )
 
@@ -233,8 +234,9 @@ def _json_at(field: str) -> int:
 
 
 def _list(paths: list[str]) -> str:
-    return f"[{', '.join(_literal(path) for path in paths)}]"
+    return f"[{', '.join(sql_literal(path) for path in paths)}]"
 
 
-def _literal(text: str) -> str:
+def sql_literal(text: str) -> str:
+    """`text` as a SQL string literal (query.py quotes object names with it too)."""
     return "'" + text.replace("'", "''") + "'"

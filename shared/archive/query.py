@@ -779,7 +779,7 @@ SELECT {names} FROM typed WHERE message_id IS NULL
 
 def _scan(objects: list[ArchivedObject]) -> str:
     """DuckDB's read of Parquet `objects`, with `dt` and `hour` from their paths."""
-    names = ", ".join(_literal(object_files.url(item.key)) for item in objects)
+    names = ", ".join(ndjson_in_duckdb.sql_literal(object_files.url(item.key)) for item in objects)
     return (
         f"read_parquet([{names}], hive_partitioning = true, filename = true,"
         " hive_types = {'dt': DATE, 'hour': TINYINT})"
@@ -810,10 +810,6 @@ def _window_before(
 
 def _hour_number(item: ArchivedObject) -> int:
     return int(item.hour_start.timestamp()) // 3600
-
-
-def _literal(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
 
 
 def _define_quarantined(con: Any, rows: pa.Table, objects: pa.Table) -> None:
