@@ -106,7 +106,7 @@ def query(
     fmt = fmt or ("table" if sys.stdout.isatty() else "csv")
     try:
         hours = archive_query.hour_range(start, end)
-        archive_query.check(sql)
+        columns_read = archive_query.check(sql)
         settings = Settings.from_env()
         with StatusLine(lambda done, total: f"reading objects: {done}/{total}") as progress:
             archive = archive_query.open_from_settings(
@@ -114,7 +114,7 @@ def query(
                 hours,
                 progress=progress,
                 skip_unreadable=skip_unreadable,
-                columns_read=archive_query.columns_read_by(sql),
+                columns_read=columns_read,
             )
         if archive.skipped:
             _say_skipped(archive.skipped)

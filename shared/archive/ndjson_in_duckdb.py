@@ -180,7 +180,7 @@ def _select(url: str) -> str:
             f" ELSE CAST(json_{_json_at(field)} AS VARCHAR) END AS {column}"
             for column, field in columns.JSON_FIELDS.items()
         ),
-        f"CASE WHEN {extra} = '{{}}'::JSON THEN NULL ELSE {extra}::VARCHAR END AS {columns.EXTRA}",
+        f"NULLIF(CAST(extra_json AS VARCHAR), '{{}}') AS {columns.EXTRA}",
         *(
             f"CASE WHEN type_{derived_json_at + i} IN ('OBJECT', 'ARRAY', 'NULL') THEN NULL"
             f" ELSE text_{derived_at + i} END AS {column}"

@@ -159,9 +159,14 @@ def hour_range(start: str | None, end: str | None) -> HourRange:
         raise BadRange(str(exc)) from None
 
 
-def check(sql: str) -> None:
+def check(sql: str) -> frozenset[str] | None:
     """Refuse SQL that does not parse, or a single SELECT that does not bind to the archive's
-    views, before anything is downloaded."""
+    views (`quarantined` among them), before anything is downloaded. The columns of the rows
+    such a SELECT reads, as DuckDB plans it over the views (the columns its scans of the rows
+    project, and the deduplication's): the rest need not be decoded (`open_archive`'s
+    `columns_read`). None, read them all, for anything else, or a plan that does not say so
+    plainly: a query's answer never depends on a column left out, as DuckDB itself found
+    that it does not read it."""
     with duckdb.connect(":memory:", config=_CONFIG) as con:
         try:
             statements = con.extract_statements(sql)
@@ -169,32 +174,27 @@ def check(sql: str) -> None:
             raise BadQuery(_first_line(exc)) from None
         if not statements:
             raise BadQuery("no SQL statement given")
-        if len(statements) == 1 and statements[0].type == duckdb.StatementType.SELECT:
-            _define_views(con, _rows_table([]), [])
-            try:
-                con.sql(statements[0].query)
-            except duckdb.Error as exc:
-                raise BadQuery(_first_line(exc)) from None
-
-
-def columns_read_by(sql: str) -> frozenset[str] | None:
-    """The columns of `events` and `raw_events` that `sql` reads, as DuckDB plans it over the
-    archive's views (the columns its scans of the rows project); None (read them all) unless
-    `sql` is one SELECT whose plan says so plainly. A query's answer never depends on a
-    column left out: DuckDB itself found that it does not read it."""
-    with duckdb.connect(":memory:", config=_CONFIG) as con:
+        if len(statements) != 1 or statements[0].type != duckdb.StatementType.SELECT:
+            return None
+        _define_views(con, _rows_table([]), [])
+        _define_quarantined(con, _rows_table([]), _objects_table([]))
         try:
-            statements = con.extract_statements(sql)
-            if len(statements) != 1 or statements[0].type != duckdb.StatementType.SELECT:
-                return None
-            _define_views(con, _rows_table([]), [])
-            [(_, plan)] = con.sql("EXPLAIN (FORMAT JSON) " + statements[0].query).fetchall()
-            projected = _scanned_columns(json.loads(plan))
+            con.sql(statements[0].query)
         except duckdb.Error as exc:
-            _raise_if_interrupted(exc)  # Ctrl-C stops here as anywhere else
-            return None
-        except (ValueError, TypeError, KeyError, RecursionError):  # a plan shape not foreseen
-            return None
+            raise BadQuery(_first_line(exc)) from None
+        return _columns_read(con, statements[0].query)
+
+
+def _columns_read(con: Any, select: str) -> frozenset[str] | None:
+    """`check`'s answer for a SELECT that binds to the views defined in `con`."""
+    try:
+        [(_, plan)] = con.sql("EXPLAIN (FORMAT JSON) " + select).fetchall()
+        projected = _scanned_columns(json.loads(plan))
+    except duckdb.Error as exc:
+        _raise_if_interrupted(exc)  # Ctrl-C stops here as anywhere else
+        return None
+    except (ValueError, TypeError, KeyError, RecursionError):  # a plan shape not foreseen
+        return None
     if projected is None:
         return None
     return frozenset(projected) & frozenset(columns.SCHEMA.names) | frozenset(
@@ -421,8 +421,8 @@ def open_archive(
     object that cannot be decoded raises UnreadableObject, or with `skip_unreadable` is left
     out (`Archive.skipped`). The subjects of the pending deletions `forget` are left out, as
     if their deletion were done. `window_h` is the DEDUP_WINDOW, in hours. `columns_read`:
-    the only columns of `events` and `raw_events` the queries to come read (`columns_read_by`
-    a query); the NDJSON objects held are then decoded for those only, the others NULL."""
+    the only columns of `events` and `raw_events` the queries to come read (what `check`
+    says of a query); the NDJSON objects held are then decoded for those only, the others NULL."""
 
     def reopen() -> Archive:
         return open_archive(

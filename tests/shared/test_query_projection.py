@@ -1,6 +1,6 @@
 """`event-ingest query` decodes the NDJSON objects it holds for the columns the SQL reads only
 (issue 28): DuckDB's own plan of the SQL over the archive's views names them
-(`query.columns_read_by`), and the answers are the same as with every column decoded."""
+(`query.check` names them), and the answers are the same as with every column decoded."""
 
 from __future__ import annotations
 
@@ -66,37 +66,50 @@ def answer(store: ObjectStore, sql: str, columns_read: frozenset[str] | None) ->
 def test_the_answer_is_the_same_with_only_the_columns_read_decoded(
     store: ObjectStore, sql: str
 ) -> None:
-    assert answer(store, sql, query.columns_read_by(sql)) == answer(store, sql, None)
+    assert answer(store, sql, query.check(sql)) == answer(store, sql, None)
+
+
+def test_a_query_of_the_quarantine_is_checked_like_any_other() -> None:
+    """`quarantined` binds as the other views do (it was refused before anything was read)."""
+    sql = "SELECT message_id, violations FROM quarantined"
+    assert query.check(sql) == {"message_id", "context", *KEYS}  # violations: from `context`
+    with pytest.raises(query.BadQuery, match="no_such_column"):
+        query.check("SELECT no_such_column FROM quarantined")
 
 
 def test_a_group_by_reads_its_column_and_the_dedup_keys_only() -> None:
     sql = "SELECT event, count(*) FROM events GROUP BY event"
-    assert query.columns_read_by(sql) == {"event", *KEYS}
-    assert query.columns_read_by("SELECT count(*) FROM raw_events") == KEYS
+    assert query.check(sql) == {"event", *KEYS}
+    assert query.check("SELECT count(*) FROM raw_events") == KEYS
 
 
 @pytest.mark.parametrize(
     "sql",
-    ["SELECT e FROM events e", "SELECT * FROM raw_events", "SELECT to_json(r) FROM raw_events r"],
-    ids=["row-as-struct", "star", "row-as-json"],
+    [
+        "SELECT e FROM events e",
+        "SELECT * FROM raw_events",
+        "SELECT to_json(r) FROM raw_events r",
+        "SELECT * FROM quarantined",
+    ],
+    ids=["row-as-struct", "star", "row-as-json", "quarantined"],
 )
 def test_a_query_reading_whole_rows_reads_every_column(sql: str) -> None:
-    assert query.columns_read_by(sql) == set(columns.SCHEMA.names)
+    assert query.check(sql) == set(columns.SCHEMA.names)
 
 
 @pytest.mark.parametrize(
     "sql",
-    ["SELECT 1; SELECT 2", "SELECT * FROM quarantined", "CREATE TABLE x AS SELECT 1"],
-    ids=["two-statements", "quarantined", "not-a-select"],
+    ["SELECT 1; SELECT 2", "CREATE TABLE x AS SELECT 1"],
+    ids=["two-statements", "not-a-select"],
 )
 def test_what_the_plan_does_not_say_plainly_reads_everything(sql: str) -> None:
-    assert query.columns_read_by(sql) is None
+    assert query.check(sql) is None
 
 
 def test_columns_not_read_are_not_decoded(store: ObjectStore) -> None:
     """The proof that the work is left out: a column the SQL does not read is NULL in the rows
     held (seen here through a second query, which a single `event-ingest query` never runs)."""
-    needed = query.columns_read_by("SELECT event FROM events")
+    needed = query.check("SELECT event FROM events")
     assert needed is not None and "properties" not in needed
     [(decoded,)] = answer(store, "SELECT count(properties) FROM raw_events", needed)
     assert decoded == 0
@@ -129,6 +142,6 @@ def test_a_scan_that_does_not_name_its_columns_plainly_reads_everything(scan: di
 
 def test_a_query_nested_past_what_the_plan_reader_goes_reads_everything() -> None:
     sql = "SELECT event FROM events"
-    for _ in range(600):
+    for _ in range(495):  # binds in DuckDB; its plan is nested past what json.loads reads
         sql = f"SELECT event FROM ({sql} LIMIT 5)"
-    assert query.columns_read_by(sql) is None
+    assert query.check(sql) is None
