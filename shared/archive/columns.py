@@ -210,7 +210,7 @@ def _strings(values: Sequence[Any]) -> pa.Array | None:
 def _text_column(values: Sequence[Any], is_id: bool) -> pa.Array:
     array = _strings(values)
     if array is None:
-        array = pa.array([_text(value, is_id=False) for value in values], pa.string())
+        array = pa.array([_text(value) for value in values], pa.string())
     if is_id:
         return pc.if_else(pc.equal(array, ""), _NULL_TEXT, array)
     return array
@@ -336,10 +336,9 @@ def _decoded(text: str | None) -> Any:
         return None
 
 
-def _text(value: Any, is_id: bool) -> str | None:
-    if value is None or (is_id and value == ""):
-        return None
-    return as_text(value)
+def _text(value: Any) -> str | None:
+    """A text column's value (an empty ID is made NULL column-wise, by `_text_column`)."""
+    return None if value is None else as_text(value)
 
 
 def _timestamp(value: Any) -> datetime | None:

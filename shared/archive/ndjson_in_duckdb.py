@@ -6,7 +6,7 @@ objects of the hours not yet compacted, and decoding them in Python cost about 3
 TimeZone must be UTC) and maps each line in SQL:
 
 - text columns: a JSON string as it is, an integer as its digits, a JSON null or a missing key
-  as NULL, anything else as its JSON text; an empty ID as NULL (`columns._text`);
+  as NULL, anything else as its JSON text; an empty ID as NULL (as `columns.to_rows`);
 - timestamps: ISO-8601 strings of the usual shape (a year from 1000 to 8999, `T`, seconds, up
   to 6 decimals, `Z` or an offset or none) are cast by DuckDB; any other string is parsed
   afterwards by `columns._timestamp` (Python's `datetime.fromisoformat`), those rows alone

@@ -34,7 +34,9 @@ def to_rows(events: list[dict[str, Any]]) -> pa.Table:
     columns: dict[str, list[Any]] = {name: [] for name in SCHEMA.names}
     for event in events:
         for column, field in TEXT_FIELDS.items():
-            columns[column].append(_text(event.get(field), column in ID_COLUMNS))
+            value = event.get(field)
+            empty_id = column in ID_COLUMNS and value == ""
+            columns[column].append(None if empty_id else _text(value))
         extra = {name: value for name, value in event.items() if name not in _KNOWN}
         for column, field in TIME_FIELDS.items():
             value = event.get(field)
