@@ -42,7 +42,7 @@ from functions.consumer.recovery import Recovery
 from functions.consumer.sizing import read_count
 from functions.consumer.summary import Summary
 from functions.consumer.writer import ArchiveWriter
-from shared import codec, metrics, stream
+from shared import codec, garbage_collection, metrics, stream
 from shared.archive import (
     Buffer,
     ObjectStore,
@@ -183,7 +183,13 @@ class _Run:
         return max(1, min(int(wait_ms), MAX_BLOCK_MS))
 
     def stage(self, entries: list[stream.Entry]) -> None:
-        """Add entries to the buffer, cutting a flush as soon as a size hint is reached."""
+        """Add entries to the buffer, cutting a flush as soon as a size hint is reached.
+        Without cyclic garbage collection meanwhile: decoding makes a few containers per event,
+        all acyclic; a read is bounded (READ_MAX_BYTES)."""
+        with garbage_collection.paused():
+            self._stage(entries)
+
+    def _stage(self, entries: list[stream.Entry]) -> None:
         for entry_id, fields in entries:
             if self.storage_down:
                 return  # what is left stays pending and is re-read once storage is back
