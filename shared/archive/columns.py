@@ -36,12 +36,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from itertools import groupby
 from types import MappingProxyType
 from typing import Any, NamedTuple
 
 import msgspec
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.json as pj
 
 from shared.events import parse_timestamp
 from shared.values import as_text
@@ -120,12 +122,68 @@ _ARROW_ISO = (
 )
 _NULL_TEXT = pa.scalar(None, pa.string())
 
+# A plain event's scalars, as `to_columns` checks and writes them for Arrow's JSON reader:
+# strings or nothing where `to_rows` reads text or a timestamp, a boolean or nothing as
+# `context.bot`, an object or nothing where it looks for one. Arrow reads exactly these as
+# Python would; any other value (a number as an ID, a string as `context.location`) makes the
+# batch gathered in Python instead.
+_DERIVED_PARTS = {"location": LOCATION_FIELDS, "parsedUserAgent": USER_AGENT_FIELDS}
+_Text = str | None
+_Context = msgspec.defstruct(
+    "_Context",
+    [
+        *(
+            (
+                part,
+                msgspec.defstruct(
+                    f"_{part}", [(key, _Text, None) for key in fields.values()], omit_defaults=True
+                )
+                | None,
+                None,
+            )
+            for part, fields in _DERIVED_PARTS.items()
+        ),
+        ("bot", bool | None, None),
+    ],
+    omit_defaults=True,
+)
+_Scalars = msgspec.defstruct(
+    "_Scalars",
+    [*((key, _Text, None) for key in _RAW_KEYS), ("context", _Context | None, None)],
+    omit_defaults=True,
+)
+_SCALARS_PARSING = pj.ParseOptions(
+    explicit_schema=pa.schema(
+        [
+            *(pa.field(key, pa.string()) for key in _RAW_KEYS),
+            pa.field(
+                "context",
+                pa.struct(
+                    [
+                        *(
+                            pa.field(
+                                part, pa.struct([(key, pa.string()) for key in fields.values()])
+                            )
+                            for part, fields in _DERIVED_PARTS.items()
+                        ),
+                        pa.field("bot", pa.bool_()),
+                    ]
+                ),
+            ),
+        ]
+    ),
+    unexpected_field_behavior="ignore",
+)
+_JSON_BLOCK_BYTES = 1 << 20
+
 
 class Staged(NamedTuple):
     """Events on their way to rows: gathered by `to_columns`, made rows by `to_table`."""
 
-    rows: list[tuple[Any, ...]]  # per event, the raw values of `_RAW_COLUMNS`
-    json_lines: bytes  # per event, the JSON of each of `JSON_COLUMNS`, a line each
+    # Per event, one line of JSON for each of `JSON_COLUMNS`, after its `_Scalars` for a plain
+    # batch (one encoding per batch: msgspec's smallest buffer is 1 KiB).
+    lines: bytes
+    rows: list[tuple[Any, ...]] | None  # not plain: per event, the raw values of `_RAW_COLUMNS`
 
 
 def to_rows(events: list[dict[str, Any]]) -> pa.Table:
@@ -134,15 +192,28 @@ def to_rows(events: list[dict[str, Any]]) -> pa.Table:
 
 
 def to_columns(events: list[dict[str, Any]]) -> Staged:
-    """The first half of `to_rows`: what each column takes from each event, as it is (one pass
-    over the events, in Python), and the text of the JSON columns. A writer that gathers many
-    small batches (the consumer's Parquet staging, one stream entry at a time) stages each
-    batch while its events are fresh in the CPU's cache and builds one table from all of
-    them: building one costs tens of microseconds whatever its size. For events that encode
-    as JSON (`formats.ndjson.stage` checks it first): it encodes only some of their values,
-    so a value JSON cannot hold elsewhere (a map with a nil key as an ID) fails `to_table`."""
+    """The first half of `to_rows`: what each column takes from each event, and the text of
+    the JSON columns. A writer that gathers many small batches (the consumer's Parquet
+    staging, one stream entry at a time) stages each batch while its events are fresh in the
+    CPU's cache and builds one table from all of them (`to_table`).
+
+    A plain batch, one whose scalars (IDs, names, timestamps, the derived fields) are all
+    strings or missing (everything ingest writes but integer IDs), is staged as JSON lines of
+    those scalars alone, which msgspec checks and writes in C and Arrow's JSON reader reads
+    at flush time without the GIL; any other is gathered value by value, in Python. For events
+    that encode as JSON (`formats.ndjson.stage` checks it first): it encodes only some of
+    their values, so a value JSON cannot hold elsewhere (a map with a nil key as an ID) fails
+    `to_table`."""
+    try:
+        scalars = msgspec.convert(events, list[_Scalars])
+    except msgspec.ValidationError:  # not plain
+        return Staged(_json.encode_lines(_json_values(events)), _gathered(events))
+    return Staged(_json.encode_lines(_json_values(events, scalars)), None)
+
+
+def _gathered(events: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+    """Per event, the raw values of `_RAW_COLUMNS`, as they are."""
     rows = []
-    jsons: list[Any] = []
     for event in events:
         context = event.get("context")
         if not isinstance(context, dict):
@@ -161,31 +232,105 @@ def to_columns(events: list[dict[str, Any]]) -> Staged:
                 context.get("bot") is True,
             )
         )
-        jsons.extend(map(event.get, _JSON_KEYS))
-        jsons.append(None if _KNOWN.issuperset(event) else _unknown_fields(event))
-    return Staged(rows, _json.encode_lines(jsons))
+    return rows
+
+
+def _json_values(events: list[dict[str, Any]], scalars: list[Any] | None = None) -> list[Any]:
+    """Per event, its `scalars` (if any) and the values of `JSON_COLUMNS`."""
+    values: list[Any] = []
+    for at, event in enumerate(events):
+        if scalars is not None:
+            values.append(scalars[at])
+        values.extend(map(event.get, _JSON_KEYS))
+        values.append(None if _KNOWN.issuperset(event) else _unknown_fields(event))
+    return values
 
 
 def to_table(parts: list[Staged]) -> pa.Table:
     """The events staged in `parts`, in order, as one table of `SCHEMA`: column by column in
-    Arrow (a column of strings at once; a column holding anything else, such as a number as
-    an ID or a timestamp of an unusual shape, value by value in Python, which keeps each
-    column exactly what the rules above say). Raises nothing for events that encode as JSON."""
-    rows = [row for part in parts for row in part.rows]
+    Arrow. Plain parts' scalars are read by Arrow's JSON reader; the others' by Arrow's
+    conversion of a column of strings at once, or, for a column holding anything else (a
+    number as an ID, a timestamp of an unusual shape), value by value in Python, which keeps
+    each column exactly what the rules above say. Raises nothing for events that encode as
+    JSON."""
+    tables = [
+        _plain_table(group) if plain else _gathered_table(group)
+        for plain, runs in groupby(parts, key=lambda part: part.rows is None)
+        if (group := list(runs))
+    ]
+    if not tables:
+        return _gathered_table([])
+    return tables[0] if len(tables) == 1 else pa.concat_tables(tables)
+
+
+def _plain_table(parts: list[Staged]) -> pa.Table:
+    lines = _lines(b"".join(part.lines for part in parts), 1 + len(JSON_COLUMNS))
+    if not len(lines[0]):  # batches left with no event
+        return _gathered_table([])
+    scalar_lines = pc.binary_join(pa.LargeListArray.from_arrays([0, len(lines[0])], lines[0]), "\n")
+    # A block holds whole lines: each part's lines fit in one of its size.
+    largest = max(len(part.lines) for part in parts)
+    scalars = pj.read_json(
+        pa.BufferReader(scalar_lines[0].as_buffer()),
+        read_options=pj.ReadOptions(block_size=max(_JSON_BLOCK_BYTES, largest)),
+        parse_options=_SCALARS_PARSING,
+    ).combine_chunks()
+    context = scalars["context"].combine_chunks()
+    derived = {
+        column: pc.struct_field(context, [part, key])
+        for part, fields in _DERIVED_PARTS.items()
+        for column, key in fields.items()
+    }
+    derived[IS_BOT] = pc.fill_null(pc.struct_field(context, ["bot"]), False)
+    return _assembled(
+        {column: scalars[field].combine_chunks() for column, field in TEXT_FIELDS.items()},
+        {column: scalars[field].combine_chunks() for column, field in TIME_FIELDS.items()},
+        lines[1:],
+        derived,
+    )
+
+
+def _gathered_table(parts: list[Staged]) -> pa.Table:
+    rows = [row for part in parts for row in part.rows or ()]
     raw = dict(zip(_RAW_COLUMNS, zip(*rows, strict=True), strict=True)) if rows else {}
     values = {name: raw.get(name, ()) for name in _RAW_COLUMNS}
-    arrays = {column: _text_column(values[column], column in ID_COLUMNS) for column in TEXT_FIELDS}
+    derived = {
+        column: _scalar_column(values[column]) for column in (*LOCATION_FIELDS, *USER_AGENT_FIELDS)
+    }
+    derived[IS_BOT] = pa.array(values[IS_BOT], pa.bool_())
+    return _assembled(
+        {column: _text_column(values[column]) for column in TEXT_FIELDS},
+        {column: values[column] for column in TIME_FIELDS},
+        _lines(b"".join(part.lines for part in parts), len(JSON_COLUMNS)),
+        derived,
+    )
+
+
+def _assembled(
+    texts: dict[str, pa.Array],
+    times: dict[str, pa.Array | Sequence[Any]],
+    json_lines: list[pa.Array],
+    derived: dict[str, pa.Array],
+) -> pa.Table:
+    """The table of `SCHEMA` from its text columns, the time fields' values (strings in Arrow,
+    or Python values), the lines of `JSON_COLUMNS` and the derived columns."""
+    arrays = {
+        column: pc.if_else(pc.equal(array, ""), _NULL_TEXT, array)
+        if column in ID_COLUMNS
+        else array
+        for column, array in texts.items()
+    }
     late: dict[int, dict[str, Any]] = {}  # row -> the time fields that are not timestamps
     for column, field in TIME_FIELDS.items():
-        arrays[column], failed = _time_column(values[column])
-        for row in failed:
-            late.setdefault(row, {})[field] = values[column][row]
-    json_lines = b"".join(part.json_lines for part in parts)
-    arrays.update(zip(JSON_COLUMNS, _json_columns(json_lines), strict=True))
+        arrays[column], failed = _time_column(times[column])
+        for row, value in failed:
+            late.setdefault(row, {})[field] = value
+    found = zip(JSON_COLUMNS, json_lines, strict=True)
+    arrays.update(
+        (name, pc.if_else(pc.equal(text, "null"), _NULL_TEXT, text)) for name, text in found
+    )
     arrays[EXTRA] = _with_late_values(arrays[EXTRA], late)
-    for column in (*LOCATION_FIELDS, *USER_AGENT_FIELDS):
-        arrays[column] = _scalar_column(values[column])
-    arrays[IS_BOT] = pa.array(values[IS_BOT], pa.bool_())
+    arrays.update(derived)
     return pa.table([arrays[name] for name in SCHEMA.names], schema=SCHEMA)
 
 
@@ -207,12 +352,10 @@ def _strings(values: Sequence[Any]) -> pa.Array | None:
     return array if pa.types.is_string(array.type) else None
 
 
-def _text_column(values: Sequence[Any], is_id: bool) -> pa.Array:
+def _text_column(values: Sequence[Any]) -> pa.Array:
     array = _strings(values)
     if array is None:
         array = pa.array([_text(value) for value in values], pa.string())
-    if is_id:
-        return pc.if_else(pc.equal(array, ""), _NULL_TEXT, array)
     return array
 
 
@@ -223,10 +366,11 @@ def _scalar_column(values: Sequence[Any]) -> pa.Array:
     return array
 
 
-def _time_column(values: Sequence[Any]) -> tuple[pa.Array, list[int]]:
-    """The instants of `values`, and the rows whose value is not one (but not missing):
-    strings of the usual shape cast by Arrow, a column with any other value by Python."""
-    texts = _strings(values)
+def _time_column(values: pa.Array | Sequence[Any]) -> tuple[pa.Array, list[tuple[int, Any]]]:
+    """The instants of `values` (strings in Arrow, or Python values), and the rows whose value
+    is not one (but not missing), with that value: strings of the usual shape cast by Arrow,
+    a column with any other value by Python."""
+    texts = values if isinstance(values, pa.Array) else _strings(values)
     if texts is not None and pc.all(pc.match_substring_regex(texts, _ARROW_ISO)).as_py() in (
         True,
         None,  # all NULL
@@ -235,24 +379,24 @@ def _time_column(values: Sequence[Any]) -> tuple[pa.Array, list[int]]:
             return texts.cast(TIMESTAMP), []
         except pa.ArrowInvalid:  # the usual shape, not a date (February 30th)
             pass
+    if isinstance(values, pa.Array):
+        values = values.to_pylist()
     moments = [_timestamp(value) for value in values]
     failed = [
-        row
+        (row, value)
         for row, (value, moment) in enumerate(zip(values, moments, strict=True))
         if moment is None and value is not None
     ]
     return pa.array(moments, TIMESTAMP), failed
 
 
-def _json_columns(json_lines: bytes) -> list[pa.Array]:
-    """The columns of `JSON_COLUMNS` from their lines; a JSON null (or a missing field,
-    encoded as one) as NULL. All of them are one array of lines until they are apart: 64-bit
-    offsets, as a flush's JSON may pass 2 GiB where one column does not."""
-    lines = pc.split_pattern(pa.array([json_lines], pa.large_binary()), b"\n").values
-    lines = lines.slice(0, len(lines) - 1).cast(pa.large_string())
-    grid = pa.FixedSizeListArray.from_arrays(lines, len(JSON_COLUMNS))
-    found = [pc.list_element(grid, at).cast(pa.string()) for at in range(len(JSON_COLUMNS))]
-    return [pc.if_else(pc.equal(column, "null"), _NULL_TEXT, column) for column in found]
+def _lines(lines: bytes, width: int) -> list[pa.Array]:
+    """Lines of text, `width` per row, as `width` columns: all of them one array until they are
+    apart, with 64-bit offsets, as a flush's lines may pass 2 GiB where one column does not."""
+    split = pc.split_pattern(pa.array([lines], pa.large_binary()), b"\n").values
+    split = split.slice(0, len(split) - 1).cast(pa.large_string())
+    grid = pa.FixedSizeListArray.from_arrays(split, width)
+    return [pc.list_element(grid, at).cast(pa.string()) for at in range(width)]
 
 
 def _with_late_values(extra: pa.Array, late: dict[int, dict[str, Any]]) -> pa.Array:

@@ -18,19 +18,20 @@ stores no clock or random value; its footer names the writer (`created_by: parqu
 version ...`) and holds the Arrow schema, so a retried flush rewrites its object with the same
 bytes while the pyarrow version is the same, and with the same rows across versions.
 
-Staging gathers each entry's values (`columns.to_columns`, while its events are fresh in the
-CPU's cache); the Arrow table is built once per object, at flush time (`columns.to_table`,
-column by column): building one costs tens of microseconds whatever its size. An entry fails
-at staging for exactly what NDJSON cannot hold (a map key JSON has no form for), and is
-dead-lettered alone; building the table then cannot fail.
+Staging turns each entry's events into lines of JSON while they are fresh in the CPU's cache
+(`columns.to_columns`): per event, its scalars (for an entry whose scalars are all strings, as
+ingest writes them; any other is gathered value by value in Python) and the text of its JSON
+columns; the Arrow table is built once per object, at flush time (`columns.to_table`, column
+by column, the scalars by Arrow's JSON reader, without the GIL). An entry fails at staging for
+exactly what NDJSON cannot hold (a map key JSON has no form for), and is dead-lettered alone;
+building the table then cannot fail.
 
 `nbytes` is the size of the entry's events as NDJSON lines, exactly what the NDJSON format
 counts: `FLUSH_MAX_BYTES` means the same in both formats and cuts a stream's flushes in the
 same places. The column data the writer compresses is about 85% of that (no field names, no
-quoting). Staged values hold the values the events had (shared, not copied) and the text of
-their JSON columns: about 1.75 times the lines' size for entries of 100 events, 3.6 times
-for single-event entries (before: 1.9 and 10.6 times), which `FLUSH_MAX_BYTES` bounds
-(test_formats measures it).
+quoting). What is staged takes about 1.26 times the lines' size for entries of 100 events,
+2.3 times for single-event entries (msgspec's smallest buffer is 1 KiB), which
+`FLUSH_MAX_BYTES` bounds (test_formats measures it).
 """
 
 from __future__ import annotations

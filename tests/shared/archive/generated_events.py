@@ -18,10 +18,14 @@ from shared.archive import columns
 integers = st.integers(-(2**63), 2**64 - 1)
 
 
-def event_strategy(every_shape: bool = False) -> st.SearchStrategy[dict]:
+def event_strategy(every_shape: bool = False, plain: bool = False) -> st.SearchStrategy[dict]:
     """Events as the consumer decodes them from a stream entry. With `every_shape`, also a
     fraction where text belongs, an object as a timestamp, and bytes (MsgPack has them, JSON
-    has not: only an entry written by something else than ingest can hold them)."""
+    has not: only an entry written by something else than ingest can hold them). `plain`
+    events hold only strings or nothing where a column reads text or a timestamp, a boolean or
+    nothing as `context.bot`, and an object or nothing as `context` and the parts the derived
+    columns read (what `columns.to_columns` stages for Arrow's JSON reader), anything where
+    nothing is read but JSON."""
     # Beyond JSON, what a MsgPack entry can carry: bytes, dates (its timestamps), NaN and the
     # infinities, maps with integer keys (`1` beside `"1"` in one map).
     msgpack_only = [
@@ -80,22 +84,25 @@ def event_strategy(every_shape: bool = False) -> st.SearchStrategy[dict]:
         st.lists(integers, max_size=2),
         *([st.dictionaries(st.text(max_size=3), scalars, max_size=2)] if every_shape else []),
     )
+    if plain:
+        ids = names = st.one_of(st.none(), st.just(""), st.text(max_size=12))
+        timestamps = st.one_of(
+            st.none(), st.text(max_size=12), timestamps.filter(lambda value: isinstance(value, str))
+        )
     places = st.dictionaries(
         st.sampled_from(["country", "countryCode", "region", "city", "latitude"]),
-        names | json_values,
+        names if plain else names | json_values,
     )
     agents = st.dictionaries(st.sampled_from(["browser", "os", "device", "browserVersion"]), names)
+    parts = {
+        "location": places if plain else places | json_values,
+        "parsedUserAgent": agents if plain else agents | json_values,
+        "bot": st.sampled_from([True, False, None] if plain else [True, False, 1, "true", None]),
+        "library": json_values,
+    }
     contexts = st.one_of(
-        fields,
-        st.fixed_dictionaries(
-            {},
-            optional={
-                "location": places | json_values,
-                "parsedUserAgent": agents | json_values,
-                "bot": st.sampled_from([True, False, 1, "true", None]),
-                "library": json_values,
-            },
-        ),
+        st.none() if plain else fields,
+        st.fixed_dictionaries({}, optional=parts),
     )
     extra_keys = st.text(min_size=1, max_size=8).filter(lambda key: key not in columns._KNOWN)
     return st.fixed_dictionaries(

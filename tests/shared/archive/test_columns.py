@@ -31,6 +31,57 @@ def test_columns_map_events_as_the_row_by_row_mapping(
     assert columns.to_table(parts).equals(expected)
 
 
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    parts=st.lists(
+        st.one_of(
+            st.tuples(st.just(True), st.lists(event_strategy(plain=True), max_size=6)),
+            st.tuples(st.just(False), st.lists(event_strategy(every_shape=True), max_size=3)),
+        ),
+        max_size=5,
+    )
+)
+def test_plain_batches_read_by_arrow_map_as_the_row_by_row_mapping(
+    parts: list[tuple[bool, list[dict[str, Any]]]],
+) -> None:
+    """Plain batches (strings where the columns read text) are staged for Arrow's JSON reader,
+    others gathered in Python; a table of both, in any order, is the row-by-row mapping's."""
+    staged = [columns.to_columns(batch) for _, batch in parts]
+    for (plain, _), part in zip(parts, staged, strict=True):
+        assert part.rows is None or not plain
+    everything = [event for _, batch in parts for event in batch]
+    assert columns.to_table(staged).equals(row_by_row.to_rows(everything))
+
+
+@pytest.mark.parametrize(
+    ("event", "plain"),
+    [
+        ({"messageId": "m", "userId": "", "sentAt": "2024-05-01", "context": {"bot": True}}, True),
+        ({"context": {"location": {"country": "DE", "latitude": 52.5}, "library": [1]}}, True),
+        ({"messageId": "m", "userId": 12}, False),
+        ({"context": {"location": "Berlin"}}, False),
+        ({"context": {"bot": 1}}, False),
+        ({"context": ["a"]}, False),
+        ({"timestamp": 1714564800}, False),
+        ({"context": {"parsedUserAgent": {"os": None, "device": {"type": "phone"}}}}, False),
+    ],
+    ids=[
+        "strings",
+        "other-values-unread",
+        "int-id",
+        "place-text",
+        "bot-number",
+        "context-list",
+        "time-number",
+        "device-object",
+    ],
+)
+def test_a_batch_is_plain_when_its_scalars_are_strings(event: dict[str, Any], plain: bool) -> None:
+    staged = columns.to_columns([event])
+    assert (staged.rows is None) is plain
+    assert columns.to_table([staged]).equals(row_by_row.to_rows([event]))
+
+
 @pytest.mark.parametrize(
     "moments",
     [
