@@ -267,7 +267,8 @@ def _plain_table(parts: list[Staged]) -> pa.Table:
     lines = _lines(b"".join(part.lines for part in parts), 1 + len(JSON_COLUMNS))
     if not len(lines[0]):  # batches left with no event
         return _gathered_table([])
-    scalar_lines = pc.binary_join(pa.LargeListArray.from_arrays([0, len(lines[0])], lines[0]), "\n")
+    every_line = pa.LargeListArray.from_arrays([0, len(lines[0])], lines[0])
+    scalar_lines = pc.binary_join(every_line, pa.scalar("\n", pa.large_string()))
     # A block holds whole lines: each part's lines fit in one of its size.
     largest = max(len(part.lines) for part in parts)
     scalars = pj.read_json(
@@ -325,10 +326,9 @@ def _assembled(
         arrays[column], failed = _time_column(times[column])
         for row, value in failed:
             late.setdefault(row, {})[field] = value
-    found = zip(JSON_COLUMNS, json_lines, strict=True)
-    arrays.update(
-        (name, pc.if_else(pc.equal(text, "null"), _NULL_TEXT, text)) for name, text in found
-    )
+    for name, lines in zip(JSON_COLUMNS, json_lines, strict=True):
+        text = lines.cast(pa.string())
+        arrays[name] = pc.if_else(pc.equal(text, "null"), _NULL_TEXT, text)
     arrays[EXTRA] = _with_late_values(arrays[EXTRA], late)
     arrays.update(derived)
     return pa.table([arrays[name] for name in SCHEMA.names], schema=SCHEMA)
@@ -391,12 +391,12 @@ def _time_column(values: pa.Array | Sequence[Any]) -> tuple[pa.Array, list[tuple
 
 
 def _lines(lines: bytes, width: int) -> list[pa.Array]:
-    """Lines of text, `width` per row, as `width` columns: all of them one array until they are
-    apart, with 64-bit offsets, as a flush's lines may pass 2 GiB where one column does not."""
+    """Lines of text, `width` per row, as `width` columns of large strings: 64-bit offsets, as a
+    flush's lines may pass 2 GiB where one column does not."""
     split = pc.split_pattern(pa.array([lines], pa.large_binary()), b"\n").values
     split = split.slice(0, len(split) - 1).cast(pa.large_string())
     grid = pa.FixedSizeListArray.from_arrays(split, width)
-    return [pc.list_element(grid, at).cast(pa.string()) for at in range(width)]
+    return [pc.list_element(grid, at) for at in range(width)]
 
 
 def _with_late_values(extra: pa.Array, late: dict[int, dict[str, Any]]) -> pa.Array:
