@@ -183,34 +183,36 @@ class _Run:
         return max(1, min(int(wait_ms), MAX_BLOCK_MS))
 
     def stage(self, entries: list[stream.Entry]) -> None:
-        """Add entries to the buffer, cutting a flush as soon as a size hint is reached.
-        Without cyclic garbage collection meanwhile: decoding makes a few containers per event,
-        all acyclic; a read is bounded (READ_MAX_BYTES)."""
-        with garbage_collection.paused():
-            self._stage(entries)
-
-    def _stage(self, entries: list[stream.Entry]) -> None:
+        """Add entries to the buffer, cutting a flush as soon as a size hint is reached."""
         for entry_id, fields in entries:
             if self.storage_down:
                 return  # what is left stays pending and is re-read once storage is back
             self.summary.entries_read += 1
             try:
-                if not fields:
-                    raise codec.UndecodableEntry("entry data is gone from the stream")
-                decoded = codec.decode_entry(fields)
-                marked = codec.quarantined_of(fields, len(decoded))
-                events, quarantined = _apart(decoded, marked)
-                kept = self.privacy.kept(events)
-                kept_apart = self.privacy.kept(quarantined) if quarantined else quarantined
-                # An entry left with no event is still acknowledged with this flush.
-                self.buffer.add(entry_id, kept, kept_apart)
+                with garbage_collection.paused():
+                    dropped = self._stage_entry(entry_id, fields)
             except (codec.UndecodableEntry, UnarchivableEvent) as exc:
                 self.dead_letter(entry_id, fields, str(exc))
                 continue
-            dropped = len(decoded) - len(kept) - len(kept_apart)
             self.summary.events_dropped_privacy += dropped
             if size_hint_reached(self.buffer, self.settings):
                 self.flush(in_background=True)
+
+    def _stage_entry(self, entry_id: stream.EntryId, fields: stream.Fields) -> int:
+        """Decode one entry and add its events to the buffer; how many privacy dropped. Called
+        without cyclic garbage collection: decoding makes a few containers per event, all
+        acyclic, which the collector would walk again and again (its decoded events are gone
+        when this returns, before the collector runs again)."""
+        if not fields:
+            raise codec.UndecodableEntry("entry data is gone from the stream")
+        decoded = codec.decode_entry(fields)
+        marked = codec.quarantined_of(fields, len(decoded))
+        events, quarantined = _apart(decoded, marked)
+        kept = self.privacy.kept(events)
+        kept_apart = self.privacy.kept(quarantined) if quarantined else quarantined
+        # An entry left with no event is still acknowledged with this flush.
+        self.buffer.add(entry_id, kept, kept_apart)
+        return len(decoded) - len(kept) - len(kept_apart)
 
     def dead_letter(
         self,

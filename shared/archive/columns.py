@@ -175,6 +175,7 @@ _SCALARS_PARSING = pj.ParseOptions(
     unexpected_field_behavior="ignore",
 )
 _JSON_BLOCK_BYTES = 1 << 20
+_INT32 = (1 << 31) - 1  # the largest block Arrow's JSON reader takes
 
 
 class Staged(NamedTuple):
@@ -198,7 +199,7 @@ def to_columns(events: list[dict[str, Any]]) -> Staged:
     CPU's cache and builds one table from all of them (`to_table`).
 
     A plain batch, one whose scalars (IDs, names, timestamps, the derived fields) are all
-    strings or missing (everything ingest writes but integer IDs), is staged as JSON lines of
+    strings or missing (what ingest writes for SDKs that send text IDs), is staged as JSON lines of
     those scalars alone, which msgspec checks and writes in C and Arrow's JSON reader reads
     at flush time without the GIL; any other is gathered value by value, in Python. For events
     that encode as JSON (`formats.ndjson.stage` checks it first): it encodes only some of
@@ -269,14 +270,15 @@ def _plain_table(parts: list[Staged]) -> pa.Table:
         return _gathered_table([])
     every_line = pa.LargeListArray.from_arrays([0, len(lines[0])], lines[0])
     scalar_lines = pc.binary_join(every_line, pa.scalar("\n", pa.large_string()))
-    # A block holds whole lines: each part's lines fit in one of its size.
-    largest = max(len(part.lines) for part in parts)
+    # A block must hold the longest line whole. The columns stay in the reader's chunks (one per
+    # block): a column of more than 2 GiB cannot be one string array.
+    longest = pc.max(pc.binary_length(lines[0])).as_py()
     scalars = pj.read_json(
         pa.BufferReader(scalar_lines[0].as_buffer()),
-        read_options=pj.ReadOptions(block_size=max(_JSON_BLOCK_BYTES, largest)),
+        read_options=pj.ReadOptions(block_size=min(max(_JSON_BLOCK_BYTES, longest + 1), _INT32)),
         parse_options=_SCALARS_PARSING,
-    ).combine_chunks()
-    context = scalars["context"].combine_chunks()
+    )
+    context = scalars["context"]
     derived = {
         column: pc.struct_field(context, [part, key])
         for part, fields in _DERIVED_PARTS.items()
@@ -284,8 +286,8 @@ def _plain_table(parts: list[Staged]) -> pa.Table:
     }
     derived[IS_BOT] = pc.fill_null(pc.struct_field(context, ["bot"]), False)
     return _assembled(
-        {column: scalars[field].combine_chunks() for column, field in TEXT_FIELDS.items()},
-        {column: scalars[field].combine_chunks() for column, field in TIME_FIELDS.items()},
+        {column: scalars[field] for column, field in TEXT_FIELDS.items()},
+        {column: scalars[field] for column, field in TIME_FIELDS.items()},
         lines[1:],
         derived,
     )
@@ -308,10 +310,10 @@ def _gathered_table(parts: list[Staged]) -> pa.Table:
 
 
 def _assembled(
-    texts: dict[str, pa.Array],
-    times: dict[str, pa.Array | Sequence[Any]],
+    texts: dict[str, pa.Array | pa.ChunkedArray],
+    times: dict[str, pa.Array | pa.ChunkedArray | Sequence[Any]],
     json_lines: list[pa.Array],
-    derived: dict[str, pa.Array],
+    derived: dict[str, pa.Array | pa.ChunkedArray],
 ) -> pa.Table:
     """The table of `SCHEMA` from its text columns, the time fields' values (strings in Arrow,
     or Python values), the lines of `JSON_COLUMNS` and the derived columns."""
@@ -366,11 +368,13 @@ def _scalar_column(values: Sequence[Any]) -> pa.Array:
     return array
 
 
-def _time_column(values: pa.Array | Sequence[Any]) -> tuple[pa.Array, list[tuple[int, Any]]]:
+def _time_column(
+    values: pa.Array | pa.ChunkedArray | Sequence[Any],
+) -> tuple[pa.Array | pa.ChunkedArray, list[tuple[int, Any]]]:
     """The instants of `values` (strings in Arrow, or Python values), and the rows whose value
     is not one (but not missing), with that value: strings of the usual shape cast by Arrow,
     a column with any other value by Python."""
-    texts = values if isinstance(values, pa.Array) else _strings(values)
+    texts = values if isinstance(values, (pa.Array, pa.ChunkedArray)) else _strings(values)
     if texts is not None and pc.all(pc.match_substring_regex(texts, _ARROW_ISO)).as_py() in (
         True,
         None,  # all NULL
@@ -379,7 +383,7 @@ def _time_column(values: pa.Array | Sequence[Any]) -> tuple[pa.Array, list[tuple
             return texts.cast(TIMESTAMP), []
         except pa.ArrowInvalid:  # the usual shape, not a date (February 30th)
             pass
-    if isinstance(values, pa.Array):
+    if isinstance(values, (pa.Array, pa.ChunkedArray)):
         values = values.to_pylist()
     moments = [_timestamp(value) for value in values]
     failed = [

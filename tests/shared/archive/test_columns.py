@@ -82,6 +82,20 @@ def test_a_batch_is_plain_when_its_scalars_are_strings(event: dict[str, Any], pl
     assert columns.to_table([staged]).equals(row_by_row.to_rows([event]))
 
 
+def test_plain_lines_longer_than_a_reader_block_are_read_whole() -> None:
+    """Arrow's JSON reader reads blocks of 1 MiB that must hold whole lines: a scalar line
+    longer than that (a 3 MiB ID), in a part among others, is read as it is."""
+    parts = [
+        [{"messageId": "a", "type": "track"}],
+        [{"messageId": "b" * (3 << 20), "context": {"location": {"city": "c" * (2 << 20)}}}],
+        [{"messageId": "d", "userId": "e" * 100}] * 3,
+    ]
+    staged = [columns.to_columns(part) for part in parts]
+    assert all(part.rows is None for part in staged)
+    everything = [event for part in parts for event in part]
+    assert columns.to_table(staged).equals(row_by_row.to_rows(everything))
+
+
 @pytest.mark.parametrize(
     "moments",
     [
