@@ -25,22 +25,43 @@ from pathlib import Path
 
 import redis
 
-from local.bench import backlog, load, payloads
+from local.bench import backlog, cpu, load, payloads
 from local.bench.context import BENCH_ENV, BUCKET, GROUP, STREAM_KEY
 from local.bench.procs import ROOT, Stack, stop
 
-# Which layer a frame belongs to, by the file it comes from; first match wins, from the leaf.
+# Which stage a frame belongs to, by its file and function (matched against "file function");
+# first match wins, from the leaf. The ingest stages are the ones issue 29 names: HTTP and
+# Flask, auth, decoding, validation, stamping, encoding, metrics, the Redis round trip (the
+# admission script runs in Redis, whose CPU is not sampled here).
 LAYERS = [
-    ("json decode (msgspec)", r"msgspec|decode_json"),
-    ("validation (shared/events)", r"shared/events\.py"),
-    ("msgpack codec", r"shared/codec\.py"),
-    ("archive: encode/compress", r"shared/archive\.py|^gzip\.py|zlib"),
-    ("redis client", r"^redis/|hiredis"),
+    (
+        "ingest: decoding the body (msgspec)",
+        r"shared/events\.py decode_json|functions/ingest/body\.py",
+    ),
+    (
+        "ingest: validation",
+        r"shared/events\.py .*(_problems|_is_text|_is_integer|_is_id|stored_size|_shared_size|"
+        r"max_events|batch_events|Envelope|request_problem|InvalidRequest|Problem)",
+    ),
+    ("ingest: stamping (prepare: IDs, times)", r"shared/events\.py"),
+    ("ingest: enrichment", r"shared/enrichment/|functions/ingest/client_address\.py"),
+    ("ingest: auth (write keys)", r"functions/ingest/auth\.py|shared/secrets\.py"),
+    ("ingest: rate limits", r"functions/ingest/rate_limits\.py|shared/token_bucket\.py"),
+    (
+        "ingest: metrics",
+        r"functions/ingest/instrumentation\.py|shared/metrics\.py|^prometheus_client/",
+    ),
+    ("ingest: tracking plan", r"functions/ingest/tracking_plan\.py|shared/plans/"),
+    ("ingest: suppression", r"functions/ingest/suppression\.py|shared/regulations\.py"),
+    ("encoding the entry (MsgPack)", r"shared/codec\.py"),
+    ("gzip (ingest: bodies; consumer: NDJSON objects)", r"^gzip\.py|zlib"),
+    ("archive: staging, columns, formats", r"shared/archive/"),
+    ("Redis round trip (redis-py, hiredis)", r"^redis/|hiredis|shared/stream/"),
     ("S3 client (boto3)", r"^(boto3|botocore|urllib3|s3transfer)/"),
-    ("ingest app", r"functions/ingest/"),
+    ("ingest app (routes, the rest)", r"functions/ingest/"),
     ("consumer drain loop", r"functions/consumer/"),
-    ("flask/werkzeug", r"^(flask|werkzeug)/"),
-    ("gunicorn (HTTP, workers)", r"^gunicorn/"),
+    ("Flask/werkzeug", r"^(flask|werkzeug)/"),
+    ("HTTP server (gunicorn, gevent)", r"^(gunicorn|gevent)/|local/server_limits\.py"),
     ("stdlib (threads, sockets, selectors...)", r"^[a-z_]+\.py|^(concurrent|http|email|logging)/"),
 ]
 _FRAME = re.compile(r"^(?P<name>.*) \((?P<file>[^()]*?)(?::\d+)?\)$")
@@ -62,8 +83,11 @@ def _short(name: str, file: str) -> str:
     return f"{name} ({file})" if file else name
 
 
-def summarize(collapsed: Path, top: int = 18) -> str:
-    """Self and inclusive shares of the samples, and samples per layer."""
+def summarize(
+    collapsed: Path, top: int = 18, per_request_us: float | None = None, events: int = 1
+) -> str:
+    """Self and inclusive shares of the samples, and samples per layer; with `per_request_us`
+    (the CPU a request cost), each layer's share of it per request and per event too."""
     self_counts: Counter[str] = Counter()
     inclusive: Counter[str] = Counter()
     layers: Counter[str] = Counter()
@@ -84,7 +108,12 @@ def summarize(collapsed: Path, top: int = 18) -> str:
     if not total:
         return "  no samples"
     lines = [f"  {total} samples (non-idle)", "  by layer (the innermost frame that names one):"]
-    lines += [f"    {n / total:6.1%}  {name}" for name, n in layers.most_common()]
+    for name, n in layers.most_common():
+        cost = ""
+        if per_request_us is not None:
+            share_us = n / total * per_request_us
+            cost = f"  {share_us:8.1f} µs/request {share_us / events:6.2f} µs/event"
+        lines.append(f"    {n / total:6.1%}{cost}  {name}")
     lines.append("  self (on top of the stack):")
     lines += [f"    {n / total:6.1%}  {name}" for name, n in self_counts.most_common(top)]
     lines.append("  inclusive (anywhere in the stack):")
@@ -154,25 +183,51 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+# What `--only ingest` profiles: (name, the request bodies) of each saturating load.
+INGEST_LOADS = {
+    "batch100": lambda: payloads.batch_bodies(100),
+    "single": lambda: payloads.browser_bodies(1),  # analytics.js: one event to /v1/t
+}
+
+
 def _profile_ingest(stack: Stack, client: redis.Redis, out_dir: Path, args) -> str:
-    port = stack.start_ingest()
-    bodies = payloads.batch_bodies(100)
+    return "\n".join(
+        _profile_ingest_load(stack, client, out_dir, args, name, bodies())
+        for name, bodies in INGEST_LOADS.items()
+    )
+
+
+def _profile_ingest_load(
+    stack: Stack, client: redis.Redis, out_dir: Path, args, name: str, bodies: payloads.Bodies
+) -> str:
+    """One load at saturation under py-spy: its shares by stage, and what they are in CPU
+    microseconds per request (the gunicorn workers' CPU over the requests answered) and per
+    event; Redis's CPU per entry beside it (the admission script included)."""
+    port = stack.start_ingest(f"ingest-{name}")
     load.saturate("127.0.0.1", port, bodies, 2, args.connections, args.loadgen)  # warm up
     client.delete(STREAM_KEY)
-    master, _ = stack.servers["ingest"]
-    out = out_dir / "ingest-batch100.txt"
+    master, _ = stack.servers[f"ingest-{name}"]
+    out = out_dir / f"ingest-{name}.txt"
+    server, redis_server = cpu.tree(master.pid), stack.redis_pids()
     spy = record(master.pid, out, args.duration, args.rate, workers=True)
     time.sleep(0.5)
+    before = [sum(map(cpu.process_cpu_s, pids)) for pids in (server, redis_server)]
     result = load.saturate("127.0.0.1", port, bodies, args.duration, args.connections, args.loadgen)
+    after = [sum(map(cpu.process_cpu_s, pids)) for pids in (server, redis_server)]
     spy.wait(timeout=args.duration + 30)
     stop(master)
     client.delete(STREAM_KEY)
+    answered = max(1, result.requests - result.errors)
+    server_us, redis_us = ((b - a) * 1e6 / answered for a, b in zip(before, after, strict=True))
     head = (
-        f"\n== ingest, /batch 100 events at saturation: {result.eps:,.0f} events/s,"
-        f" {result.rps:,.0f} req/s, p50 {result.p50_ms:.1f} ms, p99 {result.p99_ms:.1f} ms"
-        f" (under py-spy at {args.rate} Hz, GIL holder only)"
+        f"\n== ingest, {bodies.path} {bodies.events_per_request} event(s) a request, at"
+        f" saturation: {result.eps:,.0f} events/s, {result.rps:,.0f} req/s, p50"
+        f" {result.p50_ms:.1f} ms, p99 {result.p99_ms:.1f} ms (under py-spy at {args.rate} Hz,"
+        f" GIL holder only)\n  CPU per request: the server {server_us:,.0f} µs"
+        f" ({server_us / bodies.events_per_request:,.1f} per event), Redis {redis_us:,.1f} µs"
+        " per entry (the admission script included)"
     )
-    return head + "\n" + summarize(out)
+    return head + "\n" + summarize(out, per_request_us=server_us, events=bodies.events_per_request)
 
 
 def _profile_drain(stack: Stack, client: redis.Redis, out_dir: Path, args) -> str:
