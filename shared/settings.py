@@ -93,6 +93,18 @@ def _gzip_level(name: str, raw: str) -> int:
     return level
 
 
+# A flush is held in memory (its staged events, then its object) and Parquet's columns are
+# 32-bit-offset strings: a flush of more than this would fail to be written, not just be slow.
+MAX_FLUSH_BYTES = 1024 * 1024 * 1024
+
+
+def _flush_bytes(name: str, raw: str) -> int:
+    value = _positive_int(name, raw)
+    if value > MAX_FLUSH_BYTES:
+        raise ConfigError(f"{name} must be at most {MAX_FLUSH_BYTES} (1 GiB), got {value}")
+    return value
+
+
 def _archive_format(name: str, raw: str) -> str:
     value = raw.strip().lower()
     if value not in ARCHIVE_FORMATS:
@@ -227,7 +239,7 @@ class Settings:
     s3_prefix: str = _var("S3_PREFIX", "events/", _prefix)
     s3_endpoint_url: str | None = _var("S3_ENDPOINT_URL", None, _endpoint_url)
     flush_max_events: int = _var("FLUSH_MAX_EVENTS", 50_000, _positive_int)
-    flush_max_bytes: int = _var("FLUSH_MAX_BYTES", 32 * 1024 * 1024, _positive_int)
+    flush_max_bytes: int = _var("FLUSH_MAX_BYTES", 32 * 1024 * 1024, _flush_bytes)
     flush_interval_s: float = _var("FLUSH_INTERVAL_S", 60.0, _positive_float)
     claim_idle_ms: int = _var("CLAIM_IDLE_MS", 300_000, _positive_int)
     # 1 (fastest) to 9 (smallest). 3 is about twice as fast as gzip's usual 6 and ~14% larger.

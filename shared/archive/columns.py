@@ -34,7 +34,7 @@ read through the same mapping, so both formats answer a query alike.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from itertools import groupby
 from types import MappingProxyType
@@ -298,11 +298,12 @@ def _gathered_table(parts: list[Staged]) -> pa.Table:
     raw = dict(zip(_RAW_COLUMNS, zip(*rows, strict=True), strict=True)) if rows else {}
     values = {name: raw.get(name, ()) for name in _RAW_COLUMNS}
     derived = {
-        column: _scalar_column(values[column]) for column in (*LOCATION_FIELDS, *USER_AGENT_FIELDS)
+        column: _string_column(values[column], _scalar_text)
+        for column in (*LOCATION_FIELDS, *USER_AGENT_FIELDS)
     }
     derived[IS_BOT] = pa.array(values[IS_BOT], pa.bool_())
     return _assembled(
-        {column: _text_column(values[column]) for column in TEXT_FIELDS},
+        {column: _string_column(values[column], _text) for column in TEXT_FIELDS},
         {column: values[column] for column in TIME_FIELDS},
         _lines(b"".join(part.lines for part in parts), len(JSON_COLUMNS)),
         derived,
@@ -354,17 +355,12 @@ def _strings(values: Sequence[Any]) -> pa.Array | None:
     return array if pa.types.is_string(array.type) else None
 
 
-def _text_column(values: Sequence[Any]) -> pa.Array:
+def _string_column(values: Sequence[Any], as_text: Callable[[Any], str | None]) -> pa.Array:
+    """A column of text: all strings at once (Arrow's conversion), anything else value by value
+    as `as_text` reads it."""
     array = _strings(values)
     if array is None:
-        array = pa.array([_text(value) for value in values], pa.string())
-    return array
-
-
-def _scalar_column(values: Sequence[Any]) -> pa.Array:
-    array = _strings(values)
-    if array is None:
-        array = pa.array([_scalar_text(value) for value in values], pa.string())
+        array = pa.array([as_text(value) for value in values], pa.string())
     return array
 
 
@@ -485,7 +481,7 @@ def _decoded(text: str | None) -> Any:
 
 
 def _text(value: Any) -> str | None:
-    """A text column's value (an empty ID is made NULL column-wise, by `_text_column`)."""
+    """A text column's value (an empty ID is made NULL column-wise, by `_assembled`)."""
     return None if value is None else as_text(value)
 
 
