@@ -383,6 +383,12 @@ def table(results: dict) -> str:
             " rounds taking turns",
         ]
         lines += [rate_limits_line(row) for row in results["rate_limits"]]
+    if results.get("lambda_handler"):
+        lines += [
+            "",
+            "the Lambda handler, warm, in process (API Gateway HTTP API events; issue 29)",
+        ]
+        lines += [lambda_handler_line(row) for row in results["lambda_handler"]]
     lines += enrichment_lines(results)
     lines += plan_lines(results)
     lines += privacy_lines(results)
@@ -483,6 +489,14 @@ def _judged(row: dict) -> str:
     verdict = "met" if row["met"] else "NOT met"
     judged = f"target {row['target']}: {verdict}" if row["target"] else "no target"
     return f"{judged} (least of {row['rounds']} x {row['requests']} requests)"
+
+
+def lambda_handler_line(row: dict) -> str:
+    return (
+        f"  {row['events_per_request']:>3} event(s) an invocation: {row['duration_us']:,.0f} µs"
+        f" ({row['per_event_us']:,.2f} µs per event), the least of {row['rounds']} rounds of"
+        f" {row['requests']:,}"
+    )
 
 
 def enrichment_line(row: dict) -> str:

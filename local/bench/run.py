@@ -4,19 +4,21 @@ A full run takes every phase of `local/bench/phases/`, in this order:
 
 1. `ingest`: ingest at saturation, no consumer running (what the HTTP side alone accepts),
    beside the do-nothing baselines and the direct-write design;
-2. `rate`: fixed rate (1,000 events/s) with one consumer running, and end-to-end lag;
-3. `memory`: Redis memory per buffered event for a backlog of 1M events;
-4. `drain`: drain rate from a 1M-event backlog with 1, then 2 consumers, then 1 writing Parquet;
-5. `crowd`: a normal client's latency while 500 idle and 100 slow connections are open;
-6. `archive`: `event-ingest query`'s group-by over 1M archived events, NDJSON and Parquet;
-7. `compaction`: `event-ingest compact`'s throughput and peak memory, and the query after it;
-8. `replication`: ingest with REDIS_WAIT_REPLICAS=1 beside without, one replica attached;
-9. `metrics`: ingest with METRICS_ENABLED on and off, by server CPU per request;
-10. `cluster`: a Redis Cluster of 3 primaries, STREAM_SHARDS=1 beside 6;
-11. `rate-limits`: in process, the app without rate limits beside with them;
-12. `enrichment`: in process, the app with every enrichment on (a City database of a million
+2. `lambda-handler`: the ingest function's Lambda handler in process, warm, per invocation;
+3. `rate`: fixed rate (1,000 events/s) with one consumer running, and end-to-end lag;
+4. `memory`: Redis memory per buffered event for a backlog of 1M events;
+5. `drain`: drain rate from a 1M-event backlog with 1, then 2 consumers, then 1 writing Parquet;
+6. `crowd`: a normal client's latency while 500 idle and 100 slow connections are open;
+7. `archive`: `event-ingest query`'s group-by over 1M archived events, NDJSON and Parquet;
+8. `compaction`: `event-ingest compact`'s throughput and peak memory, and the query after it;
+9. `replication`: ingest with REDIS_WAIT_REPLICAS=1 beside without, one replica attached;
+10. `metrics`: ingest with METRICS_ENABLED on and off, by server CPU per request;
+11. `cluster`: a Redis Cluster of 3 primaries, STREAM_SHARDS=1 beside 6;
+12. `rate-limits`: in process, the app without rate limits beside with them;
+13. `enrichment`: in process, the app with every enrichment on (a City database of a million
     networks, built once under the results folder) beside off, and its cold start;
-13. `privacy`: a deletion's local scan and rewrite, NDJSON and Parquet.
+14. `plans`: in process, the app with a tracking plan beside without;
+15. `privacy`: a deletion's local scan and rewrite, NDJSON and Parquet.
 
 `--phase` (repeatable, or comma-separated) runs only the phases named, in the order above,
 and starts only what they need (the stack's Redis, moto's S3 server); `--skip` leaves phases out.
@@ -24,7 +26,7 @@ and starts only what they need (the stack's Redis, moto's S3 server); `--skip` l
 Every server runs with the rate limits on (both buckets taken at each request), at rates far
 above what one load generator on loopback sends: the throughput measured is the deployed one.
 
-Phases 1, 2 and 5 also measure the previous server configuration (gunicorn's gthread worker,
+Phases 1, 3 and 6 also measure the previous server configuration (gunicorn's gthread worker,
 4 threads and 8 connections per worker), so both stand side by side in one run.
 
 Between phases the stream is deleted, so each starts from the same state. Whatever happens,

@@ -17,6 +17,7 @@ from types import ModuleType
 # only when the phase runs, so that one phase alone needs none of the others' libraries.
 PHASES = (
     "ingest",
+    "lambda-handler",
     "rate",
     "memory",
     "drain",
