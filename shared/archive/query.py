@@ -608,8 +608,9 @@ def _compacted_hours(listed: list[ArchivedObject]) -> set[tuple[date, int]]:
 class _ObjectReader:
     """Reads the objects of an opening, from the pool's threads: a held object's rows, each in
     one GET (gzip NDJSON decoded by DuckDB, `ndjson_in_duckdb`, in a DuckDB of each thread;
-    Parquet, and NDJSON that mapping does not take, by `reading`), or a streamed object's row
-    count from its footer. `close` closes the threads' DuckDBs."""
+    Parquet, and NDJSON that mapping does not take, by `reading`; with `needed`, only those
+    columns), or a streamed object's row count from its footer. `close` closes the threads'
+    DuckDBs."""
 
     def __init__(self, store: ObjectStore, needed: frozenset[str] | None = None) -> None:
         self.store = store
@@ -625,9 +626,14 @@ class _ObjectReader:
             con.close()
 
     def _rows(self, item: ArchivedObject) -> pa.Table:
-        if item.format != "ndjson":
+        if item.format != "ndjson" and self.needed is None:
             return reading.read_object(self.store, item)
         body = self.store.get(item.key)  # one GET; ObjectGone when it is gone
+        if item.format != "ndjson":
+            try:
+                return reading.parquet_rows(body, self.needed)
+            except reading.DECODE_ERRORS:
+                return reading.read_rows(item, body)  # says what is wrong
         con, files = self._connection()
         with files.serving(item.key, body) as name:
             rows = ndjson_in_duckdb.rows(con, name, self.needed)

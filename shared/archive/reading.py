@@ -173,11 +173,21 @@ def decode(fmt: str, body: bytes) -> tuple[pa.Table, Damage | None]:
     return _salvage_ndjson(body)
 
 
-def parquet_rows(body: bytes) -> pa.Table:
+def parquet_rows(body: bytes, needed: frozenset[str] | None = None) -> pa.Table:
     """A whole Parquet object's rows as a table of `columns.SCHEMA` (`columns.conform`: an
     object written before a column existed reads with it derived, or NULL); raises what
-    pyarrow raises when it cannot be decoded."""
-    return columns.conform(pq.read_table(io.BytesIO(body)))
+    pyarrow raises when it cannot be decoded. With `needed`, only those columns are read (and
+    `context` too where a derived one is needed that the object lacks); the others are NULL:
+    for a query that reads only them."""
+    if needed is None:
+        return columns.conform(pq.read_table(io.BytesIO(body)))
+    file = pq.ParquetFile(io.BytesIO(body))
+    present = file.schema_arrow.names
+    wanted = set(needed)
+    if wanted & (set(columns.DERIVED_COLUMNS) - set(present)):
+        wanted.add("context")  # derived from it, as NDJSON is read
+    table = file.read(columns=[name for name in present if name in wanted])
+    return columns.conform(table)
 
 
 def _salvage_ndjson(body: bytes) -> tuple[pa.Table, Damage | None]:
