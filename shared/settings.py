@@ -93,8 +93,9 @@ def _gzip_level(name: str, raw: str) -> int:
     return level
 
 
-# A flush is held in memory (its staged events, then its object) and Parquet's columns are
-# 32-bit-offset strings: a flush of more than this would fail to be written, not just be slow.
+# A flush is held in memory whole (its staged events, then its object), and a Parquet flush's
+# text columns are 32-bit-offset strings, which cannot pass 2 GiB: 1 GiB of NDJSON keeps every
+# column below that, with room for the entry that crosses the hint.
 MAX_FLUSH_BYTES = 1024 * 1024 * 1024
 
 

@@ -9,8 +9,8 @@ rounds counts (as timeit does: noise only ever adds time). CPU time is this proc
 microseconds these measurements look for, one process's CPU time does not.
 
 A measurement runs in a child process (`measure_in_child`: `python -m <module> REDIS_URL
-STREAM_KEY REQUESTS [MORE...]`, the module ending in `child_main`) with PROMETHEUS_MULTIPROC_DIR
-set, so that the apps count their metrics in files, as under gunicorn.
+STREAM_KEY REQUESTS [MORE...]`, the module ending in `child_main`), with PROMETHEUS_MULTIPROC_DIR
+set unless it measures Lambda, so that the apps count their metrics in files, as under gunicorn.
 """
 
 from __future__ import annotations
@@ -121,20 +121,30 @@ def cpu_per_request_us(app: Any, bodies: payloads.Bodies, requests: int) -> floa
 
 
 def measure_in_child(
-    module: str, redis_url: str, stream_key: str, requests: int, *more: str
+    module: str,
+    redis_url: str,
+    stream_key: str,
+    requests: int,
+    *more: str,
+    metric_files: bool = True,
 ) -> list[dict]:
-    """The rows `module` measures (its `child_main`), in a child process writing multiprocess
-    metric files; `more`: further arguments, passed on to the module's measurement."""
+    """The rows `module` measures (its `child_main`), in a child process; `more`: further
+    arguments, passed on to the module's measurement. With `metric_files`, the child counts
+    its metrics in files, as under gunicorn (not as on Lambda). A failed measurement raises
+    with what the child wrote on stderr."""
     with tempfile.TemporaryDirectory(prefix="bench-in-process-") as files:
-        env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": files}
-        output = subprocess.run(
+        env = {**os.environ}
+        if metric_files:
+            env["PROMETHEUS_MULTIPROC_DIR"] = files
+        child = subprocess.run(
             [sys.executable, "-m", module, redis_url, stream_key, str(requests), *more],
             env=env,
             capture_output=True,
             text=True,
-            check=True,
-        ).stdout
-    return json.loads(output)
+        )
+    if child.returncode:
+        raise RuntimeError(f"{module} failed ({child.returncode}):\n{child.stderr[-4000:]}")
+    return json.loads(child.stdout)
 
 
 def child_main(measure: Measure) -> None:

@@ -7,13 +7,13 @@ The events are HTTP API payloads (format 2.0) as API Gateway sends them, through
 lines it prints), to the benchmark's Redis. The function's module builds its app from the
 environment when imported, as on Lambda, so the measurement runs in a child process
 (`in_process.measure_in_child`) whose environment is the function's: the shipped defaults, on
-Lambda (`AWS_LAMBDA_FUNCTION_NAME` set: counts leave as EMF lines), with the benchmark's write
-key and limits it never reaches.
+Lambda (`AWS_LAMBDA_FUNCTION_NAME` set: counts kept in memory and leaving as EMF lines), with
+the benchmark's write key and limits it never reaches, and no replica to wait for (the
+template's REDIS_WAIT_REPLICAS=1 adds a round trip to a replica that this leaves out).
 """
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import io
 import os
@@ -35,7 +35,9 @@ LOADS = (
 def measure(redis_url: str, stream_key: str, invocations: int) -> list[dict]:
     """A row per load: `duration_us`, the least over the rounds of the mean wall time of its
     `invocations` invocations, and `per_event_us`."""
-    return in_process.measure_in_child(__name__, redis_url, stream_key, invocations)
+    return in_process.measure_in_child(
+        __name__, redis_url, stream_key, invocations, metric_files=False
+    )
 
 
 def function_environment(redis_url: str, stream_key: str) -> dict[str, str]:
@@ -74,8 +76,9 @@ def api_gateway_event(bodies: payloads.Bodies, body: bytes) -> dict[str, Any]:
             "routeKey": f"POST {bodies.path}",
             "stage": "$default",
         },
-        "body": base64.b64encode(body).decode(),
-        "isBase64Encoded": True,
+        # A JSON or text body arrives as text; API Gateway base64-encodes only binary ones.
+        "body": body.decode(),
+        "isBase64Encoded": False,
     }
 
 

@@ -422,7 +422,7 @@ def open_archive(
     out (`Archive.skipped`). The subjects of the pending deletions `forget` are left out, as
     if their deletion were done. `window_h` is the DEDUP_WINDOW, in hours. `columns_read`:
     the only columns of `events` and `raw_events` the queries to come read (what `check`
-    says of a query); the NDJSON objects held are then decoded for those only, the others NULL."""
+    says of a query); the objects held are then decoded for those only, the others NULL."""
 
     def reopen() -> Archive:
         return open_archive(
@@ -494,8 +494,8 @@ def _reading(
     store: ObjectStore, hours: HourRange, workers: int, endpoint: str | None
 ) -> Callable[[str, Progress | None, dict | None, bool, frozenset[str] | None], _Held]:
     """`read(under, progress, unreadable, stream, needed)`: the objects of `hours` under the
-    root `under`, the compacted hours streamed if `stream`, the NDJSON ones decoded for the
-    columns `needed` only (all: None), as `_Held`."""
+    root `under`, the compacted hours streamed if `stream`, the others decoded for the columns
+    `needed` only (all: None), as `_Held`."""
 
     def read(
         under: str,
