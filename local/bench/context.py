@@ -13,6 +13,7 @@ import contextlib
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import redis
@@ -119,6 +120,20 @@ class Bench:
                 rows,
             )
         return ports
+
+    def in_process(
+        self,
+        measure: Callable[[str, str, int], list[dict]],
+        line: Callable[[dict], str],
+        quick: int,
+    ) -> list[dict]:
+        """The rows of an in-process measurement, `measure(REDIS_URL, STREAM_KEY, requests)`,
+        each printed with `line`: 2,000 requests a round in a full run, `quick` in a quick one."""
+        requests = 2000 if self.plan.repeat > 1 else quick
+        rows = measure(self.stack.env["REDIS_URL"], STREAM_KEY, requests)
+        for row in rows:
+            say(line(row))
+        return rows
 
     def stop_servers(self, servers: Servers) -> None:
         for _, name, _ in servers:

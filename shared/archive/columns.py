@@ -83,6 +83,8 @@ LOCATION_FIELDS = {
 # ... and under `context.parsedUserAgent`.
 USER_AGENT_FIELDS = {"browser": "browser", "os": "os", "device": "device"}
 IS_BOT = "is_bot"
+# The parts of `context` the derived columns but `is_bot` read: part -> {column: key}.
+DERIVED_PARTS = {"location": LOCATION_FIELDS, "parsedUserAgent": USER_AGENT_FIELDS}
 DERIVED_COLUMNS = (*LOCATION_FIELDS, *USER_AGENT_FIELDS, IS_BOT)
 TIMESTAMP = pa.timestamp("us", tz="UTC")
 
@@ -127,22 +129,17 @@ _NULL_TEXT = pa.scalar(None, pa.string())
 # `context.bot`, an object or nothing where it looks for one. Arrow reads exactly these as
 # Python would; any other value (a number as an ID, a string as `context.location`) makes the
 # batch gathered in Python instead.
-_DERIVED_PARTS = {"location": LOCATION_FIELDS, "parsedUserAgent": USER_AGENT_FIELDS}
 _Text = str | None
+_PART_STRUCTS = {
+    part: msgspec.defstruct(
+        f"_{part}", [(key, _Text, None) for key in fields.values()], omit_defaults=True
+    )
+    for part, fields in DERIVED_PARTS.items()
+}
 _Context = msgspec.defstruct(
     "_Context",
     [
-        *(
-            (
-                part,
-                msgspec.defstruct(
-                    f"_{part}", [(key, _Text, None) for key in fields.values()], omit_defaults=True
-                )
-                | None,
-                None,
-            )
-            for part, fields in _DERIVED_PARTS.items()
-        ),
+        *((part, struct | None, None) for part, struct in _PART_STRUCTS.items()),
         ("bot", bool | None, None),
     ],
     omit_defaults=True,
@@ -152,25 +149,19 @@ _Scalars = msgspec.defstruct(
     [*((key, _Text, None) for key in _RAW_KEYS), ("context", _Context | None, None)],
     omit_defaults=True,
 )
+# The same shape, as Arrow's JSON reader reads it.
+_CONTEXT_TYPE = pa.struct(
+    [
+        *(
+            pa.field(part, pa.struct([(key, pa.string()) for key in fields.values()]))
+            for part, fields in DERIVED_PARTS.items()
+        ),
+        pa.field("bot", pa.bool_()),
+    ]
+)
 _SCALARS_PARSING = pj.ParseOptions(
     explicit_schema=pa.schema(
-        [
-            *(pa.field(key, pa.string()) for key in _RAW_KEYS),
-            pa.field(
-                "context",
-                pa.struct(
-                    [
-                        *(
-                            pa.field(
-                                part, pa.struct([(key, pa.string()) for key in fields.values()])
-                            )
-                            for part, fields in _DERIVED_PARTS.items()
-                        ),
-                        pa.field("bot", pa.bool_()),
-                    ]
-                ),
-            ),
-        ]
+        [*(pa.field(key, pa.string()) for key in _RAW_KEYS), pa.field("context", _CONTEXT_TYPE)]
     ),
     unexpected_field_behavior="ignore",
 )
@@ -281,7 +272,7 @@ def _plain_table(parts: list[Staged]) -> pa.Table:
     context = scalars["context"]
     derived = {
         column: pc.struct_field(context, [part, key])
-        for part, fields in _DERIVED_PARTS.items()
+        for part, fields in DERIVED_PARTS.items()
         for column, key in fields.items()
     }
     derived[IS_BOT] = pc.fill_null(pc.struct_field(context, ["bot"]), False)

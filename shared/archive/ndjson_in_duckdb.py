@@ -161,7 +161,7 @@ def _select(url: str) -> str:
         f" THEN json_merge_patch(rest, json_object({patch})) ELSE rest END"
     )
     with_extra = f"SELECT *, {extra} AS extra_json FROM ({cast})"
-    derived_columns = [c for _, fields in _DERIVED for c in fields]
+    derived_columns = [c for fields in columns.DERIVED_PARTS.values() for c in fields]
     selected = [
         *(
             f"NULLIF(text_{i}, '') AS {column}"
@@ -216,9 +216,12 @@ _JSON_FIELDS = [
     *columns.TIME_FIELDS.values(),
     *columns.JSON_FIELDS.values(),
 ]
-# (part of `context`, {column: key}) of the derived columns but `is_bot` (the last JSON path).
-_DERIVED = [("location", columns.LOCATION_FIELDS), ("parsedUserAgent", columns.USER_AGENT_FIELDS)]
-_DERIVED_PATHS = [f"$.context.{part}.{key}" for part, fields in _DERIVED for key in fields.values()]
+# The JSON paths of the derived columns but `is_bot` (the last JSON path).
+_DERIVED_PATHS = [
+    f"$.context.{part}.{key}"
+    for part, fields in columns.DERIVED_PARTS.items()
+    for key in fields.values()
+]
 
 
 def _cast(value: str, kind: str) -> str:

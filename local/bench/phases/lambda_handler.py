@@ -7,15 +7,12 @@ from __future__ import annotations
 from typing import Any
 
 from local.bench import lambda_handler_cost, report
-from local.bench.context import STREAM_KEY, Bench, say
+from local.bench.context import Bench, say
 
 NEEDS = frozenset({"redis"})
 
 
 def run(bench: Bench) -> dict[str, Any]:
     say("\n== the Lambda handler, warm, in process: an API Gateway event's invocation")
-    invocations = 2000 if bench.plan.repeat > 1 else 300
-    rows = lambda_handler_cost.measure(bench.stack.env["REDIS_URL"], STREAM_KEY, invocations)
-    for row in rows:
-        say(report.lambda_handler_line(row))
+    rows = bench.in_process(lambda_handler_cost.measure, report.lambda_handler_line, quick=300)
     return {"lambda_handler": rows}

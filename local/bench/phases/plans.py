@@ -8,15 +8,12 @@ from __future__ import annotations
 from typing import Any
 
 from local.bench import plan_cost, report
-from local.bench.context import STREAM_KEY, Bench, say
+from local.bench.context import Bench, say
 
 NEEDS = frozenset({"redis"})
 
 
 def run(bench: Bench) -> dict[str, Any]:
     say("\n== a tracking plan's cost: in process, the app with a 50-event plan beside none")
-    requests = 2000 if bench.plan.repeat > 1 else 300
-    rows = plan_cost.measure(bench.stack.env["REDIS_URL"], STREAM_KEY, requests)
-    for row in rows:
-        say(report.plan_line(row))
+    rows = bench.in_process(plan_cost.measure, report.plan_line, quick=300)
     return {"plans": {"planned_events": plan_cost.PLANNED_EVENTS, "rows": rows}}

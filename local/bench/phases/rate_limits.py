@@ -7,15 +7,12 @@ from __future__ import annotations
 from typing import Any
 
 from local.bench import rate_limit_cost, report
-from local.bench.context import STREAM_KEY, Bench, say
+from local.bench.context import Bench, say
 
 NEEDS = frozenset({"redis"})
 
 
 def run(bench: Bench) -> dict[str, Any]:
     say("\n== the rate limits' cost: in process, no limits beside a source and an address")
-    requests = 2000 if bench.plan.repeat > 1 else 500
-    rows = rate_limit_cost.measure(bench.stack.env["REDIS_URL"], STREAM_KEY, requests)
-    for row in rows:
-        say(report.rate_limits_line(row))
+    rows = bench.in_process(rate_limit_cost.measure, report.rate_limits_line, quick=500)
     return {"rate_limits": rows}
