@@ -172,9 +172,10 @@ _INT32 = (1 << 31) - 1  # the largest block Arrow's JSON reader takes
 class Staged(NamedTuple):
     """Events on their way to rows: gathered by `to_columns`, made rows by `to_table`."""
 
-    # Per event, one line of JSON for each of `JSON_COLUMNS`, after its `_Scalars` for a plain
-    # batch (one encoding per batch: msgspec's smallest buffer is 1 KiB).
+    # Per event, its `_Scalars` as a line (a plain batch), then, per event, one line of JSON
+    # for each of `JSON_COLUMNS`; in one bytes object (msgspec's smallest buffer is 1 KiB).
     lines: bytes
+    scalar_bytes: int  # how many of `lines` are the scalars' (0 when not plain)
     rows: list[tuple[Any, ...]] | None  # not plain: per event, the raw values of `_RAW_COLUMNS`
 
 
@@ -196,11 +197,13 @@ def to_columns(events: list[dict[str, Any]]) -> Staged:
     that encode as JSON (`formats.ndjson.stage` checks it first): it encodes only some of
     their values, so a value JSON cannot hold elsewhere (a map with a nil key as an ID) fails
     `to_table`."""
+    json_lines = _json.encode_lines(_json_values(events))
     try:
         scalars = msgspec.convert(events, list[_Scalars])
     except msgspec.ValidationError:  # not plain
-        return Staged(_json.encode_lines(_json_values(events)), _gathered(events))
-    return Staged(_json.encode_lines(_json_values(events, scalars)), None)
+        return Staged(json_lines, 0, _gathered(events))
+    scalar_lines = _json.encode_lines(scalars)
+    return Staged(scalar_lines + json_lines, len(scalar_lines), None)
 
 
 def _gathered(events: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
@@ -227,12 +230,10 @@ def _gathered(events: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
     return rows
 
 
-def _json_values(events: list[dict[str, Any]], scalars: list[Any] | None = None) -> list[Any]:
-    """Per event, its `scalars` (if any) and the values of `JSON_COLUMNS`."""
+def _json_values(events: list[dict[str, Any]]) -> list[Any]:
+    """Per event, the values of `JSON_COLUMNS`."""
     values: list[Any] = []
-    for at, event in enumerate(events):
-        if scalars is not None:
-            values.append(scalars[at])
+    for event in events:
         values.extend(map(event.get, _JSON_KEYS))
         values.append(None if _KNOWN.issuperset(event) else _unknown_fields(event))
     return values
@@ -256,17 +257,15 @@ def to_table(parts: list[Staged]) -> pa.Table:
 
 
 def _plain_table(parts: list[Staged]) -> pa.Table:
-    lines = _lines(b"".join(part.lines for part in parts), 1 + len(JSON_COLUMNS))
-    if not len(lines[0]):  # batches left with no event
+    scalar_lines = b"".join(memoryview(part.lines)[: part.scalar_bytes] for part in parts)
+    if not scalar_lines:  # batches left with no event
         return _gathered_table([])
-    every_line = pa.LargeListArray.from_arrays([0, len(lines[0])], lines[0])
-    scalar_lines = pc.binary_join(every_line, pa.scalar("\n", pa.large_string()))
-    # A block must hold the longest line whole. The columns stay in the reader's chunks (one per
-    # block): a column of more than 2 GiB cannot be one string array.
-    longest = pc.max(pc.binary_length(lines[0])).as_py()
+    # A block must hold the longest line whole: no line is longer than its part's. The columns
+    # stay in the reader's chunks (one per block): a column past 2 GiB cannot be one array.
+    longest = max(part.scalar_bytes for part in parts)
     scalars = pj.read_json(
-        pa.BufferReader(scalar_lines[0].as_buffer()),
-        read_options=pj.ReadOptions(block_size=min(max(_JSON_BLOCK_BYTES, longest + 1), _INT32)),
+        pa.BufferReader(scalar_lines),
+        read_options=pj.ReadOptions(block_size=min(max(_JSON_BLOCK_BYTES, longest), _INT32)),
         parse_options=_SCALARS_PARSING,
     )
     context = scalars["context"]
@@ -279,7 +278,7 @@ def _plain_table(parts: list[Staged]) -> pa.Table:
     return _assembled(
         {column: scalars[field] for column, field in TEXT_FIELDS.items()},
         {column: scalars[field] for column, field in TIME_FIELDS.items()},
-        lines[1:],
+        _json_lines_of(parts),
         derived,
     )
 
@@ -296,7 +295,7 @@ def _gathered_table(parts: list[Staged]) -> pa.Table:
     return _assembled(
         {column: _string_column(values[column], _text) for column in TEXT_FIELDS},
         {column: values[column] for column in TIME_FIELDS},
-        _lines(b"".join(part.lines for part in parts), len(JSON_COLUMNS)),
+        _json_lines_of(parts),
         derived,
     )
 
@@ -381,13 +380,14 @@ def _time_column(
     return pa.array(moments, TIMESTAMP), failed
 
 
-def _lines(lines: bytes, width: int) -> list[pa.Array]:
-    """Lines of text, `width` per row, as `width` columns of large strings: 64-bit offsets, as a
-    flush's lines may pass 2 GiB where one column does not."""
+def _json_lines_of(parts: list[Staged]) -> list[pa.Array]:
+    """The lines of `JSON_COLUMNS` staged in `parts`, as a column each of large strings: 64-bit
+    offsets, as a flush's lines may pass 2 GiB where one column does not."""
+    lines = b"".join(memoryview(part.lines)[part.scalar_bytes :] for part in parts)
     split = pc.split_pattern(pa.array([lines], pa.large_binary()), b"\n").values
     split = split.slice(0, len(split) - 1).cast(pa.large_string())
-    grid = pa.FixedSizeListArray.from_arrays(split, width)
-    return [pc.list_element(grid, at) for at in range(width)]
+    grid = pa.FixedSizeListArray.from_arrays(split, len(JSON_COLUMNS))
+    return [pc.list_element(grid, at) for at in range(len(JSON_COLUMNS))]
 
 
 def _with_late_values(extra: pa.Array, late: dict[int, dict[str, Any]]) -> pa.Array:
