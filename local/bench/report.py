@@ -186,17 +186,37 @@ PARQUET_DRAIN_RATIO_TARGET = 0.8
 
 
 def drain_format_line(rows: list[dict]) -> str | None:
-    """One consumer's Parquet drain rate over its NDJSON rate, in the same run; None unless
-    the run drained both."""
-    single = {row.get("format", "ndjson"): row for row in rows if row["consumers"] == 1}
-    if not {"ndjson", "parquet"} <= single.keys():
+    """One consumer's Parquet drain rate over its NDJSON rate, in the same run: each format's
+    best drain (the phase runs them by turns, so that a slow minute of the VM does not land on
+    one format only); None unless the run drained both."""
+    best = {
+        archive_format: max(rates)
+        for archive_format in ("ndjson", "parquet")
+        if (rates := _single_drains(rows, archive_format))
+    }
+    if len(best) < 2:
         return None
-    ratio = single["parquet"]["events_per_s"] / single["ndjson"]["events_per_s"]
+    ratio = best["parquet"] / best["ndjson"]
     met = ratio >= PARQUET_DRAIN_RATIO_TARGET
     return (
-        f"  1 consumer writing Parquet drains {ratio:.2f}x its NDJSON rate"
-        f" (target >= {PARQUET_DRAIN_RATIO_TARGET}x: {'met' if met else 'NOT MET'})"
+        f"  1 consumer writing Parquet drains {ratio:.2f}x its NDJSON rate, best drain of each"
+        f" ({_n(best['parquet'])} of {_rates(rows, 'parquet')} against {_n(best['ndjson'])} of"
+        f" {_rates(rows, 'ndjson')}; target >= {PARQUET_DRAIN_RATIO_TARGET}x:"
+        f" {'met' if met else 'NOT MET'})"
     )
+
+
+def _single_drains(rows: list[dict], archive_format: str) -> list[int]:
+    """The rates of the drains by one consumer in `archive_format`, in the order run."""
+    return [
+        row["events_per_s"]
+        for row in rows
+        if row["consumers"] == 1 and row.get("format", "ndjson") == archive_format
+    ]
+
+
+def _rates(rows: list[dict], archive_format: str) -> str:
+    return ", ".join(_n(rate) for rate in _single_drains(rows, archive_format))
 
 
 def drain_line(row: dict) -> str:
@@ -252,11 +272,11 @@ def targets(results: dict) -> list[tuple[str, str, str]]:
             )
         )
     # The targets are NDJSON's (the default); runs before Parquet existed have no "format".
-    drains = {
-        row["consumers"]: row["events_per_s"]
-        for row in results["drain"]
-        if row.get("format", "ndjson") == "ndjson"
-    }
+    # Each consumer count's first drain: 1 and 2 consumers ran side by side.
+    drains: dict[int, int] = {}
+    for row in results["drain"]:
+        if row.get("format", "ndjson") == "ndjson":
+            drains.setdefault(row["consumers"], row["events_per_s"])
     if 1 in drains:
         out.append(
             (

@@ -83,11 +83,13 @@ def test_a_batch_is_plain_when_its_scalars_are_strings(event: dict[str, Any], pl
 
 
 def test_plain_lines_longer_than_a_reader_block_are_read_whole() -> None:
-    """Arrow's JSON reader reads blocks of 1 MiB that must hold whole lines: a scalar line
-    longer than that (a 3 MiB ID), in a part among others, is read as it is."""
+    """Arrow's JSON reader reads blocks (of 4 MiB) that must hold whole lines: a scalar line
+    longer than that (an ID as long as a block, a 2 MiB city), in a part among others, is read
+    as it is."""
+    block = columns._JSON_BLOCK_BYTES
     parts = [
         [{"messageId": "a", "type": "track"}],
-        [{"messageId": "b" * (3 << 20), "context": {"location": {"city": "c" * (2 << 20)}}}],
+        [{"messageId": "b" * block, "context": {"location": {"city": "c" * (2 << 20)}}}],
         [{"messageId": "d", "userId": "e" * 100}] * 3,
     ]
     staged = [columns.to_columns(part) for part in parts]
