@@ -165,6 +165,12 @@ _SCALARS_PARSING = pj.ParseOptions(
     ),
     unexpected_field_behavior="ignore",
 )
+# ... and without `context`, for a flush whose events none has a part of it (`_plain_table`).
+_TOP_SCALARS_PARSING = pj.ParseOptions(
+    explicit_schema=pa.schema([pa.field(key, pa.string()) for key in _RAW_KEYS]),
+    unexpected_field_behavior="ignore",
+)
+_ENRICHED_CONTEXT = b'"context":{"'
 _JSON_BLOCK_BYTES = 4 << 20
 _INT32 = (1 << 31) - 1  # the largest block Arrow's JSON reader takes
 
@@ -260,6 +266,11 @@ def _plain_table(parts: list[Staged]) -> pa.Table:
     scalar_lines = b"".join(memoryview(part.lines)[: part.scalar_bytes] for part in parts)
     if not scalar_lines:  # batches left with no event
         return _gathered_table([])
+    # Reading `context`'s struct costs Arrow a third of the scalars' time even where it is
+    # empty, as it is for events nothing enriched (server SDKs'): read it only when a line has
+    # one of its parts. This is exact: `"context":{"` can only be that key with a member (in a
+    # string the quotes are escaped; no other struct has a `context` key).
+    enriched = _ENRICHED_CONTEXT in scalar_lines
     # A block must hold the longest line whole: no line is longer than its part's. The columns
     # stay in the reader's chunks (one per block): a column past 2 GiB cannot be one array.
     # One thread: the consumer flushes on a thread of its own while its main thread decodes
@@ -270,21 +281,36 @@ def _plain_table(parts: list[Staged]) -> pa.Table:
         use_threads=False, block_size=min(max(_JSON_BLOCK_BYTES, longest), _INT32)
     )
     scalars = pj.read_json(
-        pa.BufferReader(scalar_lines), read_options=reading, parse_options=_SCALARS_PARSING
+        pa.BufferReader(scalar_lines),
+        read_options=reading,
+        parse_options=_SCALARS_PARSING if enriched else _TOP_SCALARS_PARSING,
     )
-    context = scalars["context"]
+    return _assembled(
+        {column: scalars[field] for column, field in TEXT_FIELDS.items()},
+        {column: scalars[field] for column, field in TIME_FIELDS.items()},
+        _json_lines_of(parts),
+        _derived(scalars["context"]) if enriched else _not_derived(scalars.num_rows),
+    )
+
+
+def _derived(context: pa.ChunkedArray) -> dict[str, pa.ChunkedArray]:
+    """The derived columns of the `context` struct Arrow's JSON reader read."""
     derived = {
         column: pc.struct_field(context, [part, key])
         for part, fields in DERIVED_PARTS.items()
         for column, key in fields.items()
     }
     derived[IS_BOT] = pc.fill_null(pc.struct_field(context, ["bot"]), False)
-    return _assembled(
-        {column: scalars[field] for column, field in TEXT_FIELDS.items()},
-        {column: scalars[field] for column, field in TIME_FIELDS.items()},
-        _json_lines_of(parts),
-        derived,
-    )
+    return derived
+
+
+def _not_derived(rows: int) -> dict[str, pa.Array]:
+    """The derived columns of events none of which has a part they read: NULL, no bots."""
+    derived = {
+        column: pa.nulls(rows, pa.string()) for column in (*LOCATION_FIELDS, *USER_AGENT_FIELDS)
+    }
+    derived[IS_BOT] = pa.repeat(False, rows)
+    return derived
 
 
 def _gathered_table(parts: list[Staged]) -> pa.Table:

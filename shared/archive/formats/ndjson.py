@@ -6,6 +6,8 @@ Staged as each entry's lines; `nbytes` is their length, the size of the object o
 from __future__ import annotations
 
 import gzip
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import msgspec
@@ -19,14 +21,21 @@ _json_encoder = msgspec.json.Encoder()
 
 
 def stage(events: list[dict[str, Any]]) -> tuple[bytes, int]:
-    """The events' lines and their size; UnarchivableEvent for an event JSON cannot hold (a
-    map whose keys are not text or numbers, or nested deeper than the encoder goes: MsgPack
-    has them, so an entry may)."""
-    try:
+    """The events' lines and their size; UnarchivableEvent for an event JSON cannot hold."""
+    with as_json():
         lines = encode_lines(events)
+    return lines, len(lines)
+
+
+@contextmanager
+def as_json() -> Iterator[None]:
+    """Encoding values as JSON within: UnarchivableEvent for one JSON cannot hold (a map whose
+    keys are not text or numbers, or nested deeper than the encoder goes: MsgPack has them,
+    so an entry may)."""
+    try:
+        yield
     except (TypeError, ValueError, OverflowError, RecursionError, msgspec.EncodeError) as exc:
         raise UnarchivableEvent(f"cannot be written as JSON: {exc}") from exc
-    return lines, len(lines)
 
 
 def encode(staged: list[bytes], level: int = 3) -> bytes:

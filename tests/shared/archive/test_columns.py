@@ -53,6 +53,57 @@ def test_plain_batches_read_by_arrow_map_as_the_row_by_row_mapping(
     assert columns.to_table(staged).equals(row_by_row.to_rows(everything))
 
 
+def _unenriched(event: dict[str, Any]) -> dict[str, Any]:
+    """`event` with none of the parts of `context` the derived columns read."""
+    context = event.get("context")
+    if not isinstance(context, dict):
+        return event
+    kept = {key: value for key, value in context.items() if key not in (*DERIVED, "bot")}
+    return {**event, "context": kept}
+
+
+DERIVED = tuple(columns.DERIVED_PARTS)
+
+
+@settings(
+    max_examples=60,
+    deadline=None,
+    # The plain events' timestamps are filtered to strings: lists of lists filter more.
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
+@given(
+    parts=st.lists(st.lists(event_strategy(plain=True).map(_unenriched), max_size=5), max_size=3),
+    enriched_last=st.booleans(),
+)
+def test_plain_batches_nothing_enriched_map_as_the_row_by_row_mapping(
+    parts: list[list[dict[str, Any]]], enriched_last: bool
+) -> None:
+    """Where no event has a part of `context` the derived columns read (server SDKs' events),
+    Arrow reads the scalars without `context`: the same table, its derived columns NULL and
+    `is_bot` false; one event with a part, anywhere, and `context` is read for all."""
+    if enriched_last:
+        parts = [*parts, [{"messageId": "m", "context": {"bot": False}}]]
+    staged = [columns.to_columns(batch) for batch in parts]
+    assert all(part.rows is None for part in staged)
+    everything = [event for batch in parts for event in batch]
+    assert columns.to_table(staged).equals(row_by_row.to_rows(everything))
+
+
+def test_text_that_looks_like_a_context_member_is_not_one() -> None:
+    """The check for a member of `context` finds a key, never a value's text (its quotes are
+    escaped in the line): these events' derived columns are NULL, their text kept."""
+    tricky = '"context":{"location":{"country":"FR"}}'
+    events = [
+        {"messageId": "a", "event": tricky, "context": {}},
+        {"messageId": "b", "userId": tricky, "context": None},
+        {"messageId": "c", "context": {"library": {"name": tricky}}},
+    ]
+    table = columns.to_table([columns.to_columns(events)])
+    assert table.equals(row_by_row.to_rows(events))
+    assert table["country"].null_count == 3
+    assert table["event"][0].as_py() == tricky
+
+
 @pytest.mark.parametrize(
     ("event", "plain"),
     [
