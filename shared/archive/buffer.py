@@ -6,12 +6,15 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from operator import methodcaller
 from typing import Any
 
 from shared.archive.formats import Format, named
 from shared.archive.naming import QUARANTINE_ROOT, RAW_ROOTS, object_key
 from shared.archive.partitions import partition_path
 from shared.settings import Settings
+
+_RECEIVED_AT = methodcaller("get", "receivedAt")
 
 
 @dataclass
@@ -53,11 +56,10 @@ class Buffer:
     ) -> None:
         """Stage one entry's events, and those of them to store under the quarantine's root
         (`naming.QUARANTINE_ROOT`); all or nothing if one of them cannot be placed or staged."""
-        # An entry is one request, whose events share one receivedAt: usually one group.
         groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
         for root, part in (("", events), (QUARANTINE_ROOT, quarantined or ())):
-            for event in part:
-                groups.setdefault((root, partition_path(event)), []).append(event)
+            for path, group in _by_partition(part):
+                groups.setdefault((root, path), []).extend(group)
         staged = [
             (where, len(group), *self._format.stage(group)) for where, group in groups.items()
         ]
@@ -82,6 +84,23 @@ class Buffer:
 
     def __len__(self) -> int:
         return len(self.entry_ids)
+
+
+def _by_partition(events: list[dict[str, Any]]) -> Iterator[tuple[str, list[dict[str, Any]]]]:
+    """The events grouped by partition, in order within each group. An entry is one request,
+    whose events share one receivedAt: then its events are one group, placed once (placing
+    each event costs a tenth of staging it)."""
+    try:
+        shared = len(set(map(_RECEIVED_AT, events))) == 1
+    except TypeError:  # a receivedAt that is not hashable: placing it says why it is unusable
+        shared = False
+    if shared:
+        yield partition_path(events[0]), events
+        return
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for event in events:
+        groups.setdefault(partition_path(event), []).append(event)
+    yield from groups.items()
 
 
 def size_hint_reached(buffer: Buffer, settings: Settings) -> bool:

@@ -7,6 +7,7 @@ import dataclasses
 import gzip
 import io
 import json
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -206,6 +207,31 @@ def test_buffer_add_is_all_or_nothing() -> None:
         buffer.add(b"2-0", [event("2024-03-05T18:00:00.000Z", i=2), bad])
     after = (list(buffer.entry_ids), buffer.events, buffer.bytes, decoded_objects(buffer))
     assert after == before
+
+
+def test_an_entry_across_hours_keeps_each_hours_events_in_order() -> None:
+    """An entry's events placed one by one when they do not share one receivedAt (a replay
+    may write such entries): interleaved hours, each object in the entry's order."""
+    a14, b14 = event("2024-03-05T14:10:00.000Z", i=1), event("2024-03-05T14:20:00.000Z", i=3)
+    a15 = event("2024-03-05T15:00:00.000Z", i=2)
+    buffer = Buffer()
+    buffer.add(b"1-0", [a14, a15, b14])
+    objects = decoded_objects(buffer)
+    assert sorted(objects.values(), key=len) == [[a15], [a14, b14]]
+
+
+@pytest.mark.parametrize(
+    "received_at", ["garbage", None, ["2024-03-05T14:10:00.000Z"]], ids=["text", "none", "list"]
+)
+def test_an_entry_whose_events_share_an_unusable_received_at_is_unarchivable(
+    received_at: Any,
+) -> None:
+    """Placed once for all its events, or one by one where the value cannot be compared (a
+    list): either way the entry is refused whole, with the reason."""
+    buffer = Buffer()
+    with pytest.raises(UnarchivableEvent, match="receivedAt"):
+        buffer.add(b"1-0", [event(received_at, i=1), event(received_at, i=2)])
+    assert (buffer.events, buffer.entry_ids) == (0, [])
 
 
 @pytest.mark.parametrize("fmt", ["ndjson", "parquet"])
