@@ -605,6 +605,12 @@ def write(results: dict, out_dir: Path, stamp: str) -> Path:
     return path
 
 
+def _drain_label(row: dict) -> str:
+    """Which drain of the run (results before drains were numbered have no `run`)."""
+    run = f" {row['run']}" if "run" in row else ""
+    return f"drain{run}, {row['consumers']} consumer(s), {row.get('format', 'ndjson')}"
+
+
 def chart(results: dict) -> str:
     """Horizontal bars: events/s of every saturation and drain measurement."""
     bars = [
@@ -612,13 +618,7 @@ def chart(results: dict) -> str:
         for row in results["ingest"]
         if row.get("available", True)
     ]
-    bars += [
-        (
-            f"drain, {row['consumers']} consumer(s), {row.get('format', 'ndjson')}",
-            row["events_per_s"],
-        )
-        for row in results["drain"]
-    ]
+    bars += [(_drain_label(row), row["events_per_s"]) for row in results["drain"]]
     top = max([value for _, value in bars] + [TARGETS["batch_eps"]])
     width, label_w, bar_h = 900, 330, 22
     height = 40 + bar_h * len(bars)

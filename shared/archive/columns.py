@@ -199,10 +199,11 @@ def to_columns(events: list[dict[str, Any]]) -> Staged:
     A plain batch, one whose scalars (IDs, names, timestamps, the derived fields) are all
     strings or missing (what ingest writes for SDKs that send text IDs), is staged as JSON lines of
     those scalars alone, which msgspec checks and writes in C and Arrow's JSON reader reads
-    at flush time without the GIL; any other is gathered value by value, in Python. For events
-    that encode as JSON (`formats.ndjson.stage` checks it first): it encodes only some of
-    their values, so a value JSON cannot hold elsewhere (a map with a nil key as an ID) fails
-    `to_table`."""
+    at flush time without the GIL; any other is gathered value by value, in Python. Raises
+    what msgspec's encoder raises for a value JSON cannot hold among those it encodes (every
+    value of a plain batch); a gathered batch's scalars are not encoded here, so one JSON
+    cannot hold (a map with a nil key as an ID) fails `to_table` unless the caller checked
+    the events first (`formats.parquet.stage` does)."""
     json_lines = _json.encode_lines(_json_values(events))
     try:
         scalars = msgspec.convert(events, list[_Scalars])

@@ -76,8 +76,12 @@ def _drain_once(
     cores = meter.stop()
     for runner in runners:
         stop(runner, sig=2)
+    # Seven drains of 1M events would otherwise stay in moto's memory for the rest of the run.
+    store = bench.object_store()
+    store.delete(store.keys_under(f"bench/{tag}/"))
     first, last = progress.samples[0][0], progress.samples[-1][0]
     return {
+        "run": index,
         "consumers": consumers,
         "format": archive_format,
         "events": filled.events,

@@ -7,9 +7,9 @@ A format is a module of this package, named as `ARCHIVE_FORMAT` names it, with:
 - `stage(events) -> (staged, nbytes)`: called once per stream entry (and partition) when the
   entry is read, so that an event the format cannot hold fails there, alone, and is
   dead-lettered, never at flush time with the rest of the buffer. `nbytes` is what
-  `FLUSH_MAX_BYTES` is compared with: the size of what was staged, uncompressed (NDJSON's
-  lines; Parquet's text of the same values, about as large), so that the hint bounds the
-  buffer's memory in either format;
+  `FLUSH_MAX_BYTES` is compared with: the events' uncompressed size as the format stages
+  them (NDJSON's lines; Parquet's text of the same values, about as large, or for events it
+  gathers as Python values, their NDJSON size), so that the hint bounds the buffer's memory;
 - `encode(staged_list, level) -> bytes`: one object's body from what `stage` returned for its
   entries, in order. The same list always gives the same bytes, so a retried flush overwrites
   its object with the same content. `level` is the compression level (`GZIP_LEVEL`, 1 to 9).

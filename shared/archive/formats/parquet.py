@@ -23,20 +23,22 @@ Staging turns each entry's events into lines of JSON while they are fresh in the
 ingest writes them; any other is gathered value by value in Python) and the text of its JSON
 columns; the Arrow table is built once per object, at flush time (`columns.to_table`, column
 by column, the scalars by Arrow's JSON reader, without the GIL). An entry fails at staging for
-what JSON cannot hold (a map key JSON has no form for), as in NDJSON, and is dead-lettered
-alone; building the table then cannot fail.
+what JSON cannot hold (a map key JSON has no form for; nesting deeper than the encoder goes,
+which Parquet reaches a level or two later than NDJSON, as it encodes each value rather than
+the whole event), and is dead-lettered alone; building the table then cannot fail.
 
-`nbytes`, what `FLUSH_MAX_BYTES` counts, is the size of what is staged: for a plain entry the
-text of its scalars and JSON columns (1.01 times its events' NDJSON lines for SDK-like events:
-a part of `context` a derived column reads is written twice, there and with the scalars, and
-a missing JSON column is a `null`, but a missing scalar is nothing); for any other, its
-events' size as NDJSON lines, as NDJSON counts it, which its text and values take about as
-much as. The two formats may therefore cut a stream's flushes in slightly different places:
-counting the NDJSON size exactly would mean encoding every event a second time, 0.45 us an
-event on the consumer's busiest thread (some 13% of it). The column data the writer
-compresses is smaller (no field names, no quoting). What is staged takes 1.01 times what is
-counted for entries of 100 events, 1.23 times for single-event entries, which
-`FLUSH_MAX_BYTES` thus bounds (test_formats measures it).
+`nbytes`, what `FLUSH_MAX_BYTES` counts, is the size of what is staged for a plain entry (the
+text of its scalars and JSON columns: 1.01 times its events' NDJSON lines for SDK-like events,
+as a part of `context` a derived column reads is written twice, there and with the scalars,
+and a missing JSON column is a `null`, but a missing scalar is nothing). Any other entry is
+counted at its events' NDJSON size, as NDJSON counts it, although its values gathered as
+Python objects take more: 1.8 times that for entries of 100 SDK-like events with an integer
+ID, 3.7 times for single ones (a tiny event alone, up to 27 times). The two formats may
+therefore cut a stream's flushes in slightly different places: counting the NDJSON size
+exactly would mean encoding every event a second time, 0.45 us an event on the consumer's
+busiest thread (some 13% of it). The column data the writer compresses is smaller (no field
+names, no quoting). What is staged for plain entries takes 1.01 times what is counted for
+entries of 100 events, 1.23 times for single-event entries (test_formats measures it).
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from itertools import pairwise
 from typing import Any
 
+import pyarrow.json as pj
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -82,26 +83,53 @@ def test_plain_batches_nothing_enriched_map_as_the_row_by_row_mapping(
     Arrow reads the scalars without `context`: the same table, its derived columns NULL and
     `is_bot` false; one event with a part, anywhere, and `context` is read for all."""
     if enriched_last:
-        parts = [*parts, [{"messageId": "m", "context": {"bot": False}}]]
+        parts = [*parts, [{"messageId": "m", "context": {"bot": True, "location": {"city": "c"}}}]]
     staged = [columns.to_columns(batch) for batch in parts]
     assert all(part.rows is None for part in staged)
     everything = [event for batch in parts for event in batch]
     assert columns.to_table(staged).equals(row_by_row.to_rows(everything))
 
 
-def test_text_that_looks_like_a_context_member_is_not_one() -> None:
+@pytest.fixture
+def parsings(monkeypatch: pytest.MonkeyPatch) -> list[pj.ParseOptions]:
+    """The parse options of each read of Arrow's JSON reader, as `columns` calls it."""
+    seen: list[pj.ParseOptions] = []
+    read = pj.read_json
+
+    def spied(source: Any, **options: Any) -> Any:
+        seen.append(options["parse_options"])
+        return read(source, **options)
+
+    monkeypatch.setattr(columns.pj, "read_json", spied)
+    return seen
+
+
+def test_text_that_looks_like_a_context_member_is_not_one(
+    parsings: list[pj.ParseOptions],
+) -> None:
     """The check for a member of `context` finds a key, never a value's text (its quotes are
-    escaped in the line): these events' derived columns are NULL, their text kept."""
+    escaped in the line): these events' scalars are read without `context`, their derived
+    columns NULL, their text kept."""
     tricky = '"context":{"location":{"country":"FR"}}'
     events = [
         {"messageId": "a", "event": tricky, "context": {}},
         {"messageId": "b", "userId": tricky, "context": None},
-        {"messageId": "c", "context": {"library": {"name": tricky}}},
+        {"messageId": "c", "context": {"library": {"name": tricky}, "location": None}},
     ]
     table = columns.to_table([columns.to_columns(events)])
+    assert parsings == [columns._TOP_SCALARS_PARSING]
     assert table.equals(row_by_row.to_rows(events))
     assert table["country"].null_count == 3
     assert table["event"][0].as_py() == tricky
+
+
+def test_one_context_member_and_context_is_read_for_every_event(
+    parsings: list[pj.ParseOptions],
+) -> None:
+    events = [{"messageId": "a", "context": {}}, {"messageId": "b", "context": {"bot": False}}]
+    table = columns.to_table([columns.to_columns(events)])
+    assert parsings == [columns._SCALARS_PARSING]
+    assert table.equals(row_by_row.to_rows(events))
 
 
 @pytest.mark.parametrize(
