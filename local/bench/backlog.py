@@ -22,6 +22,7 @@ import boto3
 import redis
 
 from local.bench.payloads import PROBE_PREFIX
+from shared.stream import accounting_keys
 
 PIPELINE_DEPTH = 500
 _PROBE = re.compile(rb'"messageId":"' + PROBE_PREFIX.encode() + rb'(\d+)"')
@@ -59,6 +60,13 @@ def fill(
     return Backlog(ids, entries * batch_size, msgpack_bytes, time.monotonic() - started)
 
 
+def empty_stream(client: redis.Redis, key: str) -> None:
+    """Delete the stream `key` with the keys that account for its bytes (its size hash and
+    ledger): deleting the stream alone leaves ingest counting the bytes of entries long gone,
+    and refusing every request as a full backlog once they add up to STREAM_MAX_BYTES."""
+    client.delete(*accounting_keys(key))
+
+
 def used_memory(client: redis.Redis) -> int:
     return int(client.info("memory")["used_memory"])
 
@@ -80,7 +88,7 @@ def measure_memory(
 ) -> tuple[dict, Backlog]:
     """Redis memory per buffered event against the MsgPack size of the event (its share of
     the entry's `d` field). Leaves the backlog in place for a drain measurement."""
-    client.delete(key)
+    empty_stream(client, key)
     settle_aof(client)
     before = used_memory(client)
     backlog = fill(client, key, pool, events, batch_size)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import redis
 
-from local.bench import cpu, load, payloads, rate_limit_cost, report
+from local.bench import backlog, cpu, load, payloads, rate_limit_cost, report
 from local.bench.procs import Stack, stop
 from shared.archive import ObjectStore
 from shared.settings import Settings
@@ -143,7 +143,7 @@ class Bench:
         """Each run starts from an empty stream: the server's keys (the stack's by default)."""
         client, keys = self.streams.get(server, (self.client, [STREAM_KEY]))
         for key in keys:
-            client.delete(key)
+            backlog.empty_stream(client, key)
 
     # --- saturation ----------------------------------------------------------------------
 

@@ -27,7 +27,7 @@ from typing import Any
 
 import redis
 
-from local.bench import payloads
+from local.bench import backlog, payloads
 from shared.settings import Settings
 
 ROUNDS = 9
@@ -70,7 +70,7 @@ def least_of_rounds(
     for round_ in range(ROUNDS):
         for name in names if round_ % 2 == 0 else reversed(names):
             measured[name].append(_one_round(apps[name], bodies, requests, counter))
-            client.delete(stream_key)
+            backlog.empty_stream(client, stream_key)
     return {
         name: {quantity: min(r[quantity] for r in rounds) for quantity in rounds[0]}
         for name, rounds in measured.items()

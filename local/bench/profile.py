@@ -207,7 +207,7 @@ def _profile_ingest_load(
     the GIL) times the whole CPU (kernel time included): a split, not a measurement of each."""
     port = stack.start_ingest(f"ingest-{name}")
     load.saturate("127.0.0.1", port, bodies, 2, args.connections, args.loadgen)  # warm up
-    client.delete(STREAM_KEY)
+    backlog.empty_stream(client, STREAM_KEY)
     master, _ = stack.servers[f"ingest-{name}"]
     out = out_dir / f"ingest-{name}.txt"
     server, redis_server = cpu.tree(master.pid), stack.redis_pids()
@@ -218,7 +218,7 @@ def _profile_ingest_load(
     after = [sum(map(cpu.process_cpu_s, pids)) for pids in (server, redis_server)]
     spy.wait(timeout=args.duration + 30)
     stop(master)
-    client.delete(STREAM_KEY)
+    backlog.empty_stream(client, STREAM_KEY)
     answered = max(1, result.requests)
     server_us, redis_us = ((b - a) * 1e6 / answered for a, b in zip(before, after, strict=True))
     head = (
@@ -233,7 +233,7 @@ def _profile_ingest_load(
 
 
 def _profile_drain(stack: Stack, client: redis.Redis, out_dir: Path, args) -> str:
-    client.delete(STREAM_KEY)
+    backlog.empty_stream(client, STREAM_KEY)
     filled = backlog.fill(client, STREAM_KEY, payloads.stream_entries(100), args.drain_events, 100)
     env = {"S3_PREFIX": "bench/profile/", "ARCHIVE_FORMAT": args.archive_format}
     runner = stack.start_runners(1, env, "runner-profile")[0]

@@ -11,8 +11,10 @@ import subprocess
 import pytest
 import redis
 
-from local.bench import phases, report, run
+from local.bench import backlog, phases, report, run
 from local.bench.procs import ROOT
+from shared.settings import Settings
+from shared.stream import BacklogFull, EventStream
 
 
 def test_a_full_run_takes_every_phase_in_order() -> None:
@@ -144,3 +146,21 @@ def test_the_scaling_target_compares_the_first_drains_side_by_side() -> None:
     found = {name: (measured, verdict) for name, measured, verdict in report.targets(results)}
     assert found["1 consumer drains >= 200,000 ev/s"] == ("200,000", "met")
     assert found["2 consumers drain faster than 1"] == ("1.05x", "met")
+
+
+def test_a_run_starts_from_a_stream_ingest_has_room_in(
+    redis_client: redis.Redis, settings: Settings
+) -> None:
+    """Emptying the stream between runs takes its byte accounting too: with the stream key
+    alone deleted, ingest went on counting the bytes of entries long gone and refused every
+    request as a full backlog (the profile's second load measured 503s)."""
+    stream = EventStream(redis_client, settings.stream_key, max_len=1_000, max_bytes=100)
+    stream.add({b"v": b"1", b"d": b"x" * 200})
+    with pytest.raises(BacklogFull):
+        stream.add({b"v": b"1", b"d": b"x"})
+    redis_client.delete(settings.stream_key)
+    with pytest.raises(BacklogFull):  # what deleting the stream alone left
+        stream.add({b"v": b"1", b"d": b"x"})
+    backlog.empty_stream(redis_client, settings.stream_key)
+    stream.add({b"v": b"1", b"d": b"x"})
+    assert redis_client.xlen(settings.stream_key) == 1

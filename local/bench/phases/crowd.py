@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from local.bench import payloads, report
+from local.bench import backlog, payloads, report
 from local.bench.context import PREVIOUS_SERVER, PREVIOUS_SERVER_ENV, STREAM_KEY, Bench, say
 from local.bench.crowd import Crowd, crowd_of, normal_requests
 from local.server_limits import raise_open_files_limit
@@ -26,7 +26,7 @@ def run(bench: Bench) -> dict[str, Any]:
     servers = [("ingest", None), (PREVIOUS_SERVER, PREVIOUS_SERVER_ENV)]
     for name, env in servers:
         port = bench.port(name) or bench.stack.start_ingest(name, env)
-        bench.client.delete(STREAM_KEY)
+        backlog.empty_stream(bench.client, STREAM_KEY)
         crowd = asyncio.run(_crowd(port))
         row = _row(name, crowd)
         rows.append(row)

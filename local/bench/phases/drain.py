@@ -42,7 +42,7 @@ def run(bench: Bench) -> dict[str, Any]:
     ratio = report.drain_format_line(rows)
     if ratio:
         say(ratio)
-    bench.client.delete(STREAM_KEY)
+    backlog.empty_stream(bench.client, STREAM_KEY)
     return {"drain": rows}
 
 
@@ -52,7 +52,7 @@ def _drain_once(
     """Fill the backlog, start `consumers` runners writing `archive_format`, and time them
     until the group has read it all."""
     stack = bench.stack
-    bench.client.delete(STREAM_KEY)
+    backlog.empty_stream(bench.client, STREAM_KEY)
     filled = backlog.fill(bench.client, STREAM_KEY, pool, bench.plan.drain_events, 100)
     tag = f"drain{index}-{consumers}-{archive_format}"
     name = f"runner-{tag}"

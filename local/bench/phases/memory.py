@@ -25,5 +25,5 @@ def run(bench: Bench) -> dict[str, Any]:
         )
         rows.append(row)
         say(report.memory_line(row))
-        bench.client.delete(STREAM_KEY)
+        backlog.empty_stream(bench.client, STREAM_KEY)
     return {"memory": rows}

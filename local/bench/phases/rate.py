@@ -36,7 +36,7 @@ def run(bench: Bench) -> dict[str, Any]:
     stack = bench.stack
     ingest = bench.port("ingest") or stack.start_ingest()
     direct = bench.port("direct") or stack.start_baseline("direct", DIRECT_APP)
-    bench.client.delete(STREAM_KEY)
+    backlog.empty_stream(bench.client, STREAM_KEY)
     runners = stack.start_runners(1, {"S3_PREFIX": PREFIX}, "runner-lag")
     time.sleep(2)  # let the runner import and create its group before the clock starts
     bodies = payloads.batch_bodies(100)
