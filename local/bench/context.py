@@ -139,9 +139,13 @@ class Bench:
         for _, name, _ in servers:
             self.stop_server(name)
 
+    def _streams_of(self, server: str) -> tuple[redis.Redis | redis.RedisCluster, list[str]]:
+        """The stream keys `server` writes (the stack's by default), and their client."""
+        return self.streams.get(server, (self.client, [STREAM_KEY]))
+
     def _empty_stream(self, server: str) -> None:
-        """Each run starts from an empty stream: the server's keys (the stack's by default)."""
-        client, keys = self.streams.get(server, (self.client, [STREAM_KEY]))
+        """Each run starts from an empty stream."""
+        client, keys = self._streams_of(server)
         for key in keys:
             backlog.empty_stream(client, key)
 
@@ -208,9 +212,10 @@ class Bench:
                 "s3": self.stack.s3_pids,
             }
         ).start()
-        result = load.saturate(
-            "127.0.0.1", port, bodies, self.plan.duration_s, self.plan.connections, self.loadgen
-        )
+        with backlog.kept_empty(*self._streams_of(server)):
+            result = load.saturate(
+                "127.0.0.1", port, bodies, self.plan.duration_s, self.plan.connections, self.loadgen
+            )
         meter.add("loadgen", result.loadgen_cpu_s)
         run = {**result.as_dict(), "cores": meter.stop()}
         # Keep-alive connections stay with the worker that accepted them; when one worker

@@ -214,7 +214,10 @@ def _profile_ingest_load(
     spy = record(master.pid, out, args.duration, args.rate, workers=True)
     time.sleep(0.5)
     before = [sum(map(cpu.process_cpu_s, pids)) for pids in (server, redis_server)]
-    result = load.saturate("127.0.0.1", port, bodies, args.duration, args.connections, args.loadgen)
+    with backlog.kept_empty(client, [STREAM_KEY]):
+        result = load.saturate(
+            "127.0.0.1", port, bodies, args.duration, args.connections, args.loadgen
+        )
     after = [sum(map(cpu.process_cpu_s, pids)) for pids in (server, redis_server)]
     spy.wait(timeout=args.duration + 30)
     stop(master)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import platform
 import subprocess
+import time
 
 import pytest
 import redis
@@ -14,7 +15,7 @@ import redis
 from local.bench import backlog, phases, report, run
 from local.bench.procs import ROOT
 from shared.settings import Settings
-from shared.stream import BacklogFull, EventStream
+from shared.stream import BacklogFull, EventStream, accounting_keys
 
 
 def test_a_full_run_takes_every_phase_in_order() -> None:
@@ -164,3 +165,16 @@ def test_a_run_starts_from_a_stream_ingest_has_room_in(
     backlog.empty_stream(redis_client, settings.stream_key)
     stream.add({b"v": b"1", b"d": b"x"})
     assert redis_client.xlen(settings.stream_key) == 1
+
+
+def test_a_saturating_load_keeps_the_stream_empty_as_consumers_would(
+    redis_client: redis.Redis, settings: Settings
+) -> None:
+    stream = EventStream(redis_client, settings.stream_key, max_len=1_000, max_bytes=100)
+    with backlog.kept_empty(redis_client, [settings.stream_key], every_s=0.02):
+        stream.add({b"v": b"1", b"d": b"x" * 200})  # full until emptied
+        deadline = time.monotonic() + 5
+        while redis_client.exists(*accounting_keys(settings.stream_key)):
+            assert time.monotonic() < deadline, "the stream was never emptied"
+            time.sleep(0.01)
+        stream.add({b"v": b"1", b"d": b"x"})  # room again
