@@ -1,20 +1,27 @@
 """Phase `ingest`: what the HTTP side alone accepts at saturation, no consumer running.
 
-The do-nothing baselines (a bare WSGI app and a bare Flask app under the same gunicorn
-settings), `/batch` at each of the plan's batch sizes, `/batch` of 100 on the previous server
-configuration (gthread), `/v1/batch` (Segment), gzip bodies, `/events`, and the direct-write
-design (each request stored in S3 before the answer). The ingest, previous and direct servers
-stay up for the `rate` phase.
+The hot routes (`/batch` and `/v1/batch` of 100, analytics.js's `/v1/t` of one event), each by
+turns with the do-nothing WSGI app under the same gunicorn settings on the same bodies (issue
+29's targets are their shares of its requests/s); a bare Flask app; `/batch` at the plan's
+other batch sizes, `/batch` of 100 on the previous server configuration (gthread), gzip
+bodies, `/events`, and the direct-write design (each request stored in S3 before the answer).
+The ingest, previous and direct servers stay up for the `rate` phase.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from local.bench import payloads
+from local.bench import payloads, report
 from local.bench.context import DIRECT_APP, PREVIOUS_SERVER, PREVIOUS_SERVER_ENV, Bench, say
 
 NEEDS = frozenset({"redis", "s3"})
+# The routes issue 29 sets targets for (report.INGEST_SHARE_TARGETS), with their bodies.
+HOT_ROUTES = {
+    "/batch 100 events": lambda: payloads.batch_bodies(100),
+    "/v1/batch 100 events (Segment)": lambda: payloads.batch_bodies(100, segment=True),
+    "/v1/t 1 event (analytics.js)": lambda: payloads.browser_bodies(1),
+}
 
 
 def run(bench: Bench) -> dict[str, Any]:
@@ -27,21 +34,23 @@ def run(bench: Bench) -> dict[str, Any]:
     flask_noop = stack.start_baseline("flask-noop", "local.bench.baselines:create_flask_noop()")
     direct = stack.start_baseline("direct", DIRECT_APP)
     bodies100 = payloads.batch_bodies(100)
-    bench.saturate("baseline: do-nothing WSGI, 100-event body", "noop", noop, bodies100, rows)
+    # Issue 29's targets: each hot route at saturation beside the do-nothing app, by turns.
+    for label, bodies in HOT_ROUTES.items():
+        bench.saturate_side_by_side(
+            [(report.INGEST_SHARE_TARGETS[label][0], "noop", noop), (label, "ingest", ingest)],
+            bodies(),
+            rows,
+        )
     bench.saturate(
         "baseline: do-nothing Flask, 100-event body", "flask-noop", flask_noop, bodies100, rows
     )
     for size in bench.plan.batch_sizes:
-        bench.saturate(f"/batch {size} events", "ingest", ingest, payloads.batch_bodies(size), rows)
+        if f"/batch {size} events" not in HOT_ROUTES:
+            bench.saturate(
+                f"/batch {size} events", "ingest", ingest, payloads.batch_bodies(size), rows
+            )
     bench.saturate(
         "/batch 100 events, previous server (gthread)", PREVIOUS_SERVER, previous, bodies100, rows
-    )
-    bench.saturate(
-        "/v1/batch 100 events (Segment)",
-        "ingest",
-        ingest,
-        payloads.batch_bodies(100, segment=True),
-        rows,
     )
     bench.saturate(
         "/batch 100 events, gzip",
