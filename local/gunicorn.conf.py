@@ -15,6 +15,7 @@ import os
 import tempfile
 from pathlib import Path
 
+from local.gevent_redis import check_connections_at_once
 from local.server_limits import BodyDeadline, raise_open_files_limit
 from shared.logs import json_wanted
 
@@ -92,6 +93,9 @@ def post_fork(server, worker):
 
 def post_worker_init(worker):
     # The deadline is kept by gevent's timers: under another worker class (the benchmark's
-    # gthread comparison) there is none to keep.
+    # gthread comparison) there is none to keep. Likewise, only gevent makes redis-py's pool
+    # check slow (local/gevent_redis.py).
     if worker.cfg.worker_class_str == "gevent":
         worker.wsgi = BodyDeadline(worker.wsgi, body_timeout_s)
+        if not check_connections_at_once():
+            worker.log.warning("redis-py's connection check stays gevent's: it changed")
