@@ -8,7 +8,9 @@ one (docs/performance.md). A zero-timeout poll cannot block, so the original sys
 the same check at once; a poll with a timeout (redis-py's pub/sub, which ingest does not use)
 stays gevent's, which waits without blocking the worker. (redis-py 8.1's pool then ignores what
 the check found while its maintenance notifications are on "auto", its default: the check is
-paid for on every request all the same.)
+paid for on every request all the same.) The system call also reports what gevent's poll does
+not (POLLHUP, POLLRDHUP): a connection the server closed reads as closed at checkout, as it
+does without gevent.
 
 Called once per gunicorn gevent worker (local/gunicorn.conf.py). Nothing else changes: the
 Lambda handler and the loop runner do not run under gevent.
@@ -22,23 +24,26 @@ from typing import Any
 from gevent import monkey
 
 _ORIGINAL_POLL = monkey.get_original("select", "poll")
+_DEFAULT_MASK = select.POLLIN | select.POLLPRI | select.POLLOUT  # as select.poll's register
 
 
 class _Poll:
-    """`select.poll`'s interface (what redis-py uses of it): a zero-timeout poll by the system
-    call, any other by gevent's cooperative poll, made only then."""
+    """`select.poll`'s interface: a zero-timeout poll by the system call, any other (None, a
+    negative or a positive timeout) by gevent's cooperative poll, made only then."""
 
     def __init__(self) -> None:
         self._at_once = _ORIGINAL_POLL()
-        self._registered: dict[Any, int] = {}
+        self._registered: dict[int, int] = {}  # fd -> event mask
 
-    def register(self, fd: Any, eventmask: int = select.POLLIN | select.POLLPRI) -> None:
+    def register(self, fd: Any, eventmask: int = _DEFAULT_MASK) -> None:
         self._at_once.register(fd, eventmask)
-        self._registered[fd] = eventmask
+        self._registered[_fileno(fd)] = eventmask
+
+    modify = register
 
     def unregister(self, fd: Any) -> None:
         self._at_once.unregister(fd)
-        del self._registered[fd]
+        del self._registered[_fileno(fd)]
 
     def poll(self, timeout: float | None = None) -> list[tuple[int, int]]:
         if timeout == 0:
@@ -47,6 +52,10 @@ class _Poll:
         for fd, eventmask in self._registered.items():
             cooperative.register(fd, eventmask)
         return cooperative.poll(timeout)
+
+
+def _fileno(fd: Any) -> int:
+    return fd if isinstance(fd, int) else fd.fileno()
 
 
 class _Select:
@@ -63,9 +72,10 @@ def check_connections_at_once() -> bool:
     nothing changed, unless gevent has patched `select` and redis-py's hiredis parser checks
     with `select.poll` as this expects (a later redis-py may not)."""
     from redis._parsers import hiredis
+    from redis.utils import HIREDIS_AVAILABLE  # else the parser is Python's, which never polls
 
     expected = getattr(hiredis, "select", None) is select and getattr(hiredis, "_HAS_POLL", False)
-    if not (monkey.is_module_patched("select") and expected):
+    if not (monkey.is_module_patched("select") and HIREDIS_AVAILABLE and expected):
         return False
     hiredis.select = _Select()
     return True

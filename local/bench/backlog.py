@@ -77,11 +77,16 @@ def kept_empty(
     100,000 events/s, STREAM_MAX_BYTES's 512 MiB fill in about 20 s). UNLINK frees them on
     Redis's background thread; its CPU is counted with Redis's."""
     stop = threading.Event()
+    failed: list[redis.RedisError] = []
 
     def empty() -> None:
         while not stop.wait(every_s):
-            for key in keys:
-                empty_stream(client, key)
+            try:
+                for key in keys:
+                    empty_stream(client, key)
+            except redis.RedisError as exc:  # said after the load: its figures are not ingest's
+                failed.append(exc)
+                return
 
     thread = threading.Thread(target=empty, name="empty-streams", daemon=True)
     thread.start()
@@ -90,6 +95,8 @@ def kept_empty(
     finally:
         stop.set()
         thread.join()
+    if failed:
+        raise RuntimeError(f"the stream could not be kept empty: {failed[0]}") from failed[0]
 
 
 def used_memory(client: redis.Redis) -> int:

@@ -58,33 +58,63 @@ def check_under_gevent(url: str) -> dict[str, Any]:
     after, clean_after = switches_while(connection.can_read)
     pool.release(connection)
 
-    def waits_cooperatively() -> tuple[list, int]:
-        """A poll with a timeout (nothing to read) lets other greenlets run meanwhile."""
+    def waits(timeout: float | None) -> tuple[bool, int]:
+        """A poll that waits (for data a greenlet sends 30 ms later) lets other greenlets run
+        meanwhile and wakes when the data comes: (woken by it, ticks of the other greenlet)."""
         import select
+        import signal
+        import socket
 
         import gevent
         from redis._parsers import hiredis
 
+        ours, theirs = socket.socketpair()
+        poller = hiredis.select.poll()
+        poller.register(ours, select.POLLIN)
         ticks: list[int] = []
 
         def tick() -> None:
-            for _ in range(5):
+            for _ in range(3):
                 ticks.append(1)
                 gevent.sleep(0.005)
 
-        connection = pool.get_connection()
+        def send_later() -> None:
+            gevent.sleep(0.03)
+            theirs.send(b"x")
+
+        gevent.spawn(tick)
+        gevent.spawn(send_later)
+        signal.alarm(10)  # a poll that blocked the loop would wait for ever
+        try:
+            found = poller.poll(timeout)
+        finally:
+            signal.alarm(0)
+        woken = found == [(ours.fileno(), select.POLLIN)]
+        ours.close()
+        theirs.close()
+        return woken, len(ticks)
+
+    def forgets_unregistered() -> list:
+        """A socket unregistered is no longer watched, data waiting on it or not."""
+        import select
+        import socket
+
+        from redis._parsers import hiredis
+
+        ours, theirs = socket.socketpair()
+        theirs.send(b"x")
         poller = hiredis.select.poll()
-        poller.register(connection._sock, select.POLLIN)
-        ticker = gevent.spawn(tick)
-        found = poller.poll(100)
-        meanwhile = len(ticks)
-        ticker.join()
-        pool.release(connection)
-        return found, meanwhile
+        poller.register(ours, select.POLLIN)
+        poller.unregister(ours.fileno())
+        found = [poller.poll(0), poller.poll(50)]
+        ours.close()
+        theirs.close()
+        return found
 
     return {
         "installed": installed,
-        "waiting": waits_cooperatively(),
+        "waiting": [waits(timeout) for timeout in (None, -1, 2000)],
+        "unregistered": forgets_unregistered(),
         "switches": (before, after),
         "clean": (clean_before, clean_after),
         "unread": unread_found(),
@@ -102,7 +132,9 @@ def test_the_pool_check_polls_at_once_and_still_finds_unread_data(
     assert after == 0
     assert seen["clean"] == (False, False)
     assert seen["unread"] == (0, True)
-    assert seen["waiting"] == ([], 5)  # nothing came; the other greenlet ran all along
+    # Waiting polls stay gevent's: woken by the data, the other greenlet running meanwhile.
+    assert seen["waiting"] == [(True, 3)] * 3
+    assert seen["unregistered"] == [[], []]
     assert seen["again"] is False  # once: the parser's `select` is no longer the module
 
 
