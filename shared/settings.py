@@ -94,8 +94,9 @@ def _gzip_level(name: str, raw: str) -> int:
 
 
 # A flush is held in memory whole (its staged events, then its object), and a Parquet flush's
-# text columns are 32-bit-offset strings, which cannot pass 2 GiB: 1 GiB of NDJSON keeps every
-# column below that, with room for the entry that crosses the hint.
+# text columns are 32-bit-offset strings, which cannot pass 2 GiB: 1 GiB counted (either
+# format's staged text, or NDJSON size) keeps every column below that, with room for the entry
+# that crosses the hint.
 MAX_FLUSH_BYTES = 1024 * 1024 * 1024
 
 

@@ -68,6 +68,12 @@ def empty_stream(client: redis.Redis | redis.RedisCluster, key: str) -> None:
     client.unlink(*accounting_keys(key))
 
 
+def empty_streams(client: redis.Redis | redis.RedisCluster, keys: list[str]) -> None:
+    """`empty_stream` of each of `keys` (a stream's shards are in different slots)."""
+    for key in keys:
+        empty_stream(client, key)
+
+
 @contextmanager
 def kept_empty(
     client: redis.Redis | redis.RedisCluster, keys: list[str], every_s: float = 1.0
@@ -82,8 +88,7 @@ def kept_empty(
     def empty() -> None:
         while not stop.wait(every_s):
             try:
-                for key in keys:
-                    empty_stream(client, key)
+                empty_streams(client, keys)
             except redis.RedisError as exc:  # said after the load: its figures are not ingest's
                 failed.append(exc)
                 return

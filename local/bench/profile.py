@@ -27,6 +27,7 @@ import redis
 
 from local.bench import backlog, cpu, load, payloads
 from local.bench.context import BENCH_ENV, BUCKET, GROUP, STREAM_KEY
+from local.bench.phases.ingest import HOT_ROUTES
 from local.bench.procs import ROOT, Stack, stop
 
 # Which stage a frame belongs to, by its file and function (matched against "file function");
@@ -56,7 +57,10 @@ LAYERS = [
     ("encoding the entry (MsgPack)", r"shared/codec\.py"),
     ("gzip (ingest: bodies; consumer: NDJSON objects)", r"^gzip\.py|zlib"),
     ("archive: staging, columns, formats", r"shared/archive/"),
-    ("Redis round trip (redis-py, hiredis)", r"^redis/|hiredis|shared/stream/"),
+    (
+        "Redis round trip (redis-py, hiredis)",
+        r"^redis/|hiredis|shared/stream/|local/gevent_redis\.py",
+    ),
     ("S3 client (boto3)", r"^(boto3|botocore|urllib3|s3transfer)/"),
     ("ingest app (routes, the rest)", r"functions/ingest/"),
     ("consumer drain loop", r"functions/consumer/"),
@@ -183,10 +187,11 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-# What `--only ingest` profiles: (name, the request bodies) of each saturating load.
+# What `--only ingest` profiles: (name, the request bodies) of each saturating load, two of
+# the bench's hot routes.
 INGEST_LOADS = {
-    "batch100": lambda: payloads.batch_bodies(100),
-    "single": lambda: payloads.browser_bodies(1),  # analytics.js: one event to /v1/t
+    "batch100": HOT_ROUTES["/batch 100 events"],
+    "single": HOT_ROUTES["/v1/t 1 event (analytics.js)"],
 }
 
 

@@ -91,10 +91,10 @@ def _by_partition(events: list[dict[str, Any]]) -> Iterator[tuple[str, list[dict
     whose events share one receivedAt: then its events are one group, placed once (placing
     each event costs a tenth of staging it)."""
     try:
-        shared = len(set(map(_RECEIVED_AT, events))) == 1
+        one_request = len(set(map(_RECEIVED_AT, events))) == 1
     except TypeError:  # a receivedAt that is not hashable: placing it says why it is unusable
-        shared = False
-    if shared:
+        one_request = False
+    if one_request:
         yield partition_path(events[0]), events
         return
     groups: dict[str, list[dict[str, Any]]] = {}

@@ -13,6 +13,7 @@ import pytest
 import redis
 
 from local.bench import backlog, phases, report, run
+from local.bench.context import Bench, Plan
 from local.bench.procs import ROOT
 from local.stack import free_port
 from shared.settings import Settings
@@ -231,3 +232,17 @@ def test_a_stream_that_cannot_be_kept_empty_fails_the_load_saying_why() -> None:
         backlog.kept_empty(unreachable, ["events"], every_s=0.01),
     ):
         time.sleep(0.3)
+
+
+def test_a_full_run_stretches_fixed_rate_runs_to_the_latency_targets_requests() -> None:
+    """A full run sends at least the 1,000 batches (at 10/s) and 10,000 single events (at
+    1,000/s) the latency targets name; a smoke run keeps its plan's duration, and its shorter
+    in-process rounds."""
+    full = Bench(None, Plan.full(), "wrk", {})  # type: ignore[arg-type]  # no stack needed
+    smoke = Bench(None, Plan.quick(), "wrk", {})  # type: ignore[arg-type]
+    batches = report.LATENCY_TARGETS[report.BATCHES_AT_RATE]
+    singles = report.LATENCY_TARGETS[report.SINGLES_AT_RATE]
+    assert full.rate_duration_s(10, batches) == 100.0
+    assert full.rate_duration_s(1000, singles) == Plan.full().rate_duration_s  # 20 s > 10 s
+    assert smoke.rate_duration_s(10, batches) == Plan.quick().rate_duration_s
+    assert (full.round_requests(500), smoke.round_requests(500)) == (2000, 500)

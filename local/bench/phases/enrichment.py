@@ -17,7 +17,7 @@ NEEDS = frozenset({"redis"})
 def run(bench: Bench) -> dict[str, Any]:
     say("\n== enrichment's cost: in process, the app with every enrichment on beside off")
     database = enrichment_cost.database(bench.stack.run_dir.parent, say)
-    requests = 2000 if bench.plan.repeat > 1 else 500
+    requests = bench.round_requests(500)
     rows = enrichment_cost.measure(bench.stack.env["REDIS_URL"], STREAM_KEY, requests, database)
     for row in rows:
         say(report.enrichment_line(row))

@@ -22,7 +22,7 @@ def run(bench: Bench) -> dict[str, Any]:
     rows = bench.results["metrics"]
     bench.side_by_side(SERVERS, rows)
     bench.stop_servers(SERVERS)
-    requests = 2000 if bench.plan.repeat > 1 else 500
+    requests = bench.round_requests(500)
     in_process = instrumentation_cost.measure(bench.stack.env["REDIS_URL"], STREAM_KEY, requests)
     # Its share of what a request costs the whole server (gunicorn and Redis included),
     # from the saturation runs without metrics just above.
