@@ -20,20 +20,25 @@ import importlib
 import logging
 import os
 import threading
-import time
-from collections.abc import Callable
 from typing import Any
+from urllib.parse import parse_qsl
 
-import msgspec
 from apig_wsgi import make_lambda_handler
-from flask import Flask, Response, g, request
-from werkzeug.exceptions import HTTPException, NotFound, RequestEntityTooLarge, Unauthorized
+from flask import Flask, Response, request
+from werkzeug.exceptions import NotFound, RequestEntityTooLarge, Unauthorized
 
+from functions.ingest.answers import Refusals, json_bytes
 from functions.ingest.auth import WriteKeys, key_outside_body, write_keys_of
 from functions.ingest.body import read_body
 from functions.ingest.client_address import client_address
-from functions.ingest.instrumentation import instrument, request_id
-from functions.ingest.rate_limits import UNKNOWN_SOURCE, RateLimits, metric_labels
+from functions.ingest.event_routes import (
+    BROWSER_PREFIXES,
+    EventRoute,
+    EventRoutes,
+    served_in_front,
+)
+from functions.ingest.instrumentation import RequestRecord, flask_record, instrument
+from functions.ingest.rate_limits import RateLimits
 from functions.ingest.sdk_settings import (
     analytics_js_settings,
     api_location,
@@ -44,56 +49,43 @@ from functions.ingest.tracking_plan import TrackingPlan, positions
 from shared import codec, events, logs, metrics
 from shared.enrichment import Enricher
 from shared.settings import Settings
-from shared.stream import (
-    REDIS_ERRORS,
-    BacklogFull,
-    EventStream,
-    RateLimited,
-    ReplicationShortfall,
-    ShardedStream,
-    producer,
-)
+from shared.stream import BacklogFull, EventStream, RateLimited, ShardedStream, producer
 
 log = logging.getLogger(__name__)
 
-# Seconds a client should wait: Redis hiccups pass quickly, a full backlog takes consumers longer.
-RETRY_AFTER_UNAVAILABLE_S = "1"
-RETRY_AFTER_BACKLOG_S = "5"
-# Where browsers send from other origins: Segment's API, RudderStack's beacon and config.
-BROWSER_PREFIXES = ("/v1/", "/beacon/", "/sourceConfig")
 # Segment's single-event paths, long and short (analytics.js posts to /v1/t, /v1/p, ...).
 SEGMENT_EVENT_PATHS = {name: name for name in sorted(events.EVENT_TYPES)} | {
     name[0]: name for name in sorted(events.EVENT_TYPES)
 }
+SEGMENT_EVENT_RULE = f"/v1/<any({', '.join(SEGMENT_EVENT_PATHS)}):path>"
+# Segment's batch paths: /v1/b is analytics.js batching, Swift and Kotlin; /beacon/v1/batch
+# RudderStack's beacon, keyed by ?writeKey=.
+SEGMENT_BATCH_RULES = ("/v1/batch", "/v1/import", "/v1/b", "/beacon/v1/batch")
 DEFAULT_ALLOWED_HEADERS = "Content-Type, Content-Encoding, Authorization, X-Retry-Count"
 # analytics.js fetches its settings at every page load; a key's settings change rarely.
 SETTINGS_MAX_AGE_S = 300
-ERROR_CODES = {
-    400: "invalid_request",
-    401: "unauthorized",
-    403: "forbidden",
-    404: "not_found",
-    405: "method_not_allowed",
-    408: "request_timeout",
-    413: "too_large",
-    415: "unsupported_media_type",
-}
-
-_json = msgspec.json.Encoder()
 
 
 def json_response(body: dict[str, Any], status: int, **headers: str) -> Response:
-    return Response(_json.encode(body), status, headers, mimetype="application/json")
+    return Response(json_bytes(body), status, headers, mimetype="application/json")
 
 
-def error_response(
-    status: int, error: str, message: str, headers: dict[str, str] | None = None, **details: Any
-) -> Response:
-    """An error answer. `code` repeats `error` for Segment's SDKs: analytics-python reads
-    `code` and `message`, and retries a 4xx whose body lacks them as if it were transient."""
-    body = {"error": error, "code": error, "message": message, **details}
-    g.error = error  # for the metrics: the reason of a refusal
-    return json_response(body, status, **(headers or {}))
+def event_routes() -> dict[str, EventRoute]:
+    """Every event path (as requested) and its route. Segment's paths answer with a trailing
+    slash too (analytics-java posts to /v1/import/), never with a redirect: a redirected POST
+    loses its body."""
+    routes = {
+        "/batch": EventRoute("/batch", segment=False, single=False),
+        "/events": EventRoute("/events", segment=False, single=True),
+    }
+    for rule in SEGMENT_BATCH_RULES:
+        for slash in ("", "/"):
+            routes[rule + slash] = EventRoute(rule + slash, segment=True, single=False)
+    for name, event_type in SEGMENT_EVENT_PATHS.items():
+        for slash in ("", "/"):
+            route = EventRoute(SEGMENT_EVENT_RULE + slash, True, True, default_type=event_type)
+            routes[f"/v1/{name}{slash}"] = route
+    return routes
 
 
 class Ingest:
@@ -127,31 +119,33 @@ class Ingest:
     def write_keys(self) -> WriteKeys:
         return self._write_keys()
 
-    def __call__(self, segment: bool, single: bool, default_type: str | None = None) -> int:
-        """Accept the current request; return how many events it added."""
-        g.ingesting = True
-        key = key_outside_body(request.headers.get("Authorization"), request.args.get("writeKey"))
+    def __call__(self, environ: dict[str, Any], route: EventRoute, record: RequestRecord) -> int:
+        """Accept the WSGI request `environ` on `route`, marking `record`; return how many
+        events it held."""
+        authorization = environ.get("HTTP_AUTHORIZATION")
+        key = key_outside_body(authorization, _query_write_key(environ.get("QUERY_STRING")))
         source_known = key is not None or not self.write_keys.required  # anonymous: known
         if source_known:  # refuse a bad key before spending anything on the body ...
-            g.source = self.write_keys.source_of(key)
+            record.identified(self.write_keys.source_of(key))
         # ... and a request whose address (or source, when known yet) was just over its limit.
-        address = client_address(request.environ, self.settings.trusted_proxies)
-        self.rate_limits.refuse_early(address, g.get("source"), source_known)
-        body = read_body(request, self.settings.max_body_bytes, any_content_type=segment)
-        g.body_bytes = len(body)
+        address = client_address(environ, self.settings.trusted_proxies)
+        self.rate_limits.refuse_early(address, record.source, source_known)
+        segment, single = route.segment, route.single
+        body = read_body(environ, self.settings.max_body_bytes, any_content_type=segment)
+        record.body_bytes = len(body)
         document = self._decode(body, authenticated=key is not None)
         fields = document if isinstance(document, dict) else {}
         if not source_known:  # the key is in the body (analytics.js): known only now
-            g.source = self.write_keys.source_of(fields.get("writeKey"))
-        source = g.source
+            record.identified(self.write_keys.source_of(fields.get("writeKey")))
+        source = record.source
         raw_events = [document] if single else events.batch_events(document)
-        g.events = len(raw_events)
+        record.events = len(raw_events)
         envelope = events.Envelope(
             source=source,
             sent_at=None if single else fields.get("sentAt"),
             context=None if single else fields.get("context"),
             integrations=None if single else fields.get("integrations"),
-            default_type=default_type,
+            default_type=route.default_type,
         )
         max_body = self.settings.max_body_bytes
         try:  # before any work per event: a few bytes must not make megabytes to stamp
@@ -168,8 +162,9 @@ class Ingest:
         )
         # Suppression first: a suppressed subject's events are neither checked nor refused.
         unsuppressed = self.suppression.kept(prepared)
+        record.suppressed = len(prepared) - len(unsuppressed)
         planned, quarantined = self.tracking_plan.checked(
-            unsuppressed, source, refuse_blocked=not segment
+            unsuppressed, source, refuse_blocked=not segment, record=record
         )
         kept = self.enricher.enrich(prepared, address, len(body))  # no bots under DROP_BOTS
         max_stored = events.max_stored_bytes(
@@ -182,15 +177,14 @@ class Ingest:
         marked = positions(prepared, quarantined)
         entry = self._encode(prepared, max_stored, marked)
         stored = _all_of(kept, planned) if planned is not prepared else kept
-        if len(stored) < len(planned):  # bots among what was neither suppressed nor blocked
-            g.bots_dropped = len(planned) - len(stored)
+        # Bots among what was neither suppressed nor blocked.
+        record.bots_dropped = len(planned) - len(stored)
         if not stored:  # answered as if stored
             return len(prepared)
         if len(stored) < len(prepared):
             marked = positions(stored, quarantined)
             entry = self._encode(stored, max_stored, marked)
-        if marked:
-            g.quarantined = len(marked)
+        record.quarantined = len(marked)
         buckets = self.rate_limits.buckets(source, address)
         try:
             self.stream.add(entry, cost=len(stored), buckets=buckets)
@@ -229,6 +223,14 @@ class Ingest:
         return entry
 
 
+def _query_write_key(query: str | None) -> str | None:
+    """`?writeKey=` (RudderStack's beacon), parsed as Flask parses `request.args`."""
+    if not query:
+        return None
+    pairs = parse_qsl(query.encode("latin1").decode(), True, errors="werkzeug.url_quote")
+    return next((value for name, value in pairs if name == "writeKey"), None)
+
+
 def _all_of(kept: list[dict[str, Any]], planned: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The events of `kept` that are also in `planned` (both subsets of one request's)."""
     storing = {id(event) for event in planned}
@@ -241,39 +243,24 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     ingest = Ingest(settings)
     collector = metrics.StreamCollector(lambda: ingest.stream.client, settings)
+    counting = settings.metrics_enabled
     instrument(
-        app,
-        collector if settings.metrics_enabled else None,
-        settings.metrics_token,
-        settings.metrics_public,
+        app, collector if counting else None, settings.metrics_token, settings.metrics_public
     )
     if not ingest.write_keys.required:
         log.warning(
             "WRITE_KEYS is unset: ACCEPTING ANONYMOUS REQUESTS from anyone who can reach us"
         )
+    routes = event_routes()
+    for rule in sorted({route.rule for route in routes.values()}):
+        app.add_url_rule(rule, f"events {rule}", served_in_front, methods=["POST"])
+    refusals = Refusals()
+    app.wsgi_app = EventRoutes(  # type: ignore[method-assign]
+        app.wsgi_app, routes, ingest, refusals, counting, settings.cors_allow_origin
+    )
 
-    @app.post("/batch")
-    def native_batch() -> Response:
-        return json_response({"accepted": ingest(segment=False, single=False)}, 202)
-
-    @app.post("/events")
-    def native_event() -> Response:
-        return json_response({"accepted": ingest(segment=False, single=True)}, 202)
-
-    post = _slash_tolerant_post(app)
-
-    @post("/v1/batch", "/v1/import", "/v1/b")  # /v1/b: analytics.js batching, Swift, Kotlin
-    @post("/beacon/v1/batch")  # RudderStack's beacon, keyed by ?writeKey=
-    def segment_batch() -> Response:
-        ingest(segment=True, single=False)
-        return json_response({"success": True}, 200)
-
-    @post(f"/v1/<any({', '.join(SEGMENT_EVENT_PATHS)}):path>")
-    def segment_event(path: str) -> Response:
-        ingest(segment=True, single=True, default_type=SEGMENT_EVENT_PATHS[path])
-        return json_response({"success": True}, 200)
-
-    @post("/v1/m")
+    @app.post("/v1/m")
+    @app.post("/v1/m/")
     def sdk_metrics() -> Response:
         # analytics.js's and the mobile SDKs' counters about themselves: not events. The
         # settings we serve turn them off; a client configured otherwise is not refused.
@@ -361,24 +348,8 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     if settings.admin_token:  # by name: not in this function's Lambda bundle (AdminFunction's)
         importlib.import_module("functions.admin.routes").register_admin_routes(app, settings)
-    _register_error_handlers(app)
+    _register_error_handlers(app, refusals)
     return app
-
-
-def _slash_tolerant_post(app: Flask) -> Callable[..., Callable]:
-    """`@post(rule, ...)`: POST routes that answer with a trailing slash too (analytics-java
-    posts to /v1/import/), never with a redirect: a redirected POST loses its body."""
-
-    def post(*rules: str) -> Callable:
-        def register(view: Callable) -> Callable:
-            for rule in rules:
-                app.post(rule)(view)
-                app.post(f"{rule}/")(view)
-            return view
-
-        return register
-
-    return post
 
 
 def _known_key_or_404(write_keys: WriteKeys, key: str) -> None:
@@ -394,117 +365,13 @@ def _cacheable(response: Response, shared: bool) -> Response:
     return response
 
 
-def _register_error_handlers(app: Flask) -> None:
-    @app.errorhandler(events.InvalidRequest)
-    def invalid(exc: events.InvalidRequest) -> Response:
-        return error_response(400, exc.code, exc.summary(), **exc.details())
-
-    # For these 503s nothing was accepted; the client keeps the events and retries.
-    refusals = _Throttled(
-        log, "refusing events: %s (%d refusals since the last such line; one line per %ds)"
-    )
-
-    # Redis away: a line when the first request is refused, one per interval while it lasts
-    # (how many were refused meanwhile), and one when Redis answers again (how many in all).
-    outage = _Throttled(
-        log,
-        "stream unavailable, answering 503: %s (%d requests refused since the last such line; "
-        "one line per %ds until it is back)",
-    )
-
-    def stream_answered() -> None:
-        outage.end("stream available again after %.1fs of outage: %d requests refused")
-
-    @app.after_request
-    def events_accepted(response: Response) -> Response:
-        if g.get("ingesting") and response.status_code < 300:
-            stream_answered()
-        return response
-
-    @app.errorhandler(BacklogFull)
-    def backlog_full(exc: BacklogFull) -> Response:
-        stream_answered()
-        refusals.warn(exc)
-        message = "too many events wait to be archived, retry later"
-        return error_response(503, "backlog_full", message, {"Retry-After": RETRY_AFTER_BACKLOG_S})
-
-    limited = _Throttled(
-        log, "rate limiting: %s (%d requests answered 429 since the last such line; one per %ds)"
-    )
-
-    @app.errorhandler(RateLimited)
-    def rate_limited(exc: RateLimited) -> Response:
-        # Nothing was stored; Segment's SDKs wait Retry-After (or back off) and send again.
-        limited.warn(exc)
-        g.rate_limited = metric_labels(g.get("source", UNKNOWN_SOURCE), exc.bucket)
-        message = "too many events from this source or address, retry later"
-        retry_after = {"Retry-After": str(exc.retry_after_s)}
-        return error_response(429, "rate_limited", message, retry_after)
-
-    @app.errorhandler(ReplicationShortfall)
-    def replication_timeout(exc: ReplicationShortfall) -> Response:
-        # The primary holds the entry and it will most likely be archived; but a failover now
-        # could lose it, so it is not acknowledged. A retry may store it twice, never lose it.
-        stream_answered()
-        refusals.warn(exc)
-        message = "the events did not reach enough replicas in time, retry later"
-        retry_after = {"Retry-After": RETRY_AFTER_UNAVAILABLE_S}
-        return error_response(503, "replication_timeout", message, retry_after)
-
-    def stream_unavailable(exc: Exception) -> Response:
-        outage.warn(exc)
-        message = "event buffer unavailable, retry later"
-        retry_after = {"Retry-After": RETRY_AFTER_UNAVAILABLE_S}
-        return error_response(503, "unavailable", message, retry_after)
-
-    for unavailable in REDIS_ERRORS:
-        app.register_error_handler(unavailable, stream_unavailable)
-
-    @app.errorhandler(HTTPException)
-    def http_error(exc: HTTPException) -> Response:
-        status = exc.code or 500
-        response = error_response(status, ERROR_CODES.get(status, "http_error"), exc.description)
-        # Keep what HTTP requires of the error (Allow on 405, WWW-Authenticate on 401).
-        for name, value in exc.get_headers():
-            if name.lower() != "content-type":
-                response.headers[name] = value
-        if status == 401:
-            response.headers["WWW-Authenticate"] = 'Basic realm="events"'
-        return response
+def _register_error_handlers(app: Flask, refusals: Refusals) -> None:
+    """Flask's routes' errors answered as the event routes' are (functions/ingest/answers.py)."""
 
     @app.errorhandler(Exception)
-    def unexpected(exc: Exception) -> Response:
-        log.exception("unexpected error, request id %s", request_id())
-        return error_response(500, "internal", "internal error", requestId=request_id())
-
-
-class _Throttled:
-    """A warning logged at most once per interval, with how often it happened meanwhile: under
-    sustained backpressure every request is refused, and one line per refusal would flood.
-    `end` closes an episode (an outage) with one line of its length and total, and the next
-    episode's first occurrence is logged at once."""
-
-    def __init__(self, logger: logging.Logger, message: str, interval_s: int = 10) -> None:
-        self.logger, self.message, self.interval_s = logger, message, interval_s
-        self.count, self.next_at = 0, 0.0
-        self.total, self.began_at = 0, None
-
-    def warn(self, detail: object) -> None:
-        self.count += 1
-        self.total += 1
-        now = time.monotonic()
-        if self.began_at is None:
-            self.began_at = now
-        if now >= self.next_at:
-            self.logger.warning(self.message, detail, self.count, self.interval_s)
-            self.count, self.next_at = 0, now + self.interval_s
-
-    def end(self, message: str) -> None:
-        """If an episode is open: log `message` with its seconds and its total, and close it."""
-        if self.began_at is None:
-            return
-        self.logger.warning(message, time.monotonic() - self.began_at, self.total)
-        self.count, self.next_at, self.total, self.began_at = 0, 0.0, 0, None
+    def refused(exc: Exception) -> Response:
+        answer = refusals.answer(exc, flask_record())
+        return json_response(answer.body, answer.status, **answer.headers)
 
 
 if logs.json_wanted():  # on Lambda; gunicorn's workers are set up by local/gunicorn.conf.py

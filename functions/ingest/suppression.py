@@ -7,16 +7,13 @@ costs no Redis round trip for it, and nothing is hashed while no suppression is 
 Ingest reads suppressions from Redis only, never from the bucket: the consumer rebuilds
 Redis's copy when it is lost, and drops what slipped through meanwhile.
 
-The count of events dropped is marked on `flask.g` (`suppressed`), for the metrics
-(functions/ingest/instrumentation.py).
+Ingest counts the events dropped for the metrics (functions/ingest/instrumentation.py).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
-
-from flask import g
 
 from shared import regulations
 from shared.settings import Settings
@@ -37,7 +34,4 @@ class Suppression:
         view = self.view.current()
         if not view.suppressed:  # the usual case: no hashing at all
             return prepared
-        kept = [event for event in prepared if not view.suppresses(event)]
-        if len(kept) < len(prepared):
-            g.suppressed = len(prepared) - len(kept)
-        return kept
+        return [event for event in prepared if not view.suppresses(event)]

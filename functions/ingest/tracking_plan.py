@@ -15,9 +15,9 @@ Suppressed events are never checked: suppression comes first (functions/ingest/a
 suppressed subject's blocked event is answered 2xx and stored nowhere. The plan checks events
 as the client sent them (stamped, before enrichment adds the server's fields to `context`).
 
-For the metrics (functions/ingest/instrumentation.py), `flask.g` gets `violations`, a list of
-(source, event, violation type) labels, `blocked`, the count of events not stored, and
-`quarantined`.
+For the metrics (functions/ingest/instrumentation.py), the request's record gets `violations`,
+a list of (source, event, violation type) labels, and `blocked`, the count of events not
+stored.
 """
 
 from __future__ import annotations
@@ -25,8 +25,7 @@ from __future__ import annotations
 from collections.abc import Set as AbstractSet
 from typing import Any
 
-from flask import g
-
+from functions.ingest.instrumentation import RequestRecord
 from shared import events
 from shared.plans.source import reloading_plan
 from shared.plans.validation import MAX_TAG_BYTES, CompiledPlan, Violation
@@ -49,7 +48,11 @@ class TrackingPlan:
         self.max_added_bytes = 0 if self._plan is None else MAX_TAG_BYTES
 
     def checked(
-        self, prepared: list[dict[str, Any]], source: str | None, refuse_blocked: bool
+        self,
+        prepared: list[dict[str, Any]],
+        source: str | None,
+        refuse_blocked: bool,
+        record: RequestRecord,
     ) -> tuple[list[dict[str, Any]], AbstractSet[int]]:
         """The events of `prepared` to store, violators tagged in place, and the `id()`s of
         those to quarantine; `Blocked` if `refuse_blocked` (the native paths) and the plan
@@ -60,7 +63,7 @@ class TrackingPlan:
         first = plan.first_violating(prepared, source)
         if first is None:  # most requests break no rule: nothing made
             return prepared, _NONE
-        return _acted_on(plan, prepared, source, refuse_blocked, *first)
+        return _acted_on(plan, prepared, source, refuse_blocked, record, *first)
 
 
 _NONE: frozenset[int] = frozenset()
@@ -71,6 +74,7 @@ def _acted_on(
     prepared: list[dict[str, Any]],
     source: str | None,
     refuse_blocked: bool,
+    record: RequestRecord,
     first: int,
     found: list[Violation],
 ) -> tuple[list[dict[str, Any]], AbstractSet[int]]:
@@ -101,10 +105,10 @@ def _acted_on(
         passed_from = index + 1
         violating = plan.first_violating(prepared, source, passed_from)
     kept.extend(prepared[passed_from:])
-    g.violations = labels
+    record.violations = labels
     if blocked and refuse_blocked:
         raise Blocked(blocked)
-    g.blocked = len(prepared) - len(kept)
+    record.blocked = len(prepared) - len(kept)
     return (kept if len(kept) < len(prepared) else prepared), quarantined
 
 

@@ -1,0 +1,64 @@
+"""The event routes, answered in front of Flask (functions/ingest/event_routes.py): the same
+routes as Flask's rules, never through Flask's request machinery, and everything else still
+Flask's."""
+
+from __future__ import annotations
+
+import pytest
+from flask import Flask
+
+from functions.ingest.app import create_app, event_routes
+from functions.ingest.event_routes import served_in_front
+from shared.settings import Settings
+
+EVENT = {"type": "track", "event": "Signed Up", "userId": "u-1"}
+
+
+@pytest.fixture
+def app(settings: Settings) -> Flask:
+    return create_app(settings)
+
+
+def test_every_event_path_is_the_flask_rule_its_metrics_are_labelled_with(app: Flask) -> None:
+    adapter = app.url_map.bind("ingest.example.com")
+    routes = event_routes()
+    for path, route in routes.items():
+        rule, _ = adapter.match(path, "POST", return_rule=True)
+        assert (rule.rule, rule.endpoint) == (route.rule, f"events {route.rule}"), path
+    # ... and every Flask rule of an event route is served in front (no POST falls through).
+    rules = {r.rule for r in app.url_map.iter_rules() if r.endpoint.startswith("events ")}
+    assert rules == {route.rule for route in routes.values()}
+    assert {"/v1/t", "/v1/track/", "/v1/batch/", "/beacon/v1/batch", "/events"} <= set(routes)
+
+
+def test_an_event_request_never_enters_flask(app: Flask, monkeypatch) -> None:
+    def no_flask_request(environ):
+        raise AssertionError(f"{environ['PATH_INFO']} went through Flask")
+
+    monkeypatch.setattr(app, "request_context", no_flask_request)
+    client = app.test_client()
+    assert client.post("/batch", json={"batch": [EVENT]}).status_code == 202
+    refused = client.post("/v1/t", data=b"not json", content_type="text/plain")
+    assert refused.status_code == 400  # errors too are answered in front
+    assert refused.headers["Access-Control-Allow-Origin"] == "*"
+    with pytest.raises(AssertionError, match="went through Flask"):
+        client.get("/livez")  # the others are Flask's
+
+
+def test_the_flask_view_of_an_event_route_is_never_reached_quietly() -> None:
+    with pytest.raises(RuntimeError, match="in front of Flask"):
+        served_in_front(path="t")
+
+
+def test_other_methods_and_preflights_on_event_paths_stay_flask_s(app: Flask) -> None:
+    client = app.test_client()
+    wrong = client.put("/v1/t")
+    assert wrong.status_code == 405 and "POST" in wrong.headers["Allow"]
+    preflight = client.options("/v1/batch", headers={"Origin": "https://shop.example"})
+    assert preflight.status_code == 204
+    assert "POST" in preflight.headers["Access-Control-Allow-Methods"]
+
+
+def test_a_post_to_an_unknown_path_is_flask_s_404(app: Flask) -> None:
+    missing = app.test_client().post("/v1/tracks", json=EVENT)
+    assert missing.status_code == 404 and missing.get_json()["error"] == "not_found"
