@@ -5,8 +5,9 @@ is now and through this, and asks for the same events or the same refusal. Never
 follow a change of the app: a difference is a change of behaviour.
 
 Left out, because they are not what ingest's speed work touches, and have their own tests:
-authentication, reading and decompressing the body, rate limits, suppression and tracking
-plans; enrichment is the live `Enricher` (it runs after stamping, on the stamped events).
+authentication, reading and decompressing the body (but for its size limit), rate limits,
+suppression and tracking plans; enrichment is the live `Enricher` (it runs after stamping, on
+the stamped events).
 """
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ def reference_events(
 ) -> list[dict[str, Any]] | Refused:
     """The events the request of `body` stored (as the entry's MsgPack decodes them), or how
     it was refused. Keys are not required (anonymous mode): a malformed body is a 400."""
+    if len(body) > max_body_bytes:
+        return Refused(413, "too_large")
     try:
         document = events.decode_json(body)
         fields = document if isinstance(document, dict) else {}
