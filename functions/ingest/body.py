@@ -15,9 +15,9 @@ from __future__ import annotations
 import zlib
 from typing import Any
 
-from werkzeug.exceptions import RequestEntityTooLarge, UnsupportedMediaType
+from werkzeug.exceptions import ClientDisconnected, RequestEntityTooLarge, UnsupportedMediaType
 from werkzeug.http import parse_options_header
-from werkzeug.wsgi import get_input_stream
+from werkzeug.wsgi import get_content_length, get_input_stream
 
 from shared.events import InvalidRequest, request_problem
 
@@ -51,7 +51,7 @@ def read_body(environ: dict[str, Any], max_bytes: int, any_content_type: bool) -
     if not any_content_type:
         _check_content_type(parse_options_header(environ.get("CONTENT_TYPE"))[0].lower())
     try:
-        raw = get_input_stream(environ, max_content_length=max_bytes).read()
+        raw = _raw_body(environ, max_bytes)
     except RequestEntityTooLarge:
         raise RequestEntityTooLarge(f"body is larger than {max_bytes} bytes") from None
     encoding = environ.get("HTTP_CONTENT_ENCODING", "identity").strip().lower()
@@ -70,6 +70,23 @@ def read_body(environ: dict[str, Any], max_bytes: int, any_content_type: bool) -
     if len(body) > max_bytes:
         raise RequestEntityTooLarge(f"body is larger than {max_bytes} bytes")
     return body
+
+
+def _raw_body(environ: dict[str, Any], max_bytes: int) -> bytes:
+    """The body as sent, as werkzeug's input stream reads it: 413 when Content-Length is over
+    `max_bytes`, 400 (ClientDisconnected) when fewer bytes come. A body of a known length is read
+    in one call (werkzeug's stream wraps each read in several layers: a tenth of a single
+    event's request); one sent in chunks, of no stated length, is werkzeug's to bound."""
+    length = get_content_length(environ)
+    if length is None or length > max_bytes:
+        return get_input_stream(environ, max_content_length=max_bytes).read()
+    try:
+        raw = environ["wsgi.input"].read(length) if length else b""
+    except (OSError, ValueError):
+        raise ClientDisconnected() from None
+    if len(raw) < length:
+        raise ClientDisconnected()
+    return raw
 
 
 def _check_content_type(mimetype: str) -> None:

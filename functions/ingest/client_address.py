@@ -22,6 +22,7 @@ rate limits (rate_limits.py) use this; so does enrichment.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import logging
 from collections.abc import Mapping, Sequence
@@ -62,6 +63,7 @@ def client_address(
     return _walk(peer, hops, trusted_proxies)
 
 
+@functools.lru_cache(maxsize=4096)  # a client sends many requests from one address
 def parse_address(text: str) -> Address | None:
     """An address as proxies write them (`192.0.2.1`, `192.0.2.1:443`, `2001:db8::1`,
     `[2001:db8::1]:443`), or None for anything else (`unknown`, a hidden name, junk)."""

@@ -37,6 +37,7 @@ MAX_ADDRESS_TEXT = 64
 CLIENT_IP_CACHE = 4096
 
 
+@lru_cache(maxsize=CLIENT_IP_CACHE)  # the request's address: one client sends many
 def stored_form(address: Address | None, handling: str) -> str | None:
     """What `context.ip` holds for `address` under `handling` (None: nothing)."""
     if address is None or handling == NONE:

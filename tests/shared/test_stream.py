@@ -176,6 +176,17 @@ def test_with_wait_replicas_a_redis_without_the_script_cached_loads_it(replicate
     assert replica.xrange(settings.stream_key, entry_id, entry_id)
 
 
+def test_a_redis_without_the_script_cached_loads_it(
+    redis_client: redis.Redis, settings: Settings
+) -> None:
+    producer = EventStream.from_settings(settings)
+    producer.add(FIELDS)
+    redis_client.script_flush()  # as after a restart or a failover to a replica
+    producer.add(FIELDS)
+    assert redis_client.xlen(settings.stream_key) == 2  # written once, not twice
+    assert redis_client.script_exists(producer._add_if_room.sha) == [True]
+
+
 # --- groups and reading -------------------------------------------------------------------
 
 
