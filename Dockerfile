@@ -15,7 +15,7 @@ RUN pip install --no-cache-dir --disable-pip-version-check --root-user-action=ig
 
 COPY shared/ shared/
 COPY functions/ functions/
-COPY local/__init__.py local/gunicorn.conf.py local/gevent_redis.py local/server_limits.py local/runner.py local/
+COPY local/__init__.py local/gunicorn.conf.py local/gevent_redis.py local/gevent_appends.py local/server_limits.py local/runner.py local/
 RUN python -m compileall -q shared functions local \
     && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin app
 

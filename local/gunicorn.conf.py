@@ -94,8 +94,13 @@ def post_fork(server, worker):
 def post_worker_init(worker):
     # The deadline is kept by gevent's timers: under another worker class (the benchmark's
     # gthread comparison) there is none to keep. Likewise, only gevent makes redis-py's pool
-    # check slow (local/gevent_redis.py).
+    # check slow (local/gevent_redis.py), and only greenlets share a round trip to Redis
+    # (local/gevent_appends.py).
     if worker.cfg.worker_class_str == "gevent":
         worker.wsgi = BodyDeadline(worker.wsgi, body_timeout_s)
         if not check_connections_at_once():
             worker.log.warning("redis-py's connection check stays gevent's: it changed")
+        # Imported here: it imports redis-py, which gevent must patch first (the worker does).
+        from local.gevent_appends import group_appends
+
+        group_appends()

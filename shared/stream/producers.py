@@ -16,7 +16,9 @@ import logging
 import math
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import redis
 
@@ -79,6 +81,10 @@ class EventStream:
     def __post_init__(self) -> None:
         self._add_if_room = self.client.register_script(ADD_IF_ROOM)
         self.keys = accounting_keys(self.key)
+        # Where an append without WAIT goes: alone, or with the other appends the process has
+        # in flight (send_appends_with).
+        grouped = _grouping is not None and type(self.client) is redis.Redis
+        self._send = _grouping(self.client) if grouped else self.client.execute_command
 
     @classmethod
     def from_settings(cls, settings: Settings, client: Client | None = None) -> EventStream:
@@ -129,13 +135,13 @@ class EventStream:
         """The append script, as redis-py's Script runs it (loaded again into a Redis that lost
         it), by the client's command path directly: Script's own wrapping is a tenth of the
         round trip's CPU for a single event."""
-        sha = self._add_if_room.sha
+        command = ("EVALSHA", self._add_if_room.sha, len(keys), *keys, *args)
         try:
-            return self.client.execute_command("EVALSHA", sha, len(keys), *keys, *args)
+            return self._send(*command)
         except redis.exceptions.NoScriptError:
             # A restarted or promoted Redis has no scripts cached; nothing was written.
             self.client.script_load(ADD_IF_ROOM)
-            return self.client.execute_command("EVALSHA", sha, len(keys), *keys, *args)
+            return self._send(*command)
 
     def _add_and_wait(self, keys: list[str], args: list) -> EntryId | list | None:
         """The append and WAIT in one pipeline: one round trip, and on one connection, which
@@ -183,6 +189,20 @@ class EventStream:
                 self.client.nodes_manager.initialize()
             except REDIS_ERRORS as exc:  # no node answers yet: the next request tries again
                 log.warning("could not refresh the cluster's slot map: %s", exc)
+
+
+# What sends the appends of a process that has several in flight at once (a gevent worker: one
+# greenlet per request), given its client: installed by local/gevent_appends.py.
+Grouping = Callable[[redis.Redis], Callable[..., Any]]
+_grouping: Grouping | None = None
+
+
+def send_appends_with(grouping: Grouping | None) -> None:
+    """Send the appends (without WAIT, on one Redis) of the EventStreams made from now on
+    through `grouping(client)`, which takes a command's parts and returns its reply or raises
+    its error, as `client.execute_command` does; None: each alone again."""
+    global _grouping
+    _grouping = grouping
 
 
 # How often a producer lists its shards again (well within shards.RETIRE_AFTER_S), and how
