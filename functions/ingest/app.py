@@ -31,12 +31,7 @@ from functions.ingest.answers import Refusals, json_bytes
 from functions.ingest.auth import WriteKeys, key_outside_body, write_keys_of
 from functions.ingest.body import read_body
 from functions.ingest.client_address import client_address
-from functions.ingest.event_routes import (
-    BROWSER_PREFIXES,
-    EventRoute,
-    EventRoutes,
-    served_in_front,
-)
+from functions.ingest.event_routes import BROWSER_PREFIXES, EventRoute, EventRoutes
 from functions.ingest.instrumentation import RequestRecord, flask_record, instrument
 from functions.ingest.rate_limits import RateLimits
 from functions.ingest.sdk_settings import (
@@ -252,9 +247,20 @@ def create_app(settings: Settings | None = None) -> Flask:
             "WRITE_KEYS is unset: ACCEPTING ANONYMOUS REQUESTS from anyone who can reach us"
         )
     routes = event_routes()
-    for rule in sorted({route.rule for route in routes.values()}):
-        app.add_url_rule(rule, f"events {rule}", served_in_front, methods=["POST"])
     refusals = Refusals()
+
+    def served_by_flask(**_: str) -> Response:
+        """What EventRoutes answers in front of Flask, for a POST that reaches Flask's rule all
+        the same: answered alike, metrics and CORS by Flask's hooks, errors by its handler."""
+        route = routes[request.path]
+        record = flask_record()
+        record.ingesting = True
+        answer = route.accepted(ingest(request.environ, route, record))
+        refusals.stream_answered()
+        return json_response(answer.body, answer.status)
+
+    for rule in sorted({route.rule for route in routes.values()}):
+        app.add_url_rule(rule, f"events {rule}", served_by_flask, methods=["POST"])
     app.wsgi_app = EventRoutes(  # type: ignore[method-assign]
         app.wsgi_app, routes, ingest, refusals, counting, settings.cors_allow_origin
     )

@@ -74,9 +74,10 @@ def read_body(environ: dict[str, Any], max_bytes: int, any_content_type: bool) -
 
 def _raw_body(environ: dict[str, Any], max_bytes: int) -> bytes:
     """The body as sent, as werkzeug's input stream reads it: 413 when Content-Length is over
-    `max_bytes`, 400 (ClientDisconnected) when fewer bytes come. A body of a known length is read
-    in one call (werkzeug's stream wraps each read in several layers: a tenth of a single
-    event's request); one sent in chunks, of no stated length, is werkzeug's to bound."""
+    `max_bytes`; when fewer bytes come, what came where the server ends the stream itself
+    (`wsgi.input_terminated`: gunicorn), else 400 (ClientDisconnected). A body of a known length
+    is read in one call (werkzeug's stream wraps each read in several layers: a tenth of a
+    single event's request); one sent in chunks, of no stated length, is werkzeug's to bound."""
     length = get_content_length(environ)
     if length is None or length > max_bytes:
         return get_input_stream(environ, max_content_length=max_bytes).read()
@@ -84,7 +85,7 @@ def _raw_body(environ: dict[str, Any], max_bytes: int) -> bytes:
         raw = environ["wsgi.input"].read(length) if length else b""
     except (OSError, ValueError):
         raise ClientDisconnected() from None
-    if len(raw) < length:
+    if len(raw) < length and "wsgi.input_terminated" not in environ:
         raise ClientDisconnected()
     return raw
 

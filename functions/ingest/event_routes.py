@@ -5,22 +5,25 @@ with the same answers (functions/ingest/answers.py), metrics and CORS headers as
 give it; every other request goes on to Flask. Why: Flask's request context, routing and hooks
 cost about as much CPU as a do-nothing app's whole request (docs/performance.md), and these
 routes are nearly all of the traffic. The routes stay rules of the Flask app too, so that its
-URL map lists every route, other methods get Flask's 405, and preflights its CORS answer; a
-POST never reaches those rules' view. The Lambda handler, gunicorn and the loop runner all
-call the Flask app, whose `wsgi_app` this is: one path for each request everywhere.
+URL map lists every route, other methods get Flask's 405, and preflights its CORS answer; their
+view (functions/ingest/app.py) answers alike through Flask whatever POST reaches it all the
+same. The Lambda handler, gunicorn and the loop runner all call the Flask app, whose `wsgi_app`
+this is: one path for each request everywhere.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, NoReturn, Protocol
+from typing import Any, Protocol
 
 from werkzeug.http import HTTP_STATUS_CODES
 
 from functions.ingest.answers import Answer, Refusals, json_bytes
 from functions.ingest.instrumentation import RequestRecord, finish
 
+log = logging.getLogger("functions.ingest.app")
 # Where browsers send from other origins: Segment's API, RudderStack's beacon and config.
 BROWSER_PREFIXES = ("/v1/", "/beacon/", "/sourceConfig")
 _SUCCESS = {"success": True}
@@ -82,18 +85,18 @@ class EventRoutes:
         headers = [_JSON, ("Content-Length", str(len(body))), *answer.headers.items()]
         if route.rule.startswith(BROWSER_PREFIXES):
             headers += self.cors
-        finish(record, answer.status, self.counting)
+        try:
+            finish(record, answer.status, self.counting)
+        except Exception:  # the events are stored or refused: answer so, whatever the metrics
+            log.exception("could not count request %s", record.request_id)
         start_response(_status_line(answer.status), headers)
         return [body]
 
 
 def _posted(environ: dict[str, Any]) -> bool:
-    return environ.get("REQUEST_METHOD") == "POST"
-
-
-def served_in_front(**_: Any) -> NoReturn:
-    """The view of the event routes' Flask rules, which no POST reaches (EventRoutes)."""
-    raise RuntimeError("the event routes are served by EventRoutes, in front of Flask")
+    # As werkzeug's routing reads it: `post` is a POST (apig-wsgi passes the method as sent).
+    method = environ.get("REQUEST_METHOD", "")
+    return method == "POST" or method.upper() == "POST"
 
 
 _STATUS_LINES: dict[int, str] = {}

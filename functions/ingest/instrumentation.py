@@ -53,7 +53,8 @@ class RequestRecord:
         self.ingesting = ingesting
         self.source: str | None = None  # None: anonymous, once `source_known`
         self.source_known = False
-        self.events = self.body_bytes = 0
+        self.events: int | None = None  # known once the body is read
+        self.body_bytes = 0
         self.suppressed = self.bots_dropped = self.blocked = self.quarantined = 0
         self.error: str | None = None
         self.rate_limited: tuple[str, str] | None = None  # (source, limit) of a 429
@@ -133,7 +134,7 @@ def _count(record: RequestRecord, status: int, duration_s: float) -> None:
     _child(metrics.HTTP_DURATION, route).observe(duration_s)
     if not record.ingesting:
         return
-    events = record.events
+    events = record.events or 0
     _child(metrics.BODY_BYTES, route).inc(record.body_bytes)
     for labels in record.violations:  # (source, event, type): refused requests' too
         _child(metrics.PLAN_VIOLATIONS, *labels).inc()
@@ -177,7 +178,7 @@ def _log_access(record: RequestRecord, status: int, duration_s: float) -> None:
         "route": record.route,
         "status": status,
         "duration_ms": round(duration_s * 1000, 2),
-        "events": record.events if record.ingesting else None,
+        "events": record.events,
         "source": record.source,
         "error": record.error,
     }

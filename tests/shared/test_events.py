@@ -7,7 +7,7 @@ import copy
 import gc
 import re
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
@@ -518,3 +518,33 @@ def test_prepare_either_rejects_or_returns_enveloped_events(raw_events: list[Any
         for name, value in original.items():
             if name not in SERVER_OWNED:
                 assert event[name] == value
+
+
+def _isoformat_milliseconds(moment: datetime) -> str:
+    """How timestamps were written before they went through msgspec (issue 29)."""
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+EDGE_MOMENTS = [
+    datetime(1, 1, 1, tzinfo=UTC),
+    datetime(3, 2, 1, 0, 0, 0, 1, tzinfo=UTC),
+    datetime(999, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC),
+    datetime(2024, 5, 1, 12, 0, 0, 0, tzinfo=UTC),  # no microseconds: msgspec writes none
+    datetime(2024, 5, 1, 12, 0, 0, 100_000, tzinfo=UTC),  # trailing zeros
+    datetime(2024, 5, 1, 12, 0, 0, 999, tzinfo=UTC),  # under a millisecond: .000
+    datetime(9999, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC),
+    datetime(2024, 5, 1, 14, 0, 0, 500_000, tzinfo=timezone(timedelta(hours=2))),
+    datetime(2024, 5, 1, 12, 0, 0, 123_456),  # naive: local time, as astimezone reads it
+]
+
+
+def test_timestamps_are_written_as_they_were_at_every_edge() -> None:
+    expected = [_isoformat_milliseconds(moment) for moment in EDGE_MOMENTS]
+    assert events.format_timestamps(EDGE_MOMENTS) == expected
+    assert [events.format_timestamp(moment) for moment in EDGE_MOMENTS] == expected
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.datetimes(timezones=st.just(UTC)))
+def test_any_utc_moment_is_written_as_before(moment: datetime) -> None:
+    assert events.format_timestamp(moment) == _isoformat_milliseconds(moment)

@@ -41,9 +41,10 @@ def reference_events(
     max_body_bytes: int,
     max_event_bytes: int,
     received_at: str,
-) -> list[dict[str, Any]] | Refused:
-    """The events the request of `body` stored (as the entry's MsgPack decodes them), or how
-    it was refused. Keys are not required (anonymous mode): a malformed body is a 400."""
+) -> bytes | Refused:
+    """The events the request of `body` stored (the entry's `d`: their MsgPack, whose bytes
+    keep each event's key order), or how it was refused. Keys are not required (anonymous
+    mode): a malformed body is a 400."""
     if len(body) > max_body_bytes:
         return Refused(413, "too_large")
     try:
@@ -78,4 +79,4 @@ def reference_events(
     entry_bytes = 2 + 1 + len(str(len(prepared))) + 1 + len(packed)  # v, n, d: names and values
     if entry_bytes > MAX_ENTRY_GROWTH * max_body_bytes or len(packed) > max_stored:
         return Refused(413, "too_large")
-    return msgspec.msgpack.decode(_encoder.encode(kept))
+    return _encoder.encode(kept)
