@@ -10,8 +10,11 @@ than its own round trip, and under load several share one.
 
 Each append stays its own script call, atomic and refused or accepted alone: a pipeline is not
 a transaction. Each request gets its own reply or its own error (a full backlog, a rate limit,
-a script error); an error of the connection fails every append of that pipeline, as it would
-have failed each sent alone (redis-py's retry of a broken connection applies to the pipeline).
+a script error). A group is sent once, never again by itself: if the connection breaks or times
+out, the appends whose replies came are answered with them, and the others with the error (a
+503: the client retries, and what Redis wrote meanwhile may be stored twice, never lost). A
+redis-py pipeline would send the whole group again after a broken connection, writing twice
+the appends it had already seen answered.
 
 Installed once per gunicorn gevent worker (local/gunicorn.conf.py); the Lambda handler and the
 loop runner send each append alone.
@@ -36,8 +39,14 @@ class GroupedAppends:
         self.client = client
         self._waiting: list[tuple[tuple, AsyncResult]] = []
         self._sending = False
+        self._sender: gevent.Greenlet | None = None
+        # How long an append may wait for its group: the round trip under way and its own.
+        timeout = client.connection_pool.connection_kwargs.get("socket_timeout")
+        self._wait_s = None if timeout is None else 2 * timeout + 1
 
     def __call__(self, *command: Any) -> Any:
+        if self._sending and self._sender is not None and self._sender.dead:
+            self._sending = False  # its sender was killed before it could say it is done
         if not self._sending:  # a quiet moment: this append goes at once, by itself
             self._sending = True
             try:
@@ -46,13 +55,16 @@ class GroupedAppends:
                 self._send_the_waiting()
         reply = AsyncResult()
         self._waiting.append((command, reply))
-        return reply.get()
+        try:
+            return reply.get(timeout=self._wait_s)
+        except gevent.Timeout:
+            raise redis.TimeoutError("no reply from Redis for an append sent with others") from None
 
     def _send_the_waiting(self) -> None:
         """What arrived during the last round trip, sent by a greenlet of its own: the one that
         made that trip answers its request now."""
         if self._waiting:
-            gevent.spawn(self._send_while_waiting)
+            self._sender = gevent.spawn(self._send_while_waiting)
         else:
             self._sending = False
 
@@ -65,24 +77,34 @@ class GroupedAppends:
             self._sending = False
 
     def _send(self, group: list[tuple[tuple, AsyncResult]]) -> None:
-        """Send `group` as one pipeline and give each append its reply or error. Whatever
-        happens, every one of them is answered: a request must never wait for ever."""
+        """Send `group` once, on one pooled connection, and give each append its reply or its
+        error as it comes. Whatever happens, every one of them is answered: a request must
+        never wait for ever."""
+        answered = 0
         try:
-            pipe = self.client.pipeline(transaction=False)
-            for command, _ in group:
-                pipe.execute_command(*command)
-            answers = pipe.execute(raise_on_error=False)
+            pool = self.client.connection_pool
+            connection = pool.get_connection()
+            try:
+                connection.send_packed_command(connection.pack_commands([c for c, _ in group]))
+                for _, reply in group:
+                    try:
+                        answer = connection.read_response()
+                    except redis.ResponseError as exc:  # this append's own: the rest read on
+                        reply.set_exception(exc)
+                    else:
+                        reply.set(answer)
+                    answered += 1
+            except BaseException:
+                connection.disconnect()  # no reply left half read on a pooled connection
+                raise
+            finally:
+                pool.release(connection)
         except BaseException as exc:  # the connection failed, or the worker is stopping
-            for _, reply in group:
-                reply.set_exception(exc)
+            failure = exc if isinstance(exc, Exception) else redis.ConnectionError("stopping")
+            for _, reply in group[answered:]:
+                reply.set_exception(failure)
             if not isinstance(exc, Exception):
                 raise
-            return
-        for (_, reply), answer in zip(group, answers, strict=True):
-            if isinstance(answer, Exception):
-                reply.set_exception(answer)
-            else:
-                reply.set(answer)
 
 
 def group_appends() -> None:

@@ -52,7 +52,17 @@ def appends_under_gevent(url: str, key: str) -> dict[str, Any]:
     seen["alone"] = add_all([stream])
     seen["alone_trips"] = list(trips)
     trips.clear()
-    seen["together"] = add_all([stream] * 20)
+
+    # Each of 20 appends its own entry (its `n`): each must get its own entry's ID back.
+    def add_own(index: int) -> tuple[int, Any]:
+        return index, stream.add({**FIELDS, b"n": b"%d" % index}, cost=1)
+
+    owned = [job.value for job in gevent.joinall([gevent.spawn(add_own, i) for i in range(20)])]
+    seen["together"] = [entry_id for _, entry_id in owned]
+    seen["own_entries"] = all(
+        client.xrange(key, entry_id, entry_id)[0][1][b"n"] == b"%d" % index
+        for index, entry_id in owned
+    )
     seen["together_trips"] = list(trips)
     seen["length"] = client.xlen(key)
     # A full backlog refuses the appends past it, each alone, in the same pipeline.
@@ -91,6 +101,7 @@ def test_appends_in_flight_share_round_trips_each_with_its_own_reply(
     assert seen["length"] == 21  # each written once
     # The first went at once; the 19 that came meanwhile went together, in fewer trips.
     assert sum(seen["together_trips"]) == 19 and len(seen["together_trips"]) < 19
+    assert seen["own_entries"] is True  # no reply went to another request
     assert sorted(map(str, seen["full"])).count("BacklogFull") == 3
     assert seen["full_length"] == 3
     assert [type(r) is bytes for r in seen["limited"]].count(True) == 2
@@ -129,3 +140,53 @@ def test_gunicorn_s_gevent_workers_group_their_appends_and_only_they() -> None:
         "gthread: None",
         "gevent: GroupedAppends",
     ]
+
+
+def group_cut_short(url: str) -> dict[str, Any]:
+    """A group whose connection Redis closes halfway: what each append got, and what Redis
+    wrote (each INCR counts its writes)."""
+    from gevent import monkey
+
+    monkey.patch_all()
+    import gevent
+    import redis
+
+    from local.gevent_appends import GroupedAppends
+    from shared.settings import Settings
+    from shared.stream import connect
+
+    client = connect(Settings(redis_url=url))  # as ingest's: one retry of a broken connection
+    client.delete("n1", "n3")
+    grouped = GroupedAppends(client)
+
+    def call(*command: Any) -> Any:
+        try:
+            return grouped(*command)
+        except redis.RedisError as exc:
+            return type(exc).__name__
+
+    leader = gevent.spawn(call, "DEBUG", "SLEEP", "0.2")  # alone; the others queue meanwhile
+    gevent.sleep(0.05)
+    group = [
+        gevent.spawn(call, "INCR", "n1"),
+        gevent.spawn(call, "CLIENT", "KILL", "TYPE", "normal", "SKIPME", "no"),  # this one too
+        gevent.spawn(call, "INCR", "n3"),
+    ]
+    gevent.joinall([leader, *group], timeout=30)
+    return {
+        "answers": [job.value for job in group],
+        "written": [int(client.get(key) or 0) for key in ("n1", "n3")],
+        "after": call("INCR", "n1"),
+    }
+
+
+def test_a_group_is_never_sent_twice(redis_server: RedisServer) -> None:
+    """A group is sent once: when its connection breaks halfway, each append is answered as far
+    as Redis got (a redis-py pipeline would send the whole group again on a broken connection,
+    writing twice what it had seen answered), and the worker's appends go on."""
+    seen = in_a_fresh_process(group_cut_short, redis_server.url)
+    first, _, last = seen["answers"]
+    assert first == 1  # answered before the connection went
+    assert last == "ConnectionError"
+    assert seen["written"] == [1, 0]  # n1 written once, n3 never reached
+    assert seen["after"] == 2  # and the worker's appends go on

@@ -311,7 +311,9 @@ def test_the_quick_check_accepts_only_what_the_frozen_rules_accept() -> None:
             assert reference_events_module._event_problems(index, event, envelope, None) == []
 
     check()
-    assert len(passed) >= 100, "too few batches the quick check passes: the property is empty"
+    # About one batch in ten passes (integer IDs and spoiled events send the others to the full
+    # check): a few dozen at the least, or the property proves nothing.
+    assert len(passed) >= 30, f"only {len(passed)} batches passed the quick check"
 
 
 QUICK_PHASES = [Phase.generate, Phase.shrink]
