@@ -252,18 +252,17 @@ def create_app(settings: Settings | None = None) -> Flask:
     def served_by_flask(**_: str) -> Response:
         """What EventRoutes answers in front of Flask, for a POST that reaches Flask's rule all
         the same: answered alike, metrics and CORS by Flask's hooks, errors by its handler."""
-        route = routes[request.path]
         record = flask_record()
         record.ingesting = True
-        answer = route.accepted(ingest(request.environ, route, record))
-        refusals.stream_answered()
+        answer = front.accepted(request.environ, routes[request.path], record)
         return json_response(answer.body, answer.status)
 
     for rule in sorted({route.rule for route in routes.values()}):
         app.add_url_rule(rule, f"events {rule}", served_by_flask, methods=["POST"])
-    app.wsgi_app = EventRoutes(  # type: ignore[method-assign]
+    front = EventRoutes(
         app.wsgi_app, routes, ingest, refusals, counting, settings.cors_allow_origin
     )
+    app.wsgi_app = front  # type: ignore[method-assign]
 
     @app.post("/v1/m")
     @app.post("/v1/m/")

@@ -13,17 +13,15 @@ this is: one path for each request everywhere.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from werkzeug.http import HTTP_STATUS_CODES
 
-from functions.ingest.answers import Answer, Refusals, json_bytes
+from functions.ingest.answers import Answer, Refusals, json_bytes, log
 from functions.ingest.instrumentation import RequestRecord, finish
 
-log = logging.getLogger("functions.ingest.app")
 # Where browsers send from other origins: Segment's API, RudderStack's beacon and config.
 BROWSER_PREFIXES = ("/v1/", "/beacon/", "/sourceConfig")
 _SUCCESS = {"success": True}
@@ -77,8 +75,7 @@ class EventRoutes:
             return self.app(environ, start_response)
         record = RequestRecord(route.rule, ingesting=True)
         try:
-            answer = route.accepted(self.ingest(environ, route, record))
-            self.refusals.stream_answered()
+            answer = self.accepted(environ, route, record)
         except Exception as exc:  # each becomes its answer, as Flask's error handlers do
             answer = self.refusals.answer(exc, record)
         body = json_bytes(answer.body)
@@ -91,6 +88,13 @@ class EventRoutes:
             log.exception("could not count request %s", record.request_id)
         start_response(_status_line(answer.status), headers)
         return [body]
+
+    def accepted(self, environ: dict[str, Any], route: EventRoute, record: RequestRecord) -> Answer:
+        """Store the request's events on `route`: its answer, or the error that refuses it.
+        Flask's view of these routes calls it too."""
+        answer = route.accepted(self.ingest(environ, route, record))
+        self.refusals.stream_answered()
+        return answer
 
 
 def _posted(environ: dict[str, Any]) -> bool:
