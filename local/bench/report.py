@@ -601,7 +601,8 @@ def enrichment_lines(results: dict) -> list[str]:
         f"enrichment's cost (issue 26): in process, analytics.js's requests to the app with every"
         f" enrichment on (a City database of {database['networks']:,} networks,"
         f" IP_HANDLING=anonymize) beside off, rounds taking turns; one client (its location"
-        f" cached), or many (a lookup in the database at every request)",
+        f" cached: the targets' traffic), or many (a lookup in the database at every request:"
+        f" the worst case, no target)",
     ]
     lines += [enrichment_line(row) for row in enrichment["rows"]]
     if enrichment.get("cold_start"):

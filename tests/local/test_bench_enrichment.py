@@ -91,12 +91,14 @@ def test_the_rows_say_the_cost_and_the_verdict_per_size_and_traffic(
         assert row["cost_us_per_event"] == pytest.approx(
             row["cost_us"] / row["events_per_request"], abs=0.06
         )
-        assert isinstance(row["met"], bool)
     single, batch = rows[0], rows[2]
     assert single["met"] == (single["cost_share"] <= 0.10)
     assert batch["met"] == (batch["cost_us_per_event"] <= 1.0)
-    for row in rows:  # the verdict is printed as it is
+    for row in (single, batch):  # the verdict is printed as it is
         assert ("NOT met" in report.enrichment_line(row)) == (not row["met"])
+    for row in (rows[1], rows[3]):  # every request a new client: the worst case, no target
+        assert row["target"] is None and row["met"] is None
+        assert "no target" in report.enrichment_line(row)
 
 
 def test_the_database_is_built_once_and_then_reused(

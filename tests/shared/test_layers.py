@@ -57,7 +57,7 @@ def test_the_regulation_model_imports_neither_side() -> None:
 ENRICHMENT_FREE = ["shared/archive", "shared/stream", *(
     f"functions/{name}" for name in ("consumer", "compactor", "privacy", "admin")
 )]  # fmt: skip
-ENRICHMENT_MODULES = ("shared.enrichment", "maxminddb", "ua_parser", "crawlerdetect")
+ENRICHMENT_MODULES = ("shared.enrichment", "maxminddb_rust", "ua_parser", "crawlerdetect")
 
 
 def _imports(path: Path) -> set[str]:

@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from shared.enrichment import geo
-from shared.enrichment.geo import MAX_LOCATION_BYTES, GeoDatabase, location_of
+from shared.enrichment.geo import MAX_LOCATION_BYTES, GeoDatabase
 from shared.enrichment.text import MAX_TEXT_BYTES
 from shared.settings import ConfigError
 from tests import geoip
@@ -106,21 +106,36 @@ def test_a_database_that_is_no_city_database_is_refused(tmp_path: Path) -> None:
         GeoDatabase(str(path), True)
 
 
-def test_records_of_the_wrong_shape_give_what_is_usable() -> None:
-    assert location_of({}, True) is None
-    assert location_of({"country": "Germany", "city": [], "location": "x"}, True) is None
-    record = {
-        "country": {"names": {"en": "Ü" * 100}, "iso_code": "germany"},
-        "subdivisions": "Berlin",
-        "location": {"latitude": 91.0, "longitude": 13.4, "time_zone": 7},
+def test_records_of_the_wrong_shape_give_what_is_usable(tmp_path: Path) -> None:
+    """The database is the user's: a field of another type than GeoLite2's (which the reader
+    refuses to walk through) is skipped, and the record's other fields still count."""
+    long = "Ü" * 100
+    records = {
+        "81.2.69.0/24": {},
+        "81.2.70.0/24": {"country": "Germany", "city": [], "location": "x"},
+        "81.2.71.0/24": {
+            "country": {"names": {"en": long}, "iso_code": "germany"},
+            "subdivisions": "Berlin",
+            "location": {"latitude": 91.0, "longitude": 13.4, "time_zone": 7},
+        },
+        "81.2.72.0/24": {"location": {"latitude": True, "longitude": 1.0}},
+        "81.2.73.0/24": "a string, no record",
+        "81.2.74.0/24": {"subdivisions": [{"names": "Bavaria"}], "city": {"names": {"en": "B"}}},
     }
-    assert location_of(record, True) == {"country": "Ü" * (MAX_TEXT_BYTES // 2)}
-    assert location_of({"location": {"latitude": True, "longitude": 1.0}}, True) is None
+    path = geoip.write_city_database(tmp_path / "odd.mmdb", records.items())
+    database = GeoDatabase(str(path), True)
+    located = {network: locate(database, network.replace("0/24", "9")) for network in records}
+    assert located == {
+        "81.2.69.0/24": None,
+        "81.2.70.0/24": None,
+        "81.2.71.0/24": {"country": "Ü" * (MAX_TEXT_BYTES // 2)},
+        "81.2.72.0/24": None,
+        "81.2.73.0/24": None,
+        "81.2.74.0/24": {"city": "B"},
+    }
 
 
-def test_the_stated_bound_holds_for_the_largest_location() -> None:
-    import msgspec
-
+def test_the_stated_bound_holds_for_the_largest_location(tmp_path: Path) -> None:
     long = "é" * 200
     record = {
         "country": {"names": {"en": long}, "iso_code": "DE"},
@@ -128,6 +143,7 @@ def test_the_stated_bound_holds_for_the_largest_location() -> None:
         "city": {"names": {"en": long}},
         "location": {"latitude": -89.123456789, "longitude": 179.98765432, "time_zone": long},
     }
-    location = location_of(record, False)
+    path = geoip.write_city_database(tmp_path / "long.mmdb", [("81.2.69.0/24", record)])
+    location = locate(GeoDatabase(str(path), False), "81.2.69.1")
     assert len(location) == 7
     assert len(msgspec.msgpack.encode({"location": location})) - 1 <= MAX_LOCATION_BYTES
