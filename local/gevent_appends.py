@@ -46,7 +46,9 @@ class GroupedAppends:
 
     def __call__(self, *command: Any) -> Any:
         if self._sending and self._sender is not None and self._sender.dead:
-            self._sending = False  # its sender was killed before it could say it is done
+            # Its sender was killed before it could say it is done (a sender that ends says so,
+            # and is forgotten: see _send_while_waiting).
+            self._sending, self._sender = False, None
         if not self._sending:  # a quiet moment: this append goes at once, by itself
             self._sending = True
             try:
@@ -74,7 +76,9 @@ class GroupedAppends:
                 group, self._waiting = self._waiting, []
                 self._send(group)
         finally:
-            self._sending = False
+            # Forgotten as it ends: a dead sender still named here would read as one killed
+            # before it ran, and every append after it would go alone.
+            self._sending, self._sender = False, None
 
     def _send(self, group: list[tuple[tuple, AsyncResult]]) -> None:
         """Send `group` once, on one pooled connection, and give each append its reply or its

@@ -65,6 +65,10 @@ def appends_under_gevent(url: str, key: str) -> dict[str, Any]:
     )
     seen["together_trips"] = list(trips)
     seen["length"] = client.xlen(key)
+    # Again, once a group has been sent: the next requests in flight share round trips too.
+    trips.clear()
+    add_all([stream] * 20)
+    seen["again_trips"] = list(trips)
     # A full backlog refuses the appends past it, each alone, in the same pipeline.
     client.delete(key, *stream.keys[1:])
     full = dataclasses.replace(stream, max_len=3)
@@ -102,6 +106,7 @@ def test_appends_in_flight_share_round_trips_each_with_its_own_reply(
     # The first went at once; the 19 that came meanwhile went together, in fewer trips.
     assert sum(seen["together_trips"]) == 19 and len(seen["together_trips"]) < 19
     assert seen["own_entries"] is True  # no reply went to another request
+    assert sum(seen["again_trips"]) == 19 and len(seen["again_trips"]) < 19
     assert sorted(map(str, seen["full"])).count("BacklogFull") == 3
     assert seen["full_length"] == 3
     assert [type(r) is bytes for r in seen["limited"]].count(True) == 2
