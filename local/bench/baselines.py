@@ -4,6 +4,11 @@
   ceiling that HTTP parsing in gunicorn sets on this machine; the ingest function cannot
   beat it, and the gap is what Flask, validation, MsgPack and the XADD cost.
 - `flask_noop`: the same through Flask's routing and request object, to split that gap.
+- `create_append_only()`: the floor of this design: each request's body appended as one entry
+  through the shipped admission script, with what ingest sends along (the source's and the
+  address's rate-limit buckets, the appends of a gevent worker grouped), and nothing else:
+  nothing decoded, checked, stamped, encoded or counted. Whatever ingest does per request
+  costs at least this much; its share of the do-nothing app's requests/s bounds ingest's.
 - `create_direct_app()`: the decision record's rejected design: each request is validated
   the same way, then written synchronously to object storage as its own gzip NDJSON object
   before the answer. Compared on latency at the same rate.
@@ -17,8 +22,11 @@ from typing import Any
 
 from flask import Flask, Response, request
 
+from functions.ingest.client_address import parse_address
+from functions.ingest.rate_limits import RateLimits
 from shared import archive, events
 from shared.settings import Settings
+from shared.stream import producer
 
 _ACCEPTED = b'{"accepted":0}'
 _HEADERS = [("Content-Type", "application/json"), ("Content-Length", str(len(_ACCEPTED)))]
@@ -41,6 +49,27 @@ def create_flask_noop() -> Flask:
         return Response(_ACCEPTED, 202, mimetype="application/json")
 
     return app
+
+
+def create_append_only(settings: Settings | None = None) -> Callable:
+    """The app: the body (bytes as they came, about the size of the entry ingest would write:
+    JSON where ingest writes MsgPack with its stamps) as an entry's `d`. Its entries are no
+    events: give it a stream key of its own (the bench does)."""
+    settings = settings or Settings.from_env()
+    limits = RateLimits(settings)
+    streams: list[Any] = []  # made at the first request, after the worker set up its grouping
+
+    def append_only(environ: dict[str, Any], start_response: Callable) -> Iterable[bytes]:
+        if not streams:
+            streams.append(producer(settings))
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+        body = environ["wsgi.input"].read(length) if length else b""
+        buckets = limits.buckets("bench", parse_address(environ.get("REMOTE_ADDR") or ""))
+        streams[0].add({b"v": b"1", b"n": b"1", b"d": body}, cost=1, buckets=buckets)
+        start_response("202 Accepted", _HEADERS)
+        return [_ACCEPTED]
+
+    return append_only
 
 
 def create_direct_app(settings: Settings | None = None) -> Flask:

@@ -121,15 +121,16 @@ class Stack:
             process = stack.start_gunicorn({**self.env, **(env or {})}, f"127.0.0.1:{port}")
         return self._serving(name, process, port)
 
-    def start_baseline(self, name: str, app: str) -> int:
-        """Another WSGI app under the same gunicorn settings (local/gunicorn.conf.py)."""
+    def start_baseline(self, name: str, app: str, env: dict[str, str] | None = None) -> int:
+        """Another WSGI app under the same gunicorn settings (local/gunicorn.conf.py), with
+        `env` on top of the stack's."""
         port = free_port()
         args = [sys.executable, "-m", "gunicorn", "-c", str(GUNICORN_CONF), app]
         with output_to(self.run_dir / f"gunicorn-{name}.log"):
             process = subprocess.Popen(
                 args,
                 cwd=ROOT,
-                env={**self.env, "BIND": f"127.0.0.1:{port}"},
+                env={**self.env, **(env or {}), "BIND": f"127.0.0.1:{port}"},
                 start_new_session=True,
             )
         return self._serving(name, process, port)
