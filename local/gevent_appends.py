@@ -12,7 +12,8 @@ Each append stays its own script call, atomic and refused or accepted alone: a p
 a transaction. Each request gets its own reply or its own error (a full backlog, a rate limit,
 a script error). A group is sent once, never again by itself: if the connection breaks or times
 out, the appends whose replies came are answered with them, and the others with the error (a
-503: the client retries, and what Redis wrote meanwhile may be stored twice, never lost). A
+503: the client retries, and what Redis wrote meanwhile may be stored twice, never lost). An
+append that gives up waiting before its group is sent (a 503 too) is taken out, never sent. A
 redis-py pipeline would send the whole group again after a broken connection, writing twice
 the appends it had already seen answered.
 
@@ -22,6 +23,7 @@ loop runner send each append alone.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import gevent
@@ -56,10 +58,15 @@ class GroupedAppends:
             finally:
                 self._send_the_waiting()
         reply = AsyncResult()
-        self._waiting.append((command, reply))
+        waiting = (command, reply)
+        self._waiting.append(waiting)
         try:
             return reply.get(timeout=self._wait_s)
         except gevent.Timeout:
+            # Not yet taken into a group: taken out, so that it is never sent after its request
+            # was answered 503 (the client's retry would store it twice).
+            with contextlib.suppress(ValueError):
+                self._waiting.remove(waiting)
             raise redis.TimeoutError("no reply from Redis for an append sent with others") from None
 
     def _send_the_waiting(self) -> None:

@@ -703,7 +703,8 @@ def chart(results: dict) -> str:
     ]
     for index, (name, value) in enumerate(bars):
         y = 30 + index * bar_h
-        colour = "#999" if name.startswith("baseline") else "#3a7bd5"
+        # Baselines and floors in grey: not ingest, whatever their bars reach.
+        colour = "#999" if name.startswith(("baseline", "floor")) else "#3a7bd5"
         parts.append(f'<text x="10" y="{y + 15}">{_escape(name)}</text>')
         parts.append(
             f'<rect x="{label_w}" y="{y + 3}" width="{value * scale:.1f}" '

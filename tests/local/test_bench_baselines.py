@@ -29,8 +29,13 @@ def post(app, body: bytes, address: str = "192.0.2.7") -> str:
 def test_the_append_alone_writes_the_body_as_one_entry_taking_ingest_s_buckets(
     settings: Settings, redis_client: redis.Redis
 ) -> None:
+    # Slow buckets: a bucket's key lives until it is full again (here 100 s after an event).
     limited = dataclasses.replace(
-        settings, rate_limit_events_per_s=1000, rate_limit_address_events_per_s=1000
+        settings,
+        rate_limit_events_per_s=0.01,
+        rate_limit_burst=5,
+        rate_limit_address_events_per_s=0.01,
+        rate_limit_address_burst=5,
     )
     app = create_append_only(limited)
 

@@ -37,6 +37,7 @@ def appends_under_gevent(url: str, key: str) -> dict[str, Any]:
     send = stream._send
     assert isinstance(send, GroupedAppends)
     original = send._send
+    original_wait_s = send._wait_s
     send._send = lambda group: (trips.append(len(group)), original(group))[1]
 
     def add_all(streams: list[EventStream], buckets: tuple = ()) -> list[Any]:
@@ -69,6 +70,19 @@ def appends_under_gevent(url: str, key: str) -> dict[str, Any]:
     trips.clear()
     add_all([stream] * 20)
     seen["again_trips"] = list(trips)
+    # An append that gave up waiting (its request answered 503) is never sent afterwards: here
+    # behind a round trip that takes 0.3 s (a BLPOP that times out), waiting at most 0.05 s.
+    client.delete(key, *stream.keys[1:])
+    send._wait_s = 0.05
+    slow = gevent.spawn(send, "BLPOP", f"{key}:nothing", "0.3")
+    gevent.sleep(0.01)  # the slow trip under way: the append below waits for it
+    try:
+        seen["gave_up"] = add_all([stream])
+    finally:
+        send._wait_s = original_wait_s
+    slow.join()
+    gevent.sleep(0.1)  # a sender, if any, has run
+    seen["gave_up_length"] = client.xlen(key)
     # A full backlog refuses the appends past it, each alone, in the same pipeline.
     client.delete(key, *stream.keys[1:])
     full = dataclasses.replace(stream, max_len=3)
@@ -107,6 +121,7 @@ def test_appends_in_flight_share_round_trips_each_with_its_own_reply(
     assert sum(seen["together_trips"]) == 19 and len(seen["together_trips"]) < 19
     assert seen["own_entries"] is True  # no reply went to another request
     assert sum(seen["again_trips"]) == 19 and len(seen["again_trips"]) < 19
+    assert seen["gave_up"] == ["TimeoutError"] and seen["gave_up_length"] == 0
     assert sorted(map(str, seen["full"])).count("BacklogFull") == 3
     assert seen["full_length"] == 3
     assert [type(r) is bytes for r in seen["limited"]].count(True) == 2

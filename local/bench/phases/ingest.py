@@ -50,18 +50,20 @@ def run(bench: Bench) -> dict[str, Any]:
     bodies100 = payloads.batch_bodies(100)
     # Issue 29's targets: each hot route at saturation beside the do-nothing app and the append
     # alone, by turns.
-    for label, bodies in HOT_ROUTES.items():
-        bench.saturate_side_by_side(
-            [
-                (report.INGEST_SHARE_TARGETS[label][0], "noop", noop),
-                (label, "ingest", ingest),
-                (report.floor_of(label), "floor", floor),
-            ],
-            bodies(),
-            rows,
-        )
-    bench.stop_server("floor")
-    bench.client.delete(*accounting_keys(FLOOR_STREAM_KEY))
+    try:
+        for label, bodies in HOT_ROUTES.items():
+            bench.saturate_side_by_side(
+                [
+                    (report.INGEST_SHARE_TARGETS[label][0], "noop", noop),
+                    (label, "ingest", ingest),
+                    (report.floor_of(label), "floor", floor),
+                ],
+                bodies(),
+                rows,
+            )
+    finally:  # its entries are no events: never left for a consumer of a later phase
+        bench.stop_server("floor")
+        bench.client.delete(*accounting_keys(FLOOR_STREAM_KEY))
     bench.saturate(
         "baseline: do-nothing Flask, 100-event body", "flask-noop", flask_noop, bodies100, rows
     )

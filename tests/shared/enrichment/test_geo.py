@@ -121,6 +121,7 @@ def test_records_of_the_wrong_shape_give_what_is_usable(tmp_path: Path) -> None:
         "81.2.72.0/24": {"location": {"latitude": True, "longitude": 1.0}},
         "81.2.73.0/24": "a string, no record",
         "81.2.74.0/24": {"subdivisions": [{"names": "Bavaria"}], "city": {"names": {"en": "B"}}},
+        "81.2.75.0/24": {"subdivisions": [], "country": {"iso_code": "de"}},
     }
     path = geoip.write_city_database(tmp_path / "odd.mmdb", records.items())
     database = GeoDatabase(str(path), True)
@@ -132,7 +133,14 @@ def test_records_of_the_wrong_shape_give_what_is_usable(tmp_path: Path) -> None:
         "81.2.72.0/24": None,
         "81.2.73.0/24": None,
         "81.2.74.0/24": {"city": "B"},
+        "81.2.75.0/24": {"countryCode": "DE"},
     }
+
+
+def test_a_closed_database_locates_nothing(city_database: Path) -> None:
+    database = GeoDatabase(str(city_database), True)
+    database.close()
+    assert locate(database, geoip.IN_LONDON) is None
 
 
 def test_the_stated_bound_holds_for_the_largest_location(tmp_path: Path) -> None:
