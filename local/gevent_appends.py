@@ -53,10 +53,15 @@ class GroupedAppends:
             self._sending, self._sender = False, None
         if not self._sending:  # a quiet moment: this append goes at once, by itself
             self._sending = True
+            alone = AsyncResult()
             try:
-                return self.client.execute_command(*command)
+                # As a group of one: sent once (redis-py's own send would try again after a
+                # broken connection, writing twice what Redis had run), and with less of
+                # redis-py's machinery around it.
+                self._send([(command, alone)])
             finally:
                 self._send_the_waiting()
+            return alone.get()  # answered already: its reply, or its error raised
         reply = AsyncResult()
         waiting = (command, reply)
         self._waiting.append(waiting)

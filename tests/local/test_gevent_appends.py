@@ -113,14 +113,16 @@ def test_appends_in_flight_share_round_trips_each_with_its_own_reply(
 ) -> None:
     seen = in_a_fresh_process(appends_under_gevent, redis_server.url, settings.stream_key)
     [alone] = seen["alone"]
-    assert isinstance(alone, bytes) and seen["alone_trips"] == []  # sent at once, by itself
+    # Sent at once, by itself (twice where this Redis had no script yet: NOSCRIPT, reloaded).
+    assert isinstance(alone, bytes) and seen["alone_trips"] in ([1], [1, 1])
     ids = seen["together"]
     assert all(isinstance(entry_id, bytes) for entry_id in ids) and len(set(ids)) == 20
     assert seen["length"] == 21  # each written once
     # The first went at once; the 19 that came meanwhile went together, in fewer trips.
-    assert sum(seen["together_trips"]) == 19 and len(seen["together_trips"]) < 19
+    assert seen["together_trips"][0] == 1 and sum(seen["together_trips"]) == 20
+    assert len(seen["together_trips"]) < 20
     assert seen["own_entries"] is True  # no reply went to another request
-    assert sum(seen["again_trips"]) == 19 and len(seen["again_trips"]) < 19
+    assert sum(seen["again_trips"]) == 20 and len(seen["again_trips"]) < 20
     assert seen["gave_up"] == ["TimeoutError"] and seen["gave_up_length"] == 0
     assert sorted(map(str, seen["full"])).count("BacklogFull") == 3
     assert seen["full_length"] == 3
