@@ -114,7 +114,7 @@ class EventStream:
         if self.wait_replicas:
             reply = self._add_and_wait(keys, args)
         else:
-            reply = self._add_alone(keys, args)
+            reply = self._add_without_wait(keys, args)
         if reply is None:
             raise BacklogFull(
                 f"stream {self.key} holds {self.max_len} entries or {self.max_bytes} bytes"
@@ -131,10 +131,11 @@ class EventStream:
         length, held = pipe.execute()
         return length >= self.max_len or int(held or 0) >= self.max_bytes
 
-    def _add_alone(self, keys: list[str], args: list) -> EntryId | list | None:
+    def _add_without_wait(self, keys: list[str], args: list) -> EntryId | list | None:
         """The append script, as redis-py's Script runs it (loaded again into a Redis that lost
-        it), by the client's command path directly: Script's own wrapping is a tenth of the
-        round trip's CPU for a single event."""
+        it), sent by `_send`: the client's command path, or the process's grouping of the
+        appends it has in flight (send_appends_with). Not through Script, whose own wrapping is
+        a tenth of the round trip's CPU for a single event."""
         command = ("EVALSHA", self._add_if_room.sha, len(keys), *keys, *args)
         try:
             return self._send(*command)
